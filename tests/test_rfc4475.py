@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sipstatus.sip import Request, Response, SipError, SipUri, parse_message
+from sipstatus.sip.transaction import Destination, RequestReceived, SendMessage, TransactionLayer
 from sipstatus.sip.uri import AbsoluteUri
 from sipstatus.sip.validation import check_max_forwards, check_request, validate_response
 
@@ -54,6 +55,7 @@ EXPECTATIONS = {
     )
 }
 FILES = sorted(p.name for p in CORPUS.glob("*.dat"))
+SOURCE = Destination("UDP", "192.0.2.200", 5060)
 
 # The profile the RFC's application rows assume: a UA that accepts INVITE
 # with application/sdp bodies.  The sipstatus UAS itself serves SUBSCRIBE,
@@ -395,10 +397,15 @@ def bigcode():
 
 
 def badbranch():
+    """This element rejects (400, statelessly) rather than fall back to RFC
+    2543 matching: a branch that is only the cookie claims RFC 3261
+    matching and identifies nothing."""
     m = parse_request("badbranch.dat")
     assert m.top_via.branch == "z9hG4bK"
-    # The transaction layer answers it statelessly: see test_sip_transaction.py
-    # (test_branch_that_is_only_the_magic_cookie_gets_a_stateless_400).
+    layer = TransactionLayer()
+    (sent,) = layer.receive_datagram(raw("badbranch.dat"), SOURCE, now=0.0)
+    assert isinstance(sent, SendMessage) and sent.message.status == 400
+    assert not layer.servers  # stateless
 
 
 # -- 3.3 application ----------------------------------------------------------------
@@ -510,12 +517,16 @@ def sdp01():
 def inv2543():
     """Accepted (backward compatible): no branch, no From tag, no Max-Forwards,
     body is the rest of the datagram.  INVITE handling itself (RFC 2543 or
-    not) is out of scope; the transaction layer's RFC 2543 matching is
-    tested in test_sip_transaction.py."""
+    not) is out of scope: the TU sees it and, for sipstatus, answers 405."""
     m = parse_request("inv2543.dat")
     assert m.top_via.branch is None and m.from_addr.tag is None and m.max_forwards is None
     assert len(m.body) == 105
     assert uas_verdict("inv2543.dat", **INVITE_UA) is None
+    # Matched by Call-ID, From tag, CSeq and sent-by: a copy is a retransmission.
+    layer = TransactionLayer()
+    (event,) = layer.receive_datagram(raw("inv2543.dat"), SOURCE, now=0.0)
+    assert isinstance(event, RequestReceived)
+    assert layer.receive_datagram(raw("inv2543.dat"), SOURCE, now=0.5) == []
 
 
 CASES = {f"{fn.__name__}.dat": fn for fn in [

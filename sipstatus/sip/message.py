@@ -688,3 +688,41 @@ def make_response(
 def error_response(request: Request, error: SipError) -> Response:
     """The response that answers ``request`` for ``error`` (with its headers)."""
     return make_response(request, error.status, error.reason, headers=error.headers)
+
+
+_ADDRESSING = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def salvage_error_response(data: bytes, error: SipError) -> Response | None:
+    """A stateless answer to a request that failed to parse, if one can be built.
+
+    RFC 3261 section 8.2.6 needs Via, From, To, Call-ID and CSeq copied; they
+    are read here without parsing their values, so a request with, say, a
+    bad Contact still gets its 400.  Responses and ACKs are never answered;
+    None when the request cannot be addressed.
+    """
+    head = data[:MAX_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    lines = _FOLD.sub(" ", head).split("\r\n")
+    method = lines[0].split(" ", 1)[0]
+    if not is_token(method) or method.upper().startswith("SIP/") or method == "ACK":
+        return None
+    fields: dict[str, list[str]] = {}
+    for line in lines[1 : MAX_HEADER_COUNT + 1]:
+        name, colon, value = line.partition(":")
+        name = canonical_name(name.strip(" \t"))
+        if colon and name in _ADDRESSING:
+            fields.setdefault(name, []).append(value.strip(" \t"))
+    if any(name not in fields for name in _ADDRESSING):
+        return None
+    headers = [("Via", v) for v in fields["Via"]]
+    to_value = fields["To"][0]
+    if ";tag=" not in to_value.replace(" ", "").lower():
+        seed = "|".join(v for name in _ADDRESSING for v in fields[name])
+        tag = hashlib.sha256(seed.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        to_value = f"{to_value};tag={tag}"
+    headers += [("From", fields["From"][0]), ("To", to_value),
+                ("Call-ID", fields["Call-ID"][0]), ("CSeq", fields["CSeq"][0])]
+    headers += error.headers
+    if any("\r" in v or "\n" in v for _, v in headers):
+        return None
+    return Response(error.status, error.reason, headers)
