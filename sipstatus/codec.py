@@ -169,6 +169,7 @@ SECTIONS: dict[str, tuple[type, dict[str, _Member]]] = {
         "dropped": _Number(False, 0, 999_999.99, 2),
     }),
 }
+VERSION = _Number(True, 0, MAX_SAFE_INTEGER)  # any integer; only 1 is read (section 6.1)
 SEQ = _Number(True, 0, MAX_SAFE_INTEGER)
 VALIDITY = _Number(True, 1, 3600)
 CAPACITY = _Number(False, 0, 1, 4)
@@ -264,9 +265,7 @@ def from_wire(obj: object) -> LoadStatus:
     for name in REQUIRED:
         if obj.get(name) is None:
             raise StatusError(name, "required", "required member is missing or null")
-    version = obj["version"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise StatusError("version", "type", f"must be an integer, got {_json_type(version)}")
+    version = VERSION.check("version", obj["version"])
     if version != FORMAT_VERSION:
         raise StatusError("version", "const", f"version {version} is not supported (this receiver reads version {FORMAT_VERSION})")
     ignored = [k for k in obj if k not in _TOP_LEVEL]

@@ -115,3 +115,9 @@ def test_booleans_are_not_numbers():
 def test_node_accepts_names_and_addresses():
     for node in ["ast1", "ast-1.pool.example.com", "192.0.2.10", "2001:db8::10"]:
         assert decode(encode(status(node=node))).node == node
+
+
+def test_an_integral_version_number_is_version_1():
+    body = json.loads(encode(status()))
+    body["version"] = 1.0
+    assert decode(json.dumps(body)) == status()
