@@ -468,7 +468,8 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], int | None]:
     """Start line, header fields, and Content-Length (None if absent)."""
     if "\r\n " in head or "\r\n\t" in head:
         head = _FOLD.sub(" ", head)  # section 7.3.1: folding LWS is one SP
-    if head.count("\r") != head.count("\n"):
+    crlf = head.count("\r\n")
+    if head.count("\r") != crlf or head.count("\n") != crlf:
         raise bad_request("bare CR or LF in header section")
     lines = head.split("\r\n")
     if len(lines) > MAX_HEADER_COUNT + 1:
