@@ -94,7 +94,11 @@ REASON_PHRASES = {
     603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
-_FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
+# Folding: CRLF followed by whitespace is one SP (section 7.3.1).  Spaces
+# before the CRLF stay and are stripped or ignored as LWS later; matching
+# them here ("[ \t]*\r\n") would make the search quadratic in a run of
+# spaces, a cheap denial of service.
+_FOLD = re.compile(r"\r\n[ \t]+")
 
 
 def _too_large(what: str) -> SipError:
