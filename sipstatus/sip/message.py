@@ -223,7 +223,7 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr]:
-        """Contact values; the ``*`` of a REGISTER is not a NameAddr, see is_star."""
+        """Contact values (a REGISTER's ``*`` wildcard is skipped: it is no address)."""
         out: list[NameAddr] = []
         for value in self.header_all("Contact"):
             if value.strip() != "*":
