@@ -111,7 +111,9 @@ class Transcript:
         sent_raw = (base / "sent" / f"{name}.sent.txt").read_bytes()
         sent = [parse_block(b) for b in sent_raw.split(CRLF + CRLF) if b.strip()]
         meta = (base / "meta" / f"{name}.chunks.txt").read_text()
-        return cls(name, data[:banner_end], messages, sent, "EOF (peer closed)" in meta)
+        # The server closed on its own (a shutdown), not in answer to Logoff.
+        after_logoff = bool(messages) and messages[-1].get("Response") == "Goodbye"
+        return cls(name, data[:banner_end], messages, sent, "EOF (peer closed)" in meta and not after_logoff)
 
     def action_id_of(self, action: str) -> str:
         """The ActionID the recording client used for `action`."""
@@ -181,6 +183,10 @@ class Scenario:
     #: Replay speed: None sends the events at once; 10.0 plays them ten times
     #: faster than recorded, following meta/*.chunks.txt.
     speed: float | None = None
+    #: Start the stream only after answering this action (e.g.
+    #: "CoreShowChannels": the client's snapshot then precedes the stream, as
+    #: it did in the recording, where the session was open before any call).
+    stream_after: str | None = None
     #: Only events that had arrived by this time (seconds after connect) in the recording.
     stream_until: float | None = None
     #: After the stream: "stay" (keep serving actions) or "close" (EOF). A
@@ -339,6 +345,8 @@ class _Session:
             await self.send(answer[: len(answer) // 2])
             return False
         await self.send(answer)
+        if self.s.stream is not None and (self.s.stream_after or "").lower() == name:
+            self.start_stream()
         return True
 
     async def login(self, pairs: list[tuple[str, str]], action_id: str) -> bool:
@@ -356,9 +364,13 @@ class _Session:
         self.logged_in = True
         if self.s.garbage:
             await self.send(self.s.garbage)
-        if self.s.stream is not None:
-            self.stream_task = asyncio.get_running_loop().create_task(self.stream())
+        if self.s.stream is not None and self.s.stream_after is None:
+            self.start_stream()
         return True
+
+    def start_stream(self) -> None:
+        if self.stream_task is None:
+            self.stream_task = asyncio.get_running_loop().create_task(self.stream())
 
     async def stream(self) -> None:
         transcript = Transcript.load(self.s.stream)  # type: ignore[arg-type]
