@@ -30,13 +30,18 @@ What the events carry (Asterisk 20.20.1, shared/fixtures/ami/rtcp_events.txt):
     loss or jitter information.
 
 Reduction per report block (one stream direction of one channel):
-  - interval loss = delta CumulativeLost / delta extended HighestSequence
-    against the previous block of the same stream (exact, not quantised);
-    for the first block of a stream, FractionLost / 256 (the reporter's own
-    figure for the same interval);
+  - packets lost and expected since the previous block of the same stream:
+    the deltas of CumulativeLost and of the extended HighestSequence. Both
+    fields are in the transcripts, and so is FractionLost (which agrees:
+    lossy2's 27 lost of 222 expected is 31.1/256, the report says 31), but
+    FractionLost is quantised to 1/256 and covers an interval of unknown
+    length after a stream's first report (pjsua's first SR came after 12
+    packets), so the deltas are used, and the first block of a stream is
+    only a baseline;
   - jitter = IAJitter / clock_rate, in ms; RTT in ms when valid; MES.
-Then over the window, per channel: each direction's loss and jitter are the
-means of its blocks; the channel's loss and jitter are those of its worse
+Then over the window, per channel: each direction's loss is its packets
+lost over its packets expected (summed over its blocks), its jitter the mean
+of its blocks'; the channel's loss and jitter are those of its worse
 direction; its RTT the mean of its valid RTTs (the last valid one before the
 window when none is in it, else 0: on a local network the delay term is
 small, see agent.mos); its MOS the E-model estimate from those; its MES the
@@ -72,7 +77,8 @@ class BlockSample:
     time: float
     channel: str
     direction: str
-    loss: float | None  # fraction 0..1 in the reporter's interval
+    lost: int | None  # packets lost since the previous block of the stream
+    expected: int | None  # packets expected since then
     jitter_ms: float | None
     rtt_ms: float | None
     mes: float | None
@@ -140,25 +146,23 @@ class RtcpTracker:
             return None  # a report about no stream yet
         extended = int(f.get(f"{p}SequenceNumberCycles", "0")) * 65536 + highest
         cumulative = int(f[f"{p}CumulativeLost"])
-        fraction = int(f[f"{p}FractionLost"]) / 256.0
         jitter_ms = int(f[f"{p}IAJitter"]) / self.clock_rate * 1000.0
         key = (channel, direction, source)
         before = self._baselines.get(key)
         self._baselines[key] = _Baseline(extended, cumulative)
-        if before is None:
-            loss: float | None = fraction
-        else:
+        lost: int | None = None
+        expected: int | None = None
+        if before is not None:
             expected = extended - before.extended_seq
             if expected == 0:
                 # Nothing new since the previous report (the closing RR):
                 # only its RTT and MES are news.
-                return BlockSample(now, channel, direction, None, None, rtt, mes)
-            if expected < 0 or expected > MAX_SEQUENCE_JUMP:
-                loss = fraction  # restarted stream: start a new baseline
+                return BlockSample(now, channel, direction, None, None, None, rtt, mes)
+            if 0 < expected <= MAX_SEQUENCE_JUMP:
+                lost = min(expected, max(0, cumulative - before.cumulative_lost))
             else:
-                lost = cumulative - before.cumulative_lost
-                loss = min(1.0, max(0.0, lost / expected))
-        return BlockSample(now, channel, direction, loss, jitter_ms, rtt, mes)
+                expected = None  # a restarted stream: this block is a new baseline
+        return BlockSample(now, channel, direction, lost, expected, jitter_ms, rtt, mes)
 
     def hangup(self, channel: str) -> None:
         """Forget a channel that hung up: its streams are no longer active."""
@@ -187,10 +191,10 @@ class RtcpTracker:
             losses, jitters, latest_mes = [], [], []
             for direction in (RX, TX):
                 mine = [s for s in samples if s.direction == direction]
-                dl = [s.loss for s in mine if s.loss is not None]
+                expected = sum(s.expected for s in mine if s.expected)
                 dj = [s.jitter_ms for s in mine if s.jitter_ms is not None]
-                if dl and dj:
-                    losses.append(sum(dl) / len(dl))
+                if expected and dj:
+                    losses.append(sum(s.lost for s in mine if s.expected and s.lost is not None) / expected)
                     jitters.append(sum(dj) / len(dj))
                 mes = [s.mes for s in mine if s.mes is not None]
                 if mes:
