@@ -100,7 +100,7 @@ def test_sample_text_says_unknown_and_why_when_no_asterisk_runs(tmp_path):
         port = s.getsockname()[1]
     result = agent("sample", "--config", str(write_config(tmp_path, port)))
     assert result.returncode == 0, result.stderr
-    assert "asterisk  unknown" in result.stdout and "quality   unknown" in result.stdout
+    assert "channels unknown  calls unknown" in result.stdout and "quality   unknown" in result.stdout
     assert f"asterisk: AMI 127.0.0.1:{port}: " in result.stderr
     assert "cpu       usage " in result.stdout and "memory    total " in result.stdout
 
