@@ -6,7 +6,6 @@ import socket
 import urllib.request
 
 import pytest
-from fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
 
 from sipstatus.nodetable import NodeTable, NodeView
 from sipstatus.opensips import (
@@ -19,6 +18,7 @@ from sipstatus.opensips import (
     parse_lb_list,
 )
 from sipstatus.status import Asterisk, LoadStatus, State
+from tests.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
 
 
 def view(node, capacity, limit=100, state=State.ACTIVE, fresh=True, seq=1):
