@@ -187,6 +187,8 @@ class Scenario:
     #: "CoreShowChannels": the client's snapshot then precedes the stream, as
     #: it did in the recording, where the session was open before any call).
     stream_after: str | None = None
+    #: Play the stream this many times over (benchmarks: a long busy session).
+    repeat: int = 1
     #: Only events that had arrived by this time (seconds after connect) in the recording.
     stream_until: float | None = None
     #: After the stream: "stay" (keep serving actions) or "close" (EOF). A
@@ -378,14 +380,15 @@ class _Session:
         if self.s.stream_until is not None:
             events = [e for e in events if e.time <= self.s.stream_until]
         loop = asyncio.get_running_loop()
-        start = loop.time()
         first = events[0].time if events else 0.0
-        for event in events:
-            if self.s.speed is not None:
-                delay = (event.time - first) / self.s.speed - (loop.time() - start)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await self.send(event.raw)
+        for _ in range(self.s.repeat):
+            start = loop.time()
+            for event in events:
+                if self.s.speed is not None:
+                    delay = (event.time - first) / self.s.speed - (loop.time() - start)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self.send(event.raw)
         self.server.streamed.set()
         cut = self.s.stream_until is not None
         if (transcript.closed_by_server and not cut) or self.s.then == "close":

@@ -287,14 +287,17 @@ class AmiClient:
         #: True from a Shutdown event or "Asterisk is shutting down" until the
         #: next successful Login.
         self.shutting_down = False
-        #: Why the last attempt or session ended; None while connected.
-        self.last_error: str | None = "not connected yet"
+        #: Why the last attempt or session ended; None while connected and
+        #: before the first attempt has ended.
+        self.last_error: str | None = None
         #: The server's banner of the current or last session.
         self.banner: str | None = None
         #: Delays waited between attempts, for tests and logs.
         self.backoffs: list[float] = []
         #: Lines that were not AMI, over all sessions.
         self.garbage_lines = 0
+        #: Events handed to on_event, over all sessions.
+        self.events_received = 0
 
     @property
     def address(self) -> str:
@@ -325,7 +328,7 @@ class AmiClient:
         session is then closed, since a wedged session must not linger).
         """
         if not self.connected:
-            raise AmiDisconnected(f"AMI {self.address}: not connected ({self.last_error})")
+            raise AmiDisconnected(f"AMI {self.address}: not connected ({self.last_error or 'connecting'})")
         return await self._action(action, fields or {}, timeout)
 
     async def _action(self, action: str, fields: Mapping[str, str], timeout: float | None) -> AmiResponse:
@@ -485,6 +488,7 @@ class AmiClient:
             return  # neither Response nor Event: not AMI (garbage joined a line)
         if message.event == "Shutdown":
             self._mark_shutting_down()
+        self.events_received += 1
         if self.on_event is not None:
             try:
                 self.on_event(message)
