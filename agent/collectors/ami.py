@@ -281,6 +281,7 @@ class AmiClient:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._logged_in = False
+        self._closed_because: str | None = None
         self._read_task: asyncio.Task[None] | None = None
         #: True while logged in.
         self.connected = False
@@ -349,8 +350,9 @@ class AmiClient:
             if not future.done():
                 if self._read_task is not None and self._read_task.done():
                     raise AmiDisconnected(f"AMI {self.address}: connection ended while waiting for the answer to {action}")
-                self._close()
-                raise AmiError(f"AMI {self.address}: no answer to {action} within {limit:g} s; closing the session")
+                reason = f"AMI {self.address}: no answer to {action} within {limit:g} s; closing the session"
+                self._close(reason)
+                raise AmiError(reason)
             answer = future.result()
         except (ConnectionError, OSError) as exc:
             raise AmiDisconnected(f"AMI {self.address}: {action} not sent: {exc}") from None
@@ -369,9 +371,10 @@ class AmiClient:
         failures = 0
         while not self._stopping:
             self._logged_in = False
+            self._closed_because = None
             try:
                 await self._session()
-                reason = f"AMI {self.address}: connection closed by Asterisk"
+                reason = self._closed_because or f"AMI {self.address}: connection closed by Asterisk"
             except asyncio.CancelledError:
                 raise
             except AmiError as exc:
@@ -516,7 +519,10 @@ class AmiClient:
                 pending.future.set_exception(AmiDisconnected(f"{reason} (while waiting for the answer to {pending.action})"))
                 pending.future.exception()  # marked retrieved; the waiter re-raises it
 
-    def _close(self) -> None:
+    def _close(self, because: str | None = None) -> None:
+        """Close the connection; `because` becomes the reason of the end."""
+        if because is not None and self._writer is not None:
+            self._closed_because = because
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
