@@ -282,6 +282,7 @@ class AmiClient:
         self._stopping = False
         self._logged_in = False
         self._closed_because: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._read_task: asyncio.Task[None] | None = None
         #: True while logged in.
         self.connected = False
@@ -381,6 +382,8 @@ class AmiClient:
                 reason = str(exc) if str(exc).startswith("AMI ") else f"AMI {self.address}: {exc}"
             except TimeoutError:
                 reason = f"AMI {self.address}: no answer within {self.connect_timeout:g} s"
+            except ConnectionRefusedError:
+                reason = f"AMI {self.address}: connection refused (is Asterisk running, with AMI enabled in manager.conf?)"
             except OSError as exc:
                 reason = f"AMI {self.address}: {exc.strerror or exc}"
             finally:
@@ -417,7 +420,10 @@ class AmiClient:
             self.last_error = None
             log.debug("AMI %s: logged in as %s (%s)", self.address, self.username, self.banner)
             if self.on_up is not None:
-                loop.create_task(self.on_up()).add_done_callback(_log_task_failure)
+                up = loop.create_task(self.on_up())
+                self._tasks.add(up)  # a reference, or the task may be collected mid-flight
+                up.add_done_callback(self._tasks.discard)
+                up.add_done_callback(_log_task_failure)
             await read_task
         finally:
             if not read_task.done():
