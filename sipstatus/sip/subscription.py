@@ -1068,7 +1068,8 @@ class Subscriber:
 
     def _finish(self, reason: str, status: int | None, out: list[SubscriberOutput]) -> None:
         self.state = STOPPED
-        self.refresh_at = self.notify_deadline = self.retry_at = None
+        self.refresh_at = self.notify_deadline = self.retry_at = self.expires_at = None
+        self.pending = None
         out.append(SubscriptionEnded(self, reason, status, None))
 
     def _failed(self, status: int, reason: str, now: float, out: list[SubscriberOutput],
