@@ -134,10 +134,10 @@ def test_200_makes_the_dialog_and_schedules_the_refresh():
                                     ("Record-Route", "<sip:p1@192.0.2.5;lr>, <sip:p2@192.0.2.6;lr>")])
     out = sub.handle_response(resp, req, 1.0)
     assert events(out, Subscribed) == [Subscribed(sub, 600)]
-    assert sub.state == ACTIVE and sub.remote_tag == "n1"
-    assert sub.remote_target == "sip:agent@192.0.2.1:5060"
+    assert sub.state == ACTIVE and sub.dialog.remote_tag == "n1"
+    assert sub.dialog.remote_target == "sip:agent@192.0.2.1:5060"
     # RFC 3261 section 12.1.2: the UAC's route set is Record-Route reversed.
-    assert sub.route_set == ("<sip:p2@192.0.2.6;lr>", "<sip:p1@192.0.2.5;lr>")
+    assert sub.dialog.route_set == ["<sip:p2@192.0.2.6;lr>", "<sip:p1@192.0.2.5;lr>"]
     assert sub.refresh_at == 1.0 + refresh_delay(600)
 
 
@@ -153,8 +153,8 @@ def test_notify_before_the_200_makes_the_dialog():
     out = sub.handle_request(notify(sub, 1, extra=[("Record-Route", "<sip:p1@192.0.2.5;lr>")]),
                              AGENT, 0.1)
     assert answers(out)[0].status == 200
-    assert sub.state == ACTIVE and sub.remote_tag == "n1"
-    assert sub.route_set == ("<sip:p1@192.0.2.5;lr>",)  # UAS: in order
+    assert sub.state == ACTIVE and sub.dialog.remote_tag == "n1"
+    assert sub.dialog.route_set == ["<sip:p1@192.0.2.5;lr>"]  # UAS: in order
     assert events(out, Subscribed) == [Subscribed(sub, 600)]
     out = sub.handle_response(reply(req, 200, headers=[("Expires", "600")]), req, 0.2)
     assert events(out, Subscribed) == []  # announced once
@@ -351,7 +351,7 @@ def test_refresh_challenge_updates_the_dialog_cseq():
     sub = active(subscriber(authorize=authorize))
     ((_, refresh),) = [(t, o) for t, o in run(sub, 560.0) if isinstance(o, SendRequest)]
     (retry,) = sent(sub.handle_response(make_response(refresh.request, 401), refresh.request, 561))
-    assert retry.cseq.number == 3 and sub.local_cseq == 3
+    assert retry.cseq.number == 3 and sub.dialog.local_cseq == 3
 
 
 def test_unanswered_expiry_makes_a_new_subscription():

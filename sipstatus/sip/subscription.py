@@ -31,6 +31,7 @@ import random as _random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .dialog import Dialog, dialog_as_uac, dialog_as_uas
 from .errors import SipError, bad_request
 from .headers import NameAddr, parse_media_type, parse_name_addr
 from .identifiers import IdGenerator
@@ -78,8 +79,9 @@ class SendResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class DialogId:
-    """A dialog as the local side sees it (RFC 3261 section 12)."""
+class SubscriptionId:
+    """A subscription: its dialog as the notifier sees it (RFC 3261 section 12)
+    (one subscription per dialog here)."""
 
     call_id: str
     local_tag: str
@@ -91,7 +93,7 @@ class DialogId:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionCreated:
-    id: DialogId
+    id: SubscriptionId
     subscriber: str  # the From URI
     source: Destination
     expires: int
@@ -100,7 +102,7 @@ class SubscriptionCreated:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionRefreshed:
-    id: DialogId
+    id: SubscriptionId
     expires: int
 
 
@@ -114,7 +116,7 @@ class SubscriptionTerminated:
     the reason given to :meth:`Notifier.terminate`.
     """
 
-    id: DialogId
+    id: SubscriptionId
     reason: str
     status: int | None = None
 
@@ -132,7 +134,7 @@ class SubscriptionRejected:
 class NotifyFailed:
     """A NOTIFY got an error other than 481/408; the subscription goes on."""
 
-    id: DialogId
+    id: SubscriptionId
     status: int
     reason: str
 
@@ -213,29 +215,14 @@ def _rate(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _in_dialog_request(method: str, *, local: str, remote: str, call_id: str, cseq: int,
-                       remote_target: str, route_set: tuple[str, ...],
-                       extra: Iterable[tuple[str, str]] = (), body: bytes = b"") -> Request:
-    """A request inside a dialog (RFC 3261 section 12.2.1.1).
-
-    Loose routing: Request-URI = remote target, Route = route set.  Strict
-    routing (first route without ``lr``): Request-URI = first route, Route
-    = the rest plus the remote target.
-    """
-    uri = remote_target
-    routes = list(route_set)
-    if routes:
-        first = parse_name_addr(routes[0]).uri
-        if isinstance(first, SipUri) and not first.lr:
-            uri = str(first)
-            routes = routes[1:] + [f"<{remote_target}>"]
-    headers: list[tuple[str, str]] = [("Route", r) for r in routes]
-    headers += [
-        ("Max-Forwards", MAX_FORWARDS), ("From", local), ("To", remote),
-        ("Call-ID", call_id), ("CSeq", f"{cseq} {method}"),
-    ]
-    headers.extend(extra)
-    return Request(method, uri, headers, body)
+def _in_dialog(dialog: Dialog, method: str, headers: list[tuple[str, str]],
+               body: bytes = b"", contact: str | None = None) -> Request:
+    """An in-dialog request without Via: the sender adds the Via of the
+    transport it picks (resolution may change it, RFC 3263)."""
+    request = dialog.create_request(method, via="SIP/2.0/UDP invalid", headers=headers,
+                                    body=body, contact=contact)
+    request.remove_header("Via")
+    return request
 
 
 def next_hop_destination(request: Request, default_transport: str = "UDP") -> Destination | None:
@@ -254,25 +241,20 @@ def next_hop_destination(request: Request, default_transport: str = "UDP") -> De
 class Subscription:
     """One subscription held by a :class:`Notifier` (a dialog plus rate state)."""
 
-    id: DialogId
-    local: str  # From of our NOTIFYs (the SUBSCRIBE's To with our tag)
-    remote: str  # To of our NOTIFYs (the SUBSCRIBE's From)
+    id: SubscriptionId
+    dialog: Dialog
     subscriber: str  # the From URI, for the application
-    remote_target: str
-    route_set: tuple[str, ...]
     source: Destination
     contact: str
     event: str  # the Event value our NOTIFYs carry
     event_id: str | None
     replace_key: tuple[str, str, str, str | None]
-    remote_cseq: int
     expires_at: float
     started_at: float
     min_interval: float  # 1 / max-rate, clamped
     heartbeat: float  # 1 / min-rate, at most the notifier's heartbeat
     adaptive_min_rate: float | None
     rate_params: str  # what Subscription-State reports (RFC 6446 section 5)
-    local_cseq: int = 0
     sent: int = 0  # NOTIFYs sent (RFC 6446 adaptive-min-rate counts them)
     last_sent: float | None = None
     sent_version: int = -1
@@ -284,12 +266,9 @@ class Subscription:
         """Where NOTIFYs go: the subscriber's connection when it came over a
         reliable transport and no proxy is in the path (the connection is the
         only way back through NAT), else the next hop by its URI."""
-        if self.source.reliable and not self.route_set:
+        if self.source.reliable and not self.dialog.route_set:
             return self.source
-        if self.route_set:
-            uri = parse_name_addr(self.route_set[0]).uri
-        else:
-            uri = parse_uri(self.remote_target)
+        uri = parse_uri(self.dialog.next_hop())
         if not isinstance(uri, SipUri):
             return None
         return direct_destination(uri, self.source.transport)
@@ -377,7 +356,7 @@ class Notifier:
             self._service(sub, now, out)
         return out
 
-    def terminate(self, id: DialogId, reason: str, now: float,
+    def terminate(self, id: SubscriptionId, reason: str, now: float,
                   retry_after: int | None = None) -> list[NotifierOutput]:
         """End a subscription with a final NOTIFY (RFC 6665 section 4.2.2:
         ``deactivated``, ``probation``, ``rejected``, ``timeout``, ``giveup``,
@@ -397,7 +376,7 @@ class Notifier:
             self._end(sub, reason, now, out, retry_after=retry_after)
         return out
 
-    def get(self, id: DialogId) -> Subscription | None:
+    def get(self, id: SubscriptionId) -> Subscription | None:
         return self.subscriptions.get((id.call_id, id.local_tag))
 
     # -- transaction user ---------------------------------------------------------------
@@ -534,8 +513,7 @@ class Notifier:
         if len(contacts) != 1:
             # RFC 6665 section 8.2.1 / RFC 3261 12.1.2: exactly one Contact.
             raise bad_request("SUBSCRIBE must carry exactly one Contact")
-        remote_target = str(contacts[0].uri)
-        replace_key = (source.host.lower(), str(from_addr.uri), remote_target, event_id)
+        replace_key = (source.host.lower(), str(from_addr.uri), str(contacts[0].uri), event_id)
         replaced = self._by_watcher.get(replace_key)
         if replaced is None:
             if len(self.subscriptions) >= self.max_subscriptions:
@@ -557,12 +535,12 @@ class Notifier:
             self._remove(replaced, "unsubscribed" if expires == 0 else "replaced", out)
         if expires == 0:
             # A fetch (RFC 6665 section 4.4.3): one NOTIFY with the state, terminated.
-            sub = self._new(request, source, call_id, local_tag, from_addr, remote_target,
-                            contact, event_id, replace_key, now, now, rates)
+            sub = self._new(request, source, local_tag, from_addr, contact, event_id,
+                            replace_key, now, now, rates)
             out.append(self._notify(sub, now, terminated="timeout"))
             return
-        sub = self._new(request, source, call_id, local_tag, from_addr, remote_target,
-                        contact, event_id, replace_key, now, now + expires, rates)
+        sub = self._new(request, source, local_tag, from_addr, contact, event_id,
+                        replace_key, now, now + expires, rates)
         self.subscriptions[(call_id, local_tag)] = sub
         self._by_watcher[replace_key] = sub
         host = source.host.lower()
@@ -570,26 +548,18 @@ class Notifier:
         out.append(SubscriptionCreated(sub.id, sub.subscriber, source, expires, event_id))
         self._service(sub, now, out)
 
-    def _new(self, request: Request, source: Destination, call_id: str, local_tag: str,
-             from_addr: NameAddr, remote_target: str, contact: str, event_id: str | None,
+    def _new(self, request: Request, source: Destination, local_tag: str,
+             from_addr: NameAddr, contact: str, event_id: str | None,
              replace_key: tuple[str, str, str, str | None], now: float, expires_at: float,
              rates: tuple[float, float, float | None, str]) -> Subscription:
-        cseq = request.cseq
-        assert cseq is not None
+        # RFC 3261 section 12.1.1: the UAS's route set is Record-Route in order.
+        dialog = dialog_as_uas(request, local_tag)
         event = self.package + (f";id={event_id}" if event_id is not None else "")
         min_interval, heartbeat, adaptive, reported = rates
-        to_value = request.header("To") or ""
         return Subscription(
-            id=DialogId(call_id, local_tag, from_addr.tag or ""),
-            local=f"{to_value};tag={local_tag}",
-            remote=request.header("From") or "",
-            subscriber=str(from_addr.uri),
-            remote_target=remote_target,
-            # RFC 3261 section 12.1.1: the UAS's route set is the Record-Route
-            # list in order.
-            route_set=tuple(request.header_values("Record-Route")),
-            source=source, contact=contact, event=event, event_id=event_id,
-            replace_key=replace_key, remote_cseq=cseq.number, expires_at=expires_at,
+            id=SubscriptionId(dialog.call_id, local_tag, dialog.remote_tag), dialog=dialog,
+            subscriber=str(from_addr.uri), source=source, contact=contact, event=event,
+            event_id=event_id, replace_key=replace_key, expires_at=expires_at,
             started_at=now, min_interval=min_interval, heartbeat=heartbeat,
             adaptive_min_rate=adaptive, rate_params=reported,
         )
@@ -600,15 +570,9 @@ class Notifier:
         from_tag = _tag_of(request.header("From"))
         if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id:
             raise SipError(481, "no such subscription")
-        cseq = request.cseq
-        assert cseq is not None
-        if cseq.number <= sub.remote_cseq:
-            # RFC 3261 section 12.2.2: out of order.
-            raise SipError(500, "CSeq out of order", [("Retry-After", "1")])
-        sub.remote_cseq = cseq.number
-        contacts = request.contacts
-        if len(contacts) == 1:
-            sub.remote_target = str(contacts[0].uri)  # a target refresh (RFC 6665 4.1.2.2)
+        # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
+        # of RFC 6665 section 4.1.2.2.
+        sub.dialog.receive_request(request)
         headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>")]
         out.append(SendResponse(make_response(request, 200, headers=headers)))
         if expires == 0:
@@ -651,27 +615,23 @@ class Notifier:
 
     def _notify(self, sub: Subscription, now: float, terminated: str | None = None,
                 retry_after: int | None = None) -> SendRequest:
-        sub.local_cseq += 1
         if terminated is None:
             remaining = max(0, math.ceil(sub.expires_at - now))
             state = f"active;expires={remaining}{sub.rate_params}"
-            sub.in_flight = sub.local_cseq
         else:
             state = f"terminated;reason={terminated}"
             if retry_after is not None:
                 state += f";retry-after={retry_after}"
-        extra = [("Contact", f"<{sub.contact}>"), ("Event", sub.event),
-                 ("Subscription-State", state)]
+        extra = [("Event", sub.event), ("Subscription-State", state)]
         body = b""
         # RFC 6665 section 4.2.2: a final NOTIFY after a timeout or
         # unsubscribe carries the last state; other endings carry none.
         if self._body is not None and terminated in (None, "timeout"):
             body = self._body
             extra.append(("Content-Type", self.content_type))
-        request = _in_dialog_request(
-            "NOTIFY", local=sub.local, remote=sub.remote, call_id=sub.id.call_id,
-            cseq=sub.local_cseq, remote_target=sub.remote_target, route_set=sub.route_set,
-            extra=extra, body=body)
+        request = _in_dialog(sub.dialog, "NOTIFY", extra, body, f"<{sub.contact}>")
+        if terminated is None:
+            sub.in_flight = sub.dialog.local_cseq
         sub.sent += 1
         sub.last_sent = now
         sub.sent_version = self._version
@@ -844,9 +804,8 @@ class Subscriber:
 
     __slots__ = (
         "target", "config", "destination", "key", "event_id", "state", "expires",
-        "call_id", "local_tag", "remote_tag", "remote_target", "route_set", "local_cseq",
-        "remote_cseq", "expires_at", "refresh_at", "notify_deadline", "retry_at",
-        "failures", "pending", "stopping", "last_state",
+        "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
+        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state",
     )
 
     def __init__(self, target: str, config: SubscriberConfig, *,
@@ -861,11 +820,8 @@ class Subscriber:
         self.expires = config.expires
         self.call_id = ""
         self.local_tag = ""
-        self.remote_tag: str | None = None
-        self.remote_target: str | None = None
-        self.route_set: tuple[str, ...] = ()
-        self.local_cseq = 0
-        self.remote_cseq: int | None = None
+        self.local_cseq = 0  # of the initial SUBSCRIBE, before there is a dialog
+        self.dialog: Dialog | None = None
         self.expires_at: float | None = None
         self.refresh_at: float | None = None
         self.notify_deadline: float | None = None
@@ -901,9 +857,7 @@ class Subscriber:
         ids = self.config.ids
         self.call_id = ids.call_id()
         self.local_tag = ids.tag()
-        self.remote_tag = self.remote_target = None
-        self.route_set = ()
-        self.remote_cseq = None
+        self.dialog = None
         self.expires_at = self.refresh_at = self.notify_deadline = self.retry_at = None
         self.local_cseq = 1
         self.last_state = None
@@ -922,15 +876,11 @@ class Subscriber:
         return SendRequest(request, self.destination)
 
     def _in_dialog(self, expires: int, now: float, state: str | None = None) -> SendRequest:
-        assert self.remote_target is not None and self.remote_tag is not None
-        self.local_cseq += 1
+        assert self.dialog is not None
         config = self.config
-        request = _in_dialog_request(
-            "SUBSCRIBE", local=f"<{config.local_uri}>;tag={self.local_tag}",
-            remote=f"<{self.target}>;tag={self.remote_tag}", call_id=self.call_id,
-            cseq=self.local_cseq, remote_target=self.remote_target, route_set=self.route_set,
-            extra=[("Contact", f"<{config.contact}>"), ("Event", config.event(self.event_id)),
-                   ("Expires", str(expires)), ("Accept", config.accept)])
+        request = _in_dialog(self.dialog, "SUBSCRIBE", [
+            ("Event", config.event(self.event_id)), ("Expires", str(expires)),
+            ("Accept", config.accept)], contact=f"<{config.contact}>")
         self.pending = request
         self.refresh_at = None
         if state is not None:
@@ -987,7 +937,10 @@ class Subscriber:
             return False
         cseq = retry.cseq
         assert cseq is not None
-        self.local_cseq = cseq.number
+        if self.dialog is not None and _tag_of(retry.header("To")) is not None:
+            self.dialog.local_cseq = cseq.number
+        else:
+            self.local_cseq = cseq.number
         retry.remove_header("Via")
         self.pending = retry
         out.append(SendRequest(retry, self._next_hop(retry)))
@@ -1009,12 +962,9 @@ class Subscriber:
             expires = self._granted(response, now)
             self.failures = 0
             announce = self.expires_at is None
-            if self.remote_tag is None:
+            if self.dialog is None:
                 # The dialog comes from the 2xx (RFC 3261 section 12.1.2).
-                self.remote_tag = _tag_of(response.header("To"))
-                contacts = response.contacts
-                self.remote_target = str(contacts[0].uri) if contacts else self.target
-                self.route_set = tuple(reversed(response.header_values("Record-Route")))
+                self.dialog = _uac_dialog(request, response, self.target)
                 self.notify_deadline = now + NOTIFY_WAIT
             self.state = ACTIVE
             self._schedule_refresh(expires, now)
@@ -1109,7 +1059,7 @@ class Subscriber:
             return False
         if _tag_of(request.header("To")) != self.local_tag:
             return False
-        return self.remote_tag is None or _tag_of(request.header("From")) == self.remote_tag
+        return self.dialog is None or _tag_of(request.header("From")) == self.dialog.remote_tag
 
     def handle_request(self, request: Request, source: Destination,
                        now: float) -> list[SubscriberOutput] | None:
@@ -1131,21 +1081,15 @@ class Subscriber:
         state = request.subscription_state
         if state is None:
             raise bad_request("NOTIFY without Subscription-State")
-        cseq = request.cseq
-        assert cseq is not None
-        if self.remote_cseq is not None and cseq.number <= self.remote_cseq:
-            raise SipError(500, "CSeq out of order")  # RFC 3261 section 12.2.2
-        self.remote_cseq = cseq.number
-        if self.remote_tag is None:
+        if self.dialog is None:
             # RFC 6665 section 4.1.2.4: the NOTIFY came before the 2xx; it
-            # makes the dialog (RFC 3261 section 12.1.1, we are the UAS).
-            self.remote_tag = _tag_of(request.header("From"))
-            contacts = request.contacts
-            self.remote_target = str(contacts[0].uri) if contacts else self.target
-            self.route_set = tuple(request.header_values("Record-Route"))
+            # makes the dialog, as for a UAS (RFC 3261 section 12.1.1).
+            self.dialog = dialog_as_uas(request, self.local_tag)
+            self.dialog.local_cseq = self.local_cseq
             self.state = ACTIVE
-        elif request.contacts:
-            self.remote_target = str(request.contacts[0].uri)  # target refresh
+        else:
+            # RFC 3261 section 12.2.2: CSeq order (500) and target refresh.
+            self.dialog.receive_request(request)
         self.notify_deadline = None
         self.last_state = state.state
         value: object = None
@@ -1239,6 +1183,17 @@ class Subscriber:
             if self.state == ACTIVE and self.pending is None:
                 out.append(self._in_dialog(self.expires, now))
         return out
+
+
+def _uac_dialog(request: Request, response: Response, target: str) -> Dialog:
+    """The dialog of a 2xx (RFC 3261 section 12.1.2); a 2xx without the
+    Contact RFC 6665 requires gets the Request-URI as remote target."""
+    if len(response.contacts) == 1:
+        return dialog_as_uac(request, response)
+    fixed = Response(response.status, response.reason, list(response.headers))
+    fixed.remove_header("Contact")
+    fixed.add_header("Contact", f"<{target}>")
+    return dialog_as_uac(request, fixed)
 
 
 def _copy_request(request: Request) -> Request:
