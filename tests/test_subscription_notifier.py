@@ -626,3 +626,13 @@ def test_notify_serialises_and_parses():
     again = parse_message(send.request.to_bytes())
     assert again.header("Subscription-State") == "active;expires=600"
     assert again.body == b'{"a":1}'
+
+
+def test_expires_reported_is_exact_at_large_clock_values():
+    n = notifier()
+    now = 1795452957.026316
+    (send,) = notifies(n.handle_request(subscribe(), PROXY, now))
+    assert state_of(send) == "active;expires=600"
+    n.handle_response(make_response(send.request, 200), send.request, now)
+    (later,) = notifies(n.state_changed(b"x", now + 100.4))
+    assert state_of(later) == "active;expires=499"  # 499.6 left: never over-stated

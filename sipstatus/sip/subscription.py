@@ -616,7 +616,9 @@ class Notifier:
     def _notify(self, sub: Subscription, now: float, terminated: str | None = None,
                 retry_after: int | None = None) -> SendRequest:
         if terminated is None:
-            remaining = max(0, math.ceil(sub.expires_at - now))
+            # Never more than is left (floor); the tolerance absorbs float
+            # noise of large clock values (now + 600 - now != 600).
+            remaining = max(0, int(sub.expires_at - now + 1e-6))
             state = f"active;expires={remaining}{sub.rate_params}"
         else:
             state = f"terminated;reason={terminated}"
