@@ -175,7 +175,7 @@ def test_agent_restart_is_noticed_at_the_refresh_and_the_watcher_resubscribes():
 def test_deactivated_makes_the_watcher_resubscribe_at_once():
     wire, notifier, pool, sub = setup()
     start(wire, pool, sub)
-    wire.run(10.0)
+    wire.run(100.0)
     agent = wire.nodes[AGENT]
     wire.deliver(AGENT, agent.submit(notifier, notifier.terminate_all("deactivated", wire.now),
                                      wire.now))

@@ -636,3 +636,16 @@ def test_expires_reported_is_exact_at_large_clock_values():
     n.handle_response(make_response(send.request, 200), send.request, now)
     (later,) = notifies(n.state_changed(b"x", now + 100.4))
     assert state_of(later) == "active;expires=499"  # 499.6 left: never over-stated
+
+
+def test_refresh_on_a_new_tcp_connection_moves_the_notifies_there():
+    n = notifier()
+    first_conn = Destination("TCP", "192.0.2.10", 40001)
+    out = n.handle_request(subscribe(), first_conn, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (note,) = notifies(out)
+    assert note.destination == first_conn
+    ok(n, note, 0.0)
+    second_conn = Destination("TCP", "192.0.2.10", 40002)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2), second_conn, 100.0)
+    assert notifies(out)[0].destination == second_conn

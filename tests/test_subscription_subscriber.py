@@ -436,10 +436,17 @@ def test_notify_of_another_dialog_is_not_ours():
 def test_terminated_deactivated_or_timeout_resubscribes_at_once(reason):
     sub = active()
     old = sub.call_id
-    out = sub.handle_request(notify(sub, 2, f"terminated;reason={reason}", body=None), AGENT, 9.0)
+    out = sub.handle_request(notify(sub, 2, f"terminated;reason={reason}", body=None), AGENT, 90.0)
     assert answers(out)[0].status == 200
     (new,) = sent(out)
     assert new.method == "SUBSCRIBE" and new.to_addr.tag is None and new.call_id != old
+
+
+def test_deactivated_right_after_subscribing_backs_off_instead():
+    sub = active()
+    out = sub.handle_request(notify(sub, 2, "terminated;reason=deactivated", body=None), AGENT, 5.0)
+    assert sent(out) == []
+    assert events(out, SubscriptionEnded)[0].retry_at == 7.0
 
 
 @pytest.mark.parametrize("reason", ["probation", "giveup"])

@@ -468,7 +468,7 @@ class Notifier:
         expires = min(expires, self.max_expires)
         to_tag = _tag_of(request.header("To"))
         if to_tag is not None:
-            self._refresh(request, to_tag, event.id, expires, now, out)
+            self._refresh(request, source, to_tag, event.id, expires, now, out)
         else:
             self._create(request, source, event.id, expires, rates, now, out)
 
@@ -564,8 +564,9 @@ class Notifier:
             adaptive_min_rate=adaptive, rate_params=reported,
         )
 
-    def _refresh(self, request: Request, to_tag: str, event_id: str | None, expires: int,
-                 now: float, out: list[NotifierOutput]) -> None:
+    def _refresh(self, request: Request, source: Destination, to_tag: str,
+                 event_id: str | None, expires: int, now: float,
+                 out: list[NotifierOutput]) -> None:
         sub = self.subscriptions.get((request.call_id or "", to_tag))
         from_tag = _tag_of(request.header("From"))
         if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id:
@@ -573,6 +574,10 @@ class Notifier:
         # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
         # of RFC 6665 section 4.1.2.2.
         sub.dialog.receive_request(request)
+        if source.reliable:
+            # A watcher that reconnected refreshes on its new connection: the
+            # NOTIFYs follow it (the old one may be gone).
+            self._move(sub, source)
         headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>")]
         out.append(SendResponse(make_response(request, 200, headers=headers)))
         if expires == 0:
@@ -647,6 +652,17 @@ class Notifier:
         out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
         self._remove(sub, event_reason or reason, out)
 
+    def _move(self, sub: Subscription, source: Destination) -> None:
+        old, new = sub.source.host.lower(), source.host.lower()
+        if old != new:
+            self._per_source[new] = self._per_source.get(new, 0) + 1
+            left = self._per_source.get(old, 1) - 1
+            if left > 0:
+                self._per_source[old] = left
+            else:
+                self._per_source.pop(old, None)
+        sub.source = source
+
     def _remove(self, sub: Subscription, reason: str, out: list[NotifierOutput],
                 status: int | None = None) -> None:
         if self.subscriptions.pop((sub.id.call_id, sub.id.local_tag), None) is None:
@@ -685,6 +701,11 @@ NEVER_RESUBSCRIBE = frozenset({"rejected", "noresource", "invariant"})
 # seen within seconds, a dead node costs one SUBSCRIBE per watcher a minute.
 BACKOFF_BASE = 2.0
 BACKOFF_MAX = 120.0
+# A subscription ended by the notifier sooner than this after it began is
+# treated as a failure (backoff), even for reasons that ask for an
+# immediate re-subscription: a notifier that accepts and at once
+# deactivates must not draw SUBSCRIBEs at network speed.
+MIN_LIFETIME = 30.0
 # Refresh this long before expiry: at least the 32 s of timer F, so that an
 # unanswered refresh over UDP is known while the subscription still stands
 # and a new one can be made before the notifier's state goes; a third of
@@ -807,7 +828,7 @@ class Subscriber:
     __slots__ = (
         "target", "config", "destination", "key", "event_id", "state", "expires",
         "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
-        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state",
+        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state", "since",
     )
 
     def __init__(self, target: str, config: SubscriberConfig, *,
@@ -832,6 +853,7 @@ class Subscriber:
         self.pending: Request | None = None  # our request awaiting its final response
         self.stopping = False
         self.last_state: str | None = None
+        self.since = 0.0  # when the current subscription was started
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.target} {self.state}>"
@@ -863,6 +885,7 @@ class Subscriber:
         self.expires_at = self.refresh_at = self.notify_deadline = self.retry_at = None
         self.local_cseq = 1
         self.last_state = None
+        self.since = now
         self.state = SUBSCRIBING
         config = self.config
         headers = [("Route", r) for r in config.route]
@@ -1135,7 +1158,7 @@ class Subscriber:
             return
         if retry_after is not None:
             wait = float(retry_after)
-        elif reason in RESUBSCRIBE_AT_ONCE:
+        elif reason in RESUBSCRIBE_AT_ONCE and now - self.since >= MIN_LIFETIME:
             wait = 0.0
         else:
             self.failures += 1
