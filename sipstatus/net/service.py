@@ -1,0 +1,300 @@
+"""The asyncio shell: UDP, TCP and TLS transports, one timer, RFC 3263 resolution.
+
+:class:`SipService` moves bytes between sockets and an :class:`Endpoint`
+and keeps one ``TimerHandle`` on the endpoint's ``next_timer()``.  Streams
+are cut into messages by the core's ``StreamFramer``; a peer whose stream
+cannot be framed (endless header, huge Content-Length) is answered when
+possible and disconnected.  Nothing raised by a message escapes into the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+
+from ..sip.errors import SipError
+from ..sip.message import MAX_HEADER_BYTES, Request, StreamFramer, salvage_error_response
+from ..sip.transaction import Destination
+from .endpoint import Endpoint, Resolve, TransactionUser, Transmit
+from .resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+STREAM_TRANSPORTS = ("TCP", "TLS")
+# Requests remembered per connection for reporting a lost connection; more
+# than one element ever has in flight on one connection.
+MAX_TRACKED = 64
+# A stream connection we opened waits this long for the TCP/TLS handshake.
+CONNECT_TIMEOUT = 10.0
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").lower()
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, in either direction."""
+
+    def __init__(self, service: SipService, transport_name: str) -> None:
+        self.service = service
+        self.name = transport_name
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Destination | None = None
+        self.certificate: dict | None = None
+        # Requests written here whose transactions may still wait: if the
+        # connection drops, the transaction layer hears of it (RFC 3261 18.4).
+        self.requests: list[object] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        address = transport.get_extra_info("peername")
+        self.peer = Destination(self.name, address[0], address[1])
+        self.certificate = transport.get_extra_info("peercert")
+        self.service._connections[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        pings = self.framer.pings
+        try:
+            messages = self.framer.feed(data)
+        except SipError as error:
+            self.service.cut_off += 1
+            log.warning("closing %s: %s", self.peer, error.reason)
+            # The framer keeps what it could not frame; its head may still
+            # address an answer (a 413 for a huge Content-Length).
+            reply = salvage_error_response(bytes(self.framer._buffer[:MAX_HEADER_BYTES]), error)
+            if reply is not None:
+                self.transport.write(reply.to_bytes())
+            self.transport.close()
+            return
+        if self.framer.pings > pings:
+            self.transport.write(b"\r\n" * (self.framer.pings - pings))  # RFC 5626 pong
+        for message in messages:
+            self.service._receive(message, self.peer)
+
+    def send(self, item: Transmit) -> None:
+        assert self.transport is not None
+        self.transport.write(item.data)
+        if isinstance(item.message, Request):
+            self.requests = [*self.requests[-(MAX_TRACKED - 1):], item.message]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        connections = self.service._connections
+        for key in [k for k, v in connections.items() if v is self]:
+            del connections[key]
+        requests, self.requests = self.requests, []
+        for request in requests:  # finished transactions ignore this
+            self.service._lost(request)
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.service._receive(data, Destination("UDP", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.service.send_errors += 1  # an ICMP error for some earlier datagram
+
+
+class SipService:
+    """Runs ``endpoint`` on the running event loop.
+
+    ``on_event`` gets every application event (SubscriptionCreated,
+    NotificationReceived, ...).  ``client_ssl`` is the context for TLS
+    connections we open; the default verifies the server's certificate
+    against the system's CAs and the target's domain (RFC 5922).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        resolver: Resolver | None = None,
+        on_event: Callable[[object], None] | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.resolver = resolver or Resolver()
+        self.on_event = on_event or (lambda event: None)
+        self.client_ssl = client_ssl
+        self.loop = asyncio.get_running_loop()
+        self._udp: dict[int, asyncio.DatagramTransport] = {}  # address family -> socket
+        self._servers: list[asyncio.base_events.Server] = []
+        self._connections: dict[Destination, _Stream] = {}
+        self._connecting: dict[Destination, list[Transmit]] = {}
+        self._tls_names: dict[tuple[str, int], str] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.send_errors = 0
+        self.cut_off = 0
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # -- listening -------------------------------------------------------------------------
+
+    async def listen(self, transport: str, host: str, port: int = 0, *,
+                     ssl_context: ssl.SSLContext | None = None,
+                     advertise: str | None = None) -> tuple[str, int]:
+        """Listen on ``host:port`` (0: any free port); returns the bound address.
+
+        ``advertise`` is the host our Via carries for this transport when
+        ``host`` is a wildcard address.
+        """
+        transport = transport.upper()
+        if transport == "UDP":
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            udp, _ = await self.loop.create_datagram_endpoint(
+                lambda: _Datagram(self), local_addr=(host, port), family=family)
+            self._udp[family] = udp
+            bound = udp.get_extra_info("sockname")
+        elif transport in STREAM_TRANSPORTS:
+            if transport == "TLS" and ssl_context is None:
+                raise ValueError("TLS needs a server ssl_context")
+            server = await self.loop.create_server(
+                lambda: _Stream(self, transport), host, port,
+                ssl=ssl_context if transport == "TLS" else None)
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+        else:
+            raise ValueError(f"transport {transport} not supported")
+        self.endpoint.local.setdefault(transport, (advertise or bound[0], bound[1]))
+        return bound[0], bound[1]
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for udp in self._udp.values():
+            udp.close()
+        for server in self._servers:
+            server.close()
+        for stream in list(self._connections.values()):
+            if stream.transport is not None:
+                stream.transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        await asyncio.sleep(0)
+
+    def peer_certificate(self, peer: Destination) -> dict | None:
+        """The verified certificate of a TLS peer (for authorization hooks)."""
+        stream = self._connections.get(peer)
+        return None if stream is None else stream.certificate
+
+    # -- feeding the endpoint ------------------------------------------------------------------
+
+    def submit(self, user: TransactionUser, outputs: Iterable[object]) -> None:
+        """Send the outputs of an application call on ``user``."""
+        self._feed(self.endpoint.submit(user, outputs, self.now()))
+
+    def _receive(self, data: bytes, source: Destination) -> None:
+        self._feed(self.endpoint.receive(data, source, self.now()))
+
+    def _feed(self, outputs: Iterable[object]) -> None:
+        for item in outputs:
+            try:
+                if isinstance(item, Transmit):
+                    self._send(item)
+                elif isinstance(item, Resolve):
+                    self._spawn(self._resolve(item))
+                else:
+                    self.on_event(item)
+            except Exception:  # noqa: BLE001 - the loop keeps serving
+                log.exception("failed to act on %r", item)
+        self._arm()
+
+    def _arm(self) -> None:
+        when = self.endpoint.next_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        self._feed(self.endpoint.handle_timer(self.now()))
+
+    def _spawn(self, coroutine: object) -> None:
+        task = self.loop.create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, item: Resolve) -> None:
+        try:
+            targets = await self.resolver.resolve(item.uri)
+        except Exception:  # noqa: BLE001
+            log.exception("resolving %s failed", item.uri)
+            targets = []
+        for target in targets:
+            self._tls_names[(target.destination.host, target.destination.port)] = target.name
+        self._feed(self.endpoint.targets_resolved(
+            item.token, [t.destination for t in targets], self.now()))
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def _lost(self, request: Request) -> None:
+        self._feed(self.endpoint.transport_error(request, self.now()))
+
+    def _failed(self, item: Transmit) -> None:
+        self.send_errors += 1
+        self._feed(self.endpoint.transport_error(item.message, self.now()))
+
+    def _send(self, item: Transmit) -> None:
+        destination = item.destination
+        name = destination.transport.upper()
+        if name == "UDP":
+            family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+            udp = self._udp.get(family)
+            if udp is None:
+                self._failed(item)
+                return
+            try:
+                udp.sendto(item.data, (destination.host.strip("[]"), destination.port))
+            except OSError:
+                self._failed(item)
+            return
+        key = Destination(name, _host_key(destination.host), destination.port)
+        stream = self._connections.get(key) or self._connections.get(destination)
+        if stream is not None and stream.transport is not None \
+                and not stream.transport.is_closing():
+            stream.send(item)
+            return
+        queue = self._connecting.get(key)
+        if queue is not None:
+            queue.append(item)
+            return
+        self._connecting[key] = [item]
+        self._spawn(self._connect(key))
+
+    async def _connect(self, key: Destination) -> None:
+        tls = key.transport == "TLS"
+        context: ssl.SSLContext | None = None
+        if tls:
+            context = self.client_ssl or ssl.create_default_context()
+        try:
+            _, stream = await asyncio.wait_for(self.loop.create_connection(
+                lambda: _Stream(self, key.transport), key.host, key.port, ssl=context,
+                server_hostname=self._tls_names.get((key.host, key.port), key.host)
+                if tls else None), CONNECT_TIMEOUT)
+        except (TimeoutError, OSError, ssl.SSLError) as error:
+            log.warning("cannot connect to %s: %s", key, error)
+            for item in self._connecting.pop(key, []):
+                self._failed(item)
+            return
+        assert isinstance(stream, _Stream) and stream.transport is not None
+        # Known by the address it connected to as well as the peer's name for it.
+        self._connections[key] = stream
+        for item in self._connecting.pop(key, []):
+            stream.send(item)

@@ -1,0 +1,1304 @@
+"""SIP-specific event notification (RFC 6665) with rate control (RFC 6446), sans-I/O.
+
+Two state machines, generic over the event package and its body:
+
+- :class:`Notifier` answers SUBSCRIBE requests for one package, keeps the
+  subscriptions (dialogs) and sends NOTIFY requests: a full state at once, a
+  new state as soon as each subscription's rate ceiling allows (changes in
+  between coalesce: the latest body wins), a heartbeat at least every
+  heartbeat interval, and a final NOTIFY when a subscription ends.
+- :class:`Subscriber` holds one subscription to one resource: initial
+  SUBSCRIBE, refreshes, NOTIFY handling, re-subscription with backoff.
+  :class:`SubscriberPool` runs hundreds of them with one timer heap.
+
+Both are *transaction users* (RFC 3261 section 5): they are fed requests
+(``handle_request``), the final responses to the requests they sent
+(``handle_response``; a transaction timeout arrives as a 408 and a transport
+failure as a 503, RFC 3261 sections 8.1.3.1 and 8.1.2) and the time
+(``handle_timer``); they return :class:`SendRequest` / :class:`SendResponse`
+outputs, which go through the non-INVITE transaction layer, and events for
+the application.  They never read a clock or touch a socket.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import math
+import os
+import random as _random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .dialog import Dialog, dialog_as_uac, dialog_as_uas
+from .errors import SipError, bad_request
+from .headers import NameAddr, parse_media_type, parse_name_addr
+from .identifiers import IdGenerator
+from .message import Request, Response, error_response, make_response
+from .transaction import DEFAULT_SIP_PORT, DEFAULT_SIPS_PORT, T1, Destination
+from .uri import SipUri, parse_uri
+
+# -- defaults (the load-status package, spec section 8) ------------------------------
+
+DEFAULT_EXPIRES = 600  # spec: default subscription duration
+MIN_EXPIRES = 60  # below this: 423 with Min-Expires (RFC 6665 section 4.2.1.1)
+MAX_EXPIRES = 3600  # the notifier may shorten a subscription (RFC 6665 4.2.1.1)
+DEFAULT_MAX_RATE = 2.0  # NOTIFY/s without a max-rate parameter (0.5 s apart)
+MAX_RATE_LIMIT = 10.0  # absolute ceiling per subscription, whatever is asked
+DEFAULT_HEARTBEAT = 5.0  # validity (15 s) / 3: a NOTIFY at least this often
+# RFC 6665 section 4.1.2.4: a subscriber that gets a 2xx but no NOTIFY within
+# 64*T1 considers the subscription failed.
+NOTIFY_WAIT = 64 * T1
+MAX_FORWARDS = "70"
+
+# -- outputs shared by the transaction users ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Send ``request`` in a new client transaction.
+
+    ``destination`` is where to send it; None means: resolve the next hop
+    (the first Route, else the Request-URI) per RFC 3263.  The sender adds
+    the top Via; a timeout comes back as a 408, a transport error as a 503.
+    """
+
+    request: Request
+    destination: Destination | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResponse:
+    """Answer a received request through its server transaction."""
+
+    response: Response
+
+
+# -- notifier events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionId:
+    """A subscription: its dialog as the notifier sees it (RFC 3261 section 12)
+    (one subscription per dialog here)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+
+    def __str__(self) -> str:
+        return f"{self.call_id};local={self.local_tag};remote={self.remote_tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCreated:
+    id: SubscriptionId
+    subscriber: str  # the From URI
+    source: Destination
+    expires: int
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRefreshed:
+    id: SubscriptionId
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionTerminated:
+    """A subscription ended.
+
+    ``reason``: ``timeout`` (not refreshed), ``unsubscribed`` (Expires: 0),
+    ``replaced`` (a new SUBSCRIBE from the same watcher), ``notify-rejected``
+    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer), or
+    the reason given to :meth:`Notifier.terminate`.
+    """
+
+    id: SubscriptionId
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRejected:
+    """A SUBSCRIBE was refused (for logs: who asked and why)."""
+
+    source: Destination
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyFailed:
+    """A NOTIFY got an error other than 481/408; the subscription goes on."""
+
+    id: SubscriptionId
+    status: int
+    reason: str
+
+
+NotifierEvent = (SubscriptionCreated | SubscriptionRefreshed | SubscriptionTerminated
+                 | SubscriptionRejected | NotifyFailed)
+NotifierOutput = SendRequest | SendResponse | NotifierEvent
+
+#: ``authorize(request, source, now)`` returns None to accept, or the SipError
+#: to answer with: 403, or 401/407 whose headers carry the challenge.
+Authorizer = Callable[[Request, Destination, float], SipError | None]
+
+
+# -- small helpers --------------------------------------------------------------------
+
+
+def accepts(accept_values: list[str], media_type: str) -> bool:
+    """Whether Accept values admit ``media_type`` (RFC 3261 section 20.1).
+
+    Ranges ``type/*`` and ``*/*`` match; ``q=0`` excludes.  An empty Accept
+    admits nothing.
+    """
+    kind = media_type.split("/", 1)[0]
+    for value in accept_values:
+        try:
+            mtype, params = parse_media_type(value)
+        except SipError:
+            continue
+        q = params.get("q")
+        try:
+            if q is not None and float(q) <= 0:
+                continue
+        except ValueError:
+            continue
+        if mtype in (media_type, f"{kind}/*", "*/*"):
+            return True
+    return False
+
+
+def _tag_of(value: str | None) -> str | None:
+    return None if value is None else parse_name_addr(value).tag
+
+
+def direct_destination(uri: SipUri, default_transport: str = "UDP") -> Destination | None:
+    """The destination of a URI whose host is an IP address, else None (needs DNS).
+
+    RFC 3263 section 4: a numeric host skips NAPTR/SRV; the port defaults to
+    5060 (5061 for TLS) and the transport to the ``transport`` parameter,
+    TLS for sips, else ``default_transport``.
+    """
+    host = uri.params.get("maddr") or uri.host
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if uri.scheme == "sips":
+        transport = "TLS"
+    else:
+        transport = (uri.transport or default_transport).upper()
+    port = uri.port or (DEFAULT_SIPS_PORT if transport == "TLS" else DEFAULT_SIP_PORT)
+    return Destination(transport, host.strip("[]"), port)
+
+
+def _positive(value: str | None, name: str) -> float | None:
+    """An RFC 6446 rate parameter: a positive decimal (rates are per second)."""
+    if value is None:
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        raise bad_request(f"Event {name} is not a number: {value[:20]!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise bad_request(f"Event {name} must be a positive number of notifications per second")
+    return rate
+
+
+def _rate(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _in_dialog(dialog: Dialog, method: str, headers: list[tuple[str, str]],
+               body: bytes = b"", contact: str | None = None) -> Request:
+    """An in-dialog request without Via: the sender adds the Via of the
+    transport it picks (resolution may change it, RFC 3263)."""
+    request = dialog.create_request(method, via="SIP/2.0/UDP invalid", headers=headers,
+                                    body=body, contact=contact)
+    request.remove_header("Via")
+    return request
+
+
+def next_hop_destination(request: Request, default_transport: str = "UDP") -> Destination | None:
+    """Where ``request`` goes without DNS: its first Route or Request-URI, if numeric."""
+    routes = request.routes
+    uri = routes[0].uri if routes else request.request_uri
+    if not isinstance(uri, SipUri):
+        return None
+    return direct_destination(uri, default_transport)
+
+
+# -- notifier -------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One subscription held by a :class:`Notifier` (a dialog plus rate state)."""
+
+    id: SubscriptionId
+    dialog: Dialog
+    subscriber: str  # the From URI, for the application
+    source: Destination
+    contact: str
+    event: str  # the Event value our NOTIFYs carry
+    event_id: str | None
+    replace_key: tuple[str, str, str, str | None]
+    expires_at: float
+    started_at: float
+    min_interval: float  # 1 / max-rate, clamped
+    heartbeat: float  # 1 / min-rate, at most the notifier's heartbeat
+    adaptive_min_rate: float | None
+    rate_params: str  # what Subscription-State reports (RFC 6446 section 5)
+    sent: int = 0  # NOTIFYs sent (RFC 6446 adaptive-min-rate counts them)
+    last_sent: float | None = None
+    sent_version: int = -1
+    owed: bool = True  # a NOTIFY is owed to a SUBSCRIBE (RFC 6665 4.2.1.1/4.2.1.2)
+    in_flight: int | None = None  # CSeq of the NOTIFY awaiting its final response
+    timer: float | None = None
+
+    def destination(self) -> Destination | None:
+        """Where NOTIFYs go: the subscriber's connection when it came over a
+        reliable transport and no proxy is in the path (the connection is the
+        only way back through NAT), else the next hop by its URI."""
+        if self.source.reliable and not self.dialog.route_set:
+            return self.source
+        uri = parse_uri(self.dialog.next_hop())
+        if not isinstance(uri, SipUri):
+            return None
+        return direct_destination(uri, self.source.transport)
+
+
+class Notifier:
+    """The notifier of one event package (RFC 6665 section 4.2).
+
+    ``contact`` is our Contact URI, or a function of the transport a
+    SUBSCRIBE arrived on (``Destination``) giving it.  ``authorize`` decides
+    on every SUBSCRIBE (see :data:`Authorizer`).  Caps: ``max_subscriptions``
+    in total and ``max_per_source`` per source address; beyond them a new
+    subscription gets 503 with ``Retry-After: busy_retry_after``.
+
+    Rates (RFC 6446): NOTIFYs of one subscription are at least
+    ``1/max_rate`` s apart (the subscriber's ``max-rate`` may change that,
+    but never beyond ``max_rate_limit``), and at most ``heartbeat`` s apart
+    (the subscriber's ``min-rate`` may shorten that).  The application calls
+    :meth:`state_changed` with each new body.
+    """
+
+    def __init__(
+        self,
+        package: str,
+        content_type: str,
+        contact: str | Callable[[Destination], str],
+        *,
+        other_packages: Iterable[str] = (),
+        authorize: Authorizer | None = None,
+        default_expires: int = DEFAULT_EXPIRES,
+        min_expires: int = MIN_EXPIRES,
+        max_expires: int = MAX_EXPIRES,
+        max_subscriptions: int = 1000,
+        max_per_source: int = 32,
+        busy_retry_after: int = 30,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        max_rate: float = DEFAULT_MAX_RATE,
+        max_rate_limit: float = MAX_RATE_LIMIT,
+        ids: IdGenerator | None = None,
+    ) -> None:
+        if not 0 < max_rate <= max_rate_limit:
+            raise ValueError("need 0 < max_rate <= max_rate_limit")
+        if heartbeat < 1 / max_rate:
+            raise ValueError("heartbeat shorter than the interval of the rate ceiling")
+        self.package = package.lower()
+        self.content_type = content_type.lower()
+        self._contact = contact
+        self.other_packages = [p.lower() for p in other_packages]
+        self.authorize = authorize
+        self.default_expires = default_expires
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.max_subscriptions = max_subscriptions
+        self.max_per_source = max_per_source
+        self.busy_retry_after = busy_retry_after
+        self.heartbeat = heartbeat
+        self.max_rate = max_rate
+        self.max_rate_limit = max_rate_limit
+        self.ids = ids or IdGenerator()
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}  # (call_id, local_tag)
+        self._by_watcher: dict[tuple[str, str, str, str | None], Subscription] = {}
+        self._per_source: dict[str, int] = {}
+        self._body: bytes | None = None
+        self._version = 0  # bumped by every state change
+        self._urgent = -1  # the latest version that must go out at once
+        self._heap: list[tuple[float, int, Subscription]] = []
+        self._seq = itertools.count()
+
+    # -- the application's side -------------------------------------------------------
+
+    @property
+    def body(self) -> bytes | None:
+        return self._body
+
+    def state_changed(self, body: bytes, now: float, significant: bool = True) -> list[NotifierOutput]:
+        """A new state.  A significant one goes to every subscriber as soon as
+        its rate ceiling allows; an insignificant one rides on the next NOTIFY
+        (heartbeat or significant).  Either way the latest body is what's sent."""
+        self._body = body
+        self._version += 1
+        if significant:
+            self._urgent = self._version
+        out: list[NotifierOutput] = []
+        for sub in list(self.subscriptions.values()):
+            self._service(sub, now, out)
+        return out
+
+    def terminate(self, id: SubscriptionId, reason: str, now: float,
+                  retry_after: int | None = None) -> list[NotifierOutput]:
+        """End a subscription with a final NOTIFY (RFC 6665 section 4.2.2:
+        ``deactivated``, ``probation``, ``rejected``, ``timeout``, ``giveup``,
+        ``noresource``, ``invariant``)."""
+        sub = self.subscriptions.get((id.call_id, id.local_tag))
+        if sub is None:
+            return []
+        out: list[NotifierOutput] = []
+        self._end(sub, reason, now, out, retry_after=retry_after)
+        return out
+
+    def terminate_all(self, reason: str, now: float,
+                      retry_after: int | None = None) -> list[NotifierOutput]:
+        """End every subscription (shutdown: ``deactivated`` or ``noresource``)."""
+        out: list[NotifierOutput] = []
+        for sub in list(self.subscriptions.values()):
+            self._end(sub, reason, now, out, retry_after=retry_after)
+        return out
+
+    def get(self, id: SubscriptionId) -> Subscription | None:
+        return self.subscriptions.get((id.call_id, id.local_tag))
+
+    # -- transaction user ---------------------------------------------------------------
+
+    def handle_request(self, request: Request, source: Destination,
+                       now: float) -> list[NotifierOutput] | None:
+        """A SUBSCRIBE for us; None for requests this notifier does not handle."""
+        if request.method != "SUBSCRIBE":
+            return None
+        out: list[NotifierOutput] = []
+        try:
+            self._subscribe(request, source, now, out)
+        except SipError as error:
+            out.append(SendResponse(error_response(request, error)))
+            out.append(SubscriptionRejected(source, error.status, error.reason))
+        return out
+
+    def handle_response(self, response: Response, request: Request,
+                        now: float) -> list[NotifierOutput]:
+        """The final response to one of our NOTIFYs (408/503 for timeouts and
+        transport errors)."""
+        if response.status < 200 or request.method != "NOTIFY":
+            return []
+        key = (request.call_id or "", _tag_of(request.header("From")) or "")
+        sub = self.subscriptions.get(key)
+        cseq = request.cseq
+        if sub is None or cseq is None or sub.in_flight != cseq.number:
+            return []  # the final NOTIFY of an ended subscription, or stale
+        sub.in_flight = None
+        out: list[NotifierOutput] = []
+        if response.status == 481:
+            # RFC 6665 section 4.2.2: the subscriber has no such subscription.
+            self._remove(sub, "notify-rejected", out, status=481)
+        elif response.status == 408:
+            self._remove(sub, "notify-timeout", out, status=408)
+        else:
+            if response.status >= 300:
+                out.append(NotifyFailed(sub.id, response.status, response.reason or ""))
+            self._service(sub, now, out)
+        return out
+
+    def next_timer(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].timer != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> list[NotifierOutput]:
+        out: list[NotifierOutput] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, sub = heapq.heappop(heap)
+            if sub.timer != when:
+                continue
+            sub.timer = None
+            if now >= sub.expires_at:
+                # RFC 6665 section 4.2.2: not refreshed in time.
+                self._end(sub, "timeout", now, out)
+            else:
+                self._service(sub, now, out)
+        return out
+
+    # -- SUBSCRIBE (RFC 6665 section 4.2.1) -----------------------------------------------
+
+    def _subscribe(self, request: Request, source: Destination, now: float,
+                   out: list[NotifierOutput]) -> None:
+        event = request.event
+        if event is None:
+            raise bad_request("SUBSCRIBE without Event header")
+        if event.package != self.package:
+            packages = ", ".join([self.package, *self.other_packages])
+            raise SipError(489, f"event package {event.package!r} not supported",
+                           [("Allow-Events", packages)])
+        rates = self._rates(event.params)
+        if self.authorize is not None:
+            refusal = self.authorize(request, source, now)
+            if refusal is not None:
+                raise refusal
+        if request.header("Accept") is not None \
+                and not accepts(request.header_values("Accept"), self.content_type):
+            raise SipError(406, f"Accept does not include {self.content_type}",
+                           [("Accept", self.content_type)])
+        expires = request.expires
+        if expires is None:
+            expires = self.default_expires
+        elif 0 < expires < self.min_expires:
+            raise SipError(423, "subscription too brief",
+                           [("Min-Expires", str(self.min_expires))])
+        expires = min(expires, self.max_expires)
+        to_tag = _tag_of(request.header("To"))
+        if to_tag is not None:
+            self._refresh(request, source, to_tag, event.id, expires, now, out)
+        else:
+            self._create(request, source, event.id, expires, rates, now, out)
+
+    def _rates(self, params: dict[str, str | None]) -> tuple[float, float, float | None, str]:
+        """min interval, heartbeat, adaptive min rate, Subscription-State params."""
+        min_rate = _positive(params.get("min-rate"), "min-rate")
+        max_rate = _positive(params.get("max-rate"), "max-rate")
+        adaptive = _positive(params.get("adaptive-min-rate"), "adaptive-min-rate")
+        if min_rate is not None and max_rate is not None and min_rate > max_rate:
+            raise bad_request("Event min-rate is larger than max-rate")  # RFC 6446 section 4
+        if adaptive is not None and max_rate is not None and adaptive > max_rate:
+            raise bad_request("Event adaptive-min-rate is larger than max-rate")
+        ceiling = min(max_rate if max_rate is not None else self.max_rate, self.max_rate_limit)
+        min_interval = 1 / ceiling
+        heartbeat = self.heartbeat
+        if min_rate is not None:
+            heartbeat = min(heartbeat, 1 / min(min_rate, ceiling))
+        heartbeat = max(heartbeat, min_interval)
+        if adaptive is not None:
+            adaptive = min(adaptive, ceiling)
+        reported = ""
+        if min_rate is not None:
+            reported += f";min-rate={_rate(1 / heartbeat)}"
+        if max_rate is not None:
+            reported += f";max-rate={_rate(ceiling)}"
+        if adaptive is not None:
+            reported += f";adaptive-min-rate={_rate(adaptive)}"
+        return min_interval, heartbeat, adaptive, reported
+
+    def _contact_for(self, source: Destination) -> str:
+        contact = self._contact
+        return contact(source) if callable(contact) else contact
+
+    def _create(self, request: Request, source: Destination, event_id: str | None,
+                expires: int, rates: tuple[float, float, float | None, str], now: float,
+                out: list[NotifierOutput]) -> None:
+        from_addr = request.from_addr
+        assert from_addr is not None  # validation.check_request
+        if not from_addr.tag:
+            raise bad_request("SUBSCRIBE without From tag")
+        contacts = request.contacts
+        if len(contacts) != 1:
+            # RFC 6665 section 8.2.1 / RFC 3261 12.1.2: exactly one Contact.
+            raise bad_request("SUBSCRIBE must carry exactly one Contact")
+        replace_key = (source.host.lower(), str(from_addr.uri), str(contacts[0].uri), event_id)
+        replaced = self._by_watcher.get(replace_key)
+        if replaced is None:
+            if len(self.subscriptions) >= self.max_subscriptions:
+                raise SipError(503, "too many subscriptions",
+                               [("Retry-After", str(self.busy_retry_after))])
+            if self._per_source.get(source.host.lower(), 0) >= self.max_per_source:
+                raise SipError(503, "too many subscriptions from this address",
+                               [("Retry-After", str(self.busy_retry_after))])
+        local_tag = self.ids.tag()
+        contact = self._contact_for(source)
+        headers = [("Expires", str(expires)), ("Contact", f"<{contact}>")]
+        response = make_response(request, 200, to_tag=local_tag, headers=headers,
+                                 record_route=True)
+        out.append(SendResponse(response))
+        call_id = request.call_id or ""
+        if replaced is not None:
+            # Kamailio's uac_req_send re-subscribes with a new dialog each time:
+            # the old subscription goes without a final NOTIFY (spec section 4).
+            self._remove(replaced, "unsubscribed" if expires == 0 else "replaced", out)
+        if expires == 0:
+            # A fetch (RFC 6665 section 4.4.3): one NOTIFY with the state, terminated.
+            sub = self._new(request, source, local_tag, from_addr, contact, event_id,
+                            replace_key, now, now, rates)
+            out.append(self._notify(sub, now, terminated="timeout"))
+            return
+        sub = self._new(request, source, local_tag, from_addr, contact, event_id,
+                        replace_key, now, now + expires, rates)
+        self.subscriptions[(call_id, local_tag)] = sub
+        self._by_watcher[replace_key] = sub
+        host = source.host.lower()
+        self._per_source[host] = self._per_source.get(host, 0) + 1
+        out.append(SubscriptionCreated(sub.id, sub.subscriber, source, expires, event_id))
+        self._service(sub, now, out)
+
+    def _new(self, request: Request, source: Destination, local_tag: str,
+             from_addr: NameAddr, contact: str, event_id: str | None,
+             replace_key: tuple[str, str, str, str | None], now: float, expires_at: float,
+             rates: tuple[float, float, float | None, str]) -> Subscription:
+        # RFC 3261 section 12.1.1: the UAS's route set is Record-Route in order.
+        dialog = dialog_as_uas(request, local_tag)
+        event = self.package + (f";id={event_id}" if event_id is not None else "")
+        min_interval, heartbeat, adaptive, reported = rates
+        return Subscription(
+            id=SubscriptionId(dialog.call_id, local_tag, dialog.remote_tag), dialog=dialog,
+            subscriber=str(from_addr.uri), source=source, contact=contact, event=event,
+            event_id=event_id, replace_key=replace_key, expires_at=expires_at,
+            started_at=now, min_interval=min_interval, heartbeat=heartbeat,
+            adaptive_min_rate=adaptive, rate_params=reported,
+        )
+
+    def _refresh(self, request: Request, source: Destination, to_tag: str,
+                 event_id: str | None, expires: int, now: float,
+                 out: list[NotifierOutput]) -> None:
+        sub = self.subscriptions.get((request.call_id or "", to_tag))
+        from_tag = _tag_of(request.header("From"))
+        if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id:
+            raise SipError(481, "no such subscription")
+        # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
+        # of RFC 6665 section 4.1.2.2.
+        sub.dialog.receive_request(request)
+        if source.reliable:
+            # A watcher that reconnected refreshes on its new connection: the
+            # NOTIFYs follow it (the old one may be gone).
+            self._move(sub, source)
+        headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>")]
+        out.append(SendResponse(make_response(request, 200, headers=headers)))
+        if expires == 0:
+            # RFC 6665 section 4.2.1.4: unsubscribe; the final NOTIFY has the state.
+            self._end(sub, "timeout", now, out, event_reason="unsubscribed")
+            return
+        sub.expires_at = now + expires
+        sub.owed = True  # RFC 6665 section 4.2.1.2: a refresh gets a NOTIFY
+        out.append(SubscriptionRefreshed(sub.id, expires))
+        self._service(sub, now, out)
+
+    # -- sending NOTIFY ------------------------------------------------------------------
+
+    def _next_notify(self, sub: Subscription) -> float:
+        """When this subscription's next NOTIFY is due (ignoring one in flight)."""
+        if sub.last_sent is None:
+            return -math.inf
+        earliest = sub.last_sent + sub.min_interval
+        if sub.owed or self._urgent > sub.sent_version:
+            return earliest
+        due = sub.last_sent + sub.heartbeat
+        if sub.adaptive_min_rate is not None:
+            # RFC 6446 section 3.3, as implemented here: keep the average rate
+            # since the subscription began at or above adaptive-min-rate, so
+            # a burst of changes earns quiet time later; the heartbeat still
+            # bounds every gap (spec section 8).
+            due = min(due, max(earliest, sub.started_at + sub.sent / sub.adaptive_min_rate))
+        return max(due, earliest)
+
+    def _service(self, sub: Subscription, now: float, out: list[NotifierOutput]) -> None:
+        """Send a NOTIFY if one is due now, and set the subscription's timer."""
+        if sub.in_flight is None and self._next_notify(sub) <= now:
+            out.append(self._notify(sub, now))
+        when = sub.expires_at
+        if sub.in_flight is None:
+            when = min(when, self._next_notify(sub))
+        if sub.timer != when:
+            sub.timer = when
+            heapq.heappush(self._heap, (when, next(self._seq), sub))
+
+    def _notify(self, sub: Subscription, now: float, terminated: str | None = None,
+                retry_after: int | None = None) -> SendRequest:
+        if terminated is None:
+            # Never more than is left (floor); the tolerance absorbs float
+            # noise of large clock values (now + 600 - now != 600).
+            remaining = max(0, int(sub.expires_at - now + 1e-6))
+            state = f"active;expires={remaining}{sub.rate_params}"
+        else:
+            state = f"terminated;reason={terminated}"
+            if retry_after is not None:
+                state += f";retry-after={retry_after}"
+        extra = [("Event", sub.event), ("Subscription-State", state)]
+        body = b""
+        # RFC 6665 section 4.2.2: a final NOTIFY after a timeout or
+        # unsubscribe carries the last state; other endings carry none.
+        if self._body is not None and terminated in (None, "timeout"):
+            body = self._body
+            extra.append(("Content-Type", self.content_type))
+        request = _in_dialog(sub.dialog, "NOTIFY", extra, body, f"<{sub.contact}>")
+        if terminated is None:
+            sub.in_flight = sub.dialog.local_cseq
+        sub.sent += 1
+        sub.last_sent = now
+        sub.sent_version = self._version
+        sub.owed = False
+        return SendRequest(request, sub.destination())
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _end(self, sub: Subscription, reason: str, now: float, out: list[NotifierOutput],
+             retry_after: int | None = None, event_reason: str | None = None) -> None:
+        out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
+        self._remove(sub, event_reason or reason, out)
+
+    def _move(self, sub: Subscription, source: Destination) -> None:
+        old, new = sub.source.host.lower(), source.host.lower()
+        if old != new:
+            self._per_source[new] = self._per_source.get(new, 0) + 1
+            left = self._per_source.get(old, 1) - 1
+            if left > 0:
+                self._per_source[old] = left
+            else:
+                self._per_source.pop(old, None)
+        sub.source = source
+
+    def _remove(self, sub: Subscription, reason: str, out: list[NotifierOutput],
+                status: int | None = None) -> None:
+        if self.subscriptions.pop((sub.id.call_id, sub.id.local_tag), None) is None:
+            return
+        if self._by_watcher.get(sub.replace_key) is sub:
+            del self._by_watcher[sub.replace_key]
+        host = sub.source.host.lower()
+        left = self._per_source.get(host, 1) - 1
+        if left > 0:
+            self._per_source[host] = left
+        else:
+            self._per_source.pop(host, None)
+        sub.timer = None
+        out.append(SubscriptionTerminated(sub.id, reason, status))
+
+
+# -- subscriber -----------------------------------------------------------------------
+
+#: ``authorize(request, challenge)`` turns a request answered 401/407 into the
+#: retry with credentials, or None to give up (``DigestClient.authorize``).
+ClientAuthorizer = Callable[[Request, Response], Request | None]
+#: ``decode(body)`` returns the application's value or raises ValueError whose
+#: text (member and rule) becomes the reason phrase of the 400.
+Decoder = Callable[[bytes], object]
+
+# Final responses to a SUBSCRIBE after which retrying cannot help (RFC 6665
+# section 4.1.2.1 and RFC 3261 section 21): report and stop.
+GIVE_UP = frozenset({400, 403, 404, 405, 406, 410, 415, 416, 420, 484, 489, 501, 603, 604, 606})
+# RFC 6665 section 4.1.3: what a terminated NOTIFY's reason asks of us.
+RESUBSCRIBE_AT_ONCE = frozenset({"deactivated", "timeout"})
+RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})
+NEVER_RESUBSCRIBE = frozenset({"rejected", "noresource", "invariant"})
+# Re-subscription backoff: base * 2**failures, capped, randomised to 50-100 %
+# (the shape of RFC 5626 section 4.5) so that hundreds of watchers that lost
+# the same node do not come back in step.  2 s .. 2 min: a node restart is
+# seen within seconds, a dead node costs one SUBSCRIBE per watcher a minute.
+BACKOFF_BASE = 2.0
+BACKOFF_MAX = 120.0
+# A subscription ended by the notifier sooner than this after it began is
+# treated as a failure (backoff), even for reasons that ask for an
+# immediate re-subscription: a notifier that accepts and at once
+# deactivates must not draw SUBSCRIBEs at network speed.
+MIN_LIFETIME = 30.0
+# Refresh this long before expiry: at least the 32 s of timer F, so that an
+# unanswered refresh over UDP is known while the subscription still stands
+# and a new one can be made before the notifier's state goes; a third of
+# the duration for short subscriptions.
+REFRESH_MARGIN = 40.0
+
+
+def refresh_delay(expires: float) -> float:
+    """Seconds after a 2xx at which a subscription of ``expires`` s is refreshed."""
+    return expires - min(expires / 3, REFRESH_MARGIN)
+
+
+def backoff(failures: int, random: Callable[[], float], base: float = BACKOFF_BASE,
+            cap: float = BACKOFF_MAX) -> float:
+    """The wait after ``failures`` consecutive failures (1, 2, ...)."""
+    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
+    return ceiling * (0.5 + 0.5 * random())
+
+
+@dataclass(frozen=True)
+class SubscriberConfig:
+    """What every subscription of one watcher has in common (shared, not copied).
+
+    ``local_uri`` is our From, ``contact`` our Contact URI, ``route`` a
+    preloaded route set (an outbound proxy), ``accept`` the body type.
+    """
+
+    package: str
+    accept: str
+    local_uri: str
+    contact: str
+    expires: int = DEFAULT_EXPIRES
+    min_rate: float | None = None
+    max_rate: float | None = None
+    adaptive_min_rate: float | None = None
+    decode: Decoder | None = None
+    authorize: ClientAuthorizer | None = None
+    route: tuple[str, ...] = ()
+    backoff_base: float = BACKOFF_BASE
+    backoff_max: float = BACKOFF_MAX
+    random: Callable[[], float] = field(default=_random.random)
+    ids: IdGenerator = field(default_factory=lambda: IdGenerator(os.urandom))
+
+    def event(self, event_id: str | None) -> str:
+        value = self.package
+        if event_id is not None:
+            value += f";id={event_id}"
+        for name, rate in (("min-rate", self.min_rate), ("max-rate", self.max_rate),
+                           ("adaptive-min-rate", self.adaptive_min_rate)):
+            if rate is not None:
+                value += f";{name}={_rate(rate)}"
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The notifier accepted the subscription (2xx or a first NOTIFY)."""
+
+    subscriber: Subscriber
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceived:
+    """A NOTIFY with a valid body (``value`` is what ``decode`` returned;
+    None when the NOTIFY had no body)."""
+
+    subscriber: Subscriber
+    state: str  # active, pending, terminated
+    body: bytes
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRejected:
+    """A NOTIFY whose body did not decode; answered 400 with ``reason``."""
+
+    subscriber: Subscriber
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEnded:
+    """The subscription is gone.  ``retry_at`` is when a new one will be
+    tried, None if never (given up, rejected, or stopped)."""
+
+    subscriber: Subscriber
+    reason: str
+    status: int | None
+    retry_at: float | None
+
+
+SubscriberEvent = Subscribed | NotificationReceived | NotificationRejected | SubscriptionEnded
+SubscriberOutput = SendRequest | SendResponse | SubscriberEvent
+
+# Subscriber states.
+IDLE = "idle"
+SUBSCRIBING = "subscribing"  # initial SUBSCRIBE in flight, no dialog yet
+ACTIVE = "active"  # dialog up (2xx or NOTIFY seen); refreshes in flight stay here
+UNSUBSCRIBING = "unsubscribing"
+WAITING = "waiting"  # backing off before a new subscription
+STOPPED = "stopped"  # stopped, rejected, or given up: nothing more happens
+
+
+def _safe_reason(text: str, limit: int = 200) -> str:
+    """A reason phrase: one line of printable text."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text).strip()
+    return cleaned[:limit] or "Bad Request"
+
+
+class Subscriber:
+    """One subscription to one resource (RFC 6665 section 4.1).
+
+    ``target`` is the resource's URI (the Request-URI); ``destination`` where
+    to send out-of-dialog requests (None: resolve per RFC 3263); ``key``
+    is the application's name for it.  Call :meth:`start`, then feed it the
+    NOTIFYs of its dialog, the responses to its requests and the time.
+    """
+
+    __slots__ = (
+        "target", "config", "destination", "key", "event_id", "state", "expires",
+        "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
+        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state", "since",
+    )
+
+    def __init__(self, target: str, config: SubscriberConfig, *,
+                 destination: Destination | None = None, key: object = None,
+                 event_id: str | None = None) -> None:
+        self.target = target
+        self.config = config
+        self.destination = destination
+        self.key = key
+        self.event_id = event_id
+        self.state = IDLE
+        self.expires = config.expires
+        self.call_id = ""
+        self.local_tag = ""
+        self.local_cseq = 0  # of the initial SUBSCRIBE, before there is a dialog
+        self.dialog: Dialog | None = None
+        self.expires_at: float | None = None
+        self.refresh_at: float | None = None
+        self.notify_deadline: float | None = None
+        self.retry_at: float | None = None
+        self.failures = 0
+        self.pending: Request | None = None  # our request awaiting its final response
+        self.stopping = False
+        self.last_state: str | None = None
+        self.since = 0.0  # when the current subscription was started
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.target} {self.state}>"
+
+    # -- the application's side ----------------------------------------------------------
+
+    def start(self, now: float) -> list[SubscriberOutput]:
+        """Send the initial SUBSCRIBE (again, after a stop)."""
+        self.stopping = False
+        return [self._subscribe_anew(now)]
+
+    def stop(self, now: float) -> list[SubscriberOutput]:
+        """Unsubscribe (Expires: 0) if a subscription stands; stop retrying."""
+        self.stopping = True
+        self.retry_at = self.refresh_at = None
+        if self.state == ACTIVE and self.pending is None:
+            return [self._in_dialog(0, now, UNSUBSCRIBING)]
+        if self.state in (IDLE, WAITING):
+            self.state = STOPPED
+        return []  # SUBSCRIBING or a refresh in flight: unsubscribe on its 2xx
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _subscribe_anew(self, now: float) -> SendRequest:
+        ids = self.config.ids
+        self.call_id = ids.call_id()
+        self.local_tag = ids.tag()
+        self.dialog = None
+        self.expires_at = self.refresh_at = self.notify_deadline = self.retry_at = None
+        self.local_cseq = 1
+        self.last_state = None
+        self.since = now
+        self.state = SUBSCRIBING
+        config = self.config
+        headers = [("Route", r) for r in config.route]
+        headers += [
+            ("Max-Forwards", MAX_FORWARDS), ("From", f"<{config.local_uri}>;tag={self.local_tag}"),
+            ("To", f"<{self.target}>"), ("Call-ID", self.call_id),
+            ("CSeq", f"{self.local_cseq} SUBSCRIBE"), ("Contact", f"<{config.contact}>"),
+            ("Event", config.event(self.event_id)), ("Expires", str(self.expires)),
+            ("Accept", config.accept), ("Allow", "NOTIFY"),
+        ]
+        request = Request("SUBSCRIBE", self.target, headers)
+        self.pending = request
+        return SendRequest(request, self.destination)
+
+    def _in_dialog(self, expires: int, now: float, state: str | None = None) -> SendRequest:
+        assert self.dialog is not None
+        config = self.config
+        request = _in_dialog(self.dialog, "SUBSCRIBE", [
+            ("Event", config.event(self.event_id)), ("Expires", str(expires)),
+            ("Accept", config.accept)], contact=f"<{config.contact}>")
+        self.pending = request
+        self.refresh_at = None
+        if state is not None:
+            self.state = state
+            self.expires_at = None  # unsubscribing: nothing to refresh or expire
+        return SendRequest(request, self._next_hop(request))
+
+    def _next_hop(self, request: Request) -> Destination | None:
+        """Out of dialog: the configured destination; in a dialog: the route
+        set or remote target when numeric, else None (resolve)."""
+        if _tag_of(request.header("To")) is None:
+            return self.destination
+        return next_hop_destination(request, self.destination.transport
+                                    if self.destination else "UDP")
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def handle_response(self, response: Response, request: Request,
+                        now: float) -> list[SubscriberOutput]:
+        if response.status < 200 or request is not self.pending:
+            return []
+        self.pending = None
+        out: list[SubscriberOutput] = []
+        if request.expires == 0:
+            if not self._retry_with(request, response, out):
+                self._unsubscribed(response, now, out)
+        elif _tag_of(request.header("To")) is None:
+            self._initial_answered(response, request, now, out)
+        elif self.state == ACTIVE:
+            self._refresh_answered(response, request, now, out)
+        return out
+
+    def _retry_with(self, request: Request, response: Response,
+                    out: list[SubscriberOutput]) -> bool:
+        """401/407 with credentials, or 423 with the notifier's Min-Expires."""
+        if response.status in (401, 407) and self.config.authorize is not None:
+            retry = self.config.authorize(request, response)
+            if retry is None:
+                return False
+        elif response.status == 423:
+            try:
+                minimum = response.min_expires
+            except SipError:
+                return False
+            if minimum is None or minimum <= (request.expires or 0):
+                return False
+            self.expires = minimum
+            retry = _copy_request(request)
+            retry.set_header("Expires", str(minimum))
+            cseq = retry.cseq
+            assert cseq is not None
+            retry.set_header("CSeq", f"{cseq.number + 1} SUBSCRIBE")
+        else:
+            return False
+        cseq = retry.cseq
+        assert cseq is not None
+        if self.dialog is not None and _tag_of(retry.header("To")) is not None:
+            self.dialog.local_cseq = cseq.number
+        else:
+            self.local_cseq = cseq.number
+        retry.remove_header("Via")
+        self.pending = retry
+        out.append(SendRequest(retry, self._next_hop(retry)))
+        return True
+
+    def _granted(self, response: Response, now: float) -> int:
+        try:
+            expires = response.expires
+        except SipError:
+            expires = None
+        if expires is None:
+            expires = self.expires  # RFC 6665 4.2.1.1 requires it; be lenient
+        return expires
+
+    def _initial_answered(self, response: Response, request: Request, now: float,
+                          out: list[SubscriberOutput]) -> None:
+        status = response.status
+        if 200 <= status < 300:
+            expires = self._granted(response, now)
+            self.failures = 0
+            announce = self.expires_at is None
+            if self.dialog is None:
+                # The dialog comes from the 2xx (RFC 3261 section 12.1.2).
+                self.dialog = _uac_dialog(request, response, self.target)
+                self.notify_deadline = now + NOTIFY_WAIT
+            self.state = ACTIVE
+            self._schedule_refresh(expires, now)
+            if announce:
+                out.append(Subscribed(self, expires))
+            if self.stopping:
+                out.append(self._in_dialog(0, now, UNSUBSCRIBING))
+            return
+        if self._retry_with(request, response, out):
+            return
+        self._failed(status, response.reason or "", now, out, response)
+
+    def _refresh_answered(self, response: Response, request: Request, now: float,
+                          out: list[SubscriberOutput]) -> None:
+        status = response.status
+        if 200 <= status < 300:
+            self.failures = 0
+            self._schedule_refresh(self._granted(response, now), now)
+            if self.stopping:
+                out.append(self._in_dialog(0, now, UNSUBSCRIBING))
+            return
+        if status == 481:
+            # RFC 6665 section 4.1.2.2: the subscription is gone; a new one at once.
+            out.append(SubscriptionEnded(self, "refresh-rejected", 481, now))
+            out.append(self._subscribe_anew(now))
+            return
+        if self._retry_with(request, response, out):
+            return
+        if status in GIVE_UP:
+            self.state = STOPPED
+            out.append(SubscriptionEnded(self, response.reason or "refresh refused", status, None))
+            return
+        # RFC 6665 section 4.1.2.2: other failures leave the subscription as
+        # it was until it expires; try the refresh again before that.
+        self.failures += 1
+        wait = backoff(self.failures, self.config.random, self.config.backoff_base,
+                       self.config.backoff_max)
+        assert self.expires_at is not None
+        if now + wait < self.expires_at:
+            self.refresh_at = now + wait
+        else:
+            self._resubscribe_later(now, wait, "refresh-failed", status, out)
+
+    def _unsubscribed(self, response: Response, now: float, out: list[SubscriberOutput]) -> None:
+        if 200 <= response.status < 300 and self.state == UNSUBSCRIBING:
+            # RFC 6665 section 4.1.2.3: a final NOTIFY follows; answer it if
+            # it comes, but do not wait for it forever.
+            self.notify_deadline = now + NOTIFY_WAIT
+            return
+        self._finish("unsubscribed", response.status, out)
+
+    def _finish(self, reason: str, status: int | None, out: list[SubscriberOutput]) -> None:
+        self.state = STOPPED
+        self.refresh_at = self.notify_deadline = self.retry_at = self.expires_at = None
+        self.pending = None
+        out.append(SubscriptionEnded(self, reason, status, None))
+
+    def _failed(self, status: int, reason: str, now: float, out: list[SubscriberOutput],
+                response: Response | None = None) -> None:
+        if status in GIVE_UP or status in (401, 407) or self.stopping:
+            self._finish(reason or "refused", status, out)
+            return
+        self.failures += 1
+        wait = backoff(self.failures, self.config.random, self.config.backoff_base,
+                       self.config.backoff_max)
+        if response is not None and status in (503, 500, 480, 486, 600):
+            try:
+                retry_after = response.retry_after
+            except SipError:
+                retry_after = None
+            if retry_after is not None:
+                wait = max(wait, float(retry_after.seconds))
+        self._resubscribe_later(now, wait, reason or "failed", status, out)
+
+    def _resubscribe_later(self, now: float, wait: float, reason: str, status: int | None,
+                           out: list[SubscriberOutput]) -> None:
+        self.state = WAITING
+        self.refresh_at = self.notify_deadline = self.expires_at = None
+        self.retry_at = now + wait
+        self.pending = None
+        out.append(SubscriptionEnded(self, reason, status, self.retry_at))
+
+    def _schedule_refresh(self, expires: int, now: float) -> None:
+        self.expires_at = now + expires
+        self.refresh_at = now + refresh_delay(expires) if expires > 0 else None
+
+    # -- NOTIFY (RFC 6665 section 4.1.3) ---------------------------------------------
+
+    def matches(self, request: Request) -> bool:
+        """Whether ``request`` belongs to this subscription's dialog."""
+        if request.call_id != self.call_id or self.state in (IDLE, WAITING, STOPPED):
+            return False
+        if _tag_of(request.header("To")) != self.local_tag:
+            return False
+        return self.dialog is None or _tag_of(request.header("From")) == self.dialog.remote_tag
+
+    def handle_request(self, request: Request, source: Destination,
+                       now: float) -> list[SubscriberOutput] | None:
+        if request.method != "NOTIFY" or not self.matches(request):
+            return None
+        out: list[SubscriberOutput] = []
+        try:
+            self._notify(request, now, out)
+        except SipError as error:
+            out.insert(0, SendResponse(error_response(request, error)))
+        return out
+
+    def _notify(self, request: Request, now: float, out: list[SubscriberOutput]) -> None:
+        event = request.event
+        if event is None or event.package != self.config.package.lower() \
+                or event.id != self.event_id:
+            raise SipError(489, "Event does not match the subscription",
+                           [("Allow-Events", self.config.package)])
+        state = request.subscription_state
+        if state is None:
+            raise bad_request("NOTIFY without Subscription-State")
+        if self.dialog is None:
+            # RFC 6665 section 4.1.2.4: the NOTIFY came before the 2xx; it
+            # makes the dialog, as for a UAS (RFC 3261 section 12.1.1).
+            self.dialog = dialog_as_uas(request, self.local_tag)
+            self.dialog.local_cseq = self.local_cseq
+            self.state = ACTIVE
+        else:
+            # RFC 3261 section 12.2.2: CSeq order (500) and target refresh.
+            self.dialog.receive_request(request)
+        self.notify_deadline = None
+        self.last_state = state.state
+        value: object = None
+        rejected: str | None = None
+        if request.body:
+            if request.content_type != self.config.accept.lower():
+                raise SipError(415, f"expected {self.config.accept}",
+                               [("Accept", self.config.accept)])
+            if self.config.decode is not None:
+                try:
+                    value = self.config.decode(request.body)
+                except ValueError as error:
+                    rejected = _safe_reason(str(error))
+        if rejected is not None:
+            out.append(SendResponse(make_response(request, 400, rejected)))
+            out.append(NotificationRejected(self, rejected))
+        else:
+            out.append(SendResponse(make_response(request, 200)))
+            out.append(NotificationReceived(self, state.state, request.body, value))
+        if state.state == "terminated":
+            self._terminated(state.reason, state.retry_after, now, out)
+            return
+        expires = state.expires
+        if expires is not None and self.state == ACTIVE and not self.stopping:
+            first = self.expires_at is None
+            if self.pending is None or first:
+                # The notifier may shorten a subscription (RFC 6665 4.1.3).
+                self._schedule_refresh(expires, now)
+            if first:
+                out.append(Subscribed(self, expires))
+
+    def _terminated(self, reason: str | None, retry_after: int | None, now: float,
+                    out: list[SubscriberOutput]) -> None:
+        self.pending = None  # a refresh in flight is moot; its answer is ignored
+        if self.stopping or self.state == UNSUBSCRIBING:
+            self._finish("unsubscribed", None, out)
+            return
+        reason = reason or "unknown"
+        if reason in NEVER_RESUBSCRIBE:
+            self._finish(reason, None, out)
+            return
+        if retry_after is not None:
+            wait = float(retry_after)
+        elif reason in RESUBSCRIBE_AT_ONCE and now - self.since >= MIN_LIFETIME:
+            wait = 0.0
+        else:
+            self.failures += 1
+            wait = backoff(self.failures, self.config.random, self.config.backoff_base,
+                           self.config.backoff_max)
+        if wait <= 0:
+            out.append(SubscriptionEnded(self, reason, None, now))
+            out.append(self._subscribe_anew(now))
+        else:
+            self._resubscribe_later(now, wait, reason, None, out)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        times = [t for t in (self.refresh_at, self.notify_deadline, self.retry_at,
+                             self.expires_at) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[SubscriberOutput]:
+        """Act on the earliest due deadline; every due deadline is cleared, so
+        ``next_timer`` never returns a time already handled."""
+        out: list[SubscriberOutput] = []
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            if self.state == WAITING and not self.stopping:
+                out.append(self._subscribe_anew(now))
+                return out
+        if self.notify_deadline is not None and now >= self.notify_deadline:
+            self.notify_deadline = None
+            if self.state == UNSUBSCRIBING:
+                self._finish("unsubscribed", None, out)
+                return out
+            if self.state == ACTIVE and self.last_state is None:
+                # RFC 6665 section 4.1.2.4: 2xx but no NOTIFY: consider it failed.
+                self.pending = None
+                self._failed(408, "no NOTIFY after 2xx", now, out)
+                return out
+        if self.expires_at is not None and now >= self.expires_at:
+            self.expires_at = None
+            if self.state == ACTIVE:
+                # Neither refreshed nor told: the notifier has forgotten us.
+                out.append(SubscriptionEnded(self, "expired", None, now))
+                out.append(self._subscribe_anew(now))
+                return out
+        if self.refresh_at is not None and now >= self.refresh_at:
+            self.refresh_at = None
+            if self.state == ACTIVE and self.pending is None:
+                out.append(self._in_dialog(self.expires, now))
+        return out
+
+
+def _uac_dialog(request: Request, response: Response, target: str) -> Dialog:
+    """The dialog of a 2xx (RFC 3261 section 12.1.2); a 2xx without the
+    Contact RFC 6665 requires gets the Request-URI as remote target."""
+    if len(response.contacts) == 1:
+        return dialog_as_uac(request, response)
+    fixed = Response(response.status, response.reason, list(response.headers))
+    fixed.remove_header("Contact")
+    fixed.add_header("Contact", f"<{target}>")
+    return dialog_as_uac(request, fixed)
+
+
+def _copy_request(request: Request) -> Request:
+    return Request(request.method, request.uri, list(request.headers), request.body)
+
+
+class SubscriberPool:
+    """Many :class:`Subscriber` objects behind one transaction-user interface.
+
+    NOTIFYs and responses are routed by Call-ID (a dict look-up), timers by
+    one heap, so a watcher of hundreds of nodes costs one small object each.
+    """
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self._by_call_id: dict[str, Subscriber] = {}
+        self._indexed: dict[Subscriber, tuple[str, float | None]] = {}
+        self._heap: list[tuple[float, int, Subscriber]] = []
+        self._seq = itertools.count()
+
+    def add(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
+        self.subscribers.add(subscriber)
+        return self._after(subscriber, subscriber.start(now))
+
+    def stop(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
+        return self._after(subscriber, subscriber.stop(now))
+
+    def discard(self, subscriber: Subscriber) -> None:
+        """Forget a subscriber at once (no unsubscribe)."""
+        self.subscribers.discard(subscriber)
+        call_id, _ = self._indexed.pop(subscriber, ("", None))
+        if self._by_call_id.get(call_id) is subscriber:
+            del self._by_call_id[call_id]
+
+    def _after(self, sub: Subscriber, out: list[SubscriberOutput]) -> list[SubscriberOutput]:
+        if sub not in self.subscribers:
+            return out
+        old_call_id, old_timer = self._indexed.get(sub, ("", None))
+        if old_call_id != sub.call_id:
+            if self._by_call_id.get(old_call_id) is sub:
+                del self._by_call_id[old_call_id]
+            if sub.call_id:
+                self._by_call_id[sub.call_id] = sub
+        when = sub.next_timer()
+        self._indexed[sub] = (sub.call_id, when)
+        if when is not None and when != old_timer:
+            heapq.heappush(self._heap, (when, next(self._seq), sub))
+        return out
+
+    def handle_request(self, request: Request, source: Destination,
+                       now: float) -> list[SubscriberOutput] | None:
+        sub = self._by_call_id.get(request.call_id or "")
+        if sub is None:
+            return None
+        out = sub.handle_request(request, source, now)
+        return None if out is None else self._after(sub, out)
+
+    def handle_response(self, response: Response, request: Request,
+                        now: float) -> list[SubscriberOutput]:
+        sub = self._by_call_id.get(request.call_id or "")
+        if sub is None:
+            return []
+        return self._after(sub, sub.handle_response(response, request, now))
+
+    def next_timer(self) -> float | None:
+        heap = self._heap
+        while heap:
+            when, _, sub = heap[0]
+            if sub in self.subscribers and self._indexed.get(sub, ("", None))[1] == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> list[SubscriberOutput]:
+        out: list[SubscriberOutput] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, sub = heapq.heappop(heap)
+            if sub not in self.subscribers or self._indexed.get(sub, ("", None))[1] != when:
+                continue
+            self._indexed[sub] = (sub.call_id, None)
+            out.extend(self._after(sub, sub.handle_timer(now)))
+        return out

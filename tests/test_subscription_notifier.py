@@ -1,0 +1,651 @@
+"""The notifier side of RFC 6665 with RFC 6446 rate control, on a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sipstatus.sip import Request, SipError, make_response, parse_message
+from sipstatus.sip.identifiers import IdGenerator
+from sipstatus.sip.subscription import (
+    Notifier,
+    NotifyFailed,
+    SendRequest,
+    SendResponse,
+    SubscriptionCreated,
+    SubscriptionRefreshed,
+    SubscriptionRejected,
+    SubscriptionTerminated,
+    accepts,
+)
+from sipstatus.sip.transaction import Destination
+
+TYPE = "application/load-status+json"
+PROXY = Destination("UDP", "192.0.2.10", 5060)
+PROXY_TCP = Destination("TCP", "192.0.2.10", 40123)
+OTHER = Destination("UDP", "192.0.2.11", 5060)
+
+
+def subscribe(*, call_id="c1", from_tag="w1", to_tag=None, cseq=1, expires: int | None = 600,
+              event="load-status", contact="sip:watcher@192.0.2.10:5060",
+              from_uri="sip:watcher@proxy.example", extra=()) -> Request:
+    to = "<sip:agent@192.0.2.1>" + (f";tag={to_tag}" if to_tag else "")
+    headers = [
+        ("Via", f"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{call_id}{cseq}"),
+        ("Max-Forwards", "70"),
+        ("From", f"<{from_uri}>;tag={from_tag}"),
+        ("To", to),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} SUBSCRIBE"),
+        ("Contact", f"<{contact}>"),
+    ]
+    if event is not None:
+        headers.append(("Event", event))
+    if expires is not None:
+        headers.append(("Expires", str(expires)))
+    headers.extend(extra)
+    return Request("SUBSCRIBE", "sip:agent@192.0.2.1", headers)
+
+
+def notifier(**kw) -> Notifier:
+    kw.setdefault("ids", IdGenerator(random.Random(1).randbytes))
+    return Notifier("load-status", TYPE, "sip:agent@192.0.2.1:5060", **kw)
+
+
+def responses(out) -> list:
+    return [o.response for o in out if isinstance(o, SendResponse)]
+
+
+def notifies(out) -> list[SendRequest]:
+    return [o for o in out if isinstance(o, SendRequest)]
+
+
+def events(out, kind) -> list:
+    return [o for o in out if isinstance(o, kind)]
+
+
+def state_of(send: SendRequest) -> str:
+    return send.request.header("Subscription-State") or ""
+
+
+def established(n: Notifier, now=0.0, **kw):
+    """Subscribe and answer the first NOTIFY; returns (to_tag, first NOTIFY)."""
+    out = n.handle_request(subscribe(**kw), PROXY, now)
+    (ok,) = responses(out)
+    (first,) = notifies(out)
+    n.handle_response(make_response(first.request, 200), first.request, now)
+    return ok.to_addr.tag, first
+
+
+def ok(n: Notifier, send: SendRequest, now: float):
+    return n.handle_response(make_response(send.request, 200), send.request, now)
+
+
+def drive(n: Notifier, until: float, answer: bool = True) -> list[tuple[float, object]]:
+    """Fire timers up to ``until``, answering NOTIFYs 200 at once."""
+    seen = []
+    while (when := n.next_timer()) is not None and when <= until:
+        for o in n.handle_timer(when):
+            seen.append((when, o))
+            if answer and isinstance(o, SendRequest):
+                ok(n, o, when)
+    return seen
+
+
+# -- accepting and refusing SUBSCRIBE -------------------------------------------------
+
+
+def test_subscribe_gets_200_with_expires_to_tag_and_contact():
+    out = notifier().handle_request(subscribe(), PROXY, 0.0)
+    (resp,) = responses(out)
+    assert resp.status == 200
+    assert resp.expires == 600
+    assert resp.to_addr.tag
+    assert str(resp.contacts[0].uri) == "sip:agent@192.0.2.1:5060"
+
+
+def test_subscribe_without_expires_gets_the_default_600():
+    (resp,) = responses(notifier().handle_request(subscribe(expires=None), PROXY, 0.0))
+    assert resp.expires == 600
+
+
+def test_subscribe_longer_than_the_cap_is_shortened_to_3600():
+    (resp,) = responses(notifier().handle_request(subscribe(expires=86400), PROXY, 0.0))
+    assert resp.expires == 3600
+
+
+def test_subscribe_below_60_seconds_gets_423_with_min_expires():
+    out = notifier().handle_request(subscribe(expires=30), PROXY, 0.0)
+    (resp,) = responses(out)
+    assert resp.status == 423
+    assert resp.min_expires == 60
+    assert not notifies(out)
+    assert events(out, SubscriptionRejected)[0].status == 423
+
+
+def test_unknown_event_package_gets_489_with_allow_events():
+    n = notifier(other_packages=["presence"])
+    (resp,) = responses(n.handle_request(subscribe(event="dialog"), PROXY, 0.0))
+    assert resp.status == 489
+    assert resp.allow_events == ["load-status", "presence"]
+
+
+def test_subscribe_without_event_header_gets_400():
+    (resp,) = responses(notifier().handle_request(subscribe(event=None), PROXY, 0.0))
+    assert resp.status == 400
+    assert "Event" in resp.reason
+
+
+def test_accept_without_our_type_gets_406():
+    req = subscribe(extra=[("Accept", "application/pidf+xml")])
+    (resp,) = responses(notifier().handle_request(req, PROXY, 0.0))
+    assert resp.status == 406
+    assert resp.header("Accept") == TYPE
+
+
+def test_accept_with_a_wildcard_is_accepted():
+    req = subscribe(extra=[("Accept", "application/pidf+xml, application/*")])
+    (resp,) = responses(notifier().handle_request(req, PROXY, 0.0))
+    assert resp.status == 200
+
+
+def test_accept_range_with_q_zero_excludes_the_type():
+    assert not accepts([f"{TYPE};q=0"], TYPE)
+    assert accepts(["*/*;q=0.1"], TYPE)
+
+
+def test_authorizer_refusal_is_the_answer():
+    refuse = lambda request, source, now: SipError(403, "not a trusted network")  # noqa: E731
+    out = notifier(authorize=refuse).handle_request(subscribe(), PROXY, 0.0)
+    (resp,) = responses(out)
+    assert (resp.status, resp.reason) == (403, "not a trusted network")
+    assert not notifies(out)
+
+
+def test_authorizer_challenge_carries_its_headers():
+    challenge = SipError(401, "Unauthorized", [("WWW-Authenticate", 'Digest realm="x", nonce="n"')])
+    n = notifier(authorize=lambda request, source, now: challenge)
+    (resp,) = responses(n.handle_request(subscribe(), PROXY, 0.0))
+    assert resp.status == 401
+    assert resp.header("WWW-Authenticate") == 'Digest realm="x", nonce="n"'
+
+
+def test_authorizer_sees_request_source_and_time():
+    seen = []
+    n = notifier(authorize=lambda request, source, now: seen.append((request.method, source, now)))
+    n.handle_request(subscribe(), PROXY, 3.0)
+    assert seen == [("SUBSCRIBE", PROXY, 3.0)]
+
+
+def test_total_cap_answers_503_with_retry_after():
+    n = notifier(max_subscriptions=1, busy_retry_after=17)
+    n.handle_request(subscribe(), PROXY, 0.0)
+    (resp,) = responses(n.handle_request(subscribe(call_id="c2", contact="sip:b@192.0.2.11"),
+                                         OTHER, 0.0))
+    assert resp.status == 503
+    assert resp.retry_after.seconds == 17
+
+
+def test_per_source_cap_answers_503_but_other_sources_still_subscribe():
+    n = notifier(max_per_source=1)
+    n.handle_request(subscribe(), PROXY, 0.0)
+    (second,) = responses(n.handle_request(subscribe(call_id="c2", contact="sip:x@192.0.2.10:5070"),
+                                           PROXY, 0.0))
+    (third,) = responses(n.handle_request(subscribe(call_id="c3", contact="sip:b@192.0.2.11"),
+                                          OTHER, 0.0))
+    assert second.status == 503
+    assert third.status == 200
+
+
+def test_subscribe_with_two_contacts_gets_400():
+    req = subscribe(extra=[("Contact", "<sip:second@192.0.2.10>")])
+    (resp,) = responses(notifier().handle_request(req, PROXY, 0.0))
+    assert resp.status == 400
+
+
+def test_bad_expires_value_gets_400():
+    req = subscribe(expires=None, extra=[("Expires", "soon")])
+    (resp,) = responses(notifier().handle_request(req, PROXY, 0.0))
+    assert resp.status == 400
+
+
+def test_non_subscribe_requests_are_not_the_notifiers():
+    req = subscribe()
+    req.method = "PUBLISH"
+    assert notifier().handle_request(req, PROXY, 0.0) is None
+
+
+# -- the dialog and the first NOTIFY ------------------------------------------------
+
+
+def test_accepted_subscribe_is_followed_by_an_immediate_full_state_notify():
+    n = notifier()
+    n.state_changed(b'{"x":1}', 0.0)
+    out = n.handle_request(subscribe(), PROXY, 1.0)
+    assert isinstance(out[0], SendResponse)  # the 200 goes before the NOTIFY
+    (send,) = notifies(out)
+    req = send.request
+    assert req.method == "NOTIFY"
+    assert req.body == b'{"x":1}'
+    assert req.content_type == TYPE
+    assert state_of(send) == "active;expires=600"
+    assert req.event.package == "load-status"
+    assert events(out, SubscriptionCreated)[0].expires == 600
+
+
+def test_notify_belongs_to_the_dialog_of_the_200():
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)
+    (resp,) = responses(out)
+    (send,) = notifies(out)
+    req = send.request
+    assert req.call_id == "c1"
+    assert req.to_addr.tag == "w1"
+    assert req.from_addr.tag == resp.to_addr.tag
+    assert req.uri == "sip:watcher@192.0.2.10:5060"  # the SUBSCRIBE's Contact
+    assert send.destination == Destination("UDP", "192.0.2.10", 5060)
+
+
+def test_notify_follows_the_record_route_of_the_subscribe():
+    req = subscribe(extra=[("Record-Route", "<sip:p1.example;lr>, <sip:192.0.2.50;lr>")])
+    out = notifier().handle_request(req, PROXY, 0.0)
+    (resp,) = responses(out)
+    (send,) = notifies(out)
+    assert resp.header_values("Record-Route") == ["<sip:p1.example;lr>", "<sip:192.0.2.50;lr>"]
+    assert send.request.header_values("Route") == ["<sip:p1.example;lr>", "<sip:192.0.2.50;lr>"]
+    assert send.request.uri == "sip:watcher@192.0.2.10:5060"
+    assert send.destination is None  # p1.example: resolve per RFC 3263
+
+
+def test_notify_to_a_strict_router_puts_it_in_the_request_uri():
+    req = subscribe(extra=[("Record-Route", "<sip:192.0.2.50>")])
+    (send,) = notifies(notifier().handle_request(req, PROXY, 0.0))
+    assert send.request.uri == "sip:192.0.2.50"
+    assert send.request.header_values("Route") == ["<sip:watcher@192.0.2.10:5060>"]
+    assert send.destination == Destination("UDP", "192.0.2.50", 5060)
+
+
+def test_notify_over_tcp_reuses_the_subscribers_connection():
+    (send,) = notifies(notifier().handle_request(subscribe(), PROXY_TCP, 0.0))
+    assert send.destination == PROXY_TCP
+
+
+def test_notify_without_a_state_has_no_body():
+    (send,) = notifies(notifier().handle_request(subscribe(), PROXY, 0.0))
+    assert send.request.body == b""
+    assert send.request.content_type is None
+
+
+def test_notify_cseq_increments_within_the_dialog():
+    n = notifier()
+    _, first = established(n)
+    later = [o for _, o in drive(n, 11.0) if isinstance(o, SendRequest)]
+    numbers = [s.request.cseq.number for s in [first, *later]]
+    assert numbers == [1, 2, 3]
+
+
+def test_subscription_created_names_subscriber_source_and_event_id():
+    out = notifier().handle_request(subscribe(event="load-status;id=7"), PROXY, 0.0)
+    (created,) = events(out, SubscriptionCreated)
+    assert (created.subscriber, created.source, created.event_id) == (
+        "sip:watcher@proxy.example", PROXY, "7")
+    assert notifies(out)[0].request.header("Event") == "load-status;id=7"
+
+
+def test_fetch_with_expires_0_gets_one_terminated_notify_and_no_subscription():
+    n = notifier()
+    n.state_changed(b"s", 0.0)
+    out = n.handle_request(subscribe(expires=0), PROXY, 0.0)
+    (resp,) = responses(out)
+    (send,) = notifies(out)
+    assert resp.status == 200 and resp.expires == 0
+    assert state_of(send) == "terminated;reason=timeout"
+    assert send.request.body == b"s"
+    assert not n.subscriptions
+    assert n.next_timer() is None
+
+
+# -- refresh and unsubscribe ---------------------------------------------------------
+
+
+def test_refresh_in_dialog_gets_200_and_a_notify():
+    n = notifier()
+    tag, _ = established(n)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=300), PROXY, 10.0)
+    (resp,) = responses(out)
+    assert resp.status == 200 and resp.expires == 300
+    (send,) = notifies(out)
+    assert state_of(send) == "active;expires=300"
+    (refreshed,) = events(out, SubscriptionRefreshed)
+    assert (refreshed.id.local_tag, refreshed.expires) == (tag, 300)
+
+
+def test_refresh_extends_the_expiry():
+    n = notifier()
+    tag, _ = established(n)
+    n.handle_request(subscribe(to_tag=tag, cseq=2, expires=600), PROXY, 500.0)
+    seen = drive(n, 1099.0)
+    assert not events([o for _, o in seen], SubscriptionTerminated)
+    seen = drive(n, 1100.0)
+    assert events([o for _, o in seen], SubscriptionTerminated)[0].reason == "timeout"
+
+
+def test_refresh_with_an_old_cseq_gets_500():
+    n = notifier()
+    tag, _ = established(n, cseq=5)
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=5), PROXY, 1.0))
+    assert resp.status == 500
+
+
+def test_refresh_for_an_unknown_dialog_gets_481():
+    n = notifier()
+    established(n)
+    (resp,) = responses(n.handle_request(subscribe(to_tag="nosuch", cseq=2), PROXY, 1.0))
+    assert resp.status == 481
+
+
+def test_refresh_with_another_event_id_gets_481():
+    n = notifier()
+    tag, _ = established(n, event="load-status;id=1")
+    req = subscribe(to_tag=tag, cseq=2, event="load-status;id=2")
+    (resp,) = responses(n.handle_request(req, PROXY, 1.0))
+    assert resp.status == 481
+
+
+def test_refresh_below_min_expires_gets_423_and_keeps_the_subscription():
+    n = notifier()
+    tag, _ = established(n)
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2, expires=10), PROXY, 1.0))
+    assert resp.status == 423
+    assert len(n.subscriptions) == 1
+
+
+def test_unsubscribe_gets_200_and_a_final_terminated_notify_with_the_state():
+    n = notifier()
+    n.state_changed(b"last", 0.0)
+    tag, _ = established(n)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 3.0)
+    (resp,) = responses(out)
+    (send,) = notifies(out)
+    assert resp.status == 200 and resp.expires == 0
+    assert state_of(send) == "terminated;reason=timeout"
+    assert send.request.body == b"last"
+    assert events(out, SubscriptionTerminated)[0].reason == "unsubscribed"
+    assert not n.subscriptions
+
+
+def test_final_notify_goes_out_even_while_another_is_unanswered():
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)  # first NOTIFY left unanswered
+    tag = responses(out)[0].to_addr.tag
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.1)
+    assert state_of(notifies(out)[0]).startswith("terminated")
+
+
+# -- expiry and termination ---------------------------------------------------------
+
+
+def test_subscription_expires_with_a_timeout_notify():
+    n = notifier()
+    established(n, expires=60)
+    seen = drive(n, 60.0)
+    final = [o for _, o in seen if isinstance(o, SendRequest)][-1]
+    assert state_of(final) == "terminated;reason=timeout"
+    (ended,) = events([o for _, o in seen], SubscriptionTerminated)
+    assert ended.reason == "timeout"
+    assert seen[-1][0] == 60.0
+    assert n.next_timer() is None
+
+
+def test_terminate_sends_the_reason_and_retry_after():
+    n = notifier()
+    established(n)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    out = n.terminate(sid, "probation", 5.0, retry_after=30)
+    (send,) = notifies(out)
+    assert state_of(send) == "terminated;reason=probation;retry-after=30"
+    assert send.request.body == b""
+    assert events(out, SubscriptionTerminated)[0].reason == "probation"
+    assert n.terminate(sid, "probation", 6.0) == []
+
+
+def test_terminate_all_ends_every_subscription():
+    n = notifier()
+    established(n)
+    established(n, call_id="c2", from_tag="w2", contact="sip:b@192.0.2.11")
+    out = n.terminate_all("deactivated", 1.0)
+    assert [state_of(s) for s in notifies(out)] == ["terminated;reason=deactivated"] * 2
+    assert not n.subscriptions
+
+
+def test_notify_answered_481_ends_the_subscription_without_another_notify():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    out = n.handle_response(make_response(first.request, 481), first.request, 0.2)
+    assert not notifies(out)
+    (ended,) = events(out, SubscriptionTerminated)
+    assert (ended.reason, ended.status) == ("notify-rejected", 481)
+    assert not n.subscriptions
+
+
+def test_notify_timing_out_ends_the_subscription():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    out = n.handle_response(make_response(first.request, 408), first.request, 32.0)
+    assert events(out, SubscriptionTerminated)[0].reason == "notify-timeout"
+    assert not n.subscriptions
+
+
+def test_other_notify_failures_are_reported_and_the_subscription_goes_on():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    out = n.handle_response(make_response(first.request, 500), first.request, 0.1)
+    (failed,) = events(out, NotifyFailed)
+    assert failed.status == 500
+    assert len(n.subscriptions) == 1
+    seen = drive(n, 5.0)
+    assert notifies([o for _, o in seen])  # the heartbeat still comes
+
+
+def test_response_to_a_final_notify_is_ignored():
+    n = notifier()
+    tag, _ = established(n)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 1.0)
+    (final,) = notifies(out)
+    assert n.handle_response(make_response(final.request, 481), final.request, 1.1) == []
+
+
+def test_provisional_responses_to_notify_change_nothing():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    assert n.handle_response(make_response(first.request, 100), first.request, 0.1) == []
+    assert next(iter(n.subscriptions.values())).in_flight is not None
+
+
+# -- replacement (Kamailio uac_req_send re-subscribes in a new dialog) --------------
+
+
+def test_new_dialog_from_same_watcher_replaces_the_old_without_a_final_notify():
+    n = notifier()
+    established(n)
+    out = n.handle_request(subscribe(call_id="c2", from_tag="w2"), PROXY, 10.0)
+    (ended,) = events(out, SubscriptionTerminated)
+    assert ended.reason == "replaced" and ended.id.call_id == "c1"
+    (send,) = notifies(out)
+    assert send.request.call_id == "c2"  # only the new dialog's first NOTIFY
+    assert [k[0] for k in n.subscriptions] == ["c2"]
+
+
+def test_replacement_needs_the_same_contact_event_id_and_source():
+    n = notifier()
+    established(n)
+    n.handle_request(subscribe(call_id="c2", contact="sip:other@192.0.2.10"), PROXY, 1.0)
+    n.handle_request(subscribe(call_id="c3", event="load-status;id=2"), PROXY, 1.0)
+    n.handle_request(subscribe(call_id="c4"), OTHER, 1.0)
+    assert len(n.subscriptions) == 4
+
+
+def test_replacement_is_allowed_at_the_per_source_cap():
+    n = notifier(max_per_source=1)
+    established(n)
+    (resp,) = responses(n.handle_request(subscribe(call_id="c2", from_tag="w2"), PROXY, 1.0))
+    assert resp.status == 200
+
+
+# -- rates (RFC 6446) ----------------------------------------------------------------
+
+
+def test_changes_within_the_ceiling_interval_coalesce_and_the_latest_body_wins():
+    n = notifier()
+    established(n)
+    assert notifies(n.state_changed(b"1", 0.1)) == []
+    assert notifies(n.state_changed(b"2", 0.2)) == []
+    seen = drive(n, 0.5)
+    sent = [o for _, o in seen if isinstance(o, SendRequest)]
+    assert [(t, o.request.body) for t, o in seen if isinstance(o, SendRequest)] == [(0.5, b"2")]
+    assert len(sent) == 1
+
+
+def test_a_change_after_the_interval_goes_out_at_once():
+    n = notifier()
+    established(n)
+    (send,) = notifies(n.state_changed(b"x", 0.7))
+    assert send.request.body == b"x"
+
+
+def test_heartbeat_notify_every_5_seconds_without_changes():
+    n = notifier()
+    established(n)
+    times = [t for t, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert times == [5.0, 10.0, 15.0]
+
+
+def test_insignificant_change_waits_for_the_heartbeat():
+    n = notifier()
+    established(n)
+    assert notifies(n.state_changed(b"minor", 1.0, significant=False)) == []
+    seen = [(t, o.request.body) for t, o in drive(n, 5.0) if isinstance(o, SendRequest)]
+    assert seen == [(5.0, b"minor")]
+
+
+def test_max_rate_parameter_sets_the_minimum_interval():
+    n = notifier()
+    established(n, event="load-status;max-rate=1")
+    assert notifies(n.state_changed(b"a", 0.6)) == []
+    seen = [t for t, o in drive(n, 1.0) if isinstance(o, SendRequest)]
+    assert seen == [1.0]
+
+
+def test_max_rate_above_the_absolute_limit_is_clamped_to_10_per_second():
+    n = notifier()
+    _, first = established(n, event="load-status;max-rate=50")
+    assert "max-rate=10" in state_of(first)
+    assert notifies(n.state_changed(b"a", 0.05)) == []
+    assert [t for t, o in drive(n, 0.1) if isinstance(o, SendRequest)] == [0.1]
+
+
+def test_min_rate_parameter_shortens_the_heartbeat():
+    n = notifier()
+    _, first = established(n, event="load-status;min-rate=1")
+    assert "min-rate=1" in state_of(first)
+    assert [t for t, o in drive(n, 3.0) if isinstance(o, SendRequest)] == [1.0, 2.0, 3.0]
+
+
+def test_min_rate_below_the_heartbeat_floor_does_not_lengthen_it():
+    n = notifier()
+    _, first = established(n, event="load-status;min-rate=0.01")
+    assert "min-rate=0.2" in state_of(first)
+    assert [t for t, o in drive(n, 10.0) if isinstance(o, SendRequest)] == [5.0, 10.0]
+
+
+def test_min_rate_above_max_rate_gets_400():
+    out = notifier().handle_request(subscribe(event="load-status;min-rate=3;max-rate=1"),
+                                    PROXY, 0.0)
+    assert responses(out)[0].status == 400
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "fast", "inf", "nan"])
+def test_bad_rate_values_get_400_naming_the_parameter(value):
+    out = notifier().handle_request(subscribe(event=f"load-status;max-rate={value}"), PROXY, 0.0)
+    (resp,) = responses(out)
+    assert resp.status == 400 and "max-rate" in resp.reason
+
+
+def test_adaptive_min_rate_counts_a_burst_as_credit():
+    n = notifier(heartbeat=20.0)
+    established(n, event="load-status;adaptive-min-rate=0.5")  # average >= 1 per 2 s
+    for i in range(1, 6):  # 5 changes, 0.5 s apart: 6 NOTIFYs by t=2.5
+        for o in n.state_changed(str(i).encode(), i * 0.5):
+            ok(n, o, i * 0.5)
+    times = [t for t, o in drive(n, 20.0) if isinstance(o, SendRequest)]
+    # 6 sent: the average stays >= 0.5/s until t = 12; then one per 2 s.
+    assert times[:3] == [12.0, 14.0, 16.0]
+
+
+def test_adaptive_min_rate_never_exceeds_the_heartbeat_gap():
+    n = notifier()
+    established(n, event="load-status;adaptive-min-rate=0.01")
+    assert [t for t, o in drive(n, 10.0) if isinstance(o, SendRequest)] == [5.0, 10.0]
+
+
+def test_no_new_notify_while_one_is_unanswered():
+    n = notifier()
+    n.handle_request(subscribe(), PROXY, 0.0)  # first NOTIFY in flight
+    assert notifies(n.state_changed(b"a", 1.0)) == []
+    assert [o for _, o in drive(n, 30.0, answer=False) if isinstance(o, SendRequest)] == []
+
+
+def test_answer_to_the_notify_releases_the_latest_state():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    n.state_changed(b"new", 0.2)
+    out = ok(n, first, 0.6)
+    (send,) = notifies(out)
+    assert send.request.body == b"new"
+
+
+def test_refresh_notify_respects_the_ceiling():
+    n = notifier()
+    tag, _ = established(n)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.2)
+    assert notifies(out) == []
+    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [0.5]
+
+
+def test_heartbeat_shorter_than_the_ceiling_is_refused():
+    with pytest.raises(ValueError):
+        notifier(heartbeat=0.1, max_rate=2.0)
+
+
+def test_notify_serialises_and_parses():
+    n = notifier()
+    n.state_changed(b'{"a":1}', 0.0)
+    (send,) = notifies(n.handle_request(subscribe(), PROXY, 0.0))
+    send.request.add_header("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx")
+    again = parse_message(send.request.to_bytes())
+    assert again.header("Subscription-State") == "active;expires=600"
+    assert again.body == b'{"a":1}'
+
+
+def test_expires_reported_is_exact_at_large_clock_values():
+    n = notifier()
+    now = 1795452957.026316
+    (send,) = notifies(n.handle_request(subscribe(), PROXY, now))
+    assert state_of(send) == "active;expires=600"
+    n.handle_response(make_response(send.request, 200), send.request, now)
+    (later,) = notifies(n.state_changed(b"x", now + 100.4))
+    assert state_of(later) == "active;expires=499"  # 499.6 left: never over-stated
+
+
+def test_refresh_on_a_new_tcp_connection_moves_the_notifies_there():
+    n = notifier()
+    first_conn = Destination("TCP", "192.0.2.10", 40001)
+    out = n.handle_request(subscribe(), first_conn, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (note,) = notifies(out)
+    assert note.destination == first_conn
+    ok(n, note, 0.0)
+    second_conn = Destination("TCP", "192.0.2.10", 40002)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2), second_conn, 100.0)
+    assert notifies(out)[0].destination == second_conn
