@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.probe import (
-    SipOptionsCodec,
     ProbeCollector,
     ProbeStats,
+    SipOptionsCodec,
     Target,
     nearest_rank,
 )
