@@ -20,6 +20,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -340,6 +342,184 @@ def test_broken_conffile_fails_the_start_check_naming_the_key(system):
         CONF.write_bytes(original)
     assert result.returncode != 0, f"check-config accepted {key} broken:\n{broken}"
     assert key in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+# -- the unit under a real systemd (root) -------------------------------------
+# PID 1 is not systemd on the development and CI machines, so the unit is run
+# by a systemd booted with systemd-nspawn on an overlay of this machine's root
+# (the packages and their dependencies are installed below it by `system`).
+
+PROBE = """
+import os, signal, sys, time
+sys.path.insert(0, "/usr/share/sipstatus-agent")
+from agent import sdnotify
+import psutil, socket
+from pyroute2 import IPRoute
+asterisk = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "asterisk"]
+report = {
+    "uid": os.getuid(),
+    "watchdog": sdnotify.watchdog_period(),
+    "cpu": psutil.cpu_percent(0.05) >= 0 and psutil.virtual_memory().total > 0,
+    "asterisk": [p.memory_info().rss > 0 and p.cpu_times().user >= 0 for p in asterisk],
+    "links": len(IPRoute().get_links()),
+    "manager_conf": open("/etc/asterisk/manager.conf").read().strip(),
+}
+for path in ("/etc/sipstatus/x", "/usr/x", "/root/x"):
+    try:
+        open(path, "w")
+        report[path] = "written"
+    except OSError as err:
+        report[path] = err.strerror
+sock = socket.socket(socket.AF_UNIX)
+sock.bind("/run/sipstatus-agent/control")
+print(report, flush=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+sdnotify.ready("probe ready")
+while not stop:
+    sdnotify.watchdog()
+    time.sleep(0.2)
+sdnotify.stopping()
+print("probe stopped", flush=True)
+"""
+
+
+class Container:
+    """A systemd booted in a container whose root is an overlay of /."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.nspawn: subprocess.Popen[bytes] | None = None
+        self.init_pid = 0
+        self.boot_state: list[str] = []  # sorted "Property=value" lines
+
+    def boot(self) -> None:
+        for d in ("upper", "work", "root"):
+            (self.base / d).mkdir(parents=True)
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir=/,upperdir={self.base}/upper,workdir={self.base}/work", str(self.root)])
+        log = open(self.base / "nspawn.log", "wb")
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(self.root), "--keep-unit", "--register=no",
+             "--machine=sipstatus-test", "--console=passive", "-b"],
+            stdout=log, stderr=subprocess.STDOUT, env=CLEAN_ENV, cwd="/")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.nspawn.poll() is None:
+            children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children").read_text().split()
+            if children and self.sh("systemctl is-system-running", pid=int(children[0])).stdout.strip() in (
+                    "running", "degraded"):
+                self.init_pid = int(children[0])
+                return
+            time.sleep(0.5)
+        pytest.skip("systemd-nspawn could not boot a container here: "
+                    + (self.base / "nspawn.log").read_text(errors="replace")[-600:])
+
+    def sh(self, script: str, pid: int = 0) -> subprocess.CompletedProcess[str]:
+        return run(["nsenter", "-t", str(pid or self.init_pid), "-a", "sh", "-c", script],
+                   check=False, timeout=120)
+
+    def shutdown(self) -> None:
+        if self.nspawn is not None and self.nspawn.poll() is None:
+            self.nspawn.terminate()  # nspawn halts the container's systemd cleanly
+            try:
+                self.nspawn.wait(30)
+            except subprocess.TimeoutExpired:
+                self.nspawn.kill()
+                self.nspawn.wait(10)
+        run(["umount", "-l", str(self.root)], check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def container(system):
+    if shutil.which("systemd-nspawn") is None:
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "systemd-container"],
+            env=APT_ENV, timeout=600)
+    box = Container(Path(tempfile.mkdtemp(prefix="sipstatus-nspawn-", dir="/var/tmp")))
+    try:
+        box.boot()
+        # installed and enabled below the overlay: systemd started it at boot
+        box.boot_state = sorted(box.sh("systemctl show -p ActiveState -p Result sipstatus-agent").stdout.split())
+        box.sh("systemctl stop sipstatus-agent; systemctl reset-failed sipstatus-agent")
+        # an `asterisk` process of another user, and Asterisk's manager.conf
+        prepared = box.sh(
+            "cp /bin/sleep /usr/local/bin/asterisk && "
+            "systemd-run --unit=asterisk -p User=daemon /usr/local/bin/asterisk infinity && "
+            "mkdir -p /etc/asterisk && echo '[general]' > /etc/asterisk/manager.conf && "
+            "(getent group asterisk || addgroup --system asterisk) >/dev/null && "
+            "adduser --quiet sipstatus asterisk && "
+            "chown root:asterisk /etc/asterisk/manager.conf && chmod 0640 /etc/asterisk/manager.conf")
+        assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+        yield box
+    finally:
+        box.shutdown()
+
+
+def test_sandbox_lets_the_agent_see_what_it_needs(container):
+    """A probe stands in for ExecStart under the unit's whole sandbox."""
+    (container.root / "usr/local/lib/sipstatus-probe.py").write_text(PROBE)
+    dropin = container.root / "etc/systemd/system/sipstatus-agent.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "probe.conf").write_text(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/python3 /usr/local/lib/sipstatus-probe.py\n")
+    try:
+        started = container.sh("systemctl daemon-reload && systemctl start sipstatus-agent && "
+                               "systemctl show -p StatusText -p ActiveState -p User sipstatus-agent")
+        assert started.returncode == 0, started.stdout + started.stderr + container.sh(
+            "journalctl -u sipstatus-agent -n 30 --no-pager -o cat").stdout
+        assert "StatusText=probe ready" in started.stdout and "ActiveState=active" in started.stdout
+        stopped = container.sh("systemctl stop sipstatus-agent; systemctl is-active sipstatus-agent; "
+                               "test -e /run/sipstatus-agent && echo runtime-dir-left")
+        assert stopped.stdout.split() == ["inactive"], stopped.stdout + stopped.stderr
+        journal = container.sh("journalctl -u sipstatus-agent --no-pager -o cat").stdout
+        report = ast.literal_eval(next(line for line in journal.splitlines() if line.startswith("{'uid'")))
+        assert report["uid"] == container_uid(container, "sipstatus")
+        assert report["watchdog"] == 30.0
+        assert report["cpu"] and report["links"] >= 1
+        assert report["asterisk"] == [True], "the asterisk process (another user's) must stay visible"
+        assert report["manager_conf"] == "[general]", "sipstatus reads manager.conf through group asterisk"
+        assert report["/etc/sipstatus/x"] == report["/usr/x"] == "Read-only file system"
+        assert report["/root/x"] in ("Read-only file system", "Permission denied", "No such file or directory")
+        assert "probe stopped" in journal
+    finally:
+        shutil.rmtree(dropin)
+        container.sh("systemctl daemon-reload")
+
+
+def container_uid(container: Container, user: str) -> int:
+    return int(container.sh(f"id -u {user}").stdout)
+
+
+def test_service_starts_reloads_and_refuses_a_broken_config(container):
+    helptext = container.sh("sipstatus-agent --help").stdout
+    if not re.search(r"\{[\w,-]*\brun\b", helptext):
+        pytest.skip("sipstatus-agent has no `run` command yet (issue 5): the service cannot start")
+    assert container.boot_state == ["ActiveState=active", "Result=success"], (
+        "the enabled service did not come up at boot")
+    conf = container.root / "etc/sipstatus/agent.toml"
+    good = conf.read_text()
+    broken, key = break_one_key(good)
+    started = container.sh("systemctl start sipstatus-agent && systemctl show -p MainPID --value sipstatus-agent")
+    logs = container.sh("journalctl -u sipstatus-agent -n 40 --no-pager -o cat").stdout
+    assert started.returncode == 0, started.stderr + logs
+    pid = started.stdout.strip()
+    assert container.sh("systemctl reload sipstatus-agent").returncode == 0, logs
+    conf.write_text(broken)
+    failed = container.sh("systemctl reload sipstatus-agent")
+    after = container.sh("systemctl show -p MainPID --value -p ActiveState sipstatus-agent").stdout.split()
+    assert failed.returncode != 0 and after == [pid, "active"], "a broken reload must keep the agent running"
+    assert key in container.sh("journalctl -u sipstatus-agent -n 10 --no-pager -o cat").stdout
+    restarted = container.sh("systemctl restart sipstatus-agent")
+    assert restarted.returncode != 0
+    assert key in container.sh("systemctl status sipstatus-agent --no-pager -n 10").stdout
+    conf.write_text(good)
+    container.sh("systemctl reset-failed sipstatus-agent")
+    assert container.sh("systemctl start sipstatus-agent").returncode == 0
+    stopped = container.sh("systemctl stop sipstatus-agent; systemctl show -p Result --value sipstatus-agent")
+    assert stopped.stdout.strip() == "success", container.sh(
+        "journalctl -u sipstatus-agent -n 40 --no-pager -o cat").stdout
+    assert "Traceback" not in container.sh("journalctl -u sipstatus-agent --no-pager -o cat").stdout
 
 
 def test_remove_keeps_the_config_and_purge_removes_it_and_the_user(system):
