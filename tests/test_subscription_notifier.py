@@ -649,3 +649,34 @@ def test_refresh_on_a_new_tcp_connection_moves_the_notifies_there():
     second_conn = Destination("TCP", "192.0.2.10", 40002)
     out = n.handle_request(subscribe(to_tag=tag, cseq=2), second_conn, 100.0)
     assert notifies(out)[0].destination == second_conn
+
+
+# -- fresh bodies from a body source ----------------------------------------------------
+
+
+def test_a_body_source_renders_every_notify_afresh_heartbeats_included():
+    rendered = iter(f"body-{i}".encode() for i in range(100))
+    n = notifier(body_source=lambda: next(rendered))
+    n.state_changed(b"ignored: the source renders", 0.0)
+    _, first = established(n, 0.0)
+    bodies = [first.request.body] + [o.request.body for _, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert bodies == [b"body-0", b"body-1", b"body-2", b"body-3"]  # immediate, then heartbeats at 5, 10, 15 s
+
+
+@pytest.mark.parametrize("reason", ["probation", "noresource"])
+def test_a_stopping_notifier_sends_its_last_state_in_the_final_notify(reason):
+    n = notifier(body_source=lambda: b'{"state":"down"}')
+    n.state_changed(b"x", 0.0)
+    established(n, 0.0)
+    (final,) = notifies(n.terminate_all(reason, 1.0, retry_after=30 if reason == "probation" else None))
+    assert state_of(final).startswith(f"terminated;reason={reason}")
+    assert final.request.body == b'{"state":"down"}'
+    assert final.request.content_type == TYPE
+
+
+def test_a_final_notify_for_rejected_carries_no_body():
+    n = notifier(body_source=lambda: b"state")
+    n.state_changed(b"x", 0.0)
+    established(n, 0.0)
+    (final,) = notifies(n.terminate_all("rejected", 1.0))
+    assert final.request.body == b""

@@ -287,7 +287,9 @@ class Notifier:
     ``1/max_rate`` s apart (the subscriber's ``max-rate`` may change that,
     but never beyond ``max_rate_limit``), and at most ``heartbeat`` s apart
     (the subscriber's ``min-rate`` may shorten that).  The application calls
-    :meth:`state_changed` with each new body.
+    :meth:`state_changed` with each new body; with ``body_source`` the body
+    of each NOTIFY is rendered afresh by that function instead (load-status
+    bodies carry a sequence number that must grow with every NOTIFY).
     """
 
     def __init__(
@@ -308,6 +310,7 @@ class Notifier:
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
         ids: IdGenerator | None = None,
+        body_source: Callable[[], bytes] | None = None,
     ) -> None:
         if not 0 < max_rate <= max_rate_limit:
             raise ValueError("need 0 < max_rate <= max_rate_limit")
@@ -332,6 +335,10 @@ class Notifier:
         self._by_watcher: dict[tuple[str, str, str, str | None], Subscription] = {}
         self._per_source: dict[str, int] = {}
         self._body: bytes | None = None
+        # Renders the current state afresh for each NOTIFY, so that every
+        # body sent (heartbeats included) is newer than the one before: a
+        # package with sequence numbers in its bodies needs that.
+        self._body_source = body_source
         self._version = 0  # bumped by every state change
         self._urgent = -1  # the latest version that must go out at once
         self._heap: list[tuple[float, int, Subscription]] = []
@@ -632,10 +639,15 @@ class Notifier:
         extra = [("Event", sub.event), ("Subscription-State", state)]
         body = b""
         # RFC 6665 section 4.2.2: a final NOTIFY after a timeout or
-        # unsubscribe carries the last state; other endings carry none.
-        if self._body is not None and terminated in (None, "timeout"):
-            body = self._body
-            extra.append(("Content-Type", self.content_type))
+        # unsubscribe carries the last state; so does the one of a notifier
+        # that stops (probation, noresource: load-status 4.7.4, state down).
+        # Other endings carry none.
+        if terminated in (None, "timeout", "probation", "noresource"):
+            body = self._body_source() if self._body_source is not None else self._body
+            if body is not None:
+                extra.append(("Content-Type", self.content_type))
+            else:
+                body = b""
         request = _in_dialog(sub.dialog, "NOTIFY", extra, body, f"<{sub.contact}>")
         if terminated is None:
             sub.in_flight = sub.dialog.local_cseq
