@@ -250,8 +250,15 @@ class Publisher:
 class Kamailio:
     """A Kamailio started from an example configuration with -A defines."""
 
-    def __init__(self, config: Path, workdir: Path, defines: Mapping[str, str | int | None] = {}) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        defines: Mapping[str, str | int | None] = {},
+        env: Mapping[str, str] = {},
+    ) -> None:
         self.config = config
+        self.env = {**os.environ, **env}
         self.workdir = workdir
         self.port = free_udp_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +283,7 @@ class Kamailio:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True,
+                cwd=self.workdir, env=self.env, start_new_session=True,
             )
         client = SipClient(self.port)
         try:
@@ -311,6 +318,27 @@ class Kamailio:
         if done.returncode != 0:
             raise RuntimeError(f"kamcmd {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout
+
+
+def start_example(
+    config: Path,
+    workdir: Path,
+    nodes: Iterable[SippNode],
+    defines: Mapping[str, str | int | None] = {},
+    env: Mapping[str, str] = {},
+) -> Kamailio:
+    """A started Kamailio running `config` in a new folder under `workdir`,
+    with a dispatcher list of `nodes`."""
+    run = workdir / f"kam-{secrets.token_hex(3)}"
+    run.mkdir()
+    ds = dispatcher_list(run / "dispatcher.list", nodes)
+    kam = Kamailio(config, run, {"DS_LIST": f'"{ds}"', **defines}, env)
+    try:
+        kam.start()
+    except BaseException:
+        kam.stop()
+        raise
+    return kam
 
 
 def dispatcher_list(path: Path, nodes: Iterable[SippNode], set_id: int = 1) -> Path:

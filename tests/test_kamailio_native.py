@@ -13,7 +13,6 @@ and still rejects equal thirds (200 each) or the cold-start split.
 from __future__ import annotations
 
 import csv
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +26,10 @@ from kamailio_runner import (
     SipClient,
     SippNode,
     body,
-    dispatcher_list,
     have_tools,
     place_calls,
     split_within,
+    start_example,
 )
 
 from sipstatus.status import State
@@ -66,12 +65,7 @@ def nodes(workdir: Path) -> Iterator[dict[str, SippNode]]:
 
 
 def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | int | None) -> Kamailio:
-    run = workdir / f"kam-{secrets.token_hex(3)}"
-    run.mkdir()
-    ds = dispatcher_list(run / "dispatcher.list", nodes.values())
-    kam = Kamailio(CONFIG, run, {"DS_LIST": f'"{ds}"', **defines})
-    kam.start()
-    return kam
+    return start_example(CONFIG, workdir, nodes.values(), defines)
 
 
 @pytest.fixture
