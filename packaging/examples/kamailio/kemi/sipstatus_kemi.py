@@ -391,10 +391,11 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
             status = self._decoded[text] = decode(text)
         return status, float(entry["received"])
 
-    def forget(self, node: str) -> None:
+    def forget(self, node: str, *, joined: bool = True) -> None:
         KSR.htable.sht_rm("ns", node)
         KSR.htable.sht_rm("pub", node)
-        KSR.htable.sht_rm("joined", node)
+        if joined:
+            KSR.htable.sht_rm("joined", node)
         KSR.notice(f"load-status: {node} forgotten\n")
 
     # -- calls ------------------------------------------------------------------
@@ -459,7 +460,9 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
                 self.forget(node)
         elif evname == "htable:expired:joined":
             # An auto-joined node whose report went stale leaves the pool.
-            self.forget(KSR.pv.get("$shtrecord(key)"))
+            # htable frees the expiring item after this callback: removing
+            # it here too would free it twice.
+            self.forget(KSR.pv.get("$shtrecord(key)"), joined=False)
         return 1
 
 
