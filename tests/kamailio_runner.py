@@ -76,6 +76,12 @@ def _udp_free(port: int) -> bool:
     return True
 
 
+def _bound_by(port: int, pid: int) -> bool:
+    """True when process `pid` has a UDP socket bound to 127.0.0.1:`port`."""
+    out = subprocess.run(["ss", "-Hlunp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return f"pid={pid}," in out
+
+
 def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
     if proc.poll() is not None:
         return
@@ -372,12 +378,13 @@ class SippNode:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      cwd=self.workdir, start_new_session=True)
         out.close()
-        # SIPp binds its port at once; a port found taken is a silent failure
-        # (field notes), so wait until the port is really ours.
+        # A SIPp whose port is taken fails silently (field notes): wait until
+        # this very process holds the port.
         deadline = time.monotonic() + 5
-        while _udp_free(self.port):
+        while not _bound_by(self.port, self.proc.pid):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SIPp UAS {self.name} did not bind {self.port}")
+                self.stop()
+                raise RuntimeError(f"SIPp UAS {self.name} did not bind {HOST}:{self.port}")
             time.sleep(0.02)
 
     def stop(self) -> None:
