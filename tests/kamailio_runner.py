@@ -41,8 +41,11 @@ HOST = "127.0.0.1"
 MEDIA_TYPE = "application/load-status+json"
 
 
-def have_tools() -> bool:
-    return all(shutil.which(tool) for tool in ("kamailio", "sipp", "kamcmd"))
+def have_tools(*modules: str) -> bool:
+    """kamailio, kamcmd, sipp and ss are installed, and these Kamailio modules."""
+    if not all(shutil.which(tool) for tool in ("kamailio", "sipp", "kamcmd", "ss")):
+        return False
+    return all(any(Path("/usr/lib").glob(f"*/kamailio/modules/{m}.so")) for m in modules)
 
 
 # -- ports -------------------------------------------------------------------

@@ -38,8 +38,8 @@ from sipstatus.status import State
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.skipif(
-        not have_tools() or not Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/app_python3.so").exists(),
-        reason="needs kamailio, kamailio-python3-modules and sipp (Debian: sip-tester)",
+        not have_tools("app_python3"),
+        reason="needs Debian packages kamailio, kamailio-python3-modules, sip-tester, iproute2",
     ),
 ]
 

@@ -36,7 +36,10 @@ from sipstatus.status import State
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not have_tools(), reason="needs kamailio, kamcmd and sipp (Debian: kamailio, sip-tester)"),
+    pytest.mark.skipif(
+        not have_tools("jansson"),
+        reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester, iproute2",
+    ),
 ]
 
 CONFIG = EXAMPLES / "native" / "kamailio.cfg"
