@@ -183,7 +183,9 @@ def test_deactivated_makes_the_watcher_resubscribe_at_once():
     assert len(notifier.subscriptions) == 1
 
 
-def test_invalid_body_is_refused_with_400_and_the_subscription_goes_on():
+def test_invalid_body_is_refused_with_400_and_both_sides_end_the_subscription():
+    # load-status 4.7.3 and 4.8: the notifier ends the subscription (RFC 6665
+    # 4.2.2 MUST); the watcher subscribes again, no sooner than 30 s later.
     def decode(body):
         if body == b"bad":
             raise ValueError("capacity: 1.5 is above the maximum 1 (rule: maximum)")
@@ -197,8 +199,12 @@ def test_invalid_body_is_refused_with_400_and_the_subscription_goes_on():
     assert rejected.reason.startswith("capacity: 1.5")
     (failed,) = wire.of(NotifyFailed)
     assert (failed.status, failed.reason) == (400, rejected.reason)
-    change(wire, notifier, b"good")  # within the 0.5 s ceiling: goes out at 1.5 s
-    wire.run(2.0)
+    assert [t.reason for t in wire.of(SubscriptionTerminated)] == ["notify-failed"]
+    notifier.state_changed(b"good", wire.now)
+    wire.run(30.0)
+    assert len(wire.of(SubscriptionCreated)) == 1  # not yet: the back-off
+    wire.run(700.0)
+    assert len(wire.of(SubscriptionCreated)) == 2
     assert wire.of(NotificationReceived)[-1].body == b"good"
 
 

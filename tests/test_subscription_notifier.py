@@ -437,15 +437,30 @@ def test_notify_timing_out_ends_the_subscription():
     assert not n.subscriptions
 
 
-def test_other_notify_failures_are_reported_and_the_subscription_goes_on():
+@pytest.mark.parametrize("status", [400, 401, 415, 489, 500])
+def test_a_notify_failed_with_an_error_response_ends_the_subscription(status):
+    # RFC 6665 4.2.2 (MUST), load-status 4.7.3: no further NOTIFY.
     n = notifier()
     first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
-    out = n.handle_response(make_response(first.request, 500), first.request, 0.1)
+    out = n.handle_response(make_response(first.request, status), first.request, 0.1)
     (failed,) = events(out, NotifyFailed)
-    assert failed.status == 500
-    assert len(n.subscriptions) == 1
-    seen = drive(n, 5.0)
-    assert notifies([o for _, o in seen])  # the heartbeat still comes
+    assert failed.status == status
+    (ended,) = events(out, SubscriptionTerminated)
+    assert (ended.reason, ended.status) == ("notify-failed", status)
+    assert not notifies(out) and not n.subscriptions
+
+
+def test_a_notify_answered_with_retry_after_pauses_the_subscription():
+    n = notifier()
+    n.state_changed(b"s1", 0.0)
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    busy = make_response(first.request, 503)
+    busy.add_header("Retry-After", "20")
+    out = n.handle_response(busy, first.request, 0.1)
+    assert events(out, NotifyFailed) and len(n.subscriptions) == 1
+    n.state_changed(b"s2", 1.0)  # significant, but the subscriber asked for quiet
+    sent = [when for when, o in drive(n, 30.0) if isinstance(o, SendRequest)]
+    assert sent and sent[0] >= 20.1
 
 
 def test_response_to_a_final_notify_is_ignored():

@@ -385,10 +385,33 @@ def test_invalid_body_gets_400_naming_member_and_rule():
 
 
 def test_reason_phrase_is_one_printable_line():
-    sub = active(subscriber(decode=lambda body: (_ for _ in ()).throw(ValueError("a\r\nb"))))
-    (resp,) = answers(sub.handle_request(notify(sub, 2), AGENT, 1.0))
+    def decode(body):
+        if body == b"bad":
+            raise ValueError("a\r\nb")
+        return body
+
+    sub = active(subscriber(decode=decode))
+    (resp,) = answers(sub.handle_request(notify(sub, 2, body=b"bad"), AGENT, 1.0))
     assert resp.reason == "a  b"
     resp.to_bytes()
+
+
+def test_a_refused_notify_ends_the_subscription_and_a_new_one_follows_no_sooner_than_30_s():
+    # load-status 4.8: the notifier ends the subscription on our 400 (RFC 6665
+    # 4.2.2); we do too, and wait 30 s, then 60 s after a second refusal...
+    sub = active()
+    out = sub.handle_request(notify(sub, 2, body=b'{"x":1}'), AGENT, 1.0)
+    (ended,) = events(out, SubscriptionEnded)
+    assert (ended.reason, ended.status, ended.retry_at) == ("notify-refused", 400, 31.0)
+    assert sent([o for _, o in run(sub, 30.9)]) == []
+    assert [r.method for r in sent([o for _, o in run(sub, 31.0)])] == ["SUBSCRIBE"]
+
+
+def test_a_notify_of_another_content_type_ends_the_subscription_too():
+    sub = active()
+    out = sub.handle_request(notify(sub, 2, content_type="text/plain"), AGENT, 1.0)
+    assert answers(out)[0].status == 415
+    assert events(out, SubscriptionEnded)[0].status == 415
 
 
 def test_notify_with_another_content_type_gets_415():

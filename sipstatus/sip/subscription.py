@@ -112,7 +112,8 @@ class SubscriptionTerminated:
 
     ``reason``: ``timeout`` (not refreshed), ``unsubscribed`` (Expires: 0),
     ``replaced`` (a new SUBSCRIBE from the same watcher), ``notify-rejected``
-    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer), or
+    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer),
+    ``notify-failed`` (another error response without Retry-After), or
     the reason given to :meth:`Notifier.terminate`.
     """
 
@@ -132,7 +133,9 @@ class SubscriptionRejected:
 
 @dataclass(frozen=True, slots=True)
 class NotifyFailed:
-    """A NOTIFY got an error other than 481/408; the subscription goes on."""
+    """A NOTIFY got an error other than 481/408 (for the log). With
+    Retry-After the subscription pauses; without, it ends (a
+    SubscriptionTerminated with reason ``notify-failed`` follows)."""
 
     id: SubscriptionId
     status: int
@@ -261,6 +264,7 @@ class Subscription:
     owed: bool = True  # a NOTIFY is owed to a SUBSCRIBE (RFC 6665 4.2.1.1/4.2.1.2)
     in_flight: int | None = None  # CSeq of the NOTIFY awaiting its final response
     timer: float | None = None
+    paused_until: float = -math.inf  # a NOTIFY answered with Retry-After (load-status 4.7.3)
 
     def destination(self) -> Destination | None:
         """Where NOTIFYs go: the subscriber's connection when it came over a
@@ -419,9 +423,20 @@ class Notifier:
             self._remove(sub, "notify-rejected", out, status=481)
         elif response.status == 408:
             self._remove(sub, "notify-timeout", out, status=408)
+        elif response.status >= 300:
+            out.append(NotifyFailed(sub.id, response.status, response.reason or ""))
+            retry_after = _retry_after_seconds(response)
+            if retry_after is None:
+                # RFC 6665 section 4.2.2: a NOTIFY that failed with an error
+                # response ends a soft-state subscription (MUST), with no
+                # further NOTIFY (load-status 4.7.3). 401/407 land here too:
+                # the notifier has no credentials to offer.
+                self._remove(sub, "notify-failed", out, status=response.status)
+            else:
+                # Not a failure (RFC 3265 3.2.2): quiet until Retry-After.
+                sub.paused_until = now + retry_after
+                self._service(sub, now, out)
         else:
-            if response.status >= 300:
-                out.append(NotifyFailed(sub.id, response.status, response.reason or ""))
             self._service(sub, now, out)
         return out
 
@@ -602,7 +617,7 @@ class Notifier:
         """When this subscription's next NOTIFY is due (ignoring one in flight)."""
         if sub.last_sent is None:
             return -math.inf
-        earliest = sub.last_sent + sub.min_interval
+        earliest = max(sub.last_sent + sub.min_interval, sub.paused_until)
         if sub.owed or self._urgent > sub.sent_version:
             return earliest
         due = sub.last_sent + sub.heartbeat
@@ -718,6 +733,10 @@ BACKOFF_MAX = 120.0
 # immediate re-subscription: a notifier that accepts and at once
 # deactivates must not draw SUBSCRIBEs at network speed.
 MIN_LIFETIME = 30.0
+# After we refused a NOTIFY (400, 415): the first wait before subscribing
+# again, doubled at each refusal in a row up to the maximum (load-status 4.8).
+REFUSED_RETRY = 30.0
+REFUSED_RETRY_MAX = 600.0
 # Refresh this long before expiry: at least the 32 s of timer F, so that an
 # unanswered refresh over UDP is known while the subscription still stands
 # and a new one can be made before the notifier's state goes; a third of
@@ -820,6 +839,15 @@ ACTIVE = "active"  # dialog up (2xx or NOTIFY seen); refreshes in flight stay he
 UNSUBSCRIBING = "unsubscribing"
 WAITING = "waiting"  # backing off before a new subscription
 STOPPED = "stopped"  # stopped, rejected, or given up: nothing more happens
+
+
+def _retry_after_seconds(response: Response) -> int | None:
+    """Retry-After in seconds, or None when absent or unreadable."""
+    try:
+        value = response.retry_after
+    except SipError:
+        return None
+    return None if value is None else value.seconds
 
 
 def _safe_reason(text: str, limit: int = 200) -> str:
@@ -1133,8 +1161,12 @@ class Subscriber:
         rejected: str | None = None
         if request.body:
             if request.content_type != self.config.accept.lower():
-                raise SipError(415, f"expected {self.config.accept}",
-                               [("Accept", self.config.accept)])
+                refusal = f"expected {self.config.accept}"
+                out.append(SendResponse(make_response(request, 415, refusal,
+                                                      headers=[("Accept", self.config.accept)])))
+                out.append(NotificationRejected(self, refusal))
+                self._refused_notify(415, now, out)
+                return
             if self.config.decode is not None:
                 try:
                     value = self.config.decode(request.body)
@@ -1143,6 +1175,9 @@ class Subscriber:
         if rejected is not None:
             out.append(SendResponse(make_response(request, 400, rejected)))
             out.append(NotificationRejected(self, rejected))
+            if state.state != "terminated":
+                self._refused_notify(400, now, out)
+                return
         else:
             out.append(SendResponse(make_response(request, 200)))
             out.append(NotificationReceived(self, state.state, request.body, value))
@@ -1157,6 +1192,15 @@ class Subscriber:
                 self._schedule_refresh(expires, now)
             if first:
                 out.append(Subscribed(self, expires))
+
+    def _refused_notify(self, status: int, now: float, out: list[SubscriberOutput]) -> None:
+        """We answered a NOTIFY with an error: the notifier ends the
+        subscription (RFC 6665 4.2.2), so we do too, and subscribe again no
+        sooner than REFUSED_RETRY s later, doubling up to REFUSED_RETRY_MAX
+        (load-status 4.8): a faulty agent is not hammered."""
+        self.failures += 1
+        wait = min(REFUSED_RETRY_MAX, REFUSED_RETRY * 2 ** min(self.failures - 1, 30))
+        self._resubscribe_later(now, wait, "notify-refused", status, out)
 
     def _terminated(self, reason: str | None, retry_after: int | None, now: float,
                     out: list[SubscriberOutput]) -> None:
