@@ -64,6 +64,11 @@ class StatusError(ValueError):
         where = member or "body"
         super().__init__(f"{where}: {detail} (rule: {rule})")
 
+    @property
+    def reason_phrase(self) -> str:
+        """The reason phrase of the 400 a receiver answers (spec section 6.6)."""
+        return f"Invalid load-status body: {self.member or 'body'} ({self.rule})"
+
 
 # -- members ---------------------------------------------------------------
 

@@ -121,3 +121,13 @@ def test_an_integral_version_number_is_version_1():
     body = json.loads(encode(status()))
     body["version"] = 1.0
     assert decode(json.dumps(body)) == status()
+
+
+def test_the_reason_phrase_of_a_400_names_member_and_rule_as_the_spec_says():
+    with pytest.raises(StatusError) as err:
+        decode(b'{"version":1,"node":"a","instance":"i","seq":1,"validity":15,'
+               b'"state":"busy","capacity":0.5,"weight":50}')
+    assert err.value.reason_phrase == "Invalid load-status body: state (enum)"
+    with pytest.raises(StatusError) as err:
+        decode(b"not json")
+    assert err.value.reason_phrase == "Invalid load-status body: body (json)"

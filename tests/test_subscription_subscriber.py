@@ -603,3 +603,12 @@ def test_pool_discard_forgets_the_subscriber():
     pool.discard(sub)
     assert pool.next_timer() is None
     assert pool.handle_request(notify(sub, 1), AGENT, 0.0) is None
+
+
+def test_a_decoder_error_with_a_reason_phrase_sets_the_400_reason():
+    from sipstatus.codec import decode
+
+    sub = active(subscriber(decode=lambda body: decode(body) if body != b'{"seq":1}' else body))
+    out = sub.handle_request(notify(sub, 2, body=b'{"x":1}'), AGENT, 1.0)
+    assert answers(out)[0].reason == "Invalid load-status body: version (required)"
+    assert events(out, NotificationRejected)[0].reason == "version: required member is missing or null (rule: required)"

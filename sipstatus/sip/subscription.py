@@ -712,7 +712,8 @@ class Notifier:
 #: retry with credentials, or None to give up (``DigestClient.authorize``).
 ClientAuthorizer = Callable[[Request, Response], Request | None]
 #: ``decode(body)`` returns the application's value or raises ValueError whose
-#: text (member and rule) becomes the reason phrase of the 400.
+#: text (member and rule) becomes the reason phrase of the 400 (its
+#: ``reason_phrase`` attribute instead, when it has one).
 Decoder = Callable[[bytes], object]
 
 # Final responses to a SUBSCRIBE after which retrying cannot help (RFC 6665
@@ -1172,8 +1173,11 @@ class Subscriber:
                     value = self.config.decode(request.body)
                 except ValueError as error:
                     rejected = _safe_reason(str(error))
+                    # A decoder's error may carry the package's own reason
+                    # phrase (load-status 6.6: "Invalid load-status body: ...").
+                    phrase = _safe_reason(getattr(error, "reason_phrase", None) or rejected)
         if rejected is not None:
-            out.append(SendResponse(make_response(request, 400, rejected)))
+            out.append(SendResponse(make_response(request, 400, phrase)))
             out.append(NotificationRejected(self, rejected))
             if state.state != "terminated":
                 self._refused_notify(400, now, out)

@@ -12,9 +12,10 @@ library instead of script arithmetic:
   Call-ID is in the htable `subs` (filled by whoever subscribes, e.g.
   `kamcmd htable.sets subs <Call-ID> <node>`); anything else gets 481;
 - every body goes through `sipstatus.codec.decode`, the full validator of
-  spec section 6: a bad body gets 400 with the codec's own message as the
-  reason phrase ("weight: 101 is above the maximum 100 (rule: maximum)"),
-  and nothing changes;
+  spec section 6: a bad body gets 400 with the reason phrase of spec 6.6
+  ("Invalid load-status body: weight (maximum)") and the codec's longer
+  message in a Warning header ("weight: 101 is above the maximum 100
+  (rule: maximum)"), and nothing changes;
 - ordering (instance, seq) and staleness (validity) are those of
   `sipstatus.nodetable.NodeTable`, and the weights come from a
   `sipstatus.policy` policy (FreeSlotsPolicy by default: weight in
@@ -338,9 +339,12 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         try:
             status = decode(data)
         except StatusError as exc:
-            reason = _reason_phrase(str(exc))
-            KSR.notice(f"load-status: rejected a report from {KSR.pv.get('$si')}: {reason}\n")
-            KSR.tm.t_reply(400, reason)
+            # Spec 6.6: the reason phrase names member and rule; the codec's
+            # longer explanation goes into a Warning and the log.
+            detail = _reason_phrase(str(exc)).replace("\\", "\\\\").replace('"', '\\"')
+            KSR.notice(f"load-status: rejected a report from {KSR.pv.get('$si')}: {detail}\n")
+            KSR.hdr.append_to_reply(f'Warning: 399 {KSR.pv.get("$Ri")} "{detail}"\r\n')
+            KSR.tm.t_reply(400, exc.reason_phrase)
             return None
         return status, data.decode("utf-8")
 
