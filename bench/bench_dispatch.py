@@ -175,7 +175,11 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
     for key, title, ax in panels:
         means = [summary[n][key][0] for n in names]
         halves = [summary[n][key][1] for n in names]
-        ax.barh(y, means, xerr=halves, color=colours, capsize=3)
+        if key == "p95_ratio":
+            lower = halves
+        else:  # counts: the interval is not allowed below 0
+            lower = [min(h, m) for m, h in zip(means, halves, strict=True)]
+        ax.barh(y, means, xerr=[lower, halves], color=colours, capsize=3)
         ax.set_yticks(y, names)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
@@ -186,9 +190,10 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
             fmt = "{:.3f}"
         else:
             ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(0, max(m + h for m, h in zip(means, halves, strict=True)) * 3)
             fmt = "{:.0f}"
-        for yi, m in zip(y, means, strict=True):
-            ax.annotate(fmt.format(m), (m, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        for yi, m, h in zip(y, means, halves, strict=True):
+            ax.annotate(fmt.format(m), (m + h, yi), xytext=(5, 0), textcoords="offset points", va="center", fontsize=8)
     ax = axes[1][1]
     shown = ["round-robin", "static-weights", "least-calls", "fs-heartbeat-20s", "sipstatus-least-utilised", "ideal"]
     for name in shown:

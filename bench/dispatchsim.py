@@ -327,7 +327,8 @@ class Simulation:
         self.result = RunResult(dispatcher.name, workload.seed)
         self._heap: list[tuple[float, int, Callable[[float, object], None], object]] = []
         self._seq = 0
-        self._watchers: list[Callable[[int, float], None]] = []
+        self._watchers: list[list[Callable[[float], None]]] = [[] for _ in self.nodes]
+        self._changed = False  # a node's utilisation may have changed
 
     # What dispatchers may use.
 
@@ -336,9 +337,9 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, fn, arg))
 
-    def watch_channels(self, fn: Callable[[int, float], None]) -> None:
-        """Call fn(node, now) whenever a node's channel count changes (an AMI event)."""
-        self._watchers.append(fn)
+    def watch_channels(self, node: int, fn: Callable[[float], None]) -> None:
+        """Call fn(now) whenever `node`'s channel count changes (an AMI event)."""
+        self._watchers[node].append(fn)
 
     def rng(self, purpose: str) -> random.Random:
         """A random stream of the dispatcher's own, for `purpose`."""
@@ -385,19 +386,27 @@ class Simulation:
                 hog_pending = False
                 nodes[sc.hog_node].hog = sc.hog_share
                 nodes[sc.hog_node].refresh()
+                self._changed = True
             elif t == next_tick:
                 k = int(t)
                 for i, node in enumerate(nodes):
                     node.noise = wl.noise[i][k]
                     node.refresh()
                 next_tick += 1.0
+                self._changed = True
             elif t == t_heap:
                 _, _, fn, arg = heapq.heappop(heap)
                 fn(t, arg)
             else:
                 self._arrive(t, holds[next_arrival])
                 next_arrival += 1
-            overloaded = max(n.util for n in nodes) > 1.0
+            if self._changed:
+                self._changed = False
+                overloaded = False
+                for node in nodes:
+                    if node.util > 1.0:
+                        overloaded = True
+                        break
         return result
 
     def _arrive(self, now: float, hold: float) -> None:
@@ -417,19 +426,21 @@ class Simulation:
             return
         node.calls += 1
         node.refresh()
+        self._changed = True
         self.dispatcher.placed(i, True, now)
         self.at(now + hold, self._depart, i)
-        for fn in self._watchers:
-            fn(i, now)
+        for fn in self._watchers[i]:
+            fn(now)
 
     def _depart(self, now: float, i: object) -> None:
         assert isinstance(i, int)
         node = self.nodes[i]
         node.calls -= 1
         node.refresh()
+        self._changed = True
         self.dispatcher.ended(i, now)
-        for fn in self._watchers:
-            fn(i, now)
+        for fn in self._watchers[i]:
+            fn(now)
 
 
 def simulate(scenario: Scenario, workload: Workload, dispatcher: Dispatcher) -> RunResult:
@@ -600,6 +611,7 @@ class Agent:
         self._state = State.ACTIVE
         self._capacity = 0.0
         self._timer_at: float | None = None
+        self._asterisk: dict[int, Asterisk] = {}  # by channel count: values are immutable
         self.sent = 0
 
     def start(self) -> None:
@@ -610,15 +622,21 @@ class Agent:
         self._rescore(now)
         self._sim.at(now + self.SAMPLE_INTERVAL, self._sample)
 
-    def channels_changed(self, node: int, now: float) -> None:
-        if node == self._index:
-            self._rescore(now)
+    def channels_changed(self, now: float) -> None:
+        self._rescore(now)
+
+    def _asterisk_section(self) -> Asterisk:
+        calls = self._node.calls
+        section = self._asterisk.get(calls)
+        if section is None:
+            section = Asterisk(channels=calls, calls=calls, limit=self._node.spec.limit)
+            self._asterisk[calls] = section
+        return section
 
     def _rescore(self, now: float) -> None:
-        spec, calls = self._node.spec, self._node.calls
         reading = Reading(
             cpu=self._cpu,
-            asterisk=Asterisk(channels=calls, calls=calls, limit=spec.limit),
+            asterisk=self._asterisk_section(),
             link=AsteriskLink.UP,
             asterisk_process=True,
         )
@@ -642,9 +660,8 @@ class Agent:
     def _send(self, now: float) -> None:
         self._seq += 1
         self.sent += 1
-        spec, calls = self._node.spec, self._node.calls
         status = LoadStatus(
-            node=spec.name,
+            node=self._node.spec.name,
             instance="sim",
             seq=self._seq,
             validity=self.VALIDITY,
@@ -652,7 +669,7 @@ class Agent:
             capacity=self._capacity,
             time=now,
             cpu=self._cpu,
-            asterisk=Asterisk(channels=calls, calls=calls, limit=spec.limit),
+            asterisk=self._asterisk_section(),
         )
         self._notify.sent(self._state, self._capacity, now)
         self._sim.at(now + self._sim.delivery_delay(self._delay_rng), self._deliver, status)
@@ -686,7 +703,7 @@ class Sipstatus:
         self.agents = []
         for i, node in enumerate(sim.nodes):
             agent = Agent(sim, i, self._scorer(node.spec), self._notify(), self._receive, delay_rng)
-            sim.watch_channels(agent.channels_changed)
+            sim.watch_channels(i, agent.channels_changed)
             agent.start()
             self.agents.append(agent)
 
