@@ -49,7 +49,8 @@ class Reading:
     quality: Quality | None = None
     probe: Probe | None = None
     network: Network | None = None
-    #: Why the source failed, in words naming it; None when it worked.
+    #: Why the source failed, wholly or in part, in words naming it; None
+    #: when it worked. The sections still carry whatever was measured.
     error: str | None = None
     #: AMI collector: the state of the AMI session.
     link: AsteriskLink | None = None
