@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -32,7 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.config import ScoringConfig  # noqa: E402
 from bench.dispatchsim import (  # noqa: E402
+    AGENT_SOURCE,
+    Agent,
     Dispatcher,
     FreeSwitchHeartbeat,
     Ideal,
@@ -41,7 +45,7 @@ from bench.dispatchsim import (  # noqa: E402
     Scenario,
     Sipstatus,
     StaticWeights,
-    agent_policies,
+    agent_scorer,
     make_workload,
     simulate,
 )
@@ -52,18 +56,26 @@ RESULTS = ROOT / "bench" / "results"
 SCENARIO = Scenario()
 
 
+#: The agent's scoring thresholds set to where the simulated nodes really
+#: fail (CPU at 100%), beside its defaults (overloaded at 85% CPU).
+MATCHED = ScoringConfig(cpu_max=1.0)
+
+
 def dispatchers() -> list[Callable[[], Dispatcher]]:
     """Fresh dispatchers for one run, in the order of the table."""
-    scorer, notify, _ = agent_policies()
+    matched = agent_scorer(MATCHED)
     return [
         RoundRobin,
         StaticWeights,
         LeastCalls,
         lambda: FreeSwitchHeartbeat(20.0),
         lambda: FreeSwitchHeartbeat(1.0),
-        lambda: Sipstatus(HeadroomPolicy(), scorer, notify),
-        lambda: Sipstatus(FreeSlotsPolicy(), scorer, notify),
-        lambda: Sipstatus(LeastUtilisedSelector(), scorer, notify),
+        lambda: Sipstatus(HeadroomPolicy()),
+        lambda: Sipstatus(FreeSlotsPolicy()),
+        lambda: Sipstatus(LeastUtilisedSelector()),
+        lambda: Sipstatus(HeadroomPolicy(), matched, name="sipstatus-headroom cpu_max=1"),
+        lambda: Sipstatus(FreeSlotsPolicy(), matched, name="sipstatus-free-slots cpu_max=1"),
+        lambda: Sipstatus(LeastUtilisedSelector(), matched, name="sipstatus-least-utilised cpu_max=1"),
         Ideal,
     ]
 
@@ -74,7 +86,9 @@ def run_seed(seed: int) -> list[dict]:
     half = int(SCENARIO.duration // 2)
     rows = []
     for make in dispatchers():
-        r = simulate(SCENARIO, workload, make())
+        dispatcher = make()
+        r = simulate(SCENARIO, workload, dispatcher)
+        agents = getattr(dispatcher, "agents", None)
         rows.append(
             {
                 "dispatcher": r.dispatcher,
@@ -88,6 +102,10 @@ def run_seed(seed: int) -> list[dict]:
                 "refused": r.refused,
                 "lost": r.lost,
                 "overload_time": r.overload_time,
+                # sipstatus only: reports per node per second, and statuses
+                # that expired before the next report arrived
+                "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / SCENARIO.end if agents else None,
+                "expired": getattr(dispatcher, "expired", None),
                 # per-minute maxima of the first seed, for the plot
                 "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)]
                 if seed == 0
@@ -223,15 +241,21 @@ def main() -> None:
     with multiprocessing.Pool(args.jobs) as pool:
         rows = [row for seed_rows in pool.imap_unordered(run_seed, range(args.seeds)) for row in seed_rows]
     elapsed = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = cpu.ru_utime + cpu.ru_stime
 
     names = [make().name for make in dispatchers()]
     summary = summarise(rows, names)
     minutes = {r["dispatcher"]: r["minutes"] for r in rows if r["minutes"] is not None}
-    _, _, scorer_source = agent_policies()
     sc = SCENARIO
     offered = statistics.fmean(r["offered"] for r in rows if r["dispatcher"] == "ideal")
-    header = [
-        f"# dispatch benchmark: {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, Python {platform.python_version()}",
+    agent_rows = [r for r in rows if r["reports_per_node_s"] is not None]
+    reports = statistics.fmean(r["reports_per_node_s"] for r in agent_rows)
+    expired = statistics.fmean(r["expired"] for r in agent_rows)
+    default = ScoringConfig()
+    lines = [
+        f"# dispatch benchmark: {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, "
+        f"{cpu_seconds:.0f} s CPU, Python {platform.python_version()}",
         f"# pool: {', '.join(f'{n.name} limit {n.limit} ({n.cores} cores)' for n in sc.nodes)}; one channel per call",
         f"# cpu = {sc.nodes[0].cpu_base} + {sc.nodes[0].cpu_at_limit} x channels/limit + hog + noise "
         f"(AR(1), sd {sc.noise_sd}, rho {sc.noise_rho} per s); utilisation = max(channels/limit, cpu)",
@@ -239,8 +263,11 @@ def main() -> None:
         f"time mean {sc.mean_hold:.0f} s (sigma {sc.hold_sigma}); {offered:.0f} calls per seed in the window",
         f"# window {sc.duration:.0f} s after {sc.warmup:.0f} s warm-up; hog eats {sc.hog_share:.0%} of "
         f"{sc.nodes[sc.hog_node].name}'s CPU for the second half",
-        f"# reports: delivery delay {sc.delay_min * 1000:.0f}-{sc.delay_max * 1000:.0f} ms; agent scoring and "
-        f"notification policy: {scorer_source}",
+        f"# sipstatus: {AGENT_SOURCE}; delivery delay {sc.delay_min * 1000:.0f}-{sc.delay_max * 1000:.0f} ms; "
+        f"validity {Agent.VALIDITY} s (agent default)",
+        f"#   sipstatus-*: the agent's default thresholds (overloaded at cpu {default.cpu_max:g}, off below "
+        f"{default.cpu_max - default.cpu_margin:g}; at the call limit, off {default.limit_margin:.0%} below)",
+        f"#   sipstatus-* cpu_max=1: the same with cpu_max {MATCHED.cpu_max:g}, where the simulated nodes really fail",
         "# every dispatcher sees the same calls (common random numbers); mean ± 95% CI half-width across seeds",
         "",
         *table(summary),
@@ -253,23 +280,32 @@ def main() -> None:
         "in progress), so peak and time >100% say little between good dispatchers; the p95 ratio",
         "and calls at limit separate them. A ratio below 1 is possible: the ideal places every call,",
         "a proxy that refuses calls keeps its nodes lighter.",
+        f"sipstatus agents sent {reports:.2f} reports per node per second; a node's status expired before the",
+        f"next report arrived {expired:.0f} times per run (heartbeat 5 s = validity 5 s, so a later report",
+        "can arrive a few ms after the last one expired).",
     ]
-    text = "\n".join(header) + "\n"
+    text = "\n".join(lines) + "\n"
     print(text, end="")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dispatch.txt").write_text(text)
-    scenario = asdict(sc)
     (RESULTS / "dispatch.json").write_text(
         json.dumps(
             {
                 "seeds": args.seeds,
                 "jobs": args.jobs,
                 "wall_seconds": round(elapsed, 1),
+                "cpu_seconds": round(cpu_seconds, 1),
                 "python": platform.python_version(),
-                "scoring": scorer_source,
-                "scenario": scenario,
+                "agent": AGENT_SOURCE,
+                "scoring_default": asdict(default),
+                "scoring_matched": asdict(MATCHED),
+                "validity": Agent.VALIDITY,
+                "scenario": asdict(sc),
                 "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
-                "runs": [{k: v for k, v in r.items() if k != "minutes"} for r in rows],
+                "runs": sorted(
+                    ({k: v for k, v in r.items() if k != "minutes"} for r in rows),
+                    key=lambda r: (r["seed"], names.index(r["dispatcher"])),
+                ),
             },
             indent=1,
         )

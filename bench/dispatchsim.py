@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.collectors.interface import AsteriskLink, Reading
+from agent.config import AgentConfig, ScoringConfig
+from agent.scoring import Scorer as AgentScorer
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import Selector, WeightPolicy
 from sipstatus.status import Asterisk, Cpu, LoadStatus, State, weight_hint
@@ -177,11 +179,16 @@ class Node:
 # --- the agent's scoring and notification policy (pluggable) ------------------
 
 
-class Scorer(Protocol):
-    """The agent's scorer for one node: state and capacity from a reading.
-    Stateful (hysteresis), so there is one per node."""
+class ScoreLike(Protocol):
+    state: State
+    capacity: float
 
-    def score(self, reading: Reading, now: float) -> tuple[State, float]: ...
+
+class Scorer(Protocol):
+    """The agent's scorer for one node (agent.scoring.Scorer): state and
+    capacity from a reading. Stateful (hysteresis), so there is one per node."""
+
+    def score(self, reading: Reading) -> ScoreLike: ...
 
 
 class NotifyPolicy(Protocol):
@@ -202,32 +209,17 @@ ScorerFactory = Callable[[NodeSpec], Scorer]
 NotifyPolicyFactory = Callable[[], NotifyPolicy]
 
 
-@dataclass
-class StandInScorer:
-    """Stand-in for the agent's scorer until agent/scoring.py lands:
-    capacity = 1 - max(channels/limit, cpu); overloaded at 0.95 utilisation,
-    active again below 0.90."""
-
-    enter: float = 0.95
-    leave: float = 0.90
-    _overloaded: bool = False
-
-    def score(self, reading: Reading, now: float) -> tuple[State, float]:
-        parts = []
-        a, c = reading.asterisk, reading.cpu
-        if a is not None and a.channels is not None and a.limit:
-            parts.append(a.channels / a.limit)
-        if c is not None and c.usage is not None:
-            parts.append(c.usage)
-        util = max(parts, default=0.0)
-        self._overloaded = util >= (self.leave if self._overloaded else self.enter)
-        state = State.OVERLOADED if self._overloaded else State.ACTIVE
-        return state, min(1.0, max(0.0, 1.0 - util))
+def agent_scorer(config: ScoringConfig | None = None) -> ScorerFactory:
+    """The agent's own scorer (agent/scoring.py), one per node, with `config`
+    (the agent's defaults when None)."""
+    config = ScoringConfig() if config is None else config
+    return lambda spec: AgentScorer(config)
 
 
 @dataclass
 class StandInNotifyPolicy:
-    """Stand-in for the agent's notification policy: send when the state or
+    """Stand-in for the agent's notification policy (the agent's notifier,
+    issue 5, has not landed): send when the state or
     the weight hint changes, at most once per `min_interval` (RFC 6446
     max-rate 2/s: a change inside the interval goes out at its end), and a
     heartbeat when nothing was sent for `heartbeat` seconds."""
@@ -587,7 +579,8 @@ class Agent:
     once a second, reacts to channel changes at once, scores, and sends
     reports under its notification policy with a small delivery delay."""
 
-    VALIDITY = 15
+    #: The agent's default validity of a status, seconds.
+    VALIDITY = AgentConfig().validity
     SAMPLE_INTERVAL = 1.0
 
     def __init__(
@@ -640,7 +633,8 @@ class Agent:
             link=AsteriskLink.UP,
             asterisk_process=True,
         )
-        self._state, self._capacity = self._scorer.score(reading, now)
+        score = self._scorer.score(reading)
+        self._state, self._capacity = score.state, score.capacity
         self._consider(now)
 
     def _consider(self, now: float) -> None:
@@ -678,19 +672,24 @@ class Agent:
 class Sipstatus:
     """A proxy fed by sipstatus agents: a `NodeTable` of the last reports,
     and either a `WeightPolicy` (weighted random over its weights,
-    recomputed on each report, like a script-side choice over an htable or
-    dispatcher algorithm 11) or a `Selector` (asked for every call)."""
+    recomputed on each report and when a node goes stale, like a script-side
+    choice over an htable or dispatcher algorithm 11) or a `Selector` (asked
+    for every call, told of every call sent)."""
 
     def __init__(
         self,
         rule: WeightPolicy | Selector,
-        scorer: ScorerFactory = lambda spec: StandInScorer(),
+        scorer: ScorerFactory | None = None,
         notify: NotifyPolicyFactory = StandInNotifyPolicy,
+        name: str | None = None,
     ) -> None:
         self._rule = rule
-        self._scorer = scorer
+        self._weighted = hasattr(rule, "weights")
+        self._scorer = agent_scorer() if scorer is None else scorer
         self._notify = notify
-        self.name = f"sipstatus-{rule.name}"
+        self.name = name or f"sipstatus-{rule.name}"
+        #: Times a node's status expired before the next one arrived.
+        self.expired = 0
 
     def start(self, sim: Simulation) -> None:
         names = [n.spec.name for n in sim.nodes]
@@ -698,6 +697,7 @@ class Sipstatus:
         self._names = names
         self._table = NodeTable(names)
         self._weights = [0] * len(names)
+        self._expiry = INF
         self._rng = sim.rng("choice")
         delay_rng = sim.rng("delay")
         self.agents = []
@@ -709,36 +709,40 @@ class Sipstatus:
 
     def _receive(self, now: float, status: object) -> None:
         assert isinstance(status, LoadStatus)
+        self._check_expiry(now)
         self._table.update(status, now)
-        if hasattr(self._rule, "weights"):
-            weights = self._rule.weights(self._table.views(now))
+        self._reweigh(now)
+
+    def _check_expiry(self, now: float) -> None:
+        if now >= self._expiry:
+            self.expired += 1
+            self._reweigh(now)
+
+    def _reweigh(self, now: float) -> None:
+        next_expiry = self._table.next_expiry(now)
+        self._expiry = INF if next_expiry is None else next_expiry
+        if self._weighted:
+            weights = self._rule.weights(self._table.views(now))  # type: ignore[union-attr]
             self._weights = [weights[name] for name in self._names]
 
     def choose(self, now: float) -> int | None:
-        if hasattr(self._rule, "weights"):
+        self._check_expiry(now)
+        if self._weighted:
             return weighted_choice(self._rng, self._weights)
-        node = self._rule.choose(self._table.views(now))
+        node = self._rule.choose(self._table.views(now))  # type: ignore[union-attr]
         return None if node is None else self._index[node]
 
     def placed(self, node: int, accepted: bool, now: float) -> None:
-        if hasattr(self._rule, "sent"):
-            self._rule.sent(self._names[node])
+        if not self._weighted:
+            self._rule.sent(self._names[node])  # type: ignore[union-attr]
 
     def ended(self, node: int, now: float) -> None:
         pass
 
 
-
-def agent_policies() -> tuple[ScorerFactory, NotifyPolicyFactory, str]:
-    """The agent's scorer and notification policy, and where they come from.
-
-    The agent's own scoring code (agent/scoring.py) has not been merged into
-    this branch yet: until it is, stand-ins built from the brief are used,
-    and the source string says so.
-    """
-    return (
-        lambda spec: StandInScorer(),
-        StandInNotifyPolicy,
-        "STAND-IN (agent/scoring.py not merged yet): overloaded at 0.95 utilisation, active below 0.90; "
-        "notify on a change of state or weight, at most 2/s, heartbeat 5 s",
-    )
+#: Where the agent's policies in this simulation come from.
+AGENT_SOURCE = (
+    "scoring: agent/scoring.py (the agent's own code); notification: STAND-IN "
+    "(the agent's notifier has not landed): on a change of state or weight, at most 2/s, "
+    "heartbeat 5 s"
+)
