@@ -11,8 +11,9 @@ interval across seeds:
 - overload time: seconds with any node above 100%;
 - peak: the highest utilisation of any node.
 
-Writes bench/results/dispatch.txt, .json and .png.
-Usage: bench/bench_dispatch.py [--seeds N] [--jobs N]
+Writes bench/results/dispatch.txt, .json and .png; with --set sensitivity,
+side questions to bench/results/dispatch.sensitivity.txt and .json.
+Usage: bench/bench_dispatch.py [--seeds N] [--jobs N] [--set main|sensitivity]
 """
 
 from __future__ import annotations
@@ -56,36 +57,53 @@ RESULTS = ROOT / "bench" / "results"
 SCENARIO = Scenario()
 
 
-#: The agent's scoring thresholds set to where the simulated nodes really
-#: fail (CPU at 100%), beside its defaults (overloaded at 85% CPU).
+#: The agent's scorer with its CPU threshold where the simulated nodes
+#: really fail (100% CPU), and with all its defaults (overloaded at 85% CPU).
 MATCHED = ScoringConfig(cpu_max=1.0)
+DEFAULT = ScoringConfig()
+DEFAULT_TAG = f" (cpu_max {DEFAULT.cpu_max:g})"
 
 
-def dispatchers() -> list[Callable[[], Dispatcher]]:
+def main_set() -> list[Callable[[], Dispatcher]]:
     """Fresh dispatchers for one run, in the order of the table."""
-    matched = agent_scorer(MATCHED)
+    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
     return [
         RoundRobin,
         StaticWeights,
         LeastCalls,
         lambda: FreeSwitchHeartbeat(20.0),
         lambda: FreeSwitchHeartbeat(1.0),
-        lambda: Sipstatus(HeadroomPolicy()),
-        lambda: Sipstatus(FreeSlotsPolicy()),
-        lambda: Sipstatus(LeastUtilisedSelector()),
-        lambda: Sipstatus(HeadroomPolicy(), matched, name="sipstatus-headroom cpu_max=1"),
-        lambda: Sipstatus(FreeSlotsPolicy(), matched, name="sipstatus-free-slots cpu_max=1"),
-        lambda: Sipstatus(LeastUtilisedSelector(), matched, name="sipstatus-least-utilised cpu_max=1"),
+        lambda: Sipstatus(HeadroomPolicy(), matched),
+        lambda: Sipstatus(FreeSlotsPolicy(), matched),
+        lambda: Sipstatus(LeastUtilisedSelector(), matched),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
         Ideal,
     ]
 
 
-def run_seed(seed: int) -> list[dict]:
-    """Every dispatcher on one seed's workload: a summary per dispatcher."""
+def sensitivity_set() -> list[Callable[[], Dispatcher]]:
+    """Side questions: every policy under the agent's default thresholds; the
+    selector with its sent-call memory split over 8 proxy worker processes."""
+    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
+    return [
+        lambda: Sipstatus(HeadroomPolicy(), default, name="sipstatus-headroom" + DEFAULT_TAG),
+        lambda: Sipstatus(FreeSlotsPolicy(), default, name="sipstatus-free-slots" + DEFAULT_TAG),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
+        lambda: Sipstatus(LeastUtilisedSelector(), matched, name="sipstatus-least-utilised, 8 workers", workers=8),
+        Ideal,
+    ]
+
+
+SETS = {"main": main_set, "sensitivity": sensitivity_set}
+
+
+def run_seed(job: tuple[str, int]) -> list[dict]:
+    """Every dispatcher of a set on one seed's workload: a summary per dispatcher."""
+    which, seed = job
     workload = make_workload(SCENARIO, seed)
     half = int(SCENARIO.duration // 2)
     rows = []
-    for make in dispatchers():
+    for make in SETS[which]():
         dispatcher = make()
         r = simulate(SCENARIO, workload, dispatcher)
         agents = getattr(dispatcher, "agents", None)
@@ -181,8 +199,14 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    colours = ["#9e9e9e" if not n.startswith(("sipstatus", "ideal")) else "#1f77b4" for n in names]
-    colours[names.index("ideal")] = "#2ca02c"
+    def colour(name: str) -> str:
+        if name == "ideal":
+            return "#2ca02c"
+        if name.startswith("sipstatus"):
+            return "#9ecae1" if name.endswith(DEFAULT_TAG) else "#1f77b4"
+        return "#9e9e9e"
+
+    colours = [colour(n) for n in names]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     panels = [
         ("p95_ratio", "p95 of the most loaded node's utilisation / ideal's", axes[0][0]),
@@ -235,16 +259,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
+    parser.add_argument(
+        "--set",
+        choices=SETS,
+        default="main",
+        help="main: the comparison (dispatch.txt/.json/.png); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
+    )
     args = parser.parse_args()
+    jobs = [(args.set, seed) for seed in range(args.seeds)]
 
     started = time.perf_counter()
     with multiprocessing.Pool(args.jobs) as pool:
-        rows = [row for seed_rows in pool.imap_unordered(run_seed, range(args.seeds)) for row in seed_rows]
+        rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
     elapsed = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = cpu.ru_utime + cpu.ru_stime
 
-    names = [make().name for make in dispatchers()]
+    names = [make().name for make in SETS[args.set]()]
     summary = summarise(rows, names)
     minutes = {r["dispatcher"]: r["minutes"] for r in rows if r["minutes"] is not None}
     sc = SCENARIO
@@ -252,9 +283,9 @@ def main() -> None:
     agent_rows = [r for r in rows if r["reports_per_node_s"] is not None]
     reports = statistics.fmean(r["reports_per_node_s"] for r in agent_rows)
     expired = statistics.fmean(r["expired"] for r in agent_rows)
-    default = ScoringConfig()
+    default = DEFAULT
     lines = [
-        f"# dispatch benchmark: {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, "
+        f"# dispatch benchmark ({args.set} set): {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, "
         f"{cpu_seconds:.0f} s CPU, Python {platform.python_version()}",
         f"# pool: {', '.join(f'{n.name} limit {n.limit} ({n.cores} cores)' for n in sc.nodes)}; one channel per call",
         f"# cpu = {sc.nodes[0].cpu_base} + {sc.nodes[0].cpu_at_limit} x channels/limit + hog + noise "
@@ -265,9 +296,10 @@ def main() -> None:
         f"{sc.nodes[sc.hog_node].name}'s CPU for the second half",
         f"# sipstatus: {AGENT_SOURCE}; delivery delay {sc.delay_min * 1000:.0f}-{sc.delay_max * 1000:.0f} ms; "
         f"validity {Agent.VALIDITY} s (agent default)",
-        f"#   sipstatus-*: the agent's default thresholds (overloaded at cpu {default.cpu_max:g}, off below "
-        f"{default.cpu_max - default.cpu_margin:g}; at the call limit, off {default.limit_margin:.0%} below)",
-        f"#   sipstatus-* cpu_max=1: the same with cpu_max {MATCHED.cpu_max:g}, where the simulated nodes really fail",
+        f"#   sipstatus-*: agent/scoring.py with cpu_max {MATCHED.cpu_max:g} (overloaded at 100% CPU, where the "
+        f"simulated nodes really fail), its other thresholds at their defaults",
+        f"#   ...{DEFAULT_TAG}: all the agent's defaults: overloaded at {default.cpu_max:.0%} CPU (off below "
+        f"{default.cpu_max - default.cpu_margin:.0%}) or at the call limit (off {default.limit_margin:.0%} below)",
         "# every dispatcher sees the same calls (common random numbers); mean ± 95% CI half-width across seeds",
         "",
         *table(summary),
@@ -287,10 +319,12 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dispatch.txt").write_text(text)
-    (RESULTS / "dispatch.json").write_text(
+    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
+    (RESULTS / f"{stem}.txt").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps(
             {
+                "set": args.set,
                 "seeds": args.seeds,
                 "jobs": args.jobs,
                 "wall_seconds": round(elapsed, 1),
@@ -311,7 +345,8 @@ def main() -> None:
         )
         + "\n"
     )
-    plot(summary, minutes, args.seeds, RESULTS / "dispatch.png")
+    if args.set == "main":
+        plot(summary, minutes, args.seeds, RESULTS / "dispatch.png")
 
 
 if __name__ == "__main__":

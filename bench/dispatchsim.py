@@ -23,6 +23,7 @@ The simulation is pure Python and `random`; one call is one channel.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import random
@@ -682,9 +683,14 @@ class Sipstatus:
         scorer: ScorerFactory | None = None,
         notify: NotifyPolicyFactory = StandInNotifyPolicy,
         name: str | None = None,
+        workers: int = 1,
     ) -> None:
         self._rule = rule
         self._weighted = hasattr(rule, "weights")
+        # A selector's memory of the calls it sent is per process: Kamailio's
+        # app_python3 keeps Python state per worker, and a worker chosen at
+        # random handles each call. Reports are shared (an htable).
+        self._selectors = [rule] + [copy.deepcopy(rule) for _ in range(workers - 1)]
         self._scorer = agent_scorer() if scorer is None else scorer
         self._notify = notify
         self.name = name or f"sipstatus-{rule.name}"
@@ -698,6 +704,7 @@ class Sipstatus:
         self._table = NodeTable(names)
         self._weights = [0] * len(names)
         self._expiry = INF
+        self._views = list(self._table.views(0.0))
         self._rng = sim.rng("choice")
         delay_rng = sim.rng("delay")
         self.agents = []
@@ -719,22 +726,26 @@ class Sipstatus:
             self._reweigh(now)
 
     def _reweigh(self, now: float) -> None:
+        # The views change only when a report arrives or a status expires.
         next_expiry = self._table.next_expiry(now)
         self._expiry = INF if next_expiry is None else next_expiry
+        self._views = list(self._table.views(now))
         if self._weighted:
-            weights = self._rule.weights(self._table.views(now))  # type: ignore[union-attr]
+            weights = self._rule.weights(self._views)  # type: ignore[union-attr]
             self._weights = [weights[name] for name in self._names]
 
     def choose(self, now: float) -> int | None:
         self._check_expiry(now)
         if self._weighted:
             return weighted_choice(self._rng, self._weights)
-        node = self._rule.choose(self._table.views(now))  # type: ignore[union-attr]
+        selectors = self._selectors
+        self._worker = selectors[self._rng.randrange(len(selectors)) if len(selectors) > 1 else 0]
+        node = self._worker.choose(self._views)  # type: ignore[union-attr]
         return None if node is None else self._index[node]
 
     def placed(self, node: int, accepted: bool, now: float) -> None:
         if not self._weighted:
-            self._rule.sent(self._names[node])  # type: ignore[union-attr]
+            self._worker.sent(self._names[node])  # type: ignore[union-attr]
 
     def ended(self, node: int, now: float) -> None:
         pass
