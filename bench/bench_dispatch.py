@@ -198,7 +198,6 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
     def colour(name: str) -> str:
         if name == "ideal":
             return "#2ca02c"
@@ -206,12 +205,15 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
             return "#9ecae1" if name.endswith(DEFAULT_TAG) else "#1f77b4"
         return "#9e9e9e"
 
+    names = list(summary)
     colours = [colour(n) for n in names]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig = plt.figure(figsize=(14, 9.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.15, 1])
+    first = fig.add_subplot(grid[0, 0])
     panels = [
-        ("p95_ratio", "p95 of the most loaded node's utilisation / ideal's", axes[0][0]),
-        ("at_limit", "calls sent to a node at or above its limit (per 2 h)", axes[0][1]),
-        ("lost", "calls lost: at limit + refused by the proxy (per 2 h)", axes[1][0]),
+        ("p95_ratio", "p95 of the most loaded node's\nutilisation, relative to the ideal", first),
+        ("at_limit", "calls sent to a node at or above\nits limit, per 2 h (log scale)", fig.add_subplot(grid[0, 1], sharey=first)),
+        ("lost", "calls lost (at limit + refused by\nthe proxy), per 2 h (log scale)", fig.add_subplot(grid[0, 2], sharey=first)),
     ]
     y = list(range(len(names)))
     for key, title, ax in panels:
@@ -222,33 +224,51 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
         else:  # counts: the interval is not allowed below 0
             lower = [min(h, m) for m, h in zip(means, halves, strict=True)]
         ax.barh(y, means, xerr=[lower, halves], color=colours, capsize=3)
-        ax.set_yticks(y, names)
-        ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
         if key == "p95_ratio":
             low = min(m - h for m, h in zip(means, halves, strict=True))
-            ax.set_xlim(max(0.0, low - 0.02), None)
+            top = max(m + h for m, h in zip(means, halves, strict=True))
+            ax.set_xlim(max(0.0, low - 0.01), top + 0.02)
             ax.axvline(1.0, color="#2ca02c", lw=1, ls="--")
             fmt = "{:.3f}"
         else:
-            ax.set_xscale("symlog", linthresh=10)
-            ax.set_xlim(0, max(m + h for m, h in zip(means, halves, strict=True)) * 3)
-            fmt = "{:.0f}"
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(0, max(m + h for m, h in zip(means, halves, strict=True)) * 4)
+            ax.tick_params(labelleft=False)
+            fmt = "{:.1f}"
         for yi, m, h in zip(y, means, halves, strict=True):
-            ax.annotate(fmt.format(m), (m + h, yi), xytext=(5, 0), textcoords="offset points", va="center", fontsize=8)
-    ax = axes[1][1]
-    shown = ["round-robin", "static-weights", "least-calls", "fs-heartbeat-20s", "sipstatus-least-utilised", "ideal"]
-    for name in shown:
+            label = fmt.format(m) if m < 10 else f"{m:.0f}"
+            ax.annotate(label, (m + h, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    first.set_yticks(y, names, fontsize=9)
+    first.invert_yaxis()
+
+    ax = fig.add_subplot(grid[1, :])
+    shown = {
+        "round-robin": ("#7f7f7f", 0.8),
+        "static-weights": ("#ff7f0e", 0.8),
+        "least-calls": ("#9467bd", 0.8),
+        "fs-heartbeat-20s": ("#d62728", 0.8),
+        "fs-heartbeat-1s": ("#e377c2", 0.8),
+        "sipstatus-least-utilised": ("#1f77b4", 1.6),
+        "ideal": ("#2ca02c", 1.0),
+    }
+    for name, (c, lw) in shown.items():
         if name in minutes:
             series = minutes[name]
-            ax.plot(range(len(series)), series, label=name, lw=1.2 if name.startswith(("sipstatus", "ideal")) else 0.8)
+            ax.plot(range(len(series)), series, label=name, color=c, lw=lw)
     hog = SCENARIO.duration / 2 / 60
     ax.axvline(hog, color="k", lw=0.8, ls=":")
-    ax.annotate("hog on", (hog, ax.get_ylim()[0]), xytext=(3, 3), textcoords="offset points", fontsize=8)
-    ax.set_title("seed 0: most loaded node's utilisation, max per minute", fontsize=10)
+    ax.text(hog + 0.5, 1.0, " CPU hog on", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+    ax.annotate("round-robin and least-calls: the small node full", (2, 1.0), xytext=(0, 4),
+                textcoords="offset points", fontsize=8, color="#555555")
+    ax.set_title("seed 0: the most loaded node's utilisation, highest per minute "
+                 "(sipstatus-least-utilised lies on the ideal's line)", fontsize=10)
     ax.set_xlabel("minute of the measured window")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Dispatch over 4 Asterisk nodes (limits 400/400/200/400, CPU hog on one for the 2nd hour); "
+    ax.set_ylabel("utilisation")
+    ax.grid(lw=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=4)
+    fig.suptitle(f"Dispatch over 4 Asterisk nodes (limits 400/400/200/400), CPU hog on one for the 2nd hour; "
                  f"mean and 95% CI over {seeds} seeds", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -259,6 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
+    parser.add_argument("--replot", action="store_true", help="redraw dispatch.png from dispatch.json")
     parser.add_argument(
         "--set",
         choices=SETS,
@@ -266,6 +287,11 @@ def main() -> None:
         help="main: the comparison (dispatch.txt/.json/.png); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
     )
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((RESULTS / "dispatch.json").read_text())
+        summary = {n: {k: [v["mean"], v["ci95"]] for k, v in m.items()} for n, m in saved["summary"].items()}
+        plot(summary, saved["seed0_minutes"], saved["seeds"], RESULTS / "dispatch.png")
+        return
     jobs = [(args.set, seed) for seed in range(args.seeds)]
 
     started = time.perf_counter()
@@ -335,6 +361,7 @@ def main() -> None:
                 "scoring_matched": asdict(MATCHED),
                 "validity": Agent.VALIDITY,
                 "scenario": asdict(sc),
+                "seed0_minutes": minutes,
                 "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
                 "runs": sorted(
                     ({k: v for k, v in r.items() if k != "minutes"} for r in rows),

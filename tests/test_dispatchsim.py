@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from agent.config import ScoringConfig
 from bench.dispatchsim import (
     Ideal,
     NodeSpec,
@@ -13,11 +14,13 @@ from bench.dispatchsim import (
     Sipstatus,
     StaticWeights,
     Workload,
+    agent_scorer,
     make_workload,
     simulate,
     weighted_choice,
 )
 from sipstatus.policy import HeadroomPolicy, LeastUtilisedSelector
+from sipstatus.status import State
 
 SMALL = Scenario(
     nodes=(NodeSpec("a", 20, 2), NodeSpec("b", 20, 2), NodeSpec("c", 10, 1), NodeSpec("d", 20, 2)),
@@ -197,3 +200,50 @@ def test_weighted_choice_never_picks_a_zero_weight():
     picks = {weighted_choice(rng, [0, 3, 0, 1]) for _ in range(2000)}
     assert picks == {1, 3}
     assert weighted_choice(rng, [0, 0]) is None
+
+
+def test_a_node_at_its_call_limit_is_reported_overloaded_by_the_agents_scorer():
+    scenario = one_node(limit=2, duration=20.0)
+    proxy = Deliveries(LeastUtilisedSelector())
+    simulate(scenario, quiet_workload(scenario, [1.0, 2.0], [100.0, 100.0]), proxy)
+    last = proxy._table.view("solo", scenario.end).status
+    assert last.state is State.OVERLOADED
+    assert last.asterisk.calls == 2
+
+
+def test_the_proxy_refuses_calls_while_every_node_is_overloaded():
+    scenario = one_node(limit=2, duration=20.0)
+    workload = quiet_workload(scenario, [1.0, 2.0, 5.0, 6.0], [100.0] * 4)
+    result = simulate(scenario, workload, Sipstatus(HeadroomPolicy()))
+    # The first two fill the node; its report is out well before the next two.
+    assert (result.at_limit, result.refused) == (0, 2)
+
+
+def test_the_agent_scorer_thresholds_are_configurable():
+    # At 90% CPU the default scorer (cpu_max 0.85) says overloaded, cpu_max 1.0 does not.
+    scenario = Scenario(nodes=(NodeSpec("solo", 100, 1, cpu_base=0.9),), warmup=0.0, duration=10.0, hog_share=0.0, hog_node=0)
+    workload = quiet_workload(scenario, [], [])
+    states = {}
+    for cpu_max in (0.85, 1.0):
+        proxy = Deliveries(HeadroomPolicy(), agent_scorer(ScoringConfig(cpu_max=cpu_max)))
+        simulate(scenario, workload, proxy)
+        states[cpu_max] = proxy._table.view("solo", scenario.end).status.state
+    assert states == {0.85: State.OVERLOADED, 1.0: State.ACTIVE}
+
+
+class CountingSelector(LeastUtilisedSelector):
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def sent(self, node):
+        self.total += 1
+        super().sent(node)
+
+
+def test_selector_workers_each_remember_only_the_calls_they_sent():
+    proxy = Sipstatus(CountingSelector(), workers=4)
+    result = simulate(SMALL, make_workload(SMALL, 5), proxy)
+    totals = [s.total for s in proxy._selectors]
+    assert len(totals) == 4 and min(totals) > 0
+    assert sum(totals) == len(make_workload(SMALL, 5).arrivals) - result.refused
