@@ -3,6 +3,7 @@ and the Asterisk process found by name."""
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 from collections import namedtuple
@@ -106,10 +107,15 @@ def test_real_host_readings_are_plausible():
     assert 0 < reading.memory.available <= reading.memory.total
 
 
+#: A name no other process on a shared test host has (other test suites run
+#: their own fake "asterisk" processes).
+NAME = "asterisk-" + secrets.token_hex(3)
+
+
 @pytest.fixture
 def fake_asterisk(tmp_path):
-    """Start processes whose name is "asterisk" (a copy of sleep)."""
-    binary = tmp_path / "asterisk"
+    """Start processes named NAME (a copy of sleep)."""
+    binary = tmp_path / NAME
     shutil.copy(shutil.which("sleep"), binary)
     started = []
 
@@ -128,7 +134,7 @@ def test_the_asterisk_process_is_found_followed_and_found_again_after_a_restart(
     first = fake_asterisk()
 
     async def main():
-        collector = HostCollector(HostConfig(), search_interval=0.0)
+        collector = HostCollector(HostConfig(process_name=NAME), search_interval=0.0)
         await collector.start()
         one = collector.collect(1.0)
         two = collector.collect(2.0)

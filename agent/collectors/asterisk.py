@@ -172,6 +172,7 @@ class AsteriskCollector:
         self.settings_error: str | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._reconciling = asyncio.Lock()
+        self._settled = asyncio.Event()
 
     async def start(self) -> None:
         self.table.reset(self.clock())
@@ -223,7 +224,13 @@ class AsteriskCollector:
         await self._read_settings()
         await self.reconcile()
 
+    async def settled(self) -> None:
+        """Returns once the counts are known or an attempt has failed (for a
+        one-shot measurement that should not race the login)."""
+        await self._settled.wait()
+
     def _on_down(self, reason: str) -> None:
+        self._settled.set()
         was_known = self.table.synced
         self.table.reset(self.clock())
         self.rtcp.clear()
@@ -261,18 +268,23 @@ class AsteriskCollector:
                 answer = await self.client.action("CoreShowChannels")
             except AmiError as exc:
                 self.table.abort_sync()
+                self._settled.set()
                 log.debug("AMI: CoreShowChannels failed: %s", exc)
                 return False
             listed = [(m.get("Uniqueid") or "", m.get("Linkedid") or "") for m in answer.items if m.event == "CoreShowChannel"]
             if self.table.end_sync((u, linked) for u, linked in listed if u and linked):
                 self._changed("counts corrected by CoreShowChannels")
+            self._settled.set()
             return True
 
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reconcile_interval)
             if self.client.connected:
-                await self.reconcile()
+                try:
+                    await self.reconcile()
+                except Exception:  # a bug must not end the periodic checks
+                    log.exception("AMI: reconciling the channel counts failed")
 
 
 def _positive(text: str | None, kind: type) -> int | float | None:
