@@ -34,6 +34,7 @@ from typing import Protocol
 from agent.collectors.interface import AsteriskLink, Reading
 from agent.config import AgentConfig, ScoringConfig
 from agent.scoring import Scorer as AgentScorer
+from sipstatus import codec
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import Selector, WeightPolicy
 from sipstatus.status import Asterisk, Cpu, LoadStatus, State, weight_hint
@@ -592,7 +593,9 @@ class Agent:
         notify: NotifyPolicy,
         deliver: Callable[[float, object], None],
         delay_rng: random.Random,
+        wire: bool = False,
     ) -> None:
+        self.wire = wire
         self._sim = sim
         self._index = index
         self._node = sim.nodes[index]
@@ -612,7 +615,8 @@ class Agent:
         self._sim.at(self._sim.workload.phases[self._index] * self.SAMPLE_INTERVAL, self._sample)
 
     def _sample(self, now: float, _: object = None) -> None:
-        self._cpu = Cpu(usage=self._node.cpu(), cores=self._node.spec.cores)
+        # A host cannot be seen busier than 100%: demand beyond it is invisible.
+        self._cpu = Cpu(usage=min(1.0, self._node.cpu()), cores=self._node.spec.cores)
         self._rescore(now)
         self._sim.at(now + self.SAMPLE_INTERVAL, self._sample)
 
@@ -667,6 +671,11 @@ class Agent:
             asterisk=self._asterisk_section(),
         )
         self._notify.sent(self._state, self._capacity, now)
+        if self.wire:
+            # Through the codec: the proxy gets what it would decode from the
+            # body (validated, capacity to 4 decimals). Off in the benchmark
+            # for speed: the rounding only reorders near-ties.
+            status = codec.from_wire(codec.to_wire(status))
         self._sim.at(now + self._sim.delivery_delay(self._delay_rng), self._deliver, status)
 
 
@@ -684,7 +693,9 @@ class Sipstatus:
         notify: NotifyPolicyFactory = StandInNotifyPolicy,
         name: str | None = None,
         workers: int = 1,
+        wire: bool = False,
     ) -> None:
+        self._wire = wire
         self._rule = rule
         self._weighted = hasattr(rule, "weights")
         # A selector's memory of the calls it sent is per process: Kamailio's
@@ -709,7 +720,7 @@ class Sipstatus:
         delay_rng = sim.rng("delay")
         self.agents = []
         for i, node in enumerate(sim.nodes):
-            agent = Agent(sim, i, self._scorer(node.spec), self._notify(), self._receive, delay_rng)
+            agent = Agent(sim, i, self._scorer(node.spec), self._notify(), self._receive, delay_rng, self._wire)
             sim.watch_channels(i, agent.channels_changed)
             agent.start()
             self.agents.append(agent)
