@@ -18,6 +18,13 @@ dispatcher's own (its weighted random choices, the delivery delay of its
 reports) comes from a stream seeded from the seed and its name, so it does
 not shift anyone else's draws.
 
+The sipstatus proxies get their reports from simulated agents that run the
+agent's own scorer (agent/scoring.py) on simulated readings: CPU sampled
+once a second, channels on every change (AMI events). When the agent sends
+is a pluggable `NotifyPolicy`; the agent's own notifier has not landed yet,
+so `StandInNotifyPolicy` follows the brief (on change, at most 2/s,
+heartbeat 5 s).
+
 The simulation is pure Python and `random`; one call is one channel.
 """
 
@@ -182,6 +189,8 @@ class Node:
 
 
 class ScoreLike(Protocol):
+    """What the simulation reads of a score (agent.scoring.Score)."""
+
     state: State
     capacity: float
 
@@ -220,11 +229,11 @@ def agent_scorer(config: ScoringConfig | None = None) -> ScorerFactory:
 
 @dataclass
 class StandInNotifyPolicy:
-    """Stand-in for the agent's notification policy (the agent's notifier,
-    issue 5, has not landed): send when the state or
-    the weight hint changes, at most once per `min_interval` (RFC 6446
-    max-rate 2/s: a change inside the interval goes out at its end), and a
-    heartbeat when nothing was sent for `heartbeat` seconds."""
+    """Stand-in for the agent's notification policy, which has not landed
+    (issue 5): send when the state or the weight hint changes, at most once
+    per `min_interval` (RFC 6446 max-rate 2/s: a change inside the interval
+    goes out at its end), and a heartbeat when nothing was sent for
+    `heartbeat` seconds."""
 
     min_interval: float = 0.5
     heartbeat: float = 5.0
