@@ -1,0 +1,380 @@
+"""Dispatch quality: sipstatus's weight policies against what proxies do today.
+
+Runs bench/dispatchsim.py over SEEDS seeds, every dispatcher on the same calls
+(common random numbers), and reports per dispatcher, mean and 95% confidence
+interval across seeds:
+
+- p95 ratio: the 95th percentile over time of the most loaded node's
+  utilisation, divided by the ideal dispatcher's on the same seed;
+- calls at limit: calls sent to a node at or above its limit (rejected);
+- lost: calls at limit plus calls the proxy refused (no node would take them);
+- overload time: seconds with any node above 100%;
+- peak: the highest utilisation of any node.
+
+Writes bench/results/dispatch.txt, .json and .png; with --set sensitivity,
+side questions to bench/results/dispatch.sensitivity.txt and .json.
+Usage: bench/bench_dispatch.py [--seeds N] [--jobs N] [--set main|sensitivity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.config import ScoringConfig  # noqa: E402
+from bench.dispatchsim import (  # noqa: E402
+    AGENT_SOURCE,
+    Agent,
+    Dispatcher,
+    FreeSwitchHeartbeat,
+    Ideal,
+    LeastCalls,
+    RoundRobin,
+    Scenario,
+    Sipstatus,
+    StaticWeights,
+    agent_scorer,
+    make_workload,
+    simulate,
+)
+from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector  # noqa: E402
+
+SEEDS = 30
+RESULTS = ROOT / "bench" / "results"
+SCENARIO = Scenario()
+
+
+#: The agent's scorer with its CPU threshold where the simulated nodes
+#: really fail (100% CPU), and with all its defaults (overloaded at 85% CPU).
+MATCHED = ScoringConfig(cpu_max=1.0)
+DEFAULT = ScoringConfig()
+DEFAULT_TAG = f" (cpu_max {DEFAULT.cpu_max:g})"
+
+
+def main_set() -> list[Callable[[], Dispatcher]]:
+    """Fresh dispatchers for one run, in the order of the table."""
+    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
+    return [
+        RoundRobin,
+        StaticWeights,
+        LeastCalls,
+        lambda: FreeSwitchHeartbeat(20.0),
+        lambda: FreeSwitchHeartbeat(1.0),
+        lambda: Sipstatus(HeadroomPolicy(), matched),
+        lambda: Sipstatus(FreeSlotsPolicy(), matched),
+        lambda: Sipstatus(LeastUtilisedSelector(), matched),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
+        Ideal,
+    ]
+
+
+def sensitivity_set() -> list[Callable[[], Dispatcher]]:
+    """Side questions: every policy under the agent's default thresholds; the
+    selector with its sent-call memory split over 8 proxy worker processes."""
+    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
+    return [
+        lambda: Sipstatus(HeadroomPolicy(), default, name="sipstatus-headroom" + DEFAULT_TAG),
+        lambda: Sipstatus(FreeSlotsPolicy(), default, name="sipstatus-free-slots" + DEFAULT_TAG),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
+        lambda: Sipstatus(LeastUtilisedSelector(), matched, name="sipstatus-least-utilised, 8 workers", workers=8),
+        Ideal,
+    ]
+
+
+SETS = {"main": main_set, "sensitivity": sensitivity_set}
+
+
+def run_seed(job: tuple[str, int]) -> list[dict]:
+    """Every dispatcher of a set on one seed's workload: a summary per dispatcher."""
+    which, seed = job
+    workload = make_workload(SCENARIO, seed)
+    half = int(SCENARIO.duration // 2)
+    rows = []
+    for make in SETS[which]():
+        dispatcher = make()
+        r = simulate(SCENARIO, workload, dispatcher)
+        agents = getattr(dispatcher, "agents", None)
+        rows.append(
+            {
+                "dispatcher": r.dispatcher,
+                "seed": seed,
+                "offered": r.offered,
+                "p95": r.percentile(95),
+                "p95_before_hog": r.percentile(95, 0, half),
+                "p95_with_hog": r.percentile(95, half),
+                "peak": max(r.max_util),
+                "at_limit": r.at_limit,
+                "refused": r.refused,
+                "lost": r.lost,
+                "overload_time": r.overload_time,
+                # sipstatus only: reports per node per second, and statuses
+                # that expired before the next report arrived
+                "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / SCENARIO.end if agents else None,
+                "expired": getattr(dispatcher, "expired", None),
+                # per-minute maxima of the first seed, for the plot
+                "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)]
+                if seed == 0
+                else None,
+            }
+        )
+    ideal = next(row for row in rows if row["dispatcher"] == "ideal")
+    for row in rows:
+        row["p95_ratio"] = row["p95"] / ideal["p95"]
+    return rows
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (Hill's expansion about the normal; error < 1e-4
+    for df >= 5, which is all this is used for)."""
+    z = statistics.NormalDist().inv_cdf(p)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% confidence interval."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan
+    return mean, t_quantile(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+METRICS = (
+    # key, column heading, format
+    ("p95_ratio", "p95 ratio", "{:.3f}"),
+    ("p95", "p95 util", "{:.3f}"),
+    ("at_limit", "calls at limit", "{:.1f}"),
+    ("lost", "calls lost", "{:.1f}"),
+    ("overload_time", "time >100% (s)", "{:.1f}"),
+    ("peak", "peak util", "{:.3f}"),
+)
+
+
+def summarise(rows: list[dict], names: list[str]) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in names:
+        mine = [r for r in rows if r["dispatcher"] == name]
+        out[name] = {key: list(mean_ci([r[key] for r in mine])) for key, _, _ in METRICS}
+    return out
+
+
+def table(summary: dict[str, dict[str, list[float]]]) -> list[str]:
+    cells = [["dispatcher"] + [heading for _, heading, _ in METRICS]]
+    for name, metrics in summary.items():
+        row = [name]
+        for key, _, fmt in METRICS:
+            mean, half = metrics[key]
+            row.append(f"{fmt.format(mean)} ± {fmt.format(half)}")
+        cells.append(row)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = []
+    for j, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[float]], seeds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def colour(name: str) -> str:
+        if name == "ideal":
+            return "#2ca02c"
+        if name.startswith("sipstatus"):
+            return "#9ecae1" if name.endswith(DEFAULT_TAG) else "#1f77b4"
+        return "#9e9e9e"
+
+    names = list(summary)
+    colours = [colour(n) for n in names]
+    fig = plt.figure(figsize=(14, 9.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.15, 1])
+    first = fig.add_subplot(grid[0, 0])
+    panels = [
+        ("p95_ratio", "p95 of the most loaded node's\nutilisation, relative to the ideal", first),
+        ("at_limit", "calls sent to a node at or above\nits limit, per 2 h (log scale)", fig.add_subplot(grid[0, 1], sharey=first)),
+        ("lost", "calls lost (at limit + refused by\nthe proxy), per 2 h (log scale)", fig.add_subplot(grid[0, 2], sharey=first)),
+    ]
+    y = list(range(len(names)))
+    for key, title, ax in panels:
+        means = [summary[n][key][0] for n in names]
+        halves = [summary[n][key][1] for n in names]
+        if key == "p95_ratio":
+            lower = halves
+        else:  # counts: the interval is not allowed below 0
+            lower = [min(h, m) for m, h in zip(means, halves, strict=True)]
+        ax.barh(y, means, xerr=[lower, halves], color=colours, capsize=3)
+        ax.set_title(title, fontsize=10)
+        if key == "p95_ratio":
+            low = min(m - h for m, h in zip(means, halves, strict=True))
+            top = max(m + h for m, h in zip(means, halves, strict=True))
+            ax.set_xlim(max(0.0, low - 0.01), top + 0.02)
+            ax.axvline(1.0, color="#2ca02c", lw=1, ls="--")
+            fmt = "{:.3f}"
+        else:
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(0, max(m + h for m, h in zip(means, halves, strict=True)) * 4)
+            ax.tick_params(labelleft=False)
+            fmt = "{:.1f}"
+        for yi, m, h in zip(y, means, halves, strict=True):
+            label = fmt.format(m) if m < 10 else f"{m:.0f}"
+            ax.annotate(label, (m + h, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    first.set_yticks(y, names, fontsize=9)
+    first.invert_yaxis()
+
+    ax = fig.add_subplot(grid[1, :])
+    shown = {
+        "round-robin": ("#7f7f7f", 0.8),
+        "static-weights": ("#ff7f0e", 0.8),
+        "least-calls": ("#9467bd", 0.8),
+        "fs-heartbeat-20s": ("#d62728", 0.8),
+        "fs-heartbeat-1s": ("#e377c2", 0.8),
+        "sipstatus-least-utilised": ("#1f77b4", 1.6),
+        "ideal": ("#2ca02c", 1.0),
+    }
+    for name, (c, lw) in shown.items():
+        if name in minutes:
+            series = minutes[name]
+            ax.plot(range(len(series)), series, label=name, color=c, lw=lw)
+    hog = SCENARIO.duration / 2 / 60
+    ax.axvline(hog, color="k", lw=0.8, ls=":")
+    ax.text(hog + 0.5, 1.0, " CPU hog on", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+    ax.annotate("round-robin and least-calls: the small node full", (2, 1.0), xytext=(0, 4),
+                textcoords="offset points", fontsize=8, color="#555555")
+    ax.set_title("seed 0: the most loaded node's utilisation, highest per minute "
+                 "(sipstatus-least-utilised lies on the ideal's line)", fontsize=10)
+    ax.set_xlabel("minute of the measured window")
+    ax.set_ylabel("utilisation")
+    ax.grid(lw=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=4)
+    fig.suptitle(f"Dispatch over 4 Asterisk nodes (limits 400/400/200/400), CPU hog on one for the 2nd hour; "
+                 f"mean and 95% CI over {seeds} seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
+    parser.add_argument("--replot", action="store_true", help="redraw dispatch.png from dispatch.json")
+    parser.add_argument(
+        "--set",
+        choices=SETS,
+        default="main",
+        help="main: the comparison (dispatch.txt/.json/.png); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
+    )
+    args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((RESULTS / "dispatch.json").read_text())
+        summary = {n: {k: [v["mean"], v["ci95"]] for k, v in m.items()} for n, m in saved["summary"].items()}
+        plot(summary, saved["seed0_minutes"], saved["seeds"], RESULTS / "dispatch.png")
+        return
+    jobs = [(args.set, seed) for seed in range(args.seeds)]
+
+    started = time.perf_counter()
+    with multiprocessing.Pool(args.jobs) as pool:
+        rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
+    elapsed = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = cpu.ru_utime + cpu.ru_stime
+
+    names = [make().name for make in SETS[args.set]()]
+    summary = summarise(rows, names)
+    minutes = {r["dispatcher"]: r["minutes"] for r in rows if r["minutes"] is not None}
+    sc = SCENARIO
+    offered = statistics.fmean(r["offered"] for r in rows if r["dispatcher"] == "ideal")
+    agent_rows = [r for r in rows if r["reports_per_node_s"] is not None]
+    reports = statistics.fmean(r["reports_per_node_s"] for r in agent_rows)
+    expired = statistics.fmean(r["expired"] for r in agent_rows)
+    default = DEFAULT
+    lines = [
+        f"# dispatch benchmark ({args.set} set): {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, "
+        f"{cpu_seconds:.0f} s CPU, Python {platform.python_version()}",
+        f"# pool: {', '.join(f'{n.name} limit {n.limit} ({n.cores} cores)' for n in sc.nodes)}; one channel per call",
+        f"# cpu = {sc.nodes[0].cpu_base} + {sc.nodes[0].cpu_at_limit} x channels/limit + hog + noise "
+        f"(AR(1), sd {sc.noise_sd}, rho {sc.noise_rho} per s); utilisation = max(channels/limit, cpu)",
+        f"# offered {sc.load:.0%} of the pool's channels: Poisson {sc.arrival_rate:.2f} calls/s, log-normal holding "
+        f"time mean {sc.mean_hold:.0f} s (sigma {sc.hold_sigma}); {offered:.0f} calls per seed in the window",
+        f"# window {sc.duration:.0f} s after {sc.warmup:.0f} s warm-up; hog eats {sc.hog_share:.0%} of "
+        f"{sc.nodes[sc.hog_node].name}'s CPU for the second half",
+        f"# sipstatus: {AGENT_SOURCE}; delivery delay {sc.delay_min * 1000:.0f}-{sc.delay_max * 1000:.0f} ms; "
+        f"validity {Agent.VALIDITY} s (agent default)",
+        f"#   sipstatus-*: agent/scoring.py with cpu_max {MATCHED.cpu_max:g} (overloaded at 100% CPU, where the "
+        f"simulated nodes really fail), its other thresholds at their defaults",
+        f"#   ...{DEFAULT_TAG}: all the agent's defaults: overloaded at {default.cpu_max:.0%} CPU (off below "
+        f"{default.cpu_max - default.cpu_margin:.0%}) or at the call limit (off {default.limit_margin:.0%} below)",
+        "# every dispatcher sees the same calls (common random numbers); mean ± 95% CI half-width across seeds",
+        "",
+        *table(summary),
+        "",
+        "p95 ratio: p95 over time of the most loaded node's utilisation, over the ideal dispatcher's on the same seed.",
+        "calls at limit: sent to a node at or above its limit (channels at maxcalls or CPU saturated) and rejected.",
+        "calls lost: calls at limit + calls the proxy refused because no node accepted calls.",
+        "time >100%: seconds with any node's CPU demand above 100%.",
+        "No dispatcher can avoid the first seconds after a load step (the hog lands on calls already",
+        "in progress), so peak and time >100% say little between good dispatchers; the p95 ratio",
+        "and calls at limit separate them. A ratio below 1 is possible: the ideal places every call,",
+        "a proxy that refuses calls keeps its nodes lighter.",
+        f"sipstatus agents sent {reports:.2f} reports per node per second; a node's status expired before the",
+        f"next report arrived {expired:.0f} times per run (heartbeat 5 s = validity 5 s, so a later report",
+        "can arrive a few ms after the last one expired).",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    RESULTS.mkdir(exist_ok=True)
+    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
+    (RESULTS / f"{stem}.txt").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "set": args.set,
+                "seeds": args.seeds,
+                "jobs": args.jobs,
+                "wall_seconds": round(elapsed, 1),
+                "cpu_seconds": round(cpu_seconds, 1),
+                "python": platform.python_version(),
+                "agent": AGENT_SOURCE,
+                "scoring_default": asdict(default),
+                "scoring_matched": asdict(MATCHED),
+                "validity": Agent.VALIDITY,
+                "scenario": asdict(sc),
+                "seed0_minutes": minutes,
+                "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
+                "runs": sorted(
+                    ({k: v for k, v in r.items() if k != "minutes"} for r in rows),
+                    key=lambda r: (r["seed"], names.index(r["dispatcher"])),
+                ),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    if args.set == "main":
+        plot(summary, minutes, args.seeds, RESULTS / "dispatch.png")
+
+
+if __name__ == "__main__":
+    main()
