@@ -123,7 +123,7 @@ class AgentConfig:
     #: The node name sent in every status; "" = this host's name.
     node: str = _opt("", text(f"(?:{_NODE})?", "a host name or token of 1 to 64 characters (A-Z a-z 0-9 . _ : -)"))
     #: Seconds a proxy may trust one status (spec: validity, 1..3600).
-    validity: int = _opt(5, integer(1, 3600))
+    validity: int = _opt(15, integer(1, 3600))
     #: Seconds between samples of the service loop.
     interval: float = _opt(1.0, number(0.1, 60.0))
     #: Seconds between the two readings `sipstatus-agent sample` takes

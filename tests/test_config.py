@@ -25,7 +25,7 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
     path.write_text('[agent]\nnode = "ast-3"\n[collectors.asterisk]\nport = 5039\n[scoring]\ncpu_max = 0.9\n')
     c = config.load(path)
     assert (c.node, c.collectors.asterisk.port, c.scoring.cpu_max) == ("ast-3", 5039, 0.9)
-    assert c.collectors.asterisk.host == "127.0.0.1" and c.agent.validity == 5
+    assert c.collectors.asterisk.host == "127.0.0.1" and c.agent.validity == 15
 
 
 @pytest.mark.parametrize(
