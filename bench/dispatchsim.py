@@ -21,9 +21,11 @@ not shift anyone else's draws.
 The sipstatus proxies get their reports from simulated agents that run the
 agent's own scorer (agent/scoring.py) on simulated readings: CPU sampled
 once a second, channels on every change (AMI events). When the agent sends
-is a pluggable `NotifyPolicy`; the agent's own notifier has not landed yet,
-so `StandInNotifyPolicy` follows the brief (on change, at most 2/s,
-heartbeat 5 s).
+is a pluggable `NotifyPolicy`; `AgentNotifyPolicy` is the agent's: what is
+significant is decided by the agent's own `is_significant` (agent/service.py:
+a state change, a weight change of 5 or more), sent as soon as the rate
+ceiling allows (notifier.max_rate, default 2/s); anything else rides on the
+heartbeat (validity / 3 with the agent's default validity).
 
 The simulation is pure Python and `random`; one call is one channel.
 """
@@ -39,12 +41,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.collectors.interface import AsteriskLink, Reading
-from agent.config import AgentConfig, ScoringConfig
+from agent.config import AgentConfig, NotifierConfig, ScoringConfig
 from agent.scoring import Scorer as AgentScorer
+from agent.service import is_significant
 from sipstatus import codec
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import Selector, WeightPolicy
-from sipstatus.status import Asterisk, Cpu, LoadStatus, State, weight_hint
+from sipstatus.status import Asterisk, Cpu, LoadStatus, State
 
 INF = math.inf
 
@@ -227,34 +230,40 @@ def agent_scorer(config: ScoringConfig | None = None) -> ScorerFactory:
     return lambda spec: AgentScorer(config)
 
 
-@dataclass
-class StandInNotifyPolicy:
-    """Stand-in for the agent's notification policy, which has not landed
-    (issue 5): send when the state or the weight hint changes, at most once
-    per `min_interval` (RFC 6446 max-rate 2/s: a change inside the interval
-    goes out at its end), and a heartbeat when nothing was sent for
-    `heartbeat` seconds."""
+def _status(state: State, capacity: float) -> LoadStatus:
+    return LoadStatus("node", "sim", 0, 1, state, capacity)
 
-    min_interval: float = 0.5
-    heartbeat: float = 5.0
-    _sent: tuple[State, int] | None = None
+
+@dataclass
+class AgentNotifyPolicy:
+    """The agent's notification policy (agent/service.py and the Notifier of
+    sipstatus/sip/subscription.py): a significant change (the agent's own
+    `is_significant`) goes out as soon as `min_interval` since the last
+    NOTIFY allows; an insignificant one waits for the heartbeat, which
+    carries the current status."""
+
+    min_interval: float = 1 / NotifierConfig().max_rate
+    heartbeat: float = AgentConfig().validity / 3
+    _announced: LoadStatus | None = None
     _sent_at: float = -INF
     _pending: bool = False
 
     def poll(self, state: State, capacity: float, now: float) -> bool:
-        if (state, weight_hint(state, capacity)) != self._sent:
-            if now >= self._sent_at + self.min_interval:
-                return True
+        # Once significant, a change is sent at the first allowed moment even
+        # if it has gone back since (the Notifier never drops one).
+        if is_significant(self._announced, _status(state, capacity)):
             self._pending = True
-            return False
-        self._pending = False
+        if self._pending:
+            return now >= self._sent_at + self.min_interval
         return now >= self._sent_at + self.heartbeat
 
     def next_poll(self, now: float) -> float | None:
         return self._sent_at + (self.min_interval if self._pending else self.heartbeat)
 
     def sent(self, state: State, capacity: float, now: float) -> None:
-        self._sent = (state, weight_hint(state, capacity))
+        status = _status(state, capacity)
+        if is_significant(self._announced, status):
+            self._announced = status
         self._sent_at = now
         self._pending = False
 
@@ -699,7 +708,7 @@ class Sipstatus:
         self,
         rule: WeightPolicy | Selector,
         scorer: ScorerFactory | None = None,
-        notify: NotifyPolicyFactory = StandInNotifyPolicy,
+        notify: NotifyPolicyFactory = AgentNotifyPolicy,
         name: str | None = None,
         workers: int = 1,
         wire: bool = False,
