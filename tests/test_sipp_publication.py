@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sipp_runner import SIPP, free_port, run_sipp
 
 from sipstatus.net import Endpoint, SipService
 from sipstatus.sip.digest import DigestClient
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher
 from sipstatus.sip.transaction import Destination
+
+from .sipp_runner import SIPP, free_port, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sipp_runner import SIPP, free_port, run_sipp
 
 from sipstatus.net import Endpoint, SipService
 from sipstatus.sip.subscription import (
@@ -21,6 +20,8 @@ from sipstatus.sip.subscription import (
     SubscriptionRefreshed,
     SubscriptionTerminated,
 )
+
+from .sipp_runner import SIPP, free_port, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]
