@@ -830,25 +830,33 @@ RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})
 NEVER_RESUBSCRIBE = frozenset({"rejected", "noresource", "invariant"})
 # Re-subscription backoff: base * 2**failures, capped, randomised to 50-100 %
 # (the shape of RFC 5626 section 4.5) so that hundreds of watchers that lost
-# the same node do not come back in step.  2 s .. 2 min: a node restart is
-# seen within seconds, a dead node costs one SUBSCRIBE per watcher a minute.
+# the same node do not come back in step.  From 2 s, so that a node restart
+# is seen within seconds; up to the 600 s of spec 4.7.4.
 BACKOFF_BASE = 2.0
-BACKOFF_MAX = 120.0
+BACKOFF_MAX = 600.0
+# Spec 4.8: after answering a NOTIFY with an error (a bad body), the
+# subscription is over; a new one no sooner than 30 s, doubling up to 600 s
+# while the bodies keep failing.  Spec 4.7.4: probation without retry-after
+# means 30 s.
+BAD_NOTIFY_WAIT = 30.0
+PROBATION_WAIT = 30.0
 # A subscription ended by the notifier sooner than this after it began is
 # treated as a failure (backoff), even for reasons that ask for an
 # immediate re-subscription: a notifier that accepts and at once
 # deactivates must not draw SUBSCRIBEs at network speed.
 MIN_LIFETIME = 30.0
-# Refresh this long before expiry: at least the 32 s of timer F, so that an
-# unanswered refresh over UDP is known while the subscription still stands
-# and a new one can be made before the notifier's state goes; a third of
-# the duration for short subscriptions.
-REFRESH_MARGIN = 40.0
+# Spec 4.4: refresh when the time left falls to the larger of a fifth of
+# the duration and 32 s (64*T1, the longest a non-INVITE transaction
+# takes): an unanswered refresh is known while the subscription stands.
+REFRESH_MARGIN = 64 * T1
 
 
 def refresh_delay(expires: float) -> float:
-    """Seconds after a 2xx at which a subscription of ``expires`` s is refreshed."""
-    return expires - min(expires / 3, REFRESH_MARGIN)
+    """Seconds after a grant of ``expires`` s at which to refresh (480 of 600,
+    28 of 60); half the duration for the very short ones no notifier of this
+    package grants."""
+    delay = expires - max(expires / 5, REFRESH_MARGIN)
+    return delay if delay >= expires / 4 else expires / 2
 
 
 def backoff(failures: int, random: Callable[[], float], base: float = BACKOFF_BASE,
@@ -870,6 +878,7 @@ class SubscriberConfig:
     accept: str
     local_uri: str
     contact: str
+    require_body: bool = True  # spec 4.5: every active/pending NOTIFY has a body
     expires: int = DEFAULT_EXPIRES
     min_rate: float | None = None
     max_rate: float | None = None
@@ -949,25 +958,48 @@ def _safe_reason(text: str, limit: int = 200) -> str:
     return cleaned[:limit] or "Bad Request"
 
 
+def body_reason(package: str, error: Exception) -> str:
+    """Spec 6.6: ``Invalid <package> body: <member> (<rule>)``.
+
+    ``error`` names them in ``member`` and ``rule`` attributes (the codec's
+    StatusError does); otherwise its text stands in for both.
+    """
+    member, rule = getattr(error, "member", None), getattr(error, "rule", None)
+    what = f"{member or 'body'} ({rule})" if rule else str(error)
+    return _safe_reason(f"Invalid {package} body: {what}")
+
+
+def _warning(host: str, detail: str) -> tuple[str, str]:
+    """Spec 6.6: ``Warning: 399 <host> "<detail>"``, escaped, at most 200 characters."""
+    text = _safe_reason(detail)[:200].replace("\\", "\\\\").replace('"', '\\"')
+    return ("Warning", f'399 {host} "{text}"')
+
+
 class Subscriber:
     """One subscription to one resource (RFC 6665 section 4.1).
 
     ``target`` is the resource's URI (the Request-URI); ``destination`` where
     to send out-of-dialog requests (None: resolve per RFC 3263); ``key``
-    is the application's name for it.  Call :meth:`start`, then feed it the
-    NOTIFYs of its dialog, the responses to its requests and the time.
+    is the application's name for it; ``check(value)`` may refuse a decoded
+    body by raising ValueError with ``member``/``rule`` (spec 4.8 step 6:
+    ``node (subscription)`` for a body about another node).  Call
+    :meth:`start`, then feed it the NOTIFYs of its dialog, the responses to
+    its requests and the time.
     """
 
     __slots__ = (
-        "target", "config", "destination", "key", "event_id", "state", "expires",
+        "target", "config", "destination", "key", "event_id", "check", "state", "expires",
         "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
-        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state", "since",
+        "notify_deadline", "retry_at", "failures", "bad_notifies", "pending", "stopping",
+        "last_state", "since",
     )
 
     def __init__(self, target: str, config: SubscriberConfig, *,
                  destination: Destination | None = None, key: object = None,
-                 event_id: str | None = None) -> None:
+                 event_id: str | None = None,
+                 check: Callable[[object], None] | None = None) -> None:
         self.target = target
+        self.check = check
         self.config = config
         self.destination = destination
         self.key = key
@@ -983,6 +1015,7 @@ class Subscriber:
         self.notify_deadline: float | None = None
         self.retry_at: float | None = None
         self.failures = 0
+        self.bad_notifies = 0  # NOTIFYs refused in a row (spec 4.8 backoff)
         self.pending: Request | None = None  # our request awaiting its final response
         self.stopping = False
         self.last_state: str | None = None
@@ -1019,6 +1052,8 @@ class Subscriber:
         self.local_cseq = 1
         self.last_state = None
         self.since = now
+        # Timer N (RFC 6665 4.1.2.4, spec 4.8): from sending until the first NOTIFY.
+        self.notify_deadline = now + NOTIFY_WAIT
         self.state = SUBSCRIBING
         config = self.config
         headers = [("Route", r) for r in config.route]
@@ -1063,7 +1098,7 @@ class Subscriber:
         self.pending = None
         out: list[SubscriberOutput] = []
         if request.expires == 0:
-            if not self._retry_with(request, response, out):
+            if not self._retry_with(request, response, now, out):
                 self._unsubscribed(response, now, out)
         elif _tag_of(request.header("To")) is None:
             self._initial_answered(response, request, now, out)
@@ -1071,7 +1106,7 @@ class Subscriber:
             self._refresh_answered(response, request, now, out)
         return out
 
-    def _retry_with(self, request: Request, response: Response,
+    def _retry_with(self, request: Request, response: Response, now: float,
                     out: list[SubscriberOutput]) -> bool:
         """401/407 with credentials, or 423 with the notifier's Min-Expires."""
         if response.status in (401, 407) and self.config.authorize is not None:
@@ -1099,6 +1134,8 @@ class Subscriber:
             self.dialog.local_cseq = cseq.number
         else:
             self.local_cseq = cseq.number
+            if self.last_state is None:
+                self.notify_deadline = now + NOTIFY_WAIT  # Timer N for the new SUBSCRIBE
         retry.remove_header("Via")
         self.pending = retry
         out.append(SendRequest(retry, self._next_hop(retry)))
@@ -1121,9 +1158,9 @@ class Subscriber:
             self.failures = 0
             announce = self.expires_at is None
             if self.dialog is None:
-                # The dialog comes from the 2xx (RFC 3261 section 12.1.2).
+                # The dialog comes from the 2xx (RFC 3261 section 12.1.2);
+                # Timer N runs on until the first NOTIFY.
                 self.dialog = _uac_dialog(request, response, self.target)
-                self.notify_deadline = now + NOTIFY_WAIT
             self.state = ACTIVE
             self._schedule_refresh(expires, now)
             if announce:
@@ -1131,7 +1168,7 @@ class Subscriber:
             if self.stopping:
                 out.append(self._in_dialog(0, now, UNSUBSCRIBING))
             return
-        if self._retry_with(request, response, out):
+        if self._retry_with(request, response, now, out):
             return
         self._failed(status, response.reason or "", now, out, response)
 
@@ -1149,7 +1186,7 @@ class Subscriber:
             out.append(SubscriptionEnded(self, "refresh-rejected", 481, now))
             out.append(self._subscribe_anew(now))
             return
-        if self._retry_with(request, response, out):
+        if self._retry_with(request, response, now, out):
             return
         if status in GIVE_UP:
             self.state = STOPPED
@@ -1217,7 +1254,13 @@ class Subscriber:
             return False
         if _tag_of(request.header("To")) != self.local_tag:
             return False
-        return self.dialog is None or _tag_of(request.header("From")) == self.dialog.remote_tag
+        if self.dialog is not None and _tag_of(request.header("From")) != self.dialog.remote_tag:
+            return False  # a further dialog of a forked SUBSCRIBE: 481 (spec 4.9)
+        try:
+            event = request.event
+        except SipError:
+            return True  # malformed Event: ours to answer (489)
+        return event is None or event.id == self.event_id  # RFC 6665 4.4.1
 
     def handle_request(self, request: Request, source: Destination,
                        now: float) -> list[SubscriberOutput] | None:
@@ -1227,18 +1270,35 @@ class Subscriber:
         try:
             self._notify(request, now, out)
         except SipError as error:
-            out.insert(0, SendResponse(error_response(request, error)))
+            self._refused(request, error, now, out)
         return out
 
     def _notify(self, request: Request, now: float, out: list[SubscriberOutput]) -> None:
-        event = request.event
-        if event is None or event.package != self.config.package.lower() \
-                or event.id != self.event_id:
-            raise SipError(489, "Event does not match the subscription",
-                           [("Allow-Events", self.config.package)])
+        """Spec 4.8: the checks in order, then the state."""
+        config = self.config
+        package = config.package.lower()
+        try:
+            event = request.event
+        except SipError:
+            event = None
+        if event is None or event.package != package:
+            raise SipError(489, "Bad Event", [("Allow-Events", package)])
         state = request.subscription_state
         if state is None:
             raise bad_request("NOTIFY without Subscription-State")
+        if request.body and request.content_type != config.accept.lower():
+            raise SipError(415, "Unsupported Media Type", [("Accept", config.accept)])
+        if not request.body and config.require_body and state.state != "terminated":
+            raise SipError(400, f"Invalid {package} body: body (required)")
+        value: object = None
+        if request.body and config.decode is not None:
+            try:
+                value = config.decode(request.body)
+                if self.check is not None:
+                    self.check(value)
+            except ValueError as error:
+                raise SipError(400, body_reason(package, error),
+                               [_warning(_contact_host(config.contact), str(error))]) from None
         if self.dialog is None:
             # RFC 6665 section 4.1.2.4: the NOTIFY came before the 2xx; it
             # makes the dialog, as for a UAS (RFC 3261 section 12.1.1).
@@ -1250,23 +1310,9 @@ class Subscriber:
             self.dialog.receive_request(request)
         self.notify_deadline = None
         self.last_state = state.state
-        value: object = None
-        rejected: str | None = None
-        if request.body:
-            if request.content_type != self.config.accept.lower():
-                raise SipError(415, f"expected {self.config.accept}",
-                               [("Accept", self.config.accept)])
-            if self.config.decode is not None:
-                try:
-                    value = self.config.decode(request.body)
-                except ValueError as error:
-                    rejected = _safe_reason(str(error))
-        if rejected is not None:
-            out.append(SendResponse(make_response(request, 400, rejected)))
-            out.append(NotificationRejected(self, rejected))
-        else:
-            out.append(SendResponse(make_response(request, 200)))
-            out.append(NotificationReceived(self, state.state, request.body, value))
+        self.bad_notifies = 0
+        out.append(SendResponse(make_response(request, 200)))
+        out.append(NotificationReceived(self, state.state, request.body, value))
         if state.state == "terminated":
             self._terminated(state.reason, state.retry_after, now, out)
             return
@@ -1278,6 +1324,20 @@ class Subscriber:
                 self._schedule_refresh(expires, now)
             if first:
                 out.append(Subscribed(self, expires))
+
+    def _refused(self, request: Request, error: SipError, now: float,
+                 out: list[SubscriberOutput]) -> None:
+        """We answered a NOTIFY of our dialog with an error: the notifier ends
+        the subscription on it (spec 4.7.3), so do we; a new one no sooner
+        than 30 s, doubling up to 600 s while NOTIFYs keep failing (4.8)."""
+        out.append(SendResponse(error_response(request, error)))
+        out.append(NotificationRejected(self, error.reason))
+        if self.state in (UNSUBSCRIBING, STOPPED) or self.stopping:
+            self._finish("unsubscribed", error.status, out)
+            return
+        self.bad_notifies += 1
+        wait = min(self.config.backoff_max, BAD_NOTIFY_WAIT * 2 ** min(self.bad_notifies - 1, 30))
+        self._resubscribe_later(now, wait, "notify-refused", error.status, out)
 
     def _terminated(self, reason: str | None, retry_after: int | None, now: float,
                     out: list[SubscriberOutput]) -> None:
@@ -1293,6 +1353,8 @@ class Subscriber:
             wait = float(retry_after)
         elif reason in RESUBSCRIBE_AT_ONCE and now - self.since >= MIN_LIFETIME:
             wait = 0.0
+        elif reason == "probation":
+            wait = PROBATION_WAIT  # spec 4.7.4: 30 s when retry-after is absent
         else:
             self.failures += 1
             wait = backoff(self.failures, self.config.random, self.config.backoff_base,
@@ -1325,9 +1387,10 @@ class Subscriber:
                 self._finish("unsubscribed", None, out)
                 return out
             if self.state == ACTIVE and self.last_state is None:
-                # RFC 6665 section 4.1.2.4: 2xx but no NOTIFY: consider it failed.
+                # Timer N fired: no NOTIFY, no subscription (RFC 6665 4.1.2.4).
+                # (Still SUBSCRIBING: the transaction reports its own end.)
                 self.pending = None
-                self._failed(408, "no NOTIFY after 2xx", now, out)
+                self._failed(408, "no NOTIFY (Timer N)", now, out)
                 return out
         if self.expires_at is not None and now >= self.expires_at:
             self.expires_at = None
@@ -1352,6 +1415,14 @@ def _uac_dialog(request: Request, response: Response, target: str) -> Dialog:
     fixed.remove_header("Contact")
     fixed.add_header("Contact", f"<{target}>")
     return dialog_as_uac(request, fixed)
+
+
+def _contact_host(contact: str) -> str:
+    try:
+        uri = parse_uri(contact)
+    except SipError:
+        return "-"
+    return uri.hostport if isinstance(uri, SipUri) else "-"
 
 
 def _copy_request(request: Request) -> Request:
