@@ -510,6 +510,7 @@ class Compositor:
         max_publications: int = 10_000,
         busy_retry_after: int = 60,
         random: Callable[[int], bytes] = os.urandom,
+        make_etag: Callable[[], str] | None = None,
     ) -> None:
         self.package = package.lower()
         self.resources = resources
@@ -524,6 +525,7 @@ class Compositor:
         self.max_publications = max_publications
         self.busy_retry_after = busy_retry_after
         self.random = random
+        self.make_etag = make_etag  # tags of the application's own (Kamailio's $sruid style)
         self.by_etag: dict[str, Publication] = {}
         self.by_key: dict[str, Publication] = {}
         self._heap: list[tuple[float, int, Publication]] = []
@@ -546,7 +548,7 @@ class Compositor:
 
     def _new_etag(self) -> str:
         while True:
-            etag = self.random(ETAG_OCTETS).hex()
+            etag = self.make_etag() if self.make_etag else self.random(ETAG_OCTETS).hex()
             if etag not in self.by_etag:
                 return etag
 
