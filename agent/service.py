@@ -181,7 +181,7 @@ class AgentService:
             busy_retry_after=60,
             heartbeat=self.heartbeat,
             max_rate=cfg.notifier.max_rate,
-            body_source=self.render,
+            produce=lambda now: self.render(),
         )
         p = cfg.publisher
         client = DigestClient(p.username, p.password) if p.username else None
@@ -251,7 +251,7 @@ class AgentService:
                 log.info("state %s -> %s (%s)", self._announced.state.value, status.state.value, status.reason or "")
             self._announced = status
         now = self.sip.now()
-        self.sip.submit(self.notifier, self.notifier.state_changed(b"", now, significant))
+        self.sip.submit(self.notifier, self.notifier.state_changed(None, now, significant))
         if self.publishers and (significant or now - self._last_published >= self.heartbeat):
             self._last_published = now
             for publisher in self.publishers:
