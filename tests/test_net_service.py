@@ -28,8 +28,6 @@ from sipstatus.sip.subscription import (
 from sipstatus.sip.transaction import Destination
 from tests.test_net_resolver import dns_server
 
-from .test_net_resolver import dns_server
-
 TYPE = "application/load-status+json"
 WAIT = 10.0
 

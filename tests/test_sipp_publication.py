@@ -23,8 +23,6 @@ from sipstatus.sip.publication import PublicationFailed, Published, Publisher
 from sipstatus.sip.transaction import Destination
 from tests.sipp_runner import SIPP, free_port, run_sipp
 
-from .sipp_runner import SIPP, free_port, run_sipp
-
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]
 

@@ -22,8 +22,6 @@ from sipstatus.sip.subscription import (
 )
 from tests.sipp_runner import SIPP, free_port, run_sipp
 
-from .sipp_runner import SIPP, free_port, run_sipp
-
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]
 
