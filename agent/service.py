@@ -99,7 +99,6 @@ class AgentService:
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._last_published = float("-inf")
         self.sampler: Sampler | None = None
         self.sip: SipService | None = None
         self.endpoint: Endpoint | None = None
@@ -188,6 +187,7 @@ class AgentService:
         self.publishers = [
             Publisher(target, PACKAGE, codec.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
                       authorize=client.authorize if client else None, expires=p.expires,
+                      produce=lambda now: self.render(), heartbeat=self.heartbeat,
                       min_interval=1 / p.max_rate, key=target)
             for target in p.targets
         ]
@@ -252,10 +252,11 @@ class AgentService:
             self._announced = status
         now = self.sip.now()
         self.sip.submit(self.notifier, self.notifier.state_changed(None, now, significant))
-        if self.publishers and (significant or now - self._last_published >= self.heartbeat):
-            self._last_published = now
+        # Publishers send their heartbeats themselves (a fresh body every
+        # `heartbeat` s, spec 5.2.2); a significant change goes at once.
+        if significant:
             for publisher in self.publishers:
-                self.sip.submit(publisher, publisher.publish(self.render(), now))
+                self.sip.submit(publisher, publisher.publish(None, now))
 
     def _on_change(self, what: str) -> None:
         self._changed.add(what)
