@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sipstatus.sip import Request, parse_message  # noqa: E402
+from sipstatus.sip import Request, SipError, parse_message  # noqa: E402
 
 
 def typical_notify() -> bytes:
@@ -49,6 +49,37 @@ def typical_notify() -> bytes:
     return request.to_bytes()
 
 
+def hostile_datagrams() -> dict[str, bytes]:
+    """Crafted ~60 kB datagrams aimed at quadratic corners of a parser.
+
+    Each line stays under MAX_LINE_LENGTH so the parser really reads it
+    (except the first, where the unfolding itself is the target).
+    """
+    head = (b"NOTIFY sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 NOTIFY\r\n")
+    n, lines = 8000, 7
+    return {
+        "spaces before a fold": head + b"X: a" + b" " * 60_000 + b"\r\n b\r\n\r\n",
+        "semicolons": head + (b"Contact: <sip:a@h>" + b";a=b" * (n // 4) + b"\r\n") * lines
+        + b"\r\n",
+        "quoted pairs": head + (b'Contact: "' + b"\\a" * (n // 2) + b'" <sip:a@h>\r\n') * lines
+        + b"\r\n",
+        "commas": head + (b"Contact: " + b"<sip:a@h>," * (n // 10) + b"<sip:a@h>\r\n") * lines
+        + b"\r\n",
+        "escapes": head + (b"Contact: <sip:" + b"%41" * (n // 3) + b"@h>\r\n") * lines + b"\r\n",
+    }
+
+
+def worst_case(datagram: bytes) -> float:
+    """Seconds to parse (or reject) one hostile datagram and read its Contacts."""
+    start = time.perf_counter()
+    try:
+        parse_message(datagram).contacts  # noqa: B018
+    except SipError:
+        pass
+    return time.perf_counter() - start
+
+
 def rate(function, seconds: float) -> float:
     count, start = 0, time.perf_counter()
     deadline = start + seconds
@@ -78,6 +109,9 @@ def main() -> None:
         f"parsed + Event/Subscription-State/CSeq read per second: "
         f"{parse_and_read_rate:,.0f}  ({1e6 / parse_and_read_rate:.1f} us each)",
     ]
+    for name, datagram in hostile_datagrams().items():
+        elapsed = min(worst_case(datagram) for _ in range(3))
+        lines.append(f"hostile {len(datagram)}-byte datagram, {name}: {elapsed * 1e3:.2f} ms")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     out = Path(__file__).resolve().parent / "results" / "sip_parse.txt"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.sip import Request, Response, SipError, SipUri, parse_message
+from sipstatus.sip import Request, Response, SipError, SipUri, StreamFramer, parse_message
 from sipstatus.sip.transaction import Destination, RequestReceived, SendMessage, TransactionLayer
 from sipstatus.sip.uri import AbsoluteUri
 from sipstatus.sip.validation import check_max_forwards, check_request, validate_response
@@ -300,7 +300,6 @@ def badinv01():
 def clerr():
     rejected_400("clerr.dat", "Content-Length")
     # Over a stream the framer waits for the rest of the 9999 octets.
-    from sipstatus.sip import StreamFramer
     framer = StreamFramer()
     assert framer.feed(raw("clerr.dat")) == []
     assert framer.buffered == len(raw("clerr.dat"))
@@ -308,7 +307,6 @@ def clerr():
 
 def ncl():
     rejected_400("ncl.dat", "Content-Length")
-    from sipstatus.sip import StreamFramer
     with pytest.raises(SipError) as info:
         StreamFramer().feed(raw("ncl.dat"))
     assert info.value.status == 400
@@ -467,6 +465,9 @@ def multi01():
 
 def mcl01():
     rejected_400("mcl01.dat", "Content-Length")
+    with pytest.raises(SipError) as info:  # over TCP: no framing, close
+        StreamFramer().feed(raw("mcl01.dat"))
+    assert info.value.status == 400
 
 
 def bcast():

@@ -536,3 +536,13 @@ def test_framer_stays_broken_after_a_framing_error():
         framer.feed(wire(*BASE, "Content-Length: -1", content_length=False))
     with pytest.raises(SipError):
         framer.feed(notify().to_bytes())
+
+
+def test_cr_and_lf_that_are_not_a_pair_are_400():
+    assert error_of(wire(*BASE, "Expires: 600\r \nX: y")).status == 400
+
+
+def test_spaces_before_a_fold_are_lws_inside_the_value():
+    m = parse_message(wire(*[line for line in BASE if not line.startswith("CSeq")],
+                           "CSeq: 1   \r\n   NOTIFY"))
+    assert (m.cseq.number, m.cseq.method) == (1, "NOTIFY")

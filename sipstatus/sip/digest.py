@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import SipError, bad_request
-from .headers import quote, split_outside, unquote
+from .headers import Via, quote, split_list, split_outside, unquote
 from .message import Request, Response
 
 # RFC 7616 section 6.1 (MD5, SHA-256) and RFC 8760 section 2.2; ordered by
@@ -249,8 +249,6 @@ def _drop_top_branch(request: Request) -> None:
     via = request.top_via
     if via is None or via.branch is None:
         return
-    from .headers import Via, split_list
-
     params = {k: v for k, v in via.params.items() if k != "branch"}
     for i, (name, value) in enumerate(request.headers):
         if name == "Via":

@@ -94,7 +94,11 @@ REASON_PHRASES = {
     603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
 
-_FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
+# Folding: CRLF followed by whitespace is one SP (section 7.3.1).  Spaces
+# before the CRLF stay and are stripped or ignored as LWS later; matching
+# them here ("[ \t]*\r\n") would make the search quadratic in a run of
+# spaces, a cheap denial of service.
+_FOLD = re.compile(r"\r\n[ \t]+")
 
 
 def _too_large(what: str) -> SipError:
@@ -219,7 +223,7 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr]:
-        """Contact values; the ``*`` of a REGISTER is not a NameAddr, see is_star."""
+        """Contact values (a REGISTER's ``*`` wildcard is skipped: it is no address)."""
         out: list[NameAddr] = []
         for value in self.header_all("Contact"):
             if value.strip() != "*":
@@ -468,7 +472,8 @@ def _split_head(head: str) -> tuple[str, list[tuple[str, str]], int | None]:
     """Start line, header fields, and Content-Length (None if absent)."""
     if "\r\n " in head or "\r\n\t" in head:
         head = _FOLD.sub(" ", head)  # section 7.3.1: folding LWS is one SP
-    if head.count("\r") != head.count("\n"):
+    crlf = head.count("\r\n")
+    if head.count("\r") != crlf or head.count("\n") != crlf:
         raise bad_request("bare CR or LF in header section")
     lines = head.split("\r\n")
     if len(lines) > MAX_HEADER_COUNT + 1:

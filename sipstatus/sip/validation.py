@@ -55,6 +55,9 @@ def check_request(
       (never for ACK or CANCEL);
     - 8.2.3 body whose Content-Type is not in ``accept`` (when given):
       415 with ``Accept``.
+
+    An ACK is never answered (section 17.2.1): a TU drops an ACK that
+    fails these checks instead of responding.
     """
     _check_structure(request)
     allowed = sorted(set(methods))

@@ -1,0 +1,366 @@
+"""The agent's configuration: one TOML file, dataclasses with defaults.
+
+With no file at all the defaults work on any Linux host: every collector is
+on, AMI is tried on 127.0.0.1:5038 (and reported unknown when nothing
+answers), the SIP probe goes to sip:127.0.0.1:5060. Every key is documented,
+with its default, in packaging/agent.toml.
+
+`load()` validates everything at start and raises `ConfigError` with the
+dotted key and what was wrong: `collectors.asterisk.port: must be an integer
+1..65535, got "abc"`. Unknown keys are rejected the same way, so a typo is
+not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/sipstatus/agent.toml")
+COLLECTOR_NAMES = ("host", "asterisk", "probe", "network")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+# -- checks: each returns the cleaned value or raises ValueError(problem) ----
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def integer(lo: int, hi: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"must be an integer {lo}..{hi}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def number(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if ok:
+            ok = (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            what = f"above {lo:g} and at most {hi:g}" if lo_open else f"{lo:g}..{hi:g}"
+            raise ValueError(f"must be a number {what}, got {_show(value)}")
+        return float(value)  # type: ignore[arg-type]
+
+    return check
+
+
+def text(pattern: str | None = None, what: str = "a string") -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
+            raise ValueError(f"must be {what}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def choice(*options: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(_show(o) for o in options)}, got {_show(value)}")
+        return value  # type: ignore[return-value]
+
+    return check
+
+
+def names(allowed: tuple[str, ...] | None = None, what: str = "names") -> Callable[[object], tuple[str, ...]]:
+    def check(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"must be an array of {what}, got {_show(value)}")
+        if allowed is not None:
+            for v in value:
+                if v not in allowed:
+                    raise ValueError(f"{_show(v)} is not one of {', '.join(allowed)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a name twice: {_show(value)}")
+        return tuple(value)
+
+    return check
+
+
+def _opt(default: Any, check: Callable[[object], Any]) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+# -- the sections ------------------------------------------------------------
+
+_NODE = r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?"  # spec section 6 (node)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    #: The node name sent in every status; "" = this host's name.
+    node: str = _opt("", text(f"(?:{_NODE})?", "a host name or token of 1 to 64 characters (A-Z a-z 0-9 . _ : -)"))
+    #: Seconds a proxy may trust one status (spec: validity, 1..3600).
+    validity: int = _opt(5, integer(1, 3600))
+    #: Seconds between samples of the service loop.
+    interval: float = _opt(1.0, number(0.1, 60.0))
+    #: Seconds between the two readings `sipstatus-agent sample` takes
+    #: (CPU and network rates need two readings a window apart).
+    sample_gap: float = _opt(1.0, number(0.1, 60.0))
+    log_level: str = _opt("info", choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    #: Name of the Asterisk process whose CPU and memory are reported.
+    process_name: str = _opt("asterisk", text(r"[^\s/]{1,15}", "a process name (at most 15 characters, as in /proc/PID/comm)"))
+
+
+@dataclass(frozen=True)
+class AsteriskConfig:
+    host: str = _opt("127.0.0.1", text(r"[^\s]+", "a host name or address"))
+    port: int = _opt(5038, integer(1, 65535))
+    username: str = _opt("agent", text(r"[^\s\r\n]+", "an AMI user name"))
+    #: The AMI secret; "" with `manager_conf` set reads it from there.
+    secret: str = _opt("", text(r"[^\r\n]*", "a string without line breaks"))
+    #: Asterisk's manager.conf: the secret of [username] is read from it
+    #: when `secret` is "".
+    manager_conf: str = _opt("", text(None, "a file path"))
+    #: "md5" logs in with Challenge/Key (the secret never crosses the
+    #: socket); "plain" sends it.
+    auth: str = _opt("md5", choice("md5", "plain"))
+    #: The call limit used when Asterisk has none (CoreMaxCalls 0); 0 = none.
+    max_calls: int = _opt(0, integer(0, 999_999))
+    #: Seconds between CoreShowChannels checks of the event-built counts.
+    reconcile_interval: float = _opt(30.0, number(1.0, 3600.0))
+    #: Seconds of RTCP reports the quality figures are computed over.
+    quality_window: float = _opt(10.0, number(1.0, 600.0))
+    #: Seconds over which new calls per second are counted.
+    cps_window: float = _opt(10.0, number(1.0, 600.0))
+    #: RTP clock rate of the calls' codec, Hz (8000 for G.711).
+    clock_rate: int = _opt(8000, integer(1000, 192_000))
+    connect_timeout: float = _opt(3.0, number(0.1, 60.0))
+    action_timeout: float = _opt(5.0, number(0.1, 120.0))
+    backoff_initial: float = _opt(0.5, number(0.01, 60.0))
+    backoff_max: float = _opt(30.0, number(0.01, 3600.0))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    #: Where OPTIONS go: sip:HOST[:PORT] over UDP.
+    target: str = _opt("sip:127.0.0.1:5060", text(r"sip:[^\s;?]+", "a sip: URI (sip:host[:port])"))
+    #: Seconds between probes.
+    interval: float = _opt(1.0, number(0.05, 60.0))
+    #: Seconds after which an unanswered probe counts as a timeout.
+    timeout: float = _opt(1.0, number(0.01, 30.0))
+    #: Seconds of probes the percentiles are computed over.
+    window: float = _opt(10.0, number(1.0, 600.0))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    #: Interfaces summed; [] = every interface that is up, except loopback.
+    interfaces: tuple[str, ...] = _opt((), names(None, "interface names"))
+
+
+@dataclass(frozen=True)
+class CollectorsConfig:
+    enabled: tuple[str, ...] = _opt(COLLECTOR_NAMES, names(COLLECTOR_NAMES, "collector names"))
+    host: HostConfig = field(default_factory=HostConfig)
+    asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Thresholds of agent.scoring (formulas in spec/scoring.md)."""
+
+    #: CPU usage (fraction of all cores) at which the node is full.
+    cpu_max: float = _opt(0.85, number(0.0, 1.0, lo_open=True))
+    #: Overloaded by CPU ends only below cpu_max - cpu_margin.
+    cpu_margin: float = _opt(0.05, number(0.0, 0.5))
+    #: What Asterisk's call limit counts: "calls" (what maxcalls is compared
+    #: with in Asterisk's pbx.c) or "channels".
+    limit_applies_to: str = _opt("calls", choice("calls", "channels"))
+    #: Overloaded at the limit ends below limit - max(1, limit_margin * limit).
+    limit_margin: float = _opt(0.05, number(0.0, 0.5))
+    #: New calls per second the node takes at most; 0 = no limit.
+    cps_max: float = _opt(0.0, number(0.0, 99_999.0))
+    cps_margin: float = _opt(0.1, number(0.0, 0.5))
+    #: Mean MOS below which the node is overloaded, if at least
+    #: mos_min_streams streams were measured; 0 = never.
+    mos_min: float = _opt(3.0, number(0.0, 4.5))
+    mos_margin: float = _opt(0.2, number(0.0, 1.0))
+    mos_min_streams: int = _opt(3, integer(1, 999_999))
+    #: Overloaded when available memory falls below this fraction of total.
+    memory_min_available: float = _opt(0.05, number(0.0, 0.5))
+    memory_margin: float = _opt(0.02, number(0.0, 0.5))
+    #: Overloaded by load average (vs Asterisk's CoreMaxLoadAvg) ends below
+    #: the ceiling minus this, in load units.
+    load_margin: float = _opt(0.5, number(0.0, 100.0))
+    #: Unanswered probes in a row after which the node is down.
+    probe_down_after: int = _opt(3, integer(1, 1000))
+    #: The most capacity a node may claim while a limited resource is unknown.
+    unknown_capacity: float = _opt(0.5, number(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """Reserved for the notifier (issue 5: listen addresses, trusted
+    networks, RFC 6446 rate bounds). No keys are defined yet."""
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    """Reserved for the publisher (issue 5: PUBLISH targets, rate bounds).
+    No keys are defined yet."""
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    notifier: NotifierConfig = field(default_factory=NotifierConfig)
+    publisher: PublisherConfig = field(default_factory=PublisherConfig)
+
+    @property
+    def node(self) -> str:
+        """The node name: agent.node, else this host's name made valid."""
+        return self.agent.node or host_node_name()
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def load(path: str | Path | None) -> Config:
+    """The configuration in `path` (None: the defaults). Raises ConfigError."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("", f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{path}: not UTF-8 (bad octet at offset {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """A Config from parsed TOML. Raises ConfigError naming the key."""
+    config = _build(Config, raw, "")
+    _check_relations(config)
+    return config
+
+
+def _build(cls: type, raw: object, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix.rstrip("."), f"must be a table, got {_show(raw)}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            listed = ", ".join(known) if known else "none yet"
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known keys here: {listed})")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        key = f"{prefix}{name}"
+        section = _SECTIONS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if section is not None:
+            values[name] = _build(section, value, key + ".")
+            continue
+        try:
+            values[name] = f.metadata["check"](value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    return cls(**values)
+
+
+_SECTIONS: dict[str, type] = {
+    c.__name__: c
+    for c in (AgentConfig, HostConfig, AsteriskConfig, ProbeConfig, NetworkConfig, CollectorsConfig,
+              ScoringConfig, NotifierConfig, PublisherConfig)
+}
+
+
+def _check_relations(config: Config) -> None:
+    a = config.collectors.asterisk
+    if a.backoff_max < a.backoff_initial:
+        raise ConfigError("collectors.asterisk.backoff_max", f"must be at least backoff_initial ({a.backoff_initial:g}), got {a.backoff_max:g}")
+    p = config.collectors.probe
+    if p.window < p.interval:
+        raise ConfigError("collectors.probe.window", f"must be at least the probe interval ({p.interval:g} s), got {p.window:g}")
+    if a.manager_conf and not a.secret:
+        # Read now, so that a wrong path or user is an error at start.
+        manager_secret(a.manager_conf, a.username)
+
+
+def ami_secret(config: AsteriskConfig) -> str:
+    """The AMI secret: `secret`, else the user's from `manager_conf`, else ""."""
+    if config.secret or not config.manager_conf:
+        return config.secret
+    return manager_secret(config.manager_conf, config.username)
+
+
+def manager_secret(path: str | Path, username: str) -> str:
+    """The `secret` of user `[username]` in Asterisk's manager.conf.
+
+    The format is Asterisk's config format: `[section]` headers (optionally
+    followed by template marks such as `(!)` or `(+)`), `key = value` or
+    `key => value` lines, `;` comments (`\\;` is a literal semicolon).
+    Raises ConfigError naming the file and what is missing.
+    """
+    key = "collectors.asterisk.manager_conf"
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    section = None
+    found_user = False
+    for line in lines:
+        line = re.sub(r"(?<!\\);.*", "", line).replace("\\;", ";").strip()
+        if not line:
+            continue
+        header = re.fullmatch(r"\[([^\]]+)\](?:\([^)]*\))?", line)
+        if header:
+            section = header.group(1).strip()
+            found_user = found_user or section == username
+            continue
+        name, sep, value = line.partition("=")
+        if sep and section == username and name.strip() == "secret":
+            return value.removeprefix(">").strip()
+    if not found_user:
+        raise ConfigError(key, f"{path} has no [{username}] section (collectors.asterisk.username)")
+    raise ConfigError(key, f"{path}: section [{username}] has no secret")
+
+
+def host_node_name() -> str:
+    """This host's name as a valid node name (spec section 6: 1..64 of
+    A-Z a-z 0-9 . _ : -, alphanumeric at both ends)."""
+    name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:64].strip("._:-")
+    return name or "localhost"

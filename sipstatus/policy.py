@@ -1,0 +1,185 @@
+"""Weight policies: from the pool's statuses to dispatch weights or choices.
+
+A proxy spreads new calls over its Asterisk nodes. The aim is equal
+*utilisation* across nodes, not equal headroom: a small node and a big node
+at the same free fraction do not have the same room. Two shapes of policy:
+
+- a `WeightPolicy` turns the pool into integer weights 0..100, for proxies
+  that choose by weight (Kamailio dispatcher algorithm 11 `rweight`, the
+  script-side weighted choice over an htable, OpenSIPS load_balancer
+  capacities);
+- a `Selector` chooses the node for each call, and can correct what it knows
+  for the calls it has itself sent since the last report (the proxy knows
+  about those before the agent reports them).
+
+Every policy gives a node that does not accept calls (stale, draining,
+overloaded, down, or weight hint 0) weight 0 and never chooses it.
+Policies are interchangeable; bench/bench_dispatch.py compares them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .nodetable import NodeView
+
+MAX_WEIGHT = 100
+
+
+class WeightPolicy(Protocol):
+    name: str
+
+    def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
+        """Weight 0..100 per node; 0 means no new calls."""
+        ...
+
+
+class Selector(Protocol):
+    name: str
+
+    def choose(self, views: Iterable[NodeView]) -> str | None:
+        """The node for the next call, or None when no node accepts calls."""
+        ...
+
+    def sent(self, node: str) -> None:
+        """Record that a call was sent to `node`."""
+        ...
+
+
+@dataclass
+class HeadroomPolicy:
+    """Weight = the node's own hint, round(100 * capacity): the free fraction.
+
+    Simple and what a script reading `weight` gets, but a node with half the
+    slots gets as many calls as a big one at the same fraction free.
+    """
+
+    name: str = "headroom"
+
+    def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
+        return {v.node: v.status.weight if v.accepts_calls else 0 for v in views}
+
+
+@dataclass
+class FreeSlotsPolicy:
+    """Weight proportional to free call slots: capacity x channel limit,
+    scaled so that the roomiest node gets 100.
+
+    `default_limit` stands for a node whose limit is unknown (Asterisk runs
+    with no maxcalls): it is then weighted as if it had that many slots.
+    """
+
+    default_limit: int = 100
+    name: str = "free-slots"
+
+    def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
+        views = list(views)
+        free = {v.node: self._free_slots(v) for v in views}
+        top = max(free.values(), default=0.0)
+        if top <= 0:
+            return {node: 0 for node in free}
+        return {node: _scale(f, top) for node, f in free.items()}
+
+    def _free_slots(self, view: NodeView) -> float:
+        if not view.accepts_calls:
+            return 0.0
+        return view.status.capacity * _limit(view, self.default_limit)
+
+
+@dataclass
+class LeastUtilisedSelector:
+    """Chooses the node with the lowest estimated utilisation, where the
+    estimate is the reported one plus the calls this proxy has sent the node
+    since that report (each taking `channels_per_call` of its slots).
+
+    `sent` counts are kept per node and reset when a newer report (another
+    seq or instance) arrives, since the report now includes those calls.
+    """
+
+    default_limit: int = 100
+    channels_per_call: int = 1
+    name: str = "least-utilised"
+    _since: dict[str, tuple[tuple[str, int], int]] = field(default_factory=dict, repr=False)
+
+    def choose(self, views: Iterable[NodeView]) -> str | None:
+        best: tuple[float, str] | None = None
+        for v in views:
+            if not v.accepts_calls:
+                continue
+            utilisation = 1.0 - v.status.capacity + self._sent_since(v) * self.channels_per_call / _limit(v, self.default_limit)
+            if best is None or utilisation < best[0]:
+                best = (utilisation, v.node)
+        return None if best is None else best[1]
+
+    def sent(self, node: str) -> None:
+        report, count = self._since.get(node, (("", -1), 0))
+        self._since[node] = (report, count + 1)
+
+    def _sent_since(self, view: NodeView) -> int:
+        report = (view.status.instance, view.status.seq)
+        seen, count = self._since.get(view.node, (report, 0))
+        if seen != report:
+            # A newer report than the one the count was started against:
+            # those calls are in it now. Calls sent before any report was
+            # seen for the node are counted against the first one.
+            if seen == ("", -1):
+                self._since[view.node] = (report, count)
+                return count
+            self._since[view.node] = (report, 0)
+            return 0
+        return count
+
+
+@dataclass
+class WeightDamper:
+    """Holds weights steady against noise: a node's weight changes only when
+    it moves by at least `min_step`, or to or from 0 (a node that stops or
+    starts taking calls always gets through at once).
+
+    `apply()` returns the weights to push, or None when nothing changed
+    enough, so the proxy is not re-configured for noise.
+    """
+
+    min_step: int = 5
+    current: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, weights: Mapping[str, int]) -> dict[str, int] | None:
+        changed = False
+        out = {}
+        for node, new in weights.items():
+            old = self.current.get(node)
+            if old is None or (new == 0) != (old == 0) or abs(new - old) >= self.min_step:
+                out[node] = new
+                changed = changed or new != old
+            else:
+                out[node] = old
+        if set(self.current) - set(weights):
+            changed = True
+        self.current = out
+        return dict(out) if changed else None
+
+
+POLICIES: dict[str, type] = {
+    "headroom": HeadroomPolicy,
+    "free-slots": FreeSlotsPolicy,
+}
+SELECTORS: dict[str, type] = {
+    "least-utilised": LeastUtilisedSelector,
+}
+
+
+def _limit(view: NodeView, default: int) -> int:
+    asterisk = view.status.asterisk
+    limit = asterisk.limit if asterisk is not None else None
+    return limit if limit is not None else default
+
+
+def _scale(value: float, top: float) -> int:
+    """value/top as 0..100, rounded half up, at least 1 for any value > 0 so a
+    node with a little room is not switched off by rounding."""
+    if value <= 0:
+        return 0
+    return max(1, min(MAX_WEIGHT, math.floor(MAX_WEIGHT * value / top + 0.5)))

@@ -1,0 +1,168 @@
+"""The Sampler: merging readings, containing failures (logged once), keeping
+the body valid, and the whole agent against the fake AMI server."""
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agent.collectors.interface import AsteriskLink, Reading
+from agent.collectors.registry import build_collectors
+from agent.config import Config, from_dict
+from agent.sampler import Sampler
+from sipstatus import codec
+from sipstatus.status import Asterisk, Cpu, Quality, State
+from tests.fakeami import FakeAmi, Scenario, eventually
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "spec" / "load-status.schema.json").read_text())
+
+
+class Fixed:
+    def __init__(self, name, reading):
+        self.name = name
+        self.reading = reading
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    def collect(self, now):
+        return self.reading
+
+
+class Raising(Fixed):
+    def collect(self, now):
+        raise self.reading
+
+
+def test_sections_from_several_collectors_are_merged_member_by_member():
+    host = Fixed("host", Reading(cpu=Cpu(usage=0.1, cores=2), asterisk=Asterisk(cpu=0.25, rss=1000), asterisk_process=True))
+    ami = Fixed("asterisk", Reading(asterisk=Asterisk(channels=6, calls=4, limit=100, cps=0.5), link=AsteriskLink.UP))
+    status = Sampler(Config(), [host, ami]).sample()
+    assert status.asterisk == Asterisk(channels=6, calls=4, limit=100, cps=0.5, cpu=0.25, rss=1000)
+    assert status.state is State.ACTIVE
+
+
+def test_a_raising_collector_is_logged_once_and_the_others_go_on(caplog):
+    broken = Raising("probe", RuntimeError("socket exploded"))
+    host = Fixed("host", Reading(cpu=Cpu(usage=0.2)))
+    sampler = Sampler(Config(), [broken, host])
+    with caplog.at_level(logging.WARNING, logger="agent.sampler"):
+        statuses = [sampler.sample() for _ in range(5)]
+    assert [r.message for r in caplog.records] == ["collector probe: RuntimeError: socket exploded"]
+    assert all(s.cpu.usage == 0.2 and s.probe is None for s in statuses)
+    assert [s.seq for s in statuses] == [0, 1, 2, 3, 4]
+
+
+def test_a_new_failure_is_logged_again_and_recovery_once(caplog):
+    source = Fixed("asterisk", Reading(error="AMI 127.0.0.1:5038: connection refused", link=AsteriskLink.UNREACHABLE))
+    sampler = Sampler(Config(), [source])
+    with caplog.at_level(logging.INFO, logger="agent.sampler"):
+        sampler.sample()
+        sampler.sample()
+        source.reading = Reading(error="AMI 127.0.0.1:5038: Login: Asterisk answered Error: Authentication failed")
+        sampler.sample()
+        source.reading = Reading(link=AsteriskLink.UP)
+        sampler.sample()
+        sampler.sample()
+    assert [r.message for r in caplog.records] == [
+        "collector asterisk: AMI 127.0.0.1:5038: connection refused",
+        "collector asterisk: AMI 127.0.0.1:5038: Login: Asterisk answered Error: Authentication failed",
+        "collector asterisk: working again",
+    ]
+
+
+def test_a_value_outside_the_spec_becomes_unknown_not_a_broken_body(caplog):
+    weird = Fixed("asterisk", Reading(quality=Quality(mos=4.2, jitter=1e9, streams=2), link=AsteriskLink.UP))
+    status = Sampler(Config(), [weird]).sample()
+    assert status.quality == Quality(mos=4.2, jitter=None, streams=2)
+    codec.encode(status)
+    assert any("quality.jitter" in r.message for r in caplog.records)
+
+
+def test_status_carries_node_instance_and_validity():
+    cfg = from_dict({"agent": {"node": "ast-7", "validity": 9}})
+    sampler = Sampler(cfg, [], instance="abc")
+    s = sampler.sample()
+    assert (s.node, s.instance, s.validity) == ("ast-7", "abc", 9)
+    assert Sampler(Config(), []).instance != Sampler(Config(), []).instance
+
+
+def run(coro, timeout=30.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def agent_config(ami_port, **asterisk):
+    return from_dict({
+        "collectors": {
+            "asterisk": {"port": ami_port, "secret": "secret", "auth": "plain", "backoff_initial": 0.01, "backoff_max": 0.05, **asterisk},
+            "probe": {"target": "sip:127.0.0.1:9", "interval": 0.1, "timeout": 0.2},
+        }
+    })
+
+
+def test_the_whole_agent_against_a_streaming_fake_asterisk():
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels"}, stream="rtcp_events",
+                            stream_after="CoreShowChannels", max_calls=50)
+        async with FakeAmi(scenario) as server:
+            changes = []
+            cfg = agent_config(server.port, quality_window=600.0)
+            sampler = Sampler(cfg, build_collectors(cfg, on_change=changes.append))
+            await sampler.start()
+            sampler.measure()
+            await server.streamed.wait()
+            await eventually(lambda: sampler.collectors[1].table.synced, what="sync")
+            await asyncio.sleep(0.3)
+            status = sampler.sample()
+            await sampler.stop()
+            return status
+
+    status = run(main())
+    body = json.loads(codec.encode(status))
+    jsonschema.validate(body, SCHEMA)
+    assert (status.asterisk.channels, status.asterisk.calls, status.asterisk.limit) == (5, 5, 50)
+    assert status.quality.streams == 5 and status.cpu.usage is not None and status.memory.total > 0
+    assert status.network is not None and status.probe.timeouts >= 1
+
+
+def test_other_collectors_keep_working_when_ami_fails():
+    async def main():
+        async with FakeAmi(Scenario(login_fail_delay=0.01, secret="other")) as server:
+            cfg = agent_config(server.port)
+            sampler = Sampler(cfg, build_collectors(cfg))
+            await sampler.start()
+            sampler.measure()
+            await asyncio.sleep(0.3)
+            status = sampler.sample()
+            errors = dict(sampler.errors)
+            await sampler.stop()
+            return status, errors
+
+    status, errors = run(main())
+    assert status.asterisk is None or status.asterisk.channels is None  # unknown, never 0
+    assert status.quality is None
+    assert status.cpu.usage is not None and status.memory is not None and status.network is not None
+    assert "Authentication failed" in errors["asterisk"]
+    jsonschema.validate(json.loads(codec.encode(status)), SCHEMA)
+
+
+@pytest.mark.parametrize("enabled", [["host"], ["network"], ["probe"], ["asterisk"], []])
+def test_any_subset_of_collectors_gives_a_valid_body(enabled):
+    async def main():
+        cfg = from_dict({"collectors": {"enabled": enabled, "asterisk": {"port": 9, "backoff_initial": 0.01},
+                                        "probe": {"target": "sip:127.0.0.1:9", "interval": 0.1}}})
+        sampler = Sampler(cfg, build_collectors(cfg))
+        await sampler.start()
+        sampler.measure()
+        await asyncio.sleep(0.15)
+        status = sampler.sample()
+        await sampler.stop()
+        return status
+
+    jsonschema.validate(json.loads(codec.encode(run(main()))), SCHEMA)

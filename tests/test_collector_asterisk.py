@@ -1,0 +1,251 @@
+"""The asterisk collector: channel and call counts, limit, shutdown and
+unreachable AMI, against the fake server replaying the real transcripts."""
+
+import asyncio
+import re
+import socket
+from datetime import datetime
+
+import pytest
+
+from agent.collectors import AsteriskLink
+from agent.collectors.asterisk import AsteriskCollector, CallTable
+from agent.config import AsteriskConfig
+from tests.fakeami import FakeAmi, Scenario, Transcript, eventually
+
+
+def run(coro, timeout=20.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def config_for(server, **kw):
+    kw.setdefault("auth", "plain")
+    return AsteriskConfig(host=server.host, port=server.port, username="agent", secret="secret",
+                          backoff_initial=0.01, backoff_max=0.05, connect_timeout=1.0, **kw)
+
+
+def command_counts(name):
+    """(channels, calls) as "core show channels count" printed them in a transcript."""
+    outputs = Transcript.load(name).answer_to("Command")[0].pairs
+    text = " / ".join(v for k, v in outputs if k == "Output")
+    channels = int(re.search(r"(\d+) active channels", text).group(1))
+    calls = int(re.search(r"(\d+) active calls", text).group(1))
+    return channels, calls
+
+
+def seconds_between(earlier, later):
+    """Seconds from one capture's start to another's (meta wallclock_start)."""
+    def parse(t):
+        return datetime.strptime(Transcript.load(t).wallclock_start(), "%Y-%m-%dT%H:%M:%S%z")
+    return (parse(later) - parse(earlier)).total_seconds()
+
+
+async def counts_after_stream(stream, until=None):
+    scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream=stream,
+                        stream_after="CoreShowChannels", stream_until=until)
+    async with FakeAmi(scenario) as server:
+        changes = []
+        collector = AsteriskCollector(config_for(server), on_change=changes.append)
+        await collector.start()
+        await server.streamed.wait()
+        await eventually(lambda: collector.table.synced, what="the first CoreShowChannels")
+        await asyncio.sleep(0.05)  # let the last streamed bytes be read
+        reading = collector.collect(collector.clock())
+        await collector.stop()
+        return reading, changes
+
+
+@pytest.mark.parametrize(
+    ("stream", "command"),
+    [
+        ("event_stream", "command_core_show_channels_count"),
+        ("event_stream_b2b", "command_core_show_channels_count_b2b"),
+    ],
+)
+def test_counts_from_events_match_core_show_channels_count_at_the_same_moment(stream, command):
+    # Replay the event stream up to the moment the command was captured
+    # (both captures' wallclock starts, meta/*.chunks.txt), then compare
+    # with what Asterisk itself printed.
+    until = seconds_between(stream, command)
+    reading, changes = run(counts_after_stream(stream, until))
+    assert (reading.asterisk.channels, reading.asterisk.calls) == command_counts(command)
+    assert reading.link is AsteriskLink.UP and reading.error is None
+
+
+def test_b2b_is_six_channels_but_four_calls():
+    reading, _ = run(counts_after_stream("event_stream_b2b", seconds_between("event_stream_b2b", "command_core_show_channels_count_b2b")))
+    assert (reading.asterisk.channels, reading.asterisk.calls) == (6, 4)
+    # CoreCurrentCalls in the same capture says 6: it counts channels.
+    assert Transcript.load("corestatus_b2b").answer_to("CoreStatus")[0].get("CoreCurrentCalls") == "6"
+
+
+@pytest.mark.parametrize("stream", ["event_stream", "event_stream_b2b"])
+def test_every_channel_and_call_is_gone_after_the_last_hangup(stream):
+    reading, changes = run(counts_after_stream(stream))
+    assert (reading.asterisk.channels, reading.asterisk.calls) == (0, 0)
+    newchannels = sum(1 for e in Transcript.load(stream).events() if e.get("Event") == "Newchannel")
+    # each Newchannel and each Hangup reached on_change at once
+    assert sum("appeared" in c for c in changes) == newchannels
+    assert sum("hung up" in c for c in changes) == newchannels
+
+
+def test_counts_come_from_core_show_channels_after_login():
+    async def main():
+        async with FakeAmi(Scenario(answers={"CoreShowChannels": "coreshowchannels_b2b"})) as server:
+            collector = AsteriskCollector(config_for(server))
+            await collector.start()
+            before = collector.collect(collector.clock())
+            await eventually(lambda: collector.table.synced, what="sync")
+            after = collector.collect(collector.clock())
+            await collector.stop()
+            return before, after
+
+    before, after = run(main())
+    assert before.asterisk is None or before.asterisk.channels is None  # unknown until listed
+    assert (after.asterisk.channels, after.asterisk.calls) == command_counts("command_core_show_channels_count_b2b")
+
+
+@pytest.mark.parametrize(
+    ("core_max_calls", "config_max_calls", "expected"),
+    [(120, 0, 120), (120, 50, 120), (0, 50, 50), (0, 0, None)],
+)
+def test_limit_is_coremaxcalls_else_the_configured_one_else_unknown(core_max_calls, config_max_calls, expected):
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, max_calls=core_max_calls, max_load=2.5)
+        async with FakeAmi(scenario) as server:
+            collector = AsteriskCollector(config_for(server, max_calls=config_max_calls))
+            await collector.start()
+            await eventually(lambda: collector.table.synced, what="sync")
+            reading = collector.collect(collector.clock())
+            await collector.stop()
+            return reading
+
+    reading = run(main())
+    assert reading.asterisk.limit == expected
+    assert reading.max_load == 2.5
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():
+    async def main():
+        config = AsteriskConfig(port=free_port(), secret="x", backoff_initial=0.01, backoff_max=0.02)
+        collector = AsteriskCollector(config)
+        await collector.start()
+        await eventually(lambda: len(collector.client.backoffs) >= 2, what="two attempts")
+        reading = collector.collect(collector.clock())
+        await collector.stop()
+        return reading
+
+    reading = run(main())
+    assert reading.asterisk is None and reading.quality is None
+    assert reading.link is AsteriskLink.UNREACHABLE
+    assert "connect" in reading.error.lower() and "127.0.0.1" in reading.error
+
+
+def test_shutdown_event_is_reported_at_once_and_stays_until_asterisk_is_back():
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_core_stop_now",
+                            stream_after="CoreShowChannels")
+        server = FakeAmi(scenario)
+        await server.__aenter__()
+        changes = []
+        collector = AsteriskCollector(config_for(server), on_change=changes.append)
+        await collector.start()
+        await server.streamed.wait()
+        await server.close()  # Asterisk is gone: reconnections are refused
+        await eventually(lambda: not collector.client.connected, what="EOF")
+        reading = collector.collect(collector.clock())
+        await collector.stop()
+        return reading, changes
+
+    reading, changes = run(main())
+    assert "Asterisk is shutting down" in changes
+    assert reading.link is AsteriskLink.SHUTTING_DOWN
+    assert reading.asterisk is None
+
+
+def test_graceful_shutdown_answers_mark_shutting_down():
+    async def main():
+        async with FakeAmi(Scenario(shutting_down=True)) as server:
+            collector = AsteriskCollector(config_for(server))
+            await collector.start()
+            await eventually(lambda: collector.client.shutting_down, what="the error answer")
+            reading = collector.collect(collector.clock())
+            await collector.stop()
+            return reading
+
+    reading = run(main())
+    assert reading.link is AsteriskLink.SHUTTING_DOWN
+    assert "Asterisk is shutting down" in reading.error
+
+
+def test_rtcp_events_fill_quality_over_the_session():
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="rtcp_events", stream_after="CoreShowChannels")
+        async with FakeAmi(scenario) as server:
+            collector = AsteriskCollector(config_for(server, quality_window=600.0))
+            await collector.start()
+            await server.streamed.wait()
+            await eventually(lambda: collector.rtcp.channels(collector.clock()), what="reports")
+            await asyncio.sleep(0.05)
+            reading = collector.collect(collector.clock())
+            await collector.stop()
+            return reading
+
+    quality = run(main()).quality
+    # rtcp_events.txt is an "Events: reporting" session: no Hangups, so all
+    # five calls are still there at the end.
+    assert quality.streams == 5
+    assert 1 <= quality.mos <= 4.5 and 0 < quality.loss < 0.2 and quality.mes is not None
+
+
+# -- CallTable, pure -------------------------------------------------------
+
+
+def test_call_table_groups_channels_by_linkedid():
+    table = CallTable()
+    table.reset(0.0)
+    assert table.add("1.6", "1.6", 1.0) and table.add("1.7", "1.6", 1.0) and table.add("1.8", "1.8", 1.0)
+    assert (table.channels, table.calls) == (3, 2)
+    assert not table.add("1.7", "1.6", 1.5)  # a repeated Newchannel changes nothing
+    assert table.remove("1.6") and (table.channels, table.calls) == (2, 2)
+    assert table.remove("1.7") and (table.channels, table.calls) == (1, 1)
+    assert not table.remove("9.9")
+
+
+def test_new_calls_per_second_counts_new_linkedids_in_the_window():
+    table = CallTable(cps_window=10.0)
+    table.reset(0.0)
+    for i in range(20):
+        table.add(f"{i}.0", f"{i}.0", 10.25 + i * 0.5)  # 20 calls in (10, 20]
+        table.add(f"{i}.1", f"{i}.0", 10.25 + i * 0.5)  # their second legs are not new calls
+    assert table.cps(20.0) == pytest.approx(2.0)
+    assert table.cps(25.0) == pytest.approx(10 / 10.0)  # calls started after t=15
+    assert table.cps(40.0) == 0.0
+
+
+def test_new_calls_per_second_right_after_login_uses_the_time_since():
+    table = CallTable(cps_window=10.0)
+    table.reset(100.0)
+    table.add("a", "a", 101.0)
+    table.add("b", "b", 101.5)
+    assert table.cps(102.0) == pytest.approx(2 / 2.0)
+    assert table.cps(100.2) == pytest.approx(2 / 1.0)  # never divides by less than 1 s
+
+
+def test_sync_replays_events_that_crossed_the_list():
+    table = CallTable()
+    table.reset(0.0)
+    table.add("stale", "stale", 0.5)  # their Hangups were missed
+    table.add("stale-2", "stale-2", 0.5)
+    table.begin_sync()
+    table.add("new", "new", 1.0)  # created after the list was generated
+    table.remove("listed-2")  # hung up after the list was generated
+    assert table.end_sync([("listed-1", "L"), ("listed-2", "L")])
+    assert (table.channels, table.calls) == (2, 2)  # listed-1 and new
+    assert table.synced
