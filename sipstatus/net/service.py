@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Callable, Iterable
 
 from ..sip.errors import SipError
-from ..sip.message import MAX_HEADER_BYTES, StreamFramer, salvage_error_response
+from ..sip.message import MAX_HEADER_BYTES, Request, StreamFramer, salvage_error_response
 from ..sip.transaction import Destination
 from .endpoint import Endpoint, Resolve, TransactionUser, Transmit
 from .resolver import Resolver
@@ -25,6 +25,9 @@ from .resolver import Resolver
 log = logging.getLogger(__name__)
 
 STREAM_TRANSPORTS = ("TCP", "TLS")
+# Requests remembered per connection for reporting a lost connection; more
+# than one element ever has in flight on one connection.
+MAX_TRACKED = 64
 # A stream connection we opened waits this long for the TCP/TLS handshake.
 CONNECT_TIMEOUT = 10.0
 
@@ -43,6 +46,9 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Destination | None = None
         self.certificate: dict | None = None
+        # Requests written here whose transactions may still wait: if the
+        # connection drops, the transaction layer hears of it (RFC 3261 18.4).
+        self.requests: list[object] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -72,10 +78,19 @@ class _Stream(asyncio.Protocol):
         for message in messages:
             self.service._receive(message, self.peer)
 
+    def send(self, item: Transmit) -> None:
+        assert self.transport is not None
+        self.transport.write(item.data)
+        if isinstance(item.message, Request):
+            self.requests = [*self.requests[-(MAX_TRACKED - 1):], item.message]
+
     def connection_lost(self, exc: Exception | None) -> None:
         connections = self.service._connections
         for key in [k for k, v in connections.items() if v is self]:
             del connections[key]
+        requests, self.requests = self.requests, []
+        for request in requests:  # finished transactions ignore this
+            self.service._lost(request)
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -229,6 +244,9 @@ class SipService:
 
     # -- sending -----------------------------------------------------------------------------------
 
+    def _lost(self, request: Request) -> None:
+        self._feed(self.endpoint.transport_error(request, self.now()))
+
     def _failed(self, item: Transmit) -> None:
         self.send_errors += 1
         self._feed(self.endpoint.transport_error(item.message, self.now()))
@@ -251,7 +269,7 @@ class SipService:
         stream = self._connections.get(key) or self._connections.get(destination)
         if stream is not None and stream.transport is not None \
                 and not stream.transport.is_closing():
-            stream.transport.write(item.data)
+            stream.send(item)
             return
         queue = self._connecting.get(key)
         if queue is not None:
@@ -279,4 +297,4 @@ class SipService:
         # Known by the address it connected to as well as the peer's name for it.
         self._connections[key] = stream
         for item in self._connecting.pop(key, []):
-            stream.transport.write(item.data)
+            stream.send(item)
