@@ -404,6 +404,24 @@ def test_notify_without_body_is_accepted():
     assert events(out, NotificationReceived)[0].value is None
 
 
+def test_notify_without_body_goes_to_decode_when_a_body_is_required():
+    def refuse_empty(body: bytes) -> dict:
+        if not body:
+            raise ValueError("Invalid load-status body: body (required)")
+        return decode(body)
+
+    sub = active(subscriber(decode=refuse_empty, body_required=True))
+    out = sub.handle_request(notify(sub, 2, body=None), AGENT, 1.0)
+    assert (answers(out)[0].status, answers(out)[0].reason) == (400, "Invalid load-status body: body (required)")
+    assert events(out, NotificationReceived) == []
+
+
+def test_final_notify_without_body_is_accepted_when_a_body_is_required():
+    sub = active(subscriber(body_required=True))
+    out = sub.handle_request(notify(sub, 2, "terminated;reason=timeout", body=None), AGENT, 1.0)
+    assert answers(out)[0].status == 200
+
+
 def test_notify_with_a_lower_cseq_gets_500():
     sub = active()
     sub.handle_request(notify(sub, 5), AGENT, 1.0)
@@ -457,6 +475,20 @@ def test_terminated_probation_without_retry_after_backs_off():
     sub = active()
     out = sub.handle_request(notify(sub, 2, "terminated;reason=probation", body=None), AGENT, 10.0)
     assert events(out, SubscriptionEnded)[0].retry_at == 12.0
+
+
+def test_terminated_probation_without_retry_after_waits_the_configured_default():
+    sub = active(subscriber(probation_wait=30.0))
+    out = sub.handle_request(notify(sub, 2, "terminated;reason=probation", body=None), AGENT, 10.0)
+    assert events(out, SubscriptionEnded)[0].retry_at == 40.0
+    assert sent(sub.handle_timer(39.0)) == []
+    assert sent(sub.handle_timer(40.0))[0].method == "SUBSCRIBE"
+
+
+def test_retry_after_beats_the_configured_probation_default():
+    sub = active(subscriber(probation_wait=30.0))
+    out = sub.handle_request(notify(sub, 2, "terminated;reason=probation;retry-after=5", body=None), AGENT, 10.0)
+    assert events(out, SubscriptionEnded)[0].retry_at == 15.0
 
 
 @pytest.mark.parametrize("reason", ["rejected", "noresource", "invariant"])

@@ -725,6 +725,12 @@ class SubscriberConfig:
     backoff_max: float = BACKOFF_MAX
     random: Callable[[], float] = field(default=_random.random)
     ids: IdGenerator = field(default_factory=lambda: IdGenerator(os.urandom))
+    #: Wait before re-subscribing after ``probation``/``giveup`` without
+    #: ``retry-after``; None: the failure backoff (the package may set a default).
+    probation_wait: float | None = None
+    #: Whether a NOTIFY of an active or pending subscription must carry a body:
+    #: then ``decode`` is called with an empty body too (and refuses it).
+    body_required: bool = False
 
     def event(self, event_id: str | None) -> str:
         value = self.package
@@ -1094,8 +1100,8 @@ class Subscriber:
         self.last_state = state.state
         value: object = None
         rejected: str | None = None
-        if request.body:
-            if request.content_type != self.config.accept.lower():
+        if request.body or (self.config.body_required and state.state != "terminated"):
+            if request.body and request.content_type != self.config.accept.lower():
                 raise SipError(415, f"expected {self.config.accept}",
                                [("Accept", self.config.accept)])
             if self.config.decode is not None:
@@ -1135,6 +1141,8 @@ class Subscriber:
             wait = float(retry_after)
         elif reason in RESUBSCRIBE_AT_ONCE:
             wait = 0.0
+        elif reason in RESUBSCRIBE_LATER and self.config.probation_wait is not None:
+            wait = self.config.probation_wait
         else:
             self.failures += 1
             wait = backoff(self.failures, self.config.random, self.config.backoff_base,
