@@ -1,0 +1,800 @@
+"""The proxy side's process: follow many agents, keep the pool, push weights.
+
+A `Watcher` runs one SIP element on the running asyncio loop:
+
+- a `SubscriberPool` holding one `load-status` subscription per agent
+  (spec/load-status.md section 4: refreshes on one timer heap, the
+  re-subscription rules of sections 4.7.4 and 4.8, backoff on failure);
+- optionally a `Compositor` for agents that PUBLISH instead (sections 5.5
+  and 5.6: one publication per node, keyed by the body's `node`; 403 for a
+  node outside the pool unless auto-join is on);
+- one `NodeTable` fed by both (section 7: ordering by instance and seq,
+  staleness on our own clock, checked on a timer at `next_expiry`);
+- a weight policy (`FreeSlotsPolicy` unless told otherwise) whose output
+  goes through a `WeightDamper` to the sinks (`KamailioSink`, the OpenSIPS
+  adapter, or anything with the `Sink` shape).
+
+UIs read `rows()` (one `NodeRow` per node) or iterate `updates()`.
+
+Unknown is not zero: a node never heard from has state "unknown" and no
+weight or metrics in its row; the sinks get weight 0 for it (no new calls,
+spec section 5.6) only once the start-up grace is over, so that starting the
+sidecar does not switch a working pool off before the agents had a chance
+to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import ipaddress
+import itertools
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .codec import MEDIA_TYPE, StatusError, decode
+from .kamailio import Destination as DispatcherDestination
+from .net import Endpoint, Resolver, SipService
+from .nodetable import NodeTable, NodeView, Outcome
+from .policy import FreeSlotsPolicy, WeightDamper, WeightPolicy
+from .sip.errors import SipError
+from .sip.message import Request
+from .sip.publication import (
+    Compositor,
+    PublicationReceived,
+    PublicationRefreshed,
+    PublicationRemoved,
+)
+from .sip.subscription import (
+    ACTIVE,
+    STOPPED,
+    NotificationReceived,
+    NotificationRejected,
+    Subscribed,
+    Subscriber,
+    SubscriberConfig,
+    SubscriberPool,
+    SubscriptionEnded,
+    direct_destination,
+)
+from .sip.transaction import Destination
+from .sip.uri import SipUri, parse_uri
+from .status import LoadStatus
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "load-status"
+#: The port an agent listens on when the URI does not say (packaging/agent.toml).
+DEFAULT_AGENT_PORT = 5070
+#: Spec 4.7.4: re-subscribe after `probation` without retry-after this late.
+PROBATION_WAIT = 30.0
+#: Spec 4.8: after we refused a NOTIFY (400/415) the notifier has ended the
+#: subscription; re-subscribe no sooner than this, doubling while the bodies
+#: keep failing, up to BACKOFF_MAX (spec 4.7.4 and 4.8).
+REJECTED_WAIT = 30.0
+BACKOFF_MAX = 600.0
+#: Seconds after start during which nothing is pushed to the sinks until
+#: every configured node has been heard from (see the module docstring).
+STARTUP_GRACE = 5.0
+#: Weights are recomputed at most this often; reports arriving closer
+#: together are taken in one computation (hundreds of agents at 2/s each).
+RECOMPUTE_INTERVAL = 0.02
+#: A stopping watcher waits this long for its unsubscriptions (spec 4.7.4
+#: gives a stopping agent 2 s for its final NOTIFYs; the same bound here).
+CLOSE_WAIT = 2.0
+#: A sink that failed is tried again after 0.5 s, doubling up to this.
+SINK_RETRY_MAX = 30.0
+
+
+# -- what is followed ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An agent to subscribe to: the node it reports and its SIP URI."""
+
+    node: str
+    uri: str
+
+    def __post_init__(self) -> None:
+        uri = parse_agent_uri(self.uri)
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?", self.node):
+            raise ValueError(f"agent node {self.node!r}: must be 1 to 64 of A-Z a-z 0-9 . _ : - "
+                             "(spec section 6.4), starting and ending with a letter or digit")
+        object.__setattr__(self, "uri", str(uri))
+
+
+def parse_agent_uri(text: str) -> SipUri:
+    """A SIP URI of an agent, or ValueError naming what is wrong with it."""
+    try:
+        uri = parse_uri(text.strip())
+    except SipError as err:
+        raise ValueError(f"agent URI {text!r}: {err.reason}") from None
+    if not isinstance(uri, SipUri):
+        raise ValueError(f"agent URI {text!r}: must be a sip: or sips: URI")
+    return uri
+
+
+def parse_agent(text: str) -> Agent:
+    """`NODE=SIP-URI` (the `--agent` flag) as an Agent."""
+    node, sep, uri = text.partition("=")
+    if not sep or not node or not uri:
+        raise ValueError(f"agent {text!r}: expected NODE=SIP-URI, e.g. ast1=sip:192.0.2.21:5070")
+    return Agent(node.strip(), uri.strip())
+
+
+def agents_from_destinations(destinations: Iterable[DispatcherDestination],
+                             port: int = DEFAULT_AGENT_PORT) -> list[Agent]:
+    """The agents of a Kamailio dispatcher group: node = the destination's
+    `duid` (else its host), agent = sip:<destination host>:<port>."""
+    agents: dict[str, Agent] = {}
+    for destination in destinations:
+        uri = parse_agent_uri(destination.uri)
+        host = uri.host if ":" not in uri.host or uri.host.startswith("[") else f"[{uri.host}]"
+        agent = Agent(destination.node, f"sip:{host}:{port}")
+        if agents.setdefault(agent.node, agent) != agent:
+            raise ValueError(f"dispatcher destinations {agents[agent.node].uri} and {destination.uri} "
+                             f"both name node {agent.node!r}: give each a distinct duid")
+    return list(agents.values())
+
+
+# -- where weights go ----------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Something that applies a pool's weights to a proxy (`KamailioSink`,
+    the OpenSIPS MI adapter). Calls may block: the watcher makes them from a
+    worker thread, one at a time per sink, newest weights first."""
+
+    def push(self, weights: Mapping[str, int], now: float) -> None:
+        """Apply `weights` (every node of the pool, 0 = no new calls)."""
+        ...
+
+    def next_flush(self) -> float | None:
+        """When `flush` has held-back work to do (a rate-limited reload), or None."""
+        ...
+
+    def flush(self, now: float) -> object:
+        """Do the held-back work if it is due."""
+        ...
+
+
+# -- what a UI shows -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node as an operator sees it.
+
+    `state` is the node's state when its status is fresh, "stale" when its
+    last status has outlived its validity (`reported` keeps what it said),
+    and "unknown" when nothing is known (never heard from, or its
+    publication ended). Metrics are None when unknown; `weight` is what the
+    policy gives the node (None when unknown), `pushed` what the sinks were
+    last given (the damped weight, None before the first push).
+    """
+
+    node: str
+    state: str
+    reported: str | None
+    reason: str | None
+    capacity: float | None
+    weight: int | None
+    pushed: int | None
+    cpu: float | None
+    channels: int | None
+    limit: int | None
+    mos: float | None
+    p95: float | None
+    age: float | None
+    validity: int | None
+    source: str | None  # "notify", "publish", or None
+    link: str  # the subscription or publication, for operators
+
+    @property
+    def takes_calls(self) -> bool:
+        return self.state == "active" and bool(self.weight)
+
+    def to_json(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def node_row(view: NodeView, weight: int | None, pushed: int | None, now: float,
+             source: str | None = None, link: str = "") -> NodeRow:
+    status = view.status
+    if status is None:
+        return NodeRow(view.node, "unknown", None, None, None, None, pushed, None, None, None,
+                       None, None, None, None, source, link)
+    asterisk, cpu, quality, probe = status.asterisk, status.cpu, status.quality, status.probe
+    age = view.age(now)
+    return NodeRow(
+        node=view.node,
+        state=status.state.value if view.fresh else "stale",
+        reported=status.state.value,
+        reason=status.reason,
+        capacity=status.capacity,
+        weight=weight,
+        pushed=pushed,
+        cpu=cpu.usage if cpu else None,
+        channels=asterisk.channels if asterisk else None,
+        limit=asterisk.limit if asterisk else None,
+        mos=quality.mos if quality else None,
+        p95=probe.p95 if probe else None,
+        age=None if age is None else max(0.0, age),
+        validity=status.validity,
+        source=source,
+        link=link,
+    )
+
+
+# -- errors as the spec words them ---------------------------------------------------------------
+
+
+def invalid_body(member: str, rule: str) -> str:
+    """The reason phrase of spec section 6.6."""
+    return f"Invalid load-status body: {member} ({rule})"
+
+
+def body_decoder(node: str | None, rejected: Callable[[str, str], None] | None = None
+                 ) -> Callable[[bytes], LoadStatus]:
+    """The NOTIFY body decoder of one subscription (spec 4.8 steps 4 to 6):
+    raises ValueError whose text is the reason phrase of the 400; `rejected`
+    hears the longer explanation for the log."""
+
+    def decode_body(body: bytes) -> LoadStatus:
+        if not body:
+            reason, detail = invalid_body("body", "required"), "NOTIFY of an active subscription without a body"
+        else:
+            try:
+                status = decode(body)
+            except StatusError as err:
+                reason, detail = invalid_body(err.member or "body", err.rule), str(err)
+            else:
+                if node is None or status.node == node:
+                    return status
+                reason = invalid_body("node", "subscription")
+                detail = f"body for node {status.node!r} on the subscription to {node!r}"
+        if rejected is not None:
+            rejected(reason, detail)
+        raise ValueError(reason)
+
+    return decode_body
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """`udp:127.0.0.1:5080`, `tcp:[::1]:5080`: (transport, host, port)."""
+    match = re.fullmatch(r"(?i)(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
+                         "(IPv6 in brackets), e.g. udp:127.0.0.1:5080")
+    transport, host, port = match.group(1).upper(), match.group(2).strip("[]"), int(match.group(3))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
+    if port > 65535:
+        raise ValueError(f"listen address {text!r}: port {port} is above 65535")
+    return transport, host, port
+
+
+# -- the watcher ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """How a Watcher subscribes, composes and weighs (defaults per the spec)."""
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:0",)
+    #: The host our Contact and Via carry when listening on a wildcard address.
+    advertise: str | None = None
+    #: Subscription duration asked for (spec 4.4: 60..3600).
+    expires: int = 600
+    #: RFC 6446 rate parameters sent in SUBSCRIBE (None: not sent).
+    max_rate: float | None = None
+    min_rate: float | None = None
+    #: Accept PUBLISH (be a compositor, spec section 5).
+    compositor: bool = False
+    #: Compositor: an initial publication for a node outside the pool adds it (spec 5.6).
+    auto_join: bool = False
+    #: Compositor: the Request-URI user part it answers for (None: any), else 404.
+    resource: str | None = None
+    #: Compositor: source networks allowed to publish (empty: any).
+    trusted: tuple[str, ...] = ()
+    #: Compositor: shortest publication accepted (spec 5.3: 60).
+    min_publication: int = 60
+    #: Weights move only by this many points (or to or from 0).
+    damper_step: int = 5
+    startup_grace: float = STARTUP_GRACE
+    probation_wait: float = PROBATION_WAIT
+    rejected_wait: float = REJECTED_WAIT
+    backoff_max: float = BACKOFF_MAX
+
+
+class Watcher:
+    """Follows `agents` (and, as a compositor, publishers) and keeps the pool.
+
+    Call `await start()` on a running loop, `await close()` at the end.
+    `on_change(rows)` is called after every change of what is known (a
+    report accepted, a node gone stale, joined or left, a subscription's
+    state); `updates()` yields the same snapshots to an async reader.
+    """
+
+    def __init__(
+        self,
+        agents: Iterable[Agent] = (),
+        *,
+        config: WatcherConfig | None = None,
+        policy: WeightPolicy | None = None,
+        sinks: Sequence[Sink] = (),
+        nodes: Iterable[str] = (),
+        on_change: Callable[[list[NodeRow]], None] | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.config = config or WatcherConfig()
+        self.agents: dict[str, Agent] = {}
+        for agent in agents:
+            if agent.node in self.agents:
+                raise ValueError(f"node {agent.node!r} is given twice ({self.agents[agent.node].uri} "
+                                 f"and {agent.uri})")
+            self.agents[agent.node] = agent
+        self.policy: WeightPolicy = policy or FreeSlotsPolicy()
+        self.damper = WeightDamper(min_step=self.config.damper_step)
+        configured = [*self.agents, *(n for n in nodes if n not in self.agents)]
+        self.table = NodeTable(configured, auto_join=self.config.auto_join)
+        self.on_change = on_change
+        self.resolver = resolver
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.config.trusted]
+        self.pool = SubscriberPool()
+        self.compositor: Compositor | None = None
+        if self.config.compositor:
+            self.compositor = Compositor(PACKAGE, MEDIA_TYPE, authorize=self._authorize_publisher,
+                                         classify=self._classify, min_expires=self.config.min_publication)
+        self.subscribers: dict[str, Subscriber] = {}
+        self.service: SipService | None = None
+        self.addresses: list[tuple[str, str, int]] = []
+        self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0}
+        self._sinks = [_SinkRunner(sink) for sink in sinks]
+        self._source: dict[str, str] = {}
+        self._link: dict[str, str] = {}
+        self._rejections: dict[str, int] = {}
+        self._rejection_detail: dict[str, str] = {}
+        self._retry_heap: list[tuple[float, int, str]] = []
+        self._retry_at: dict[str, float] = {}
+        self._retry_seq = itertools.count()
+        self._weights: dict[str, int] = {}
+        self._pushed: dict[str, int] | None = None
+        self._started_at = 0.0
+        self._last_compute = -math.inf
+        self._compute_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._version = 0
+        self._changed: asyncio.Condition | None = None  # made by start(), on the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, subscribe to every agent and start the sinks."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Condition()
+        users: list[object] = [self.pool]
+        if self.compositor is not None:
+            users.append(self.compositor)
+        endpoint = Endpoint(users, allow_events=[PACKAGE])  # type: ignore[arg-type]
+        self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
+        for text in self.config.listen:
+            transport, host, port = parse_listen(text)
+            try:
+                bound = await self.service.listen(transport, host, port, advertise=self.config.advertise)
+            except OSError as err:
+                await self.service.close()
+                raise OSError(err.errno, f"cannot listen on {text}: {err.strerror or err}") from None
+            self.addresses.append((transport, bound[0], bound[1]))
+        now = self.now()
+        self._started_at = now
+        base = self._subscriber_config()
+        for runner in self._sinks:
+            runner.start()
+        for agent in self.agents.values():
+            self._follow(agent, base, now)
+        self._schedule_compute()
+        self._arm()
+
+    async def close(self) -> None:
+        """Unsubscribe (waiting up to CLOSE_WAIT s for the answers), stop the sinks, close."""
+        if self.service is None or self._closing:
+            return
+        self._closing = True
+        now = self.now()
+        for sub in self.subscribers.values():
+            if sub in self.pool.subscribers:
+                self.service.submit(self.pool, self.pool.stop(sub, now))
+        deadline = now + CLOSE_WAIT
+        while self.now() < deadline and any(
+                s.state != STOPPED for s in self.subscribers.values() if s in self.pool.subscribers):
+            await asyncio.sleep(0.01)
+        for handle in (self._timer, self._compute_handle):
+            if handle is not None:
+                handle.cancel()
+        for runner in self._sinks:
+            await runner.stop()
+        await self.service.close()
+
+    def now(self) -> float:
+        assert self._loop is not None, "the watcher is not started"
+        return self._loop.time()
+
+    @property
+    def contact(self) -> str:
+        transport, host, port = self.addresses[0]
+        host = self.config.advertise or host
+        if ":" in host:
+            host = f"[{host}]"
+        param = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"sip:sipstatus@{host}:{port}{param}"
+
+    def _subscriber_config(self) -> SubscriberConfig:
+        _, host, _ = self.addresses[0]
+        host = self.config.advertise or host
+        local = f"sip:sipstatus@[{host}]" if ":" in host else f"sip:sipstatus@{host}"
+        return SubscriberConfig(
+            PACKAGE, MEDIA_TYPE, local, self.contact, expires=self.config.expires,
+            max_rate=self.config.max_rate, min_rate=self.config.min_rate,
+            backoff_max=self.config.backoff_max, probation_wait=self.config.probation_wait,
+            body_required=True)
+
+    def _follow(self, agent: Agent, base: SubscriberConfig, now: float) -> None:
+        uri = parse_agent_uri(agent.uri)
+        config = dataclasses.replace(base, decode=body_decoder(agent.node, self._rejected_detail(agent.node)))
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.node)
+        self.subscribers[agent.node] = sub
+        self._link[agent.node] = "subscribing"
+        assert self.service is not None
+        self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _rejected_detail(self, node: str) -> Callable[[str, str], None]:
+        def remember(reason: str, detail: str) -> None:
+            self._rejection_detail[node] = detail
+        return remember
+
+    # -- what is known ------------------------------------------------------------------------------
+
+    def rows(self, now: float | None = None) -> list[NodeRow]:
+        """Every node of the pool, by name."""
+        now = self.now() if now is None else now
+        views = list(self.table.views(now))
+        weights = self.policy.weights(views)
+        pushed = self._pushed or {}
+        rows = []
+        for view in views:
+            known = view.status is not None
+            rows.append(node_row(view, weights.get(view.node) if known else None,
+                                 pushed.get(view.node), now, self._source.get(view.node),
+                                 self._link_text(view.node, now)))
+        return sorted(rows, key=lambda r: r.node)
+
+    def weights(self) -> dict[str, int]:
+        """The policy's weights at the last computation (every node; 0 = no new calls)."""
+        return dict(self._weights)
+
+    @property
+    def pushed(self) -> dict[str, int] | None:
+        """The damped weights last handed to the sinks (None before the first push)."""
+        return None if self._pushed is None else dict(self._pushed)
+
+    def settled(self) -> bool:
+        """Whether every agent has answered one way or another: a status
+        accepted, or its subscription failed, refused or ended."""
+        return all(self.table.view(node, self.now()).status is not None
+                   or self._link.get(node, "subscribing") != "subscribing"
+                   for node in self.agents)
+
+    async def updates(self) -> AsyncIterator[list[NodeRow]]:
+        """Snapshots of `rows()`, one after each change (changes in between coalesce)."""
+        assert self._changed is not None, "the watcher is not started"
+        seen = -1
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda seen=seen: self._version != seen)
+                seen = self._version
+            yield self.rows()
+
+    async def wait_for(self, predicate: Callable[[Watcher], bool], timeout: float) -> bool:
+        """Wait until `predicate(self)` holds after some change, at most `timeout` s."""
+        assert self._changed is not None, "the watcher is not started"
+
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+            return True
+        except TimeoutError:
+            return predicate(self)
+
+    def _link_text(self, node: str, now: float) -> str:
+        retry = self._retry_at.get(node)
+        if retry is not None:
+            return f"{self._link.get(node, '')}, again in {max(0.0, retry - now):.0f} s"
+        sub = self.subscribers.get(node)
+        if sub is not None and sub.retry_at is not None and sub.state != ACTIVE:
+            return f"{self._link.get(node, '')}, again in {max(0.0, sub.retry_at - now):.0f} s"
+        return self._link.get(node, "")
+
+    # -- SIP events ---------------------------------------------------------------------------------
+
+    def _on_event(self, event: object) -> None:
+        now = self.now()
+        if isinstance(event, NotificationReceived):
+            node = event.subscriber.key
+            self._link[node] = "active" if event.state != "terminated" else "terminated"
+            if isinstance(event.value, LoadStatus):
+                self._rejections.pop(node, None)
+                self._report(event.value, now, "notify")
+        elif isinstance(event, NotificationRejected):
+            self._notify_rejected(event.subscriber, event.reason, now)
+        elif isinstance(event, Subscribed):
+            self._link[event.subscriber.key] = "active"
+            log.info("subscribed to %s (%s) for %d s", event.subscriber.key, event.subscriber.target,
+                     event.expires)
+        elif isinstance(event, SubscriptionEnded):
+            self._subscription_ended(event)
+        elif isinstance(event, PublicationReceived):
+            self._link[event.key] = f"published from {event.source.host}:{event.source.port}"
+            self._report(event.value, now, "publish")  # type: ignore[arg-type]
+        elif isinstance(event, PublicationRemoved):
+            if event.reason != "replaced":
+                # Spec 5.6: the node is unknown from this moment, not when its validity runs out.
+                log.info("publication of %s %s: the node is unknown now", event.key, event.reason)
+                self.table.forget(event.key)
+                self._source.pop(event.key, None)
+                self._link[event.key] = f"publication {event.reason}"
+                if event.key not in self.table:
+                    self._link.pop(event.key, None)
+        elif isinstance(event, PublicationRefreshed):
+            return
+        else:
+            return
+        self._mark_changed()
+
+    def _report(self, status: LoadStatus, now: float, source: str) -> None:
+        outcome = self.table.update(status, now)
+        self.counters[outcome.value] += 1
+        if outcome is Outcome.ACCEPTED:
+            self._source[status.node] = source
+        elif outcome is Outcome.OUT_OF_ORDER:
+            log.debug("%s: ignored %s seq %d of instance %s (out of date)", status.node, source,
+                      status.seq, status.instance)
+
+    def _notify_rejected(self, sub: Subscriber, reason: str, now: float) -> None:
+        node = sub.key
+        self.counters["rejected"] += 1
+        failures = self._rejections[node] = self._rejections.get(node, 0) + 1
+        wait = min(self.config.backoff_max, self.config.rejected_wait * 2 ** (failures - 1))
+        detail = self._rejection_detail.pop(node, reason)
+        log.warning("node %s: NOTIFY from %s refused: %s (%s); the agent ends the subscription, "
+                    "subscribing again in %.0f s", node, sub.target, reason, detail, wait)
+        # Spec 4.8: the agent ends the subscription on our 400 (4.7.3); so do we.
+        self.pool.discard(sub)
+        self._link[node] = f"refused a body: {reason}"
+        self._retry_at[node] = now + wait
+        heapq.heappush(self._retry_heap, (now + wait, next(self._retry_seq), node))
+        self._arm()
+
+    def _subscription_ended(self, event: SubscriptionEnded) -> None:
+        sub, node = event.subscriber, event.subscriber.key
+        if event.retry_at is None:
+            if self._closing:
+                self._link[node] = "unsubscribed"
+                return
+            self._link[node] = f"stopped: {event.reason}" + (f" ({event.status})" if event.status else "")
+            log.warning("node %s: subscription to %s ended for good: %s%s", node, sub.target,
+                        event.reason, f" ({event.status})" if event.status else "")
+        else:
+            self._link[node] = f"ended: {event.reason}" + (f" ({event.status})" if event.status else "")
+            log.info("node %s: subscription to %s ended (%s%s); subscribing again in %.1f s", node,
+                     sub.target, event.reason, f", {event.status}" if event.status else "",
+                     max(0.0, event.retry_at - self.now()))
+
+    # -- the compositor's hooks ------------------------------------------------------------------------
+
+    def _authorize_publisher(self, request: Request, source: Destination, now: float) -> SipError | None:
+        resource = self.config.resource
+        if resource is not None:
+            uri = request.request_uri
+            if not isinstance(uri, SipUri) or uri.user != resource:
+                return SipError(404, f"no resource {uri.user if isinstance(uri, SipUri) else uri} here")
+        if self.trusted:
+            try:
+                address = ipaddress.ip_address(source.host.strip("[]"))
+            except ValueError:
+                return SipError(403, "source address not trusted")
+            if not any(address in network for network in self.trusted):
+                log.warning("PUBLISH from %s refused: not in the trusted networks", source.host)
+                return SipError(403, "source address not trusted")
+        return None
+
+    def _classify(self, request: Request, body: bytes) -> tuple[str, object]:
+        try:
+            status = decode(body)
+        except StatusError as err:
+            log.warning("PUBLISH body refused: %s", err)
+            raise SipError(400, invalid_body(err.member or "body", err.rule)) from None
+        etag = request.sip_if_match
+        if etag is not None:
+            assert self.compositor is not None
+            publication = self.compositor.by_etag.get(etag)
+            if publication is not None and publication.key != status.node:
+                # Spec 5.5 step 10: an entity tag belongs to one node for its whole life.
+                log.warning("PUBLISH for node %s under the entity tag of node %s refused",
+                            status.node, publication.key)
+                raise SipError(400, invalid_body("node", "publication"))
+        elif status.node not in self.table and not self.table.auto_join:
+            log.warning("PUBLISH for node %s refused: not in the pool (auto-join is off)", status.node)
+            raise SipError(403, f"node {status.node} is not in the pool")
+        return status.node, status
+
+    # -- weights and timers ---------------------------------------------------------------------------
+
+    def _mark_changed(self) -> None:
+        self._schedule_compute()
+
+    def _schedule_compute(self) -> None:
+        if self._compute_handle is not None or self._loop is None:
+            return
+        delay = max(0.0, self._last_compute + RECOMPUTE_INTERVAL - self._loop.time())
+        self._compute_handle = self._loop.call_later(delay, self._compute)
+
+    def _compute(self, now: float | None = None) -> None:
+        self._compute_handle = None
+        now = self.now() if now is None else now
+        self._last_compute = now
+        views = list(self.table.views(now))
+        self._weights = self.policy.weights(views)
+        self._push(now)
+        self._version += 1
+        self._arm()
+        if self._changed is not None:
+            self._loop.create_task(self._wake())  # type: ignore[union-attr]
+        if self.on_change is not None:
+            try:
+                self.on_change(self.rows(now))
+            except Exception:  # noqa: BLE001 - a UI's error must not stop the watcher
+                log.exception("on_change callback failed")
+
+    async def _wake(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _push(self, now: float) -> None:
+        if not self._sinks:
+            return
+        if self._pushed is None and now < self._started_at + self.config.startup_grace \
+                and not all(self.table.view(n, now).status is not None for n in self.agents):
+            return  # start-up grace: see the module docstring
+        weights = dict(self._weights)
+        departed = [n for n in (self._pushed or {}) if n not in weights]
+        for node in departed:
+            weights[node] = 0  # left the pool (spec 5.6): no new calls, said once
+        damped = self.damper.apply(weights)
+        for node in departed:
+            self.damper.current.pop(node, None)
+        if damped is None and self._pushed is not None:
+            return
+        pushed = dict(self.damper.current) if damped is None else damped
+        for runner in self._sinks:
+            runner.want(pushed)
+        self._pushed = {n: w for n, w in pushed.items() if n not in departed}
+
+    def _next_timer(self, now: float) -> float | None:
+        times = []
+        expiry = self.table.next_expiry(now)
+        if expiry is not None:
+            times.append(expiry)
+        heap = self._retry_heap
+        while heap and self._retry_at.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        if heap:
+            times.append(heap[0][0])
+        if self._pushed is None and self._sinks:
+            grace = self._started_at + self.config.startup_grace
+            if grace > now:
+                times.append(grace)
+        return min(times) if times else None
+
+    def _arm(self) -> None:
+        if self._loop is None or self._closing:
+            return
+        when = self._next_timer(self._loop.time())
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self._loop.call_at(when, self._fire, when)
+
+    def _fire(self, when: float) -> None:
+        self._timer = self._timer_at = None
+        # asyncio may run a timer a clock tick early; what was due at `when` is due.
+        now = max(self.now(), when)
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            due, _, node = heapq.heappop(heap)
+            if self._retry_at.get(node) != due:
+                continue
+            del self._retry_at[node]
+            sub = self.subscribers[node]
+            self._link[node] = "subscribing"
+            assert self.service is not None
+            self.service.submit(self.pool, self.pool.add(sub, now))
+        if self._compute_handle is not None:
+            self._compute_handle.cancel()
+        self._compute(now)
+
+
+class _SinkRunner:
+    """Feeds one sink from a task: the newest weights, one call at a time in
+    a worker thread (a sink may block on its proxy), held-back flushes on
+    time, and failures retried with backoff without stopping the watcher."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.latest: dict[str, int] | None = None
+        self.failures = 0
+        self.last_error: str | None = None
+        self.pushes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def want(self, weights: Mapping[str, int]) -> None:
+        self.latest = dict(weights)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = self.sink.next_flush()
+            timeout = None if due is None else max(0.0, due - loop.time())
+            if self.latest is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            weights, self.latest = self.latest, None
+            now = loop.time()
+            try:
+                if weights is not None:
+                    await asyncio.to_thread(self.sink.push, weights, now)
+                    self.pushes += 1
+                elif due is not None and now >= due:
+                    await asyncio.to_thread(self.sink.flush, now)
+                self.failures = 0
+            except Exception as err:  # noqa: BLE001 - the proxy may be restarting
+                self.failures += 1
+                self.last_error = str(err)
+                wait = min(SINK_RETRY_MAX, 0.5 * 2 ** (self.failures - 1))
+                log.warning("%s: %s; trying again in %.1f s", type(self.sink).__name__, err, wait)
+                if weights is not None and self.latest is None:
+                    self.latest = weights
+                await asyncio.sleep(wait)
