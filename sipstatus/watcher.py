@@ -52,7 +52,7 @@ from .sip.publication import (
 )
 from .sip.subscription import (
     ACTIVE,
-    STOPPED,
+    UNSUBSCRIBING,
     NotificationReceived,
     NotificationRejected,
     Subscribed,
@@ -416,9 +416,11 @@ class Watcher:
         for sub in self.subscribers.values():
             if sub in self.pool.subscribers:
                 self.service.submit(self.pool, self.pool.stop(sub, now))
+        # Wait for the subscriptions that were up; one still being made is
+        # unsubscribed on its 2xx if that comes before we are gone.
         deadline = now + CLOSE_WAIT
         while self.now() < deadline and any(
-                s.state != STOPPED for s in self.subscribers.values() if s in self.pool.subscribers):
+                s.state == UNSUBSCRIBING for s in self.subscribers.values() if s in self.pool.subscribers):
             await asyncio.sleep(0.01)
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
@@ -691,6 +693,10 @@ class Watcher:
         if damped is None and self._pushed is not None:
             return
         pushed = dict(self.damper.current) if damped is None else damped
+        before = self._pushed or {}
+        changed = " ".join(f"{n}={w}" for n, w in sorted(pushed.items()) if before.get(n) != w)
+        if changed:
+            log.info("weights: %s", changed)
         for runner in self._sinks:
             runner.want(pushed)
         self._pushed = {n: w for n, w in pushed.items() if n not in departed}
