@@ -25,8 +25,12 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import queue
 import secrets
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 from sipstatus.codec import MEDIA_TYPE, decode, encode
 from sipstatus.net import Endpoint, SipService
@@ -37,11 +41,11 @@ WAIT = 10.0
 
 
 def status_for(node: str, *, capacity: float = 0.5, limit: int | None = 100, validity: int = 15,
-               state: State = State.ACTIVE, channels: int | None = 10, seq: int = 1,
+               state: State | str = State.ACTIVE, channels: int | None = 10, seq: int = 1,
                instance: str | None = None) -> LoadStatus:
     return LoadStatus(
         node=node, instance=instance or secrets.token_hex(6), seq=seq, validity=validity,
-        state=state, capacity=capacity,
+        state=State(state), capacity=capacity,
         cpu=Cpu(usage=round(1 - capacity, 2), cores=4),
         asterisk=Asterisk(channels=channels, calls=None if channels is None else channels // 2, limit=limit),
         quality=Quality(mos=4.3), probe=Probe(p50=1.5, p95=3.2, samples=10, timeouts=0))
@@ -205,6 +209,70 @@ if __name__ == "__main__":
     main()
 
 
+# -- driving the program from a test ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Lines:
+    """The lines a process writes, read by a thread, taken with a timeout."""
+
+    def __init__(self, stream) -> None:
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def next(self, timeout: float = WAIT) -> str:
+        try:
+            line = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout} s; so far: {self.seen[-5:]}") from None
+        if line is None:
+            raise AssertionError(f"the process ended; its last lines: {self.seen[-5:]}")
+        self.seen.append(line)
+        return line
+
+
+class AgentsProcess:
+    """`python -m tests.test_watcher_fakeagent SPECS...` as a context manager:
+    `uris` maps node -> agent URI; `command("set ast2 state=draining")`."""
+
+    def __init__(self, *specs: str, hosts: str = "127.0.0.1", validity: int = 15, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_watcher_fakeagent", *specs, "--hosts", hosts,
+             "--validity", str(validity), "--port", str(port)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.out = Lines(self.proc.stdout)
+        self.uris: dict[str, str] = {}
+        while (line := self.out.next(30)) != "ready":
+            agent = json.loads(line)
+            self.uris[agent["node"]] = agent["uri"]
+
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.out.next()
+        assert answer == "ok", answer
+
+    def __enter__(self) -> AgentsProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 # -- tests of the helper ------------------------------------------------------------------------
 
 
@@ -225,3 +293,9 @@ def test_fake_agent_set_bumps_seq_and_keeps_instance():
             await agent.stop()
 
     asyncio.run(run())
+
+
+def test_agents_process_serves_and_obeys_commands():
+    with AgentsProcess("ast1:0.5:100", "ast2:0.8:100") as agents:
+        assert set(agents.uris) == {"ast1", "ast2"}
+        agents.command("set ast2 state=draining")
