@@ -61,7 +61,8 @@ async def discover(config: SidecarConfig, rpc: JsonRpcClient, stop: asyncio.Even
                 raise ValueError(f"dispatcher group {group} has no destinations in Kamailio "
                                  f"(--discover-from-dispatcher / discover.dispatcher_group)")
             agents = agents_from_destinations(destinations, config.discover.agent_port)
-            log.info("dispatcher group %d: %s", group, ", ".join(f"{a.node}={a.uri}" for a in agents))
+            log.info("dispatcher group %d: %s", group,
+                     ", ".join(f"{a.node}={a.uri}" for a in sorted(agents, key=lambda a: a.node)))
             return agents
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), DISCOVERY_RETRY)
