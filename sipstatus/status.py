@@ -70,7 +70,7 @@ class Asterisk:
 
     channels: int | None = None  # active channels (CoreShowChannels)
     calls: int | None = None  # active calls (bridged channels count once)
-    limit: int | None = None  # configured maxcalls; None when unlimited or unknown
+    limit: int | None = None  # configured maxcalls (a limit on calls); None when unlimited or unknown
     cps: float | None = None  # new calls per second over the window
     cpu: float | None = None  # the Asterisk process's CPU, in cores
     rss: int | None = None  # the Asterisk process's resident memory, bytes

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import ipaddress
-import itertools
 import logging
 import math
 import re
@@ -71,13 +69,6 @@ log = logging.getLogger(__name__)
 PACKAGE = "load-status"
 #: The port an agent listens on when the URI does not say (packaging/agent.toml).
 DEFAULT_AGENT_PORT = 5070
-#: Spec 4.7.4: re-subscribe after `probation` without retry-after this late.
-PROBATION_WAIT = 30.0
-#: Spec 4.8: after we refused a NOTIFY (400/415) the notifier has ended the
-#: subscription; re-subscribe no sooner than this, doubling while the bodies
-#: keep failing, up to BACKOFF_MAX (spec 4.7.4 and 4.8).
-REJECTED_WAIT = 30.0
-BACKOFF_MAX = 600.0
 #: Seconds after start during which nothing is pushed to the sinks until
 #: every configured node has been heard from (see the module docstring).
 STARTUP_GRACE = 5.0
@@ -164,6 +155,15 @@ class Sink(Protocol):
         ...
 
 
+class ViewSink(Protocol):
+    """A sink that wants the nodes themselves rather than weights (the
+    OpenSIPS adapter sizes load_balancer destinations from capacity and
+    limit). Called from a worker thread with every node at each change."""
+
+    def push(self, views: Iterable[NodeView]) -> object:
+        ...
+
+
 # -- what a UI shows -----------------------------------------------------------------------
 
 
@@ -240,32 +240,6 @@ def invalid_body(member: str, rule: str) -> str:
     return f"Invalid load-status body: {member} ({rule})"
 
 
-def body_decoder(node: str | None, rejected: Callable[[str, str], None] | None = None
-                 ) -> Callable[[bytes], LoadStatus]:
-    """The NOTIFY body decoder of one subscription (spec 4.8 steps 4 to 6):
-    raises ValueError whose text is the reason phrase of the 400; `rejected`
-    hears the longer explanation for the log."""
-
-    def decode_body(body: bytes) -> LoadStatus:
-        if not body:
-            reason, detail = invalid_body("body", "required"), "NOTIFY of an active subscription without a body"
-        else:
-            try:
-                status = decode(body)
-            except StatusError as err:
-                reason, detail = invalid_body(err.member or "body", err.rule), str(err)
-            else:
-                if node is None or status.node == node:
-                    return status
-                reason = invalid_body("node", "subscription")
-                detail = f"body for node {status.node!r} on the subscription to {node!r}"
-        if rejected is not None:
-            rejected(reason, detail)
-        raise ValueError(reason)
-
-    return decode_body
-
-
 def parse_listen(text: str) -> tuple[str, str, int]:
     """`udp:127.0.0.1:5080`, `tcp:[::1]:5080`: (transport, host, port)."""
     match = re.fullmatch(r"(?i)(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
@@ -310,9 +284,6 @@ class WatcherConfig:
     #: Weights move only by this many points (or to or from 0).
     damper_step: int = 5
     startup_grace: float = STARTUP_GRACE
-    probation_wait: float = PROBATION_WAIT
-    rejected_wait: float = REJECTED_WAIT
-    backoff_max: float = BACKOFF_MAX
 
 
 class Watcher:
@@ -331,6 +302,7 @@ class Watcher:
         config: WatcherConfig | None = None,
         policy: WeightPolicy | None = None,
         sinks: Sequence[Sink] = (),
+        view_sinks: Sequence[ViewSink] = (),
         nodes: Iterable[str] = (),
         on_change: Callable[[list[NodeRow]], None] | None = None,
         resolver: Resolver | None = None,
@@ -358,14 +330,11 @@ class Watcher:
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
         self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0}
-        self._sinks = [_SinkRunner(sink) for sink in sinks]
+        self._sinks = [_SinkRunner(sink, views=False) for sink in sinks]
+        self._view_sinks = [_SinkRunner(sink, views=True) for sink in view_sinks]
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
-        self._rejections: dict[str, int] = {}
-        self._rejection_detail: dict[str, str] = {}
-        self._retry_heap: list[tuple[float, int, str]] = []
-        self._retry_at: dict[str, float] = {}
-        self._retry_seq = itertools.count()
+        self._last_refusal = ""
         self._weights: dict[str, int] = {}
         self._pushed: dict[str, int] | None = None
         self._started_at = 0.0
@@ -400,7 +369,7 @@ class Watcher:
         now = self.now()
         self._started_at = now
         base = self._subscriber_config()
-        for runner in self._sinks:
+        for runner in (*self._sinks, *self._view_sinks):
             runner.start()
         for agent in self.agents.values():
             self._follow(agent, base, now)
@@ -425,7 +394,7 @@ class Watcher:
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
                 handle.cancel()
-        for runner in self._sinks:
+        for runner in (*self._sinks, *self._view_sinks):
             await runner.stop()
         await self.service.close()
 
@@ -448,23 +417,33 @@ class Watcher:
         local = f"sip:sipstatus@[{host}]" if ":" in host else f"sip:sipstatus@{host}"
         return SubscriberConfig(
             PACKAGE, MEDIA_TYPE, local, self.contact, expires=self.config.expires,
-            max_rate=self.config.max_rate, min_rate=self.config.min_rate,
-            backoff_max=self.config.backoff_max, probation_wait=self.config.probation_wait,
-            body_required=True)
+            max_rate=self.config.max_rate, min_rate=self.config.min_rate, decode=self._decode)
 
-    def _follow(self, agent: Agent, base: SubscriberConfig, now: float) -> None:
+    def _follow(self, agent: Agent, config: SubscriberConfig, now: float) -> None:
         uri = parse_agent_uri(agent.uri)
-        config = dataclasses.replace(base, decode=body_decoder(agent.node, self._rejected_detail(agent.node)))
-        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.node)
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.node,
+                         check=self._node_check(agent.node))
         self.subscribers[agent.node] = sub
         self._link[agent.node] = "subscribing"
         assert self.service is not None
         self.service.submit(self.pool, self.pool.add(sub, now))
 
-    def _rejected_detail(self, node: str) -> Callable[[str, str], None]:
-        def remember(reason: str, detail: str) -> None:
-            self._rejection_detail[node] = detail
-        return remember
+    def _decode(self, body: bytes) -> LoadStatus:
+        """Spec 4.8 step 5; the Subscriber words the 400 from the error's
+        member and rule (spec 6.6), the log gets the whole explanation."""
+        try:
+            return decode(body)
+        except StatusError as err:
+            self._last_refusal = str(err)
+            raise
+
+    def _node_check(self, node: str) -> Callable[[object], None]:
+        def check(status: object) -> None:
+            # Spec 4.8 step 6: a body about another node on this subscription.
+            if isinstance(status, LoadStatus) and status.node != node:
+                self._last_refusal = f"a body for node {status.node!r} on the subscription to {node!r}"
+                raise StatusError("node", "subscription", self._last_refusal)
+        return check
 
     # -- what is known ------------------------------------------------------------------------------
 
@@ -523,9 +502,6 @@ class Watcher:
             return predicate(self)
 
     def _link_text(self, node: str, now: float) -> str:
-        retry = self._retry_at.get(node)
-        if retry is not None:
-            return f"{self._link.get(node, '')}, again in {max(0.0, retry - now):.0f} s"
         sub = self.subscribers.get(node)
         if sub is not None and sub.retry_at is not None and sub.state != ACTIVE:
             return f"{self._link.get(node, '')}, again in {max(0.0, sub.retry_at - now):.0f} s"
@@ -539,7 +515,6 @@ class Watcher:
             node = event.subscriber.key
             self._link[node] = "active" if event.state != "terminated" else "terminated"
             if isinstance(event.value, LoadStatus):
-                self._rejections.pop(node, None)
                 self._report(event.value, now, "notify")
         elif isinstance(event, NotificationRejected):
             self._notify_rejected(event.subscriber, event.reason, now)
@@ -577,19 +552,14 @@ class Watcher:
                       status.seq, status.instance)
 
     def _notify_rejected(self, sub: Subscriber, reason: str, now: float) -> None:
-        node = sub.key
+        # Spec 6.6: log every refused body with the node, member and rule. The
+        # subscription ends on it (4.7.3) and the Subscriber comes back later
+        # (4.8: 30 s, doubling); the node keeps its last good status (7.3).
         self.counters["rejected"] += 1
-        failures = self._rejections[node] = self._rejections.get(node, 0) + 1
-        wait = min(self.config.backoff_max, self.config.rejected_wait * 2 ** (failures - 1))
-        detail = self._rejection_detail.pop(node, reason)
-        log.warning("node %s: NOTIFY from %s refused: %s (%s); the agent ends the subscription, "
-                    "subscribing again in %.0f s", node, sub.target, reason, detail, wait)
-        # Spec 4.8: the agent ends the subscription on our 400 (4.7.3); so do we.
-        self.pool.discard(sub)
-        self._link[node] = f"refused a body: {reason}"
-        self._retry_at[node] = now + wait
-        heapq.heappush(self._retry_heap, (now + wait, next(self._retry_seq), node))
-        self._arm()
+        detail, self._last_refusal = self._last_refusal, ""
+        log.warning("node %s: NOTIFY from %s refused: %s%s", sub.key, sub.target, reason,
+                    f" ({detail})" if detail else "")
+        self._link[sub.key] = f"refused a body: {reason}"
 
     def _subscription_ended(self, event: SubscriptionEnded) -> None:
         sub, node = event.subscriber, event.subscriber.key
@@ -601,7 +571,8 @@ class Watcher:
             log.warning("node %s: subscription to %s ended for good: %s%s", node, sub.target,
                         event.reason, f" ({event.status})" if event.status else "")
         else:
-            self._link[node] = f"ended: {event.reason}" + (f" ({event.status})" if event.status else "")
+            if event.reason != "notify-refused":  # the link already says which body and why
+                self._link[node] = f"ended: {event.reason}" + (f" ({event.status})" if event.status else "")
             log.info("node %s: subscription to %s ended (%s%s); subscribing again in %.1f s", node,
                      sub.target, event.reason, f", {event.status}" if event.status else "",
                      max(0.0, event.retry_at - self.now()))
@@ -661,7 +632,7 @@ class Watcher:
         self._last_compute = now
         views = list(self.table.views(now))
         self._weights = self.policy.weights(views)
-        self._push(now)
+        self._push(now, views)
         self._version += 1
         self._arm()
         if self._changed is not None:
@@ -677,12 +648,16 @@ class Watcher:
         async with self._changed:
             self._changed.notify_all()
 
-    def _push(self, now: float) -> None:
-        if not self._sinks:
+    def _push(self, now: float, views: list[NodeView]) -> None:
+        if not self._sinks and not self._view_sinks:
             return
         if self._pushed is None and now < self._started_at + self.config.startup_grace \
                 and not all(self.table.view(n, now).status is not None for n in self.agents):
             return  # start-up grace: see the module docstring
+        departed_views = [NodeView(n, None, None, False) for n in (self._pushed or {})
+                          if n not in self.table]
+        for runner in self._view_sinks:
+            runner.want(views + departed_views)
         weights = dict(self._weights)
         departed = [n for n in (self._pushed or {}) if n not in weights]
         for node in departed:
@@ -706,12 +681,7 @@ class Watcher:
         expiry = self.table.next_expiry(now)
         if expiry is not None:
             times.append(expiry)
-        heap = self._retry_heap
-        while heap and self._retry_at.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)
-        if heap:
-            times.append(heap[0][0])
-        if self._pushed is None and self._sinks:
+        if self._pushed is None and (self._sinks or self._view_sinks):
             grace = self._started_at + self.config.startup_grace
             if grace > now:
                 times.append(grace)
@@ -732,16 +702,6 @@ class Watcher:
         self._timer = self._timer_at = None
         # asyncio may run a timer a clock tick early; what was due at `when` is due.
         now = max(self.now(), when)
-        heap = self._retry_heap
-        while heap and heap[0][0] <= now:
-            due, _, node = heapq.heappop(heap)
-            if self._retry_at.get(node) != due:
-                continue
-            del self._retry_at[node]
-            sub = self.subscribers[node]
-            self._link[node] = "subscribing"
-            assert self.service is not None
-            self.service.submit(self.pool, self.pool.add(sub, now))
         if self._compute_handle is not None:
             self._compute_handle.cancel()
         self._compute(now)
@@ -752,9 +712,10 @@ class _SinkRunner:
     a worker thread (a sink may block on its proxy), held-back flushes on
     time, and failures retried with backoff without stopping the watcher."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink | ViewSink, *, views: bool) -> None:
         self.sink = sink
-        self.latest: dict[str, int] | None = None
+        self.views = views
+        self.latest: Any = None
         self.failures = 0
         self.last_error: str | None = None
         self.pushes = 0
@@ -772,14 +733,18 @@ class _SinkRunner:
             except asyncio.CancelledError:
                 pass
 
-    def want(self, weights: Mapping[str, int]) -> None:
-        self.latest = dict(weights)
+    def want(self, payload: Mapping[str, int] | list[NodeView]) -> None:
+        self.latest = list(payload) if self.views else dict(payload)  # type: ignore[arg-type]
         self._wake.set()
+
+    def _next_flush(self) -> float | None:
+        next_flush = getattr(self.sink, "next_flush", None)
+        return None if next_flush is None else next_flush()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            due = self.sink.next_flush()
+            due = self._next_flush()
             timeout = None if due is None else max(0.0, due - loop.time())
             if self.latest is None:
                 try:
@@ -790,11 +755,14 @@ class _SinkRunner:
             weights, self.latest = self.latest, None
             now = loop.time()
             try:
-                if weights is not None:
-                    await asyncio.to_thread(self.sink.push, weights, now)
+                if weights is not None and self.views:
+                    await asyncio.to_thread(self.sink.push, weights)  # type: ignore[call-arg]
+                    self.pushes += 1
+                elif weights is not None:
+                    await asyncio.to_thread(self.sink.push, weights, now)  # type: ignore[call-arg]
                     self.pushes += 1
                 elif due is not None and now >= due:
-                    await asyncio.to_thread(self.sink.flush, now)
+                    await asyncio.to_thread(self.sink.flush, now)  # type: ignore[union-attr]
                 self.failures = 0
             except Exception as err:  # noqa: BLE001 - the proxy may be restarting
                 self.failures += 1

@@ -187,6 +187,8 @@ class Scenario:
     #: "CoreShowChannels": the client's snapshot then precedes the stream, as
     #: it did in the recording, where the session was open before any call).
     stream_after: str | None = None
+    #: Play the stream this many times over (benchmarks: a long busy session).
+    repeat: int = 1
     #: Only events that had arrived by this time (seconds after connect) in the recording.
     stream_until: float | None = None
     #: After the stream: "stay" (keep serving actions) or "close" (EOF). A
@@ -194,6 +196,8 @@ class Scenario:
     then: str = "stay"
     #: Bytes written after the Login answer, before the stream.
     garbage: bytes = b""
+    #: Actions that get no answer at all (a wedged Asterisk).
+    ignore: frozenset[str] = frozenset()
     #: Actions whose answer is cut in the middle and followed by EOF.
     drop_during: frozenset[str] = frozenset()
     #: Close the connection right after the banner.
@@ -214,6 +218,7 @@ class FakeAmi:
         self.connections = 0
         self.received: list[list[list[tuple[str, str]]]] = []  # per connection, the actions
         self.streamed = asyncio.Event()  # set when a stream has been fully written
+        self.events_sent = 0  # streamed events written, over all connections
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -330,6 +335,8 @@ class _Session:
             # manager.c process_message: actions before Login are refused.
             await self.send(f"Response: Error\r\nActionID: {action_id}\r\nMessage: Permission denied\r\n\r\n".encode())
             return True
+        if name in {a.lower() for a in self.s.ignore}:
+            return True
         if name == "coresettings":
             await self.send(self.core_settings(action_id))
             return True
@@ -378,14 +385,16 @@ class _Session:
         if self.s.stream_until is not None:
             events = [e for e in events if e.time <= self.s.stream_until]
         loop = asyncio.get_running_loop()
-        start = loop.time()
         first = events[0].time if events else 0.0
-        for event in events:
-            if self.s.speed is not None:
-                delay = (event.time - first) / self.s.speed - (loop.time() - start)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await self.send(event.raw)
+        for _ in range(self.s.repeat):
+            start = loop.time()
+            for event in events:
+                if self.s.speed is not None:
+                    delay = (event.time - first) / self.s.speed - (loop.time() - start)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self.send(event.raw)
+                self.server.events_sent += 1
         self.server.streamed.set()
         cut = self.s.stream_until is not None
         if (transcript.closed_by_server and not cut) or self.s.then == "close":

@@ -116,9 +116,10 @@ def test_the_whole_agent_against_a_streaming_fake_asterisk():
             sampler = Sampler(cfg, build_collectors(cfg, on_change=changes.append))
             await sampler.start()
             sampler.measure()
+            ami = sampler.collectors[1]
             await server.streamed.wait()
-            await eventually(lambda: sampler.collectors[1].table.synced, what="sync")
-            await asyncio.sleep(0.3)
+            await eventually(lambda: ami.table.synced, what="sync")
+            await eventually(lambda: ami.client.events_received == server.events_sent, what="every event read")
             status = sampler.sample()
             await sampler.stop()
             return status
@@ -138,7 +139,7 @@ def test_other_collectors_keep_working_when_ami_fails():
             sampler = Sampler(cfg, build_collectors(cfg))
             await sampler.start()
             sampler.measure()
-            await asyncio.sleep(0.3)
+            await eventually(lambda: sampler.collectors[1].client.last_error, what="the failed login")
             status = sampler.sample()
             errors = dict(sampler.errors)
             await sampler.stop()

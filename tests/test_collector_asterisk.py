@@ -49,7 +49,7 @@ async def counts_after_stream(stream, until=None):
         await collector.start()
         await server.streamed.wait()
         await eventually(lambda: collector.table.synced, what="the first CoreShowChannels")
-        await asyncio.sleep(0.05)  # let the last streamed bytes be read
+        await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
         reading = collector.collect(collector.clock())
         await collector.stop()
         return reading, changes
@@ -132,8 +132,10 @@ def free_port():
 
 
 def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():
+    port = free_port()
+
     async def main():
-        config = AsteriskConfig(port=free_port(), secret="x", backoff_initial=0.01, backoff_max=0.02)
+        config = AsteriskConfig(port=port, secret="x", backoff_initial=0.01, backoff_max=0.02)
         collector = AsteriskCollector(config)
         await collector.start()
         await eventually(lambda: len(collector.client.backoffs) >= 2, what="two attempts")
@@ -144,7 +146,7 @@ def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():
     reading = run(main())
     assert reading.asterisk is None and reading.quality is None
     assert reading.link is AsteriskLink.UNREACHABLE
-    assert "connect" in reading.error.lower() and "127.0.0.1" in reading.error
+    assert reading.error.startswith(f"AMI 127.0.0.1:{port}: connection refused")
 
 
 def test_shutdown_event_is_reported_at_once_and_stays_until_asterisk_is_back():
@@ -191,8 +193,7 @@ def test_rtcp_events_fill_quality_over_the_session():
             collector = AsteriskCollector(config_for(server, quality_window=600.0))
             await collector.start()
             await server.streamed.wait()
-            await eventually(lambda: collector.rtcp.channels(collector.clock()), what="reports")
-            await asyncio.sleep(0.05)
+            await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
             reading = collector.collect(collector.clock())
             await collector.stop()
             return reading
@@ -249,3 +250,67 @@ def test_sync_replays_events_that_crossed_the_list():
     assert table.end_sync([("listed-1", "L"), ("listed-2", "L")])
     assert (table.channels, table.calls) == (2, 2)  # listed-1 and new
     assert table.synced
+
+
+def test_a_killed_asterisk_is_unreachable_not_shutting_down():
+    # shutdown_sigkill.txt: no Shutdown event, the stream just stops.
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_sigkill",
+                            stream_after="CoreShowChannels")
+        server = FakeAmi(scenario)
+        await server.__aenter__()
+        changes = []
+        collector = AsteriskCollector(config_for(server), on_change=changes.append)
+        await collector.start()
+        await server.streamed.wait()
+        await server.close()
+        await eventually(lambda: collector.client.last_error, what="the session to end")
+        reading = collector.collect(collector.clock())
+        await collector.stop()
+        return reading, changes
+
+    reading, changes = run(main())
+    assert reading.link is AsteriskLink.UNREACHABLE and reading.asterisk is None
+    assert "channel SIP/127.0.0.1-00000000 appeared" in changes
+    assert any(c.startswith("AMI session lost") for c in changes)
+
+
+def test_after_a_reconnection_counts_are_rebuilt_from_the_list():
+    async def main():
+        b2b_at_capture = seconds_between("event_stream_b2b", "command_core_show_channels_count_b2b")
+        first = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="event_stream_b2b",
+                         stream_after="CoreShowChannels", stream_until=b2b_at_capture / 2, then="close")
+        second = Scenario(answers={"CoreShowChannels": "coreshowchannels_b2b"})
+        async with FakeAmi([first, second]) as server:
+            seen = []
+            collector = AsteriskCollector(config_for(server))
+            collector.on_change = lambda what: seen.append((what, collector.table.channels, collector.table.calls))
+            await collector.start()
+            await eventually(lambda: server.connections == 2 and collector.table.synced, what="second session synced")
+            reading = collector.collect(collector.clock())
+            await collector.stop()
+            return reading, seen, collector.client.backoffs
+
+    reading, seen, backoffs = run(main())
+    assert (reading.asterisk.channels, reading.asterisk.calls) == (6, 4)
+    assert backoffs[0] == pytest.approx(0.01)
+    assert any(what.startswith("AMI session lost") for what, _, _ in seen)
+
+
+def test_a_wedged_session_is_closed_after_the_action_timeout_and_reopened():
+    async def main():
+        wedged = Scenario(ignore=frozenset({"CoreShowChannels"}))
+        healthy = Scenario(answers={"CoreShowChannels": "coreshowchannels"})
+        async with FakeAmi([wedged, healthy]) as server:
+            downs = []
+            collector = AsteriskCollector(config_for(server, action_timeout=0.2))
+            collector.client.on_down = lambda reason: (downs.append(reason), collector._on_down(reason))
+            await collector.start()
+            await eventually(lambda: collector.table.synced, what="sync on the second session")
+            reading = collector.collect(collector.clock())
+            await collector.stop()
+            return reading, downs
+
+    reading, downs = run(main())
+    assert "no answer to CoreShowChannels within 0.2 s; closing the session" in downs[0]
+    assert reading.asterisk.channels == 5

@@ -3,6 +3,8 @@
 import asyncio
 import socket
 
+import pytest
+
 from agent.collectors.network import IFF_LOOPBACK, IFF_UP, LinkCounters, NetworkCollector, rates
 from agent.config import NetworkConfig
 
@@ -105,3 +107,64 @@ def test_real_netlink_counters_see_loopback_traffic():
     assert n.rx_pps >= 100 and n.tx_pps >= 100
     assert n.rx_bps >= 200 * 1000 * 8 / 2.0
     assert n.errors is not None and n.dropped is not None
+
+
+@pytest.mark.netns
+def test_default_selection_over_real_netlink_in_network_namespaces():
+    """Two namespaces joined by a veth pair: the collector in the first one
+    sums its veth (up) and leaves out its loopback, and counts bits."""
+    import os
+    import secrets
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    from pyroute2 import NetNS, netns
+
+    ns1, ns2 = f"sipstatus-a-{secrets.token_hex(3)}", f"sipstatus-b-{secrets.token_hex(3)}"
+    netns.create(ns1)
+    netns.create(ns2)
+    try:
+        with NetNS(ns1) as a:
+            a.link("add", ifname="va", kind="veth", peer="vb")
+            vb = a.link_lookup(ifname="vb")[0]
+            a.link("set", index=vb, net_ns_fd=ns2)
+            va = a.link_lookup(ifname="va")[0]
+            a.addr("add", index=va, address="10.213.0.1", prefixlen=24)
+            a.link("set", index=va, state="up")
+            a.link("set", index=a.link_lookup(ifname="lo")[0], state="up")
+        with NetNS(ns2) as b:
+            vb = b.link_lookup(ifname="vb")[0]
+            b.addr("add", index=vb, address="10.213.0.2", prefixlen=24)
+            b.link("set", index=vb, state="up")
+
+        def socket_in(name):
+            netns.pushns(name)
+            try:
+                return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            finally:
+                netns.popns()
+
+        async def main():
+            collector = NetworkCollector(NetworkConfig(), ipr_factory=lambda: NetNS(ns1))
+            await collector.start()
+            assert sorted(collector._select(collector.links())) == ["va"]
+            collector.collect(0.0)
+            with socket_in(ns2) as rx, socket_in(ns1) as tx, socket_in(ns1) as local_rx:
+                rx.bind(("10.213.0.2", 0))
+                local_rx.bind(("127.0.0.1", 0))
+                for _ in range(100):
+                    tx.sendto(b"y" * 500, rx.getsockname())
+                    tx.sendto(b"z" * 500, local_rx.getsockname())  # loopback: not counted
+            reading = collector.collect(1.0)
+            await collector.stop()
+            return reading
+
+        n = run(main()).network
+        # 100 datagrams of 500 + 28 (UDP/IPv4) + 14 (Ethernet) octets out of va in 1 s
+        # (plus a few ARP/IPv6 packets of the link coming up)
+        assert 100 <= n.tx_pps <= 120
+        assert n.tx_bps >= 100 * (500 + 28 + 14) * 8
+        assert n.errors == 0.0
+    finally:
+        netns.remove(ns1)
+        netns.remove(ns2)

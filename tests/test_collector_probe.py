@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.collectors.probe import (
-    MinimalOptionsCodec,
     ProbeCollector,
     ProbeStats,
+    SipOptionsCodec,
     Target,
     nearest_rank,
 )
@@ -47,7 +47,7 @@ def test_bad_targets_are_refused_with_the_uri(uri):
 
 
 def test_options_request_has_the_rfc_3261_mandatory_headers():
-    request = MinimalOptionsCodec().request(Target("127.0.0.1", 5062), ("127.0.0.1", 40000), 7)
+    request = SipOptionsCodec().request(Target("127.0.0.1", 5062), ("127.0.0.1", 40000), 7)
     text = request.data.decode()
     head, _, body = text.partition("\r\n\r\n")
     lines = head.split("\r\n")
@@ -60,7 +60,7 @@ def test_options_request_has_the_rfc_3261_mandatory_headers():
 
 
 def test_responses_are_read_in_long_and_compact_form():
-    codec = MinimalOptionsCodec()
+    codec = SipOptionsCodec()
     long_form = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:4000;branch=z9hG4bKabc;rport=4000\r\nCall-ID: x@y\r\nCSeq: 1 OPTIONS\r\n\r\n"
     compact = b"SIP/2.0 404 Not Found\r\nv: SIP/2.0/UDP 127.0.0.1:4000 ; branch=z9hG4bKdef\r\ni: q@r\r\n\r\n"
     a, b = codec.response(long_form), codec.response(compact)

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_net_resolver import dns_server
 
 from sipstatus.net import Endpoint, SipService
 from sipstatus.sip import SipError
@@ -27,6 +26,8 @@ from sipstatus.sip.subscription import (
     SubscriptionEnded,
 )
 from sipstatus.sip.transaction import Destination
+
+from .test_net_resolver import dns_server
 
 TYPE = "application/load-status+json"
 WAIT = 10.0

@@ -222,9 +222,9 @@ def test_failed_refresh_is_retried_as_a_refresh():
 def test_expired_state_is_published_anew_without_the_old_tag():
     pub = published()
     ((when, out),) = run(pub, 600.0)
-    pub.handle_response(make_response(out.request, 503, headers=[("Retry-After", "100")]),
+    pub.handle_response(make_response(out.request, 503, headers=[("Retry-After", "200")]),
                         out.request, when)
-    ((_, again),) = [(t, o) for t, o in run(pub, 700.0) if isinstance(o, SendRequest)]
+    ((_, again),) = [(t, o) for t, o in run(pub, 800.0) if isinstance(o, SendRequest)]
     assert again.request.sip_if_match is None and again.request.body == b"b1"
 
 

@@ -14,6 +14,7 @@ import pytest
 from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.net import Endpoint, SipService
 from sipstatus.policy import HeadroomPolicy
+from sipstatus.sip import subscription
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.subscription import SubscriptionCreated, SubscriptionTerminated
 from sipstatus.sip.transaction import Destination
@@ -143,7 +144,6 @@ def test_an_agent_that_stops_answering_goes_stale_and_its_weight_drops_to_0():
 def test_an_older_or_duplicate_notify_is_ignored():
     async def main():
         agent = await FakeAgent("ast1", capacity=0.5).start()
-        agent.tick = 3600  # no heartbeats in this test: only the bodies it sends
         watcher = await started([agent], policy=HeadroomPolicy())
         try:
             await until(watcher, lambda w: w.weights() == {"ast1": 50}, "the first body")
@@ -165,7 +165,6 @@ def test_an_older_or_duplicate_notify_is_ignored():
 def test_a_new_instance_replaces_the_old_one_even_with_a_lower_seq():
     async def main():
         agent = await FakeAgent("ast1", capacity=0.5).start()
-        agent.tick = 3600
         watcher = await started([agent], policy=HeadroomPolicy())
         try:
             await until(watcher, lambda w: w.weights() == {"ast1": 50}, "the first body")
@@ -201,10 +200,12 @@ def test_probation_with_retry_after_resubscribes_after_retry_after():
     run(main())
 
 
-def test_probation_without_retry_after_waits_the_configured_default():
+def test_probation_without_retry_after_waits_the_default(monkeypatch):
+    monkeypatch.setattr(subscription, "PROBATION_WAIT", 1.5)  # spec 4.7.4: 30 s
+
     async def main():
         agent = await FakeAgent("ast1").start()
-        watcher = await started([agent], settings={"probation_wait": 1.5})
+        watcher = await started([agent])
         try:
             await agent.next(SubscriptionCreated)
             ended_at = agent.service.now()
@@ -218,7 +219,9 @@ def test_probation_without_retry_after_waits_the_configured_default():
     run(main())
 
 
-def test_deactivated_resubscribes_at_once():
+def test_deactivated_resubscribes_at_once(monkeypatch):
+    monkeypatch.setattr(subscription, "MIN_LIFETIME", 0.0)  # one that lived 30 s
+
     async def main():
         agent = await FakeAgent("ast1").start()
         watcher = await started([agent])
@@ -254,11 +257,12 @@ def test_noresource_stops_following_the_agent():
     run(main())
 
 
-def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later():
+def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later(monkeypatch):
+    monkeypatch.setattr(subscription, "BAD_NOTIFY_WAIT", 1.0)  # spec 4.8: 30 s
+
     async def main():
         agent = await FakeAgent("ast1", capacity=0.5).start()
-        agent.tick = 3600
-        watcher = await started([agent], policy=HeadroomPolicy(), settings={"rejected_wait": 1.0})
+        watcher = await started([agent], policy=HeadroomPolicy())
         try:
             await agent.next(SubscriptionCreated)
             await until(watcher, lambda w: w.weights() == {"ast1": 50}, "the first body")
@@ -283,8 +287,7 @@ def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later():
 def test_a_body_for_another_node_is_refused_on_a_subscription():
     async def main():
         agent = await FakeAgent("ast1").start()
-        agent.tick = 3600
-        watcher = await started([agent], settings={"rejected_wait": 60.0})
+        watcher = await started([agent])
         try:
             await until(watcher, lambda w: row_of(w, "ast1").state == "active", "the first body")
             agent.send(status_for("ast9"))
@@ -376,6 +379,33 @@ def test_a_failing_sink_is_tried_again_with_the_newest_weights():
         try:
             await until(watcher, lambda w: sink.pushes == [{"ast1": 50}], "the retried push")
             assert sink.failed
+        finally:
+            await watcher.close()
+            await agent.stop()
+
+    run(main())
+
+
+class RecordingViewSink:
+    """A sink that takes the nodes themselves (the shape of OpenSipsSink.push)."""
+
+    def __init__(self):
+        self.pushes = []
+
+    def push(self, views):
+        self.pushes.append({v.node: (v.accepts_calls, v.status and v.status.capacity) for v in views})
+
+
+def test_view_sinks_get_every_node_with_its_status():
+    async def main():
+        agent = await FakeAgent("ast1", capacity=0.5).start()
+        sink = RecordingViewSink()
+        watcher = await started([agent], view_sinks=[sink])
+        try:
+            await until(watcher, lambda w: sink.pushes and sink.pushes[-1] == {"ast1": (True, 0.5)},
+                        "the view push")
+            agent.set(state=State.DRAINING)
+            await until(watcher, lambda w: sink.pushes[-1] == {"ast1": (False, 0.5)}, "the drain")
         finally:
             await watcher.close()
             await agent.stop()

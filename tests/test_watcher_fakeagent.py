@@ -52,20 +52,22 @@ def status_for(node: str, *, capacity: float = 0.5, limit: int | None = 100, val
 
 
 class FakeAgent:
-    """One agent: a Notifier for `node` on UDP `host`:`port` (0: any)."""
+    """One agent: a Notifier for `node` on UDP `host`:`port` (0: any).
+
+    Every NOTIFY carries a freshly produced body (spec 8.5: a heartbeat has a
+    new seq), except the one after `set()` or `send()`, which carries exactly
+    the status or bytes given."""
 
     def __init__(self, node: str, host: str = "127.0.0.1", port: int = 0, *, validity: int = 15,
-                 capacity: float = 0.5, limit: int | None = 100, tick: float | None = None) -> None:
+                 capacity: float = 0.5, limit: int | None = 100) -> None:
         self.node, self.host, self.port = node, host, port
         self.status = status_for(node, capacity=capacity, limit=limit, validity=validity)
-        heartbeat = max(0.1, validity / 3)
-        self.tick = tick if tick is not None else heartbeat / 2
         self.notifier = Notifier("load-status", MEDIA_TYPE, lambda source: self.contact,
-                                 heartbeat=heartbeat, max_rate=10.0)
+                                 produce=self._produce, heartbeat=max(0.1, validity / 3), max_rate=10.0)
         self.events: asyncio.Queue = asyncio.Queue()
         self.service: SipService | None = None
         self.subscriptions = 0
-        self._ticker: asyncio.Task | None = None
+        self._next: bytes | None = encode(self.status)
 
     @property
     def uri(self) -> str:
@@ -79,9 +81,14 @@ class FakeAgent:
         self.service = SipService(Endpoint([self.notifier], allow_events=["load-status"]),
                                   on_event=self._event)
         _, self.port = await self.service.listen("UDP", self.host, self.port)
-        self.notifier.state_changed(encode(self.status), self.service.now())
-        self._ticker = asyncio.get_running_loop().create_task(self._heartbeats())
         return self
+
+    def _produce(self, now: float) -> bytes:
+        body, self._next = self._next, None
+        if body is None:  # a heartbeat: current figures, a new seq
+            self.status = dataclasses.replace(self.status, seq=self.status.seq + 1)
+            body = encode(self.status)
+        return body
 
     def _event(self, event: object) -> None:
         if isinstance(event, SubscriptionCreated):
@@ -94,12 +101,6 @@ class FakeAgent:
             if isinstance(event, kind):
                 return event
 
-    async def _heartbeats(self) -> None:
-        # Spec 8.5: a heartbeat carries a freshly produced body (a new seq).
-        while True:
-            await asyncio.sleep(self.tick)
-            self.send(dataclasses.replace(self.status, seq=self.status.seq + 1), significant=False)
-
     def set(self, **changes: object) -> LoadStatus:
         """A new status (next seq) with `changes`, sent as a significant change."""
         status = self.status
@@ -111,38 +112,29 @@ class FakeAgent:
         self.send(dataclasses.replace(status, seq=status.seq + 1, **changes))
         return self.status
 
-    def send(self, status: LoadStatus, significant: bool = True) -> None:
+    def send(self, status: LoadStatus) -> None:
         """Send `status` as it is (an old seq too: the notifier does not look)."""
-        assert self.service is not None
         if status.seq > self.status.seq or status.instance != self.status.instance:
             self.status = status
-        self.service.submit(self.notifier, self.notifier.state_changed(
-            encode(status), self.service.now(), significant))
+        self.send_raw(encode(status))
 
     def send_raw(self, body: bytes) -> None:
         assert self.service is not None
-        self.service.submit(self.notifier, self.notifier.state_changed(body, self.service.now()))
+        self._next = body
+        self.service.submit(self.notifier, self.notifier.state_changed(None, self.service.now()))
 
     async def terminate(self, reason: str, retry_after: int | None = None) -> None:
-        """End every subscription as spec 4.7.4 says a stopping agent does: the
-        `down` body first (the library's Notifier sends its final NOTIFY for
-        probation or noresource without a body, so the down body goes before
-        it, as soon as the rate ceiling allows), then the final NOTIFY."""
+        """End every subscription as spec 4.7.4 says a stopping agent does:
+        the final NOTIFY carries a `down` body."""
         assert self.service is not None
-        self.set(state=State.DOWN, capacity=0.0, reason="agent shutting down")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2.0  # spec 4.7.4: at most 2 s for the answers
-        while loop.time() < deadline and any(
-                sub.sent_version != self.notifier._version or sub.in_flight is not None
-                for sub in self.notifier.subscriptions.values()):
-            await asyncio.sleep(0.01)
+        self.status = dataclasses.replace(self.status, seq=self.status.seq + 1, state=State.DOWN,
+                                          capacity=0.0, reason="agent shutting down")
+        self._next = encode(self.status)
         self.service.submit(self.notifier, self.notifier.terminate_all(
             reason, self.service.now(), retry_after=retry_after))
 
     async def stop(self) -> None:
         """Stop answering: the socket closes, nothing more is sent."""
-        if self._ticker is not None:
-            self._ticker.cancel()
         if self.service is not None:
             await self.service.close()
             self.service = None

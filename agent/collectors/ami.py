@@ -281,20 +281,25 @@ class AmiClient:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._logged_in = False
+        self._closed_because: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._read_task: asyncio.Task[None] | None = None
         #: True while logged in.
         self.connected = False
         #: True from a Shutdown event or "Asterisk is shutting down" until the
         #: next successful Login.
         self.shutting_down = False
-        #: Why the last attempt or session ended; None while connected.
-        self.last_error: str | None = "not connected yet"
+        #: Why the last attempt or session ended; None while connected and
+        #: before the first attempt has ended.
+        self.last_error: str | None = None
         #: The server's banner of the current or last session.
         self.banner: str | None = None
         #: Delays waited between attempts, for tests and logs.
         self.backoffs: list[float] = []
         #: Lines that were not AMI, over all sessions.
         self.garbage_lines = 0
+        #: Events handed to on_event, over all sessions.
+        self.events_received = 0
 
     @property
     def address(self) -> str:
@@ -325,7 +330,7 @@ class AmiClient:
         session is then closed, since a wedged session must not linger).
         """
         if not self.connected:
-            raise AmiDisconnected(f"AMI {self.address}: not connected ({self.last_error})")
+            raise AmiDisconnected(f"AMI {self.address}: not connected ({self.last_error or 'connecting'})")
         return await self._action(action, fields or {}, timeout)
 
     async def _action(self, action: str, fields: Mapping[str, str], timeout: float | None) -> AmiResponse:
@@ -346,8 +351,9 @@ class AmiClient:
             if not future.done():
                 if self._read_task is not None and self._read_task.done():
                     raise AmiDisconnected(f"AMI {self.address}: connection ended while waiting for the answer to {action}")
-                self._close()
-                raise AmiError(f"AMI {self.address}: no answer to {action} within {limit:g} s; closing the session")
+                reason = f"AMI {self.address}: no answer to {action} within {limit:g} s; closing the session"
+                self._close(reason)
+                raise AmiError(reason)
             answer = future.result()
         except (ConnectionError, OSError) as exc:
             raise AmiDisconnected(f"AMI {self.address}: {action} not sent: {exc}") from None
@@ -366,15 +372,18 @@ class AmiClient:
         failures = 0
         while not self._stopping:
             self._logged_in = False
+            self._closed_because = None
             try:
                 await self._session()
-                reason = f"AMI {self.address}: connection closed by Asterisk"
+                reason = self._closed_because or f"AMI {self.address}: connection closed by Asterisk"
             except asyncio.CancelledError:
                 raise
             except AmiError as exc:
                 reason = str(exc) if str(exc).startswith("AMI ") else f"AMI {self.address}: {exc}"
             except TimeoutError:
                 reason = f"AMI {self.address}: no answer within {self.connect_timeout:g} s"
+            except ConnectionRefusedError:
+                reason = f"AMI {self.address}: connection refused (is Asterisk running, with AMI enabled in manager.conf?)"
             except OSError as exc:
                 reason = f"AMI {self.address}: {exc.strerror or exc}"
             finally:
@@ -411,7 +420,10 @@ class AmiClient:
             self.last_error = None
             log.debug("AMI %s: logged in as %s (%s)", self.address, self.username, self.banner)
             if self.on_up is not None:
-                loop.create_task(self.on_up()).add_done_callback(_log_task_failure)
+                up = loop.create_task(self.on_up())
+                self._tasks.add(up)  # a reference, or the task may be collected mid-flight
+                up.add_done_callback(self._tasks.discard)
+                up.add_done_callback(_log_task_failure)
             await read_task
         finally:
             if not read_task.done():
@@ -485,6 +497,7 @@ class AmiClient:
             return  # neither Response nor Event: not AMI (garbage joined a line)
         if message.event == "Shutdown":
             self._mark_shutting_down()
+        self.events_received += 1
         if self.on_event is not None:
             try:
                 self.on_event(message)
@@ -512,7 +525,10 @@ class AmiClient:
                 pending.future.set_exception(AmiDisconnected(f"{reason} (while waiting for the answer to {pending.action})"))
                 pending.future.exception()  # marked retrieved; the waiter re-raises it
 
-    def _close(self) -> None:
+    def _close(self, because: str | None = None) -> None:
+        """Close the connection; `because` becomes the reason of the end."""
+        if because is not None and self._writer is not None:
+            self._closed_because = because
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

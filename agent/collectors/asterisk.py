@@ -281,7 +281,10 @@ class AsteriskCollector:
         while True:
             await asyncio.sleep(self.config.reconcile_interval)
             if self.client.connected:
-                await self.reconcile()
+                try:
+                    await self.reconcile()
+                except Exception:  # a bug must not end the periodic checks
+                    log.exception("AMI: reconciling the channel counts failed")
 
 
 def _positive(text: str | None, kind: type) -> int | float | None:

@@ -13,12 +13,8 @@ the round trips (nearest-rank percentiles), the number answered
 (`samples`) and unanswered (`timeouts`); and, for the scorer, the probes
 unanswered since the last answered one.
 
-The SIP part is two functions behind `OptionsCodec`. The project's SIP core
-(sipstatus.sip) is written on another branch; until it is merged here,
-`MinimalOptionsCodec` below builds and reads the few headers an OPTIONS
-round trip needs. TO BE REPLACED by an adapter over sipstatus.sip
-(Request(...).to_bytes() and parse_message()) when that lands: only
-`MinimalOptionsCodec` changes.
+The SIP part is two functions behind `OptionsCodec`; `SipOptionsCodec`
+builds and reads the messages with the project's SIP core (sipstatus.sip).
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import asyncio
 import contextlib
 import math
 import re
-import secrets
 import socket
 import time
 from collections import deque
@@ -35,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sipstatus.sip import Request, Response, SipError, parse_message
+from sipstatus.sip.identifiers import IdGenerator
 from sipstatus.status import Probe
 
 from ..config import ProbeConfig
@@ -87,52 +84,41 @@ class OptionsCodec(Protocol):
         ...
 
 
-class MinimalOptionsCodec:
-    """TO BE REPLACED by an adapter over sipstatus.sip (see module doc).
+class SipOptionsCodec:
+    """Builds the OPTIONS with the project's SIP core (RFC 3261 section 11:
+    Via with a z9hG4bK branch and rport, Max-Forwards, From with tag, To,
+    Call-ID, CSeq) and reads a response through its parser. A datagram that
+    is not a SIP response is no answer."""
 
-    Builds an RFC 3261 OPTIONS (section 11: Via with a z9hG4bK branch,
-    Max-Forwards, From with tag, To, Call-ID, CSeq, Content-Length) and reads
-    a response's status line, top Via branch and Call-ID, in long or compact
-    form (section 7.3.3: v, i)."""
-
-    def __init__(self) -> None:
-        self._tag = secrets.token_hex(4)
+    def __init__(self, ids: IdGenerator | None = None) -> None:
+        self._ids = ids or IdGenerator()
+        self._tag = self._ids.tag()
 
     def request(self, target: Target, local: tuple[str, int], cseq: int) -> ProbeRequest:
-        branch = "z9hG4bK" + secrets.token_hex(8)
-        call_id = f"{secrets.token_hex(8)}@sipstatus-probe"
+        branch = self._ids.branch()
+        call_id = self._ids.call_id()
         host = f"[{local[0]}]" if ":" in local[0] else local[0]
-        data = (
-            f"OPTIONS sip:{target.hostport} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {host}:{local[1]};branch={branch};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:sipstatus-probe@{host}>;tag={self._tag}\r\n"
-            f"To: <sip:{target.hostport}>\r\n"
-            f"Call-ID: {call_id}\r\n"
-            f"CSeq: {cseq} OPTIONS\r\n"
-            "Accept: application/sdp\r\n"
-            "User-Agent: sipstatus-agent probe\r\n"
-            "Content-Length: 0\r\n"
-            "\r\n"
-        ).encode("ascii")
-        return ProbeRequest(branch, call_id, cseq, data)
+        request = Request("OPTIONS", f"sip:{target.hostport}", [
+            ("Via", f"SIP/2.0/UDP {host}:{local[1]};branch={branch};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:sipstatus-probe@{host}>;tag={self._tag}"),
+            ("To", f"<sip:{target.hostport}>"),
+            ("Call-ID", call_id),
+            ("CSeq", f"{cseq} OPTIONS"),
+            ("Accept", "application/sdp"),
+            ("User-Agent", "sipstatus-agent probe"),
+        ])
+        return ProbeRequest(branch, call_id, cseq, request.to_bytes())
 
     def response(self, data: bytes) -> ProbeAnswer | None:
-        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-        lines = head.split("\r\n")
-        m = re.fullmatch(r"SIP/2\.0 (\d{3}) .*", lines[0]) or re.fullmatch(r"SIP/2\.0 (\d{3})", lines[0])
-        if not m:
+        try:
+            message = parse_message(data)
+        except SipError:
             return None
-        branch = call_id = None
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name in ("via", "v") and branch is None:
-                b = re.search(r";\s*branch=([^;,\s]+)", value)
-                branch = b.group(1) if b else None
-            elif name in ("call-id", "i") and call_id is None:
-                call_id = value.strip()
-        return ProbeAnswer(int(m.group(1)), branch, call_id)
+        if not isinstance(message, Response):
+            return None
+        via = message.top_via
+        return ProbeAnswer(message.status, via.branch if via else None, message.call_id)
 
 
 # -- statistics over the window (pure) -------------------------------------------
@@ -196,7 +182,7 @@ class ProbeCollector:
     def __init__(self, config: ProbeConfig, codec: OptionsCodec | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.target = Target.parse(config.target)
-        self.codec: OptionsCodec = codec or MinimalOptionsCodec()
+        self.codec: OptionsCodec = codec or SipOptionsCodec()
         self.clock = clock
         self.stats = ProbeStats(window=config.window)
         self.last_error: str | None = None

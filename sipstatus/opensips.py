@@ -1,0 +1,417 @@
+"""Pushing node capacities and states into a running OpenSIPS 3.x over MI.
+
+For the "sidecar" way of running with OpenSIPS: a `sipstatus` process on the
+proxy host follows the agents and pushes what it learns into OpenSIPS through
+its Management Interface, as JSON-RPC 2.0 over HTTP (the `mi_http` module,
+POST to http://HOST:PORT/mi).
+
+Where each behaviour comes from (OpenSIPS 3.x; read in the OpenSIPS/opensips
+repository and on opensips.org):
+
+- JSON-RPC request and reply over HTTP: modules/mi_http README "Examples"
+  (POST /mi, `{"jsonrpc":"2.0","method":...,"params":...,"id":...}`, reply
+  `{"jsonrpc":"2.0","result":...,"id":...}`); the request rules are the MI
+  core's, mi/mi.c `parse_mi_request()`: `params` must be an array or an
+  object, anything else (null included) makes the request invalid (-32600,
+  "Invalid Request"; FIELD-NOTES saw the same on 3.5.9); a command is run by
+  the "recipe" whose parameter NAMES all match (`get_cmd_recipe()`), else
+  -32602 "Invalid params" with `data` "Too few or too many parameters" or
+  "Named parameters do not match"; an unknown method is -32601 "Method not
+  found" (mi/mi.h JSONRPC_* codes, mi/mi.c `handle_mi_request()`).
+  mi_http answers a JSON-RPC error with HTTP 200 (modules/mi_http/mi_http.c
+  `mi_json_answer_to_connection()`: any printed response is 200), 405 to a
+  method other than POST, 400 to an empty body.
+- load_balancer MI (modules/load_balancer README, "Exported MI Functions"):
+  `lb_list` lists destinations with the max and current load of each
+  resource; `lb_resize` takes `destination_id`, `res_name`, `new_capacity`;
+  `lb_status` takes `destination_id` and optional `new_status` (0 disable,
+  1 enable). A destination disabled by MI is not re-enabled by probing
+  ("Probing and Disabling destinations"), which is what draining wants.
+  The JSON shape of `lb_list` is not in the README (its example is the old
+  text output); it is taken from modules/load_balancer/load_balancer.c
+  `mi_lb_list()`: `{"Destinations": [{"uri", "id", "group", "enabled":
+  "yes"|"no", "auto-reenable": "on"|"off", "Resources": [{"name", "max",
+  "load"}], "attrs"?}]}`; errors 404 "Destination ID not found" and 404
+  "Destination has no such resource" (`mi_lb_resize()`).
+- dispatcher MI (opensips.org dispatcher 3.x "Exported MI Functions" and
+  modules/dispatcher/dispatcher.c `mi_cmds[]`): `ds_set_state` takes
+  `state` ("a" active, "i" inactive, "p" probing), `group` ("[partition:]id")
+  and `address`; `ds_list` takes no parameter or `full`. Shape from
+  dispatcher.c `ds_mi_list()` and dispatch.c `ds_print_mi_list()`:
+  `{"PARTITIONS": [{"name", "SETS": [{"id", "Destinations": [{"URI",
+  "state": "Active"|"Inactive"|"Probing", "first_hit_counter", "socket"?,
+  "attr"?, "script_attr"?, "weight"?, "priority"?, "description"?}]}]}]}`;
+  error 404 "destination not found".
+
+What is pushed (`OpenSipsSink`):
+- load_balancer: a node that takes calls gets `lb_resize` of its resource to
+  the number of concurrent calls OpenSIPS may have on it, and is enabled with
+  `lb_status`; a node that takes none (draining, overloaded, down, stale,
+  never heard from) is disabled with `lb_status ... 0` and left at its size;
+- dispatcher: the same node is set active or inactive with `ds_set_state`.
+
+Capacity mapping. load_balancer sends a call to the destination with the
+largest free slot, `max - load`, where `load` is the calls OpenSIPS itself
+has on it (README "Overview"). The agent reports the node's own free
+fraction `capacity` and its channel `limit`, so the slots it has free are
+`capacity x limit` (FreeSlotsPolicy's measure; `default_limit` stands in for
+an unknown limit). Those free slots already exclude the calls OpenSIPS has
+there, so for OpenSIPS to see the same free slots:
+
+    max = load (from lb_list, at refresh) + floor(capacity x limit)
+
+Between reports OpenSIPS counts the calls it adds itself (its load grows,
+its free slot shrinks), and the next report resets the base. The sidecar
+calls `refresh()` (lb_list, ds_list) when reports arrive, then `push()`.
+
+A destination is a sipstatus node by its attributes, `node=NAME` in the
+`attrs` (load_balancer) or `attr` (dispatcher) string, a `;`-separated list
+of `name=value` (an opaque string to OpenSIPS: dispatcher README `attrs_avp`),
+else by its URI host. A node with no destination, or with more than one in
+the sink's group, is never resized or switched: it is reported and logged.
+Only what changed since the last applied state is pushed; `refresh()` takes
+OpenSIPS's own view as the applied state, so sizes lost to an `lb_reload` or
+a restart (FIELD-NOTES) are put back on the next push. An MI error is
+reported with the method and params that caused it and the applied state is
+left as it was, so the next push tries again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .nodetable import NodeView
+
+log = logging.getLogger("sipstatus.opensips")
+
+#: mi_http's default root path (modules/mi_http README, parameter `root`).
+DEFAULT_ROOT = "mi"
+#: The attribute that names a destination's sipstatus node (our convention).
+NODE_ATTR = "node"
+
+
+class MiError(Exception):
+    """OpenSIPS answered an MI command with a JSON-RPC error object.
+
+    Carries the method and params that caused it, for the operator's log."""
+
+    def __init__(self, method: str, params: Mapping[str, Any] | None, message: str,
+                 code: int | None = None, data: Any = None) -> None:
+        self.method, self.params, self.code, self.data = method, dict(params or {}), code, data
+        self.message = message
+        where = f"{method}({json.dumps(self.params, sort_keys=True)})"
+        detail = f": {data}" if data else ""
+        suffix = f" (code {code})" if code is not None else ""
+        super().__init__(f"{where}: {message}{detail}{suffix}")
+
+
+class MiUnreachable(MiError):
+    """OpenSIPS could not be reached, or answered something that is not MI JSON-RPC."""
+
+
+class MiClient:
+    """A JSON-RPC 2.0 client for OpenSIPS's mi_http module.
+
+    `url` is the MI root, e.g. http://127.0.0.1:8888/mi (httpd's port, and
+    mi_http's `root`, default "mi"). Parameters are always sent by name, as an
+    object: MI matches a command's recipe by parameter names (mi/mi.c), and
+    a `"params": null` is an invalid request.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        self.url, self.timeout = url, timeout
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Run `method` with named `params`; return its `result` or raise MiError."""
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
+        if params:
+            # Never null, never positional: an object with the documented names.
+            request["params"] = dict(params)
+        body = json.dumps(request).encode()
+        http = urllib.request.Request(self.url, data=body, method="POST",
+                                      headers={"Content-Type": "application/json",
+                                               "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(http, timeout=self.timeout) as answer:
+                raw = answer.read()
+        except urllib.error.HTTPError as err:
+            # mi_http answers JSON-RPC errors with 200; other statuses (400 empty
+            # body, 405 not POST, 500 no response built) carry no MI reply.
+            raise MiUnreachable(method, params, f"{self.url}: HTTP {err.code} {err.reason}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise MiUnreachable(method, params, f"cannot reach OpenSIPS MI at {self.url}: {reason}") from None
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise MiUnreachable(method, params, f"{self.url}: answer is not JSON: {raw[:80]!r}") from None
+        if not isinstance(reply, dict):
+            raise MiUnreachable(method, params, f"{self.url}: answer is not a JSON-RPC object")
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise MiError(method, params, str(error.get("message", "error")), error.get("code"), error.get("data"))
+        if "result" not in reply:
+            raise MiUnreachable(method, params, f"{self.url}: answer has neither result nor error")
+        return reply["result"]
+
+
+# -- destinations ------------------------------------------------------------
+
+
+def parse_attrs(text: str | None) -> dict[str, str]:
+    """`name1=value1;name2=value2` as a dict (our convention for the opaque attrs)."""
+    attrs = {}
+    for item in (text or "").split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            attrs[name.strip()] = value.strip()
+    return attrs
+
+
+def uri_host(uri: str) -> str:
+    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
+    return match.group(1).strip("[]") if match else uri
+
+
+@dataclass(frozen=True)
+class LbResource:
+    name: str
+    max: int
+    load: int
+
+
+@dataclass(frozen=True)
+class LbDestination:
+    """One load_balancer destination, as `lb_list` reports it."""
+
+    id: int
+    group: int
+    uri: str
+    enabled: bool
+    auto_reenable: bool
+    resources: Mapping[str, LbResource]
+    attrs: str | None = None
+
+    @property
+    def node(self) -> str:
+        return parse_attrs(self.attrs).get(NODE_ATTR) or uri_host(self.uri)
+
+
+@dataclass(frozen=True)
+class DsDestination:
+    """One dispatcher destination, as `ds_list` reports it."""
+
+    partition: str
+    set_id: int
+    uri: str
+    state: str  # "Active", "Inactive" or "Probing"
+    attrs: str | None = None
+
+    @property
+    def node(self) -> str:
+        return parse_attrs(self.attrs).get(NODE_ATTR) or uri_host(self.uri)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "Active"
+
+
+def parse_lb_list(result: Mapping[str, Any]) -> list[LbDestination]:
+    """The destinations in an `lb_list` result (load_balancer.c `mi_lb_list()`)."""
+    out = []
+    for dst in result.get("Destinations") or []:
+        resources = {r["name"]: LbResource(r["name"], int(r["max"]), int(r["load"]))
+                     for r in dst.get("Resources") or []}
+        out.append(LbDestination(
+            id=int(dst["id"]), group=int(dst["group"]), uri=dst["uri"],
+            enabled=dst.get("enabled") == "yes", auto_reenable=dst.get("auto-reenable") == "on",
+            resources=resources, attrs=dst.get("attrs")))
+    return out
+
+
+def parse_ds_list(result: Mapping[str, Any]) -> list[DsDestination]:
+    """The destinations in a `ds_list` result (dispatcher.c `ds_mi_list()`)."""
+    out = []
+    for part in result.get("PARTITIONS") or []:
+        for ds_set in part.get("SETS") or []:
+            for dst in ds_set.get("Destinations") or []:
+                out.append(DsDestination(partition=part["name"], set_id=int(ds_set["id"]), uri=dst["URI"],
+                                         state=dst.get("state", ""), attrs=dst.get("attr")))
+    return out
+
+
+def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100) -> int:
+    """The load_balancer `max` for a node: the calls OpenSIPS already has on it
+    plus the slots the node reports free (capacity x limit, as FreeSlotsPolicy
+    counts them). 0 free slots for a node that takes no calls."""
+    if not view.accepts_calls:
+        return load
+    asterisk = view.status.asterisk
+    limit = asterisk.limit if asterisk is not None and asterisk.limit is not None else default_limit
+    return load + math.floor(view.status.capacity * limit)
+
+
+# -- pushing --------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    """What one `push()` did."""
+
+    #: (method, params) of every MI command that succeeded.
+    applied: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Every MI error, with the method and params that caused it.
+    errors: list[MiError] = field(default_factory=list)
+    #: Nodes that could not be matched to exactly one destination: nothing was sent for them.
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _LbApplied:
+    capacity: int | None
+    enabled: bool | None
+
+
+class OpenSipsSink:
+    """Pushes a pool's capacities and states into OpenSIPS over MI.
+
+    `lb_group`/`resource`: the load_balancer group whose destinations are the
+    pool and the resource to size (None: no load_balancer). `ds_set`/
+    `ds_partition`: the dispatcher set whose destinations to switch on and off
+    (None: no dispatcher).
+    """
+
+    def __init__(self, mi: MiClient, *, lb_group: int | None = 1, resource: str = "channels",
+                 ds_set: int | None = None, ds_partition: str = "default", default_limit: int = 100) -> None:
+        if lb_group is None and ds_set is None:
+            raise ValueError("OpenSipsSink: give an lb_group, a ds_set, or both")
+        self.mi, self.lb_group, self.resource = mi, lb_group, resource
+        self.ds_set, self.ds_partition, self.default_limit = ds_set, ds_partition, default_limit
+        self._lb: dict[str, LbDestination] = {}
+        self._ds: dict[str, DsDestination] = {}
+        self._ambiguous: set[str] = set()
+        self._lb_applied: dict[str, _LbApplied] = {}
+        self._ds_applied: dict[str, bool] = {}
+
+    # discovery
+
+    def refresh(self) -> None:
+        """Read the destinations and their state from OpenSIPS (lb_list,
+        ds_list) and take that as the applied state. Raises MiError."""
+        lb: dict[str, list[LbDestination]] = {}
+        ds: dict[str, list[DsDestination]] = {}
+        if self.lb_group is not None:
+            for dst in parse_lb_list(self.mi.call("lb_list")):
+                if dst.group == self.lb_group:
+                    lb.setdefault(dst.node, []).append(dst)
+        if self.ds_set is not None:
+            for dst in parse_ds_list(self.mi.call("ds_list")):
+                if dst.partition == self.ds_partition and dst.set_id == self.ds_set:
+                    ds.setdefault(dst.node, []).append(dst)
+        self._ambiguous = {n for n, d in lb.items() if len(d) > 1} | {n for n, d in ds.items() if len(d) > 1}
+        for node in sorted(self._ambiguous):
+            log.error("OpenSIPS has several destinations for node %s; it is left alone", node)
+        self._lb = {n: d[0] for n, d in lb.items() if n not in self._ambiguous}
+        self._ds = {n: d[0] for n, d in ds.items() if n not in self._ambiguous}
+        self._lb_applied = {}
+        for node, dst in self._lb.items():
+            res = dst.resources.get(self.resource)
+            self._lb_applied[node] = _LbApplied(res.max if res else None, dst.enabled)
+        self._ds_applied = {node: dst.active for node, dst in self._ds.items()}
+
+    def lb_destination(self, node: str) -> LbDestination | None:
+        return self._lb.get(node)
+
+    def ds_destination(self, node: str) -> DsDestination | None:
+        return self._ds.get(node)
+
+    # pushing
+
+    def push(self, views: Iterable[NodeView]) -> PushResult:
+        """Apply what changed for each node. MI errors are collected in the
+        result (and logged); MiUnreachable is raised at once."""
+        result = PushResult()
+        for view in views:
+            if not self._known(view.node):
+                result.unknown.append(view.node)
+                log.error("node %s has no single destination in OpenSIPS: nothing sent for it", view.node)
+                continue
+            if self.lb_group is not None:
+                self._push_lb(view, result)
+            if self.ds_set is not None:
+                self._push_ds(view, result)
+        return result
+
+    def _known(self, node: str) -> bool:
+        if node in self._ambiguous:
+            return False
+        if self.lb_group is not None and node not in self._lb:
+            return False
+        return not (self.ds_set is not None and node not in self._ds)
+
+    def _push_lb(self, view: NodeView, result: PushResult) -> None:
+        dst = self._lb[view.node]
+        applied = self._lb_applied[view.node]
+        want_on = view.accepts_calls
+        if not want_on:
+            if applied.enabled is not False:
+                # lb_status: destination_id, new_status 0 = disable (README "lb_status")
+                if self._call(result, "lb_status", {"destination_id": dst.id, "new_status": 0}):
+                    applied.enabled = False
+            return
+        res = dst.resources.get(self.resource)
+        if res is None:
+            result.errors.append(MiError("lb_resize", {"destination_id": dst.id, "res_name": self.resource},
+                                         f"destination {dst.uri} has no resource {self.resource!r} in lb_list; not sent"))
+            log.error("%s", result.errors[-1])
+            return
+        capacity = lb_capacity(view, res.load, default_limit=self.default_limit)
+        if applied.capacity != capacity:
+            # lb_resize: destination_id, res_name, new_capacity (README "lb_resize")
+            params = {"destination_id": dst.id, "res_name": self.resource, "new_capacity": capacity}
+            if not self._call(result, "lb_resize", params):
+                return  # not enabled with a size it does not have
+            applied.capacity = capacity
+        if applied.enabled is not True:
+            if self._call(result, "lb_status", {"destination_id": dst.id, "new_status": 1}):
+                applied.enabled = True
+
+    def _push_ds(self, view: NodeView, result: PushResult) -> None:
+        dst = self._ds[view.node]
+        want = view.accepts_calls
+        if self._ds_applied.get(view.node) == want:
+            return
+        group = str(self.ds_set) if self.ds_partition == "default" else f"{self.ds_partition}:{self.ds_set}"
+        # ds_set_state: state (a|i|p), group ([partition:]id), address
+        params = {"state": "a" if want else "i", "group": group, "address": dst.uri}
+        if self._call(result, "ds_set_state", params):
+            self._ds_applied[view.node] = want
+
+    def _call(self, result: PushResult, method: str, params: dict[str, Any]) -> bool:
+        try:
+            self.mi.call(method, params)
+        except MiUnreachable:
+            raise
+        except MiError as err:
+            result.errors.append(err)
+            log.error("OpenSIPS MI: %s", err)
+            return False
+        result.applied.append((method, params))
+        return True
+
+    def forget(self, nodes: Iterable[str]) -> None:
+        """Forget the applied state of `nodes`: the next push sends them in full."""
+        for node in nodes:
+            if node in self._lb_applied:
+                self._lb_applied[node] = _LbApplied(None, None)
+            self._ds_applied.pop(node, None)

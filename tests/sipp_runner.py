@@ -1,0 +1,80 @@
+"""Running SIPp (Debian's sip-tester 3.6.1) from asyncio tests.
+
+FIELD-NOTES: always ``-cp <port> -ci 127.0.0.1`` (the control socket would
+otherwise be 0.0.0.0:8888 and collide); ``-mp N`` binds N and N+2, so both
+must be free; a UAS whose port is taken fails silently, so its port is
+checked first; ``kill -USR1`` ends SIPp softly with its statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+SCENARIOS = Path(__file__).parent / "sipp"
+SIPP = shutil.which("sipp")
+
+
+def _free(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(span: int = 1) -> int:
+    """A port N such that N..N+span-1 are free for UDP and TCP on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + span > 65535:
+            continue
+        if all(_free(p, k) for p in range(port, port + span)
+               for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    errors: str  # the -trace_err log: unexpected messages, failed checks
+
+    def explain(self) -> str:
+        return f"exit {self.returncode}\n{self.stderr[-3000:]}\n{self.errors[-3000:]}"
+
+
+async def run_sipp(scenario: str, *args: str, tmp: Path, timeout: float = 30.0,
+                   remote: str | None = None) -> SippResult:
+    """Run one SIPp instance to completion (``-m`` in ``args``) or ``timeout``."""
+    assert SIPP is not None
+    control = free_port()
+    media = free_port(3)
+    errors = tmp / f"{Path(scenario).stem}_errors.log"
+    command = [SIPP, *([remote] if remote else []), "-sf", str(SCENARIOS / scenario),
+               "-cp", str(control), "-ci", "127.0.0.1", "-mp", str(media),
+               "-nostdin", "-trace_err", "-error_file", str(errors), *args]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.send_signal(signal.SIGUSR1)  # soft end: statistics are written
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 5)
+        except TimeoutError:
+            process.kill()
+            stdout, stderr = await process.communicate()
+    text = errors.read_text(errors="replace") if errors.exists() else ""
+    return SippResult(process.returncode if process.returncode is not None else -1,
+                      stdout.decode(errors="replace"), stderr.decode(errors="replace"), text)
