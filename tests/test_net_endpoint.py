@@ -287,3 +287,19 @@ def test_request_uri_with_another_scheme_cannot_be_resolved():
     out = ep.submit(pub, pub.publish(b"{}", 0.0), 0.0)
     assert not [o for o in out if isinstance(o, Resolve | Transmit)]
     assert pub.retry_at is not None  # answered 416 by the endpoint: backing off
+
+
+def test_a_request_over_1300_bytes_goes_over_tcp_instead_of_udp():
+    pub = publisher(PROXY)
+    ep = endpoint(pub)
+    (sent,) = transmits(ep.submit(pub, pub.publish(b"x" * 1200, 0.0), 0.0))
+    assert sent.destination == Destination("TCP", PROXY.host, PROXY.port)
+    assert parse_message(sent.data).top_via.transport == "TCP"
+    assert len(sent.data) > 1300
+
+
+def test_a_small_request_stays_on_udp():
+    pub = publisher(PROXY)
+    ep = endpoint(pub)
+    (sent,) = transmits(ep.submit(pub, pub.publish(b"x" * 900, 0.0), 0.0))
+    assert sent.destination == PROXY and len(sent.data) <= 1300
