@@ -58,6 +58,7 @@ from .sip.subscription import (
     SubscriberConfig,
     SubscriberPool,
     SubscriptionEnded,
+    body_reason,
     direct_destination,
 )
 from .sip.transaction import Destination
@@ -324,8 +325,11 @@ class Watcher:
         self.pool = SubscriberPool()
         self.compositor: Compositor | None = None
         if self.config.compositor:
-            self.compositor = Compositor(PACKAGE, MEDIA_TYPE, authorize=self._authorize_publisher,
-                                         classify=self._classify, min_expires=self.config.min_publication)
+            self.compositor = Compositor(
+                PACKAGE, MEDIA_TYPE, resources=self._is_resource if self.config.resource else None,
+                authorize=self._authorize_publisher if self.trusted else None,
+                classify=self._classify, admit=self._admit,
+                min_expires=self.config.min_publication)
         self.subscribers: dict[str, Subscriber] = {}
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
@@ -579,41 +583,42 @@ class Watcher:
 
     # -- the compositor's hooks ------------------------------------------------------------------------
 
+    def _is_resource(self, uri: str) -> bool:
+        """Spec 5.5 step 2: the Request-URI names our resource (else 404)."""
+        try:
+            parsed = parse_uri(uri)
+        except SipError:
+            return False
+        return isinstance(parsed, SipUri) and parsed.user == self.config.resource
+
     def _authorize_publisher(self, request: Request, source: Destination, now: float) -> SipError | None:
-        resource = self.config.resource
-        if resource is not None:
-            uri = request.request_uri
-            if not isinstance(uri, SipUri) or uri.user != resource:
-                return SipError(404, f"no resource {uri.user if isinstance(uri, SipUri) else uri} here")
-        if self.trusted:
-            try:
-                address = ipaddress.ip_address(source.host.strip("[]"))
-            except ValueError:
-                return SipError(403, "source address not trusted")
-            if not any(address in network for network in self.trusted):
-                log.warning("PUBLISH from %s refused: not in the trusted networks", source.host)
-                return SipError(403, "source address not trusted")
+        """Spec 5.5 step 4: trusted networks."""
+        try:
+            address = ipaddress.ip_address(source.host.strip("[]"))
+        except ValueError:
+            address = None
+        if address is None or not any(address in network for network in self.trusted):
+            log.warning("PUBLISH from %s refused: not in the trusted networks", source.host)
+            return SipError(403, "source address not trusted")
         return None
 
     def _classify(self, request: Request, body: bytes) -> tuple[str, object]:
+        """Spec 5.5 step 9: the body's rules; the node is the publication's key."""
         try:
             status = decode(body)
         except StatusError as err:
             log.warning("PUBLISH body refused: %s", err)
-            raise SipError(400, invalid_body(err.member or "body", err.rule)) from None
-        etag = request.sip_if_match
-        if etag is not None:
-            assert self.compositor is not None
-            publication = self.compositor.by_etag.get(etag)
-            if publication is not None and publication.key != status.node:
-                # Spec 5.5 step 10: an entity tag belongs to one node for its whole life.
-                log.warning("PUBLISH for node %s under the entity tag of node %s refused",
-                            status.node, publication.key)
-                raise SipError(400, invalid_body("node", "publication"))
-        elif status.node not in self.table and not self.table.auto_join:
-            log.warning("PUBLISH for node %s refused: not in the pool (auto-join is off)", status.node)
-            raise SipError(403, f"node {status.node} is not in the pool")
+            raise SipError(400, body_reason(PACKAGE, err)) from None
         return status.node, status
+
+    def _admit(self, request: Request, source: Destination, node: str, status: object,
+               initial: bool) -> SipError | None:
+        """Spec 5.5 step 12: a node outside the pool joins only with auto-join."""
+        if initial and node not in self.table and not self.table.auto_join:
+            log.warning("PUBLISH for node %s from %s refused: not in the pool (auto-join is off)",
+                        node, source.host)
+            return SipError(403, f"node {node} is not in the pool")
+        return None
 
     # -- weights and timers ---------------------------------------------------------------------------
 

@@ -519,6 +519,42 @@ def test_an_older_publication_body_is_answered_200_and_ignored():
     run(main())
 
 
+def test_publish_to_another_resource_gets_404():
+    async def main():
+        config = WatcherConfig(compositor=True, auto_join=True, resource="pool-a")
+        watcher = Watcher([], config=config)
+        await watcher.start()
+        service, events = await publisher_service()
+        try:
+            _, failed = await publish(service, events, watcher, status_for("ast1"))  # to load-status@
+            assert isinstance(failed, PublicationFailed) and failed.status == 404
+            assert watcher.rows() == []
+        finally:
+            await service.close()
+            await watcher.close()
+
+    run(main())
+
+
+def test_an_invalid_publish_body_gets_400_naming_member_and_rule():
+    async def main():
+        watcher = Watcher([], config=WatcherConfig(compositor=True, auto_join=True))
+        await watcher.start()
+        service, events = await publisher_service()
+        try:
+            publisher, _ = await publish(service, events, watcher, status_for("ast1"))
+            bad = encode(status_for("ast1", capacity=0.5)).replace(b'"weight":50', b'"weight":7')
+            service.submit(publisher, publisher.publish(bad, service.now() + 1))
+            while not isinstance(failed := await asyncio.wait_for(events.get(), WAIT), PublicationFailed):
+                pass
+            assert (failed.status, failed.reason) == (400, "Invalid load-status body: weight (weight-hint)")
+        finally:
+            await service.close()
+            await watcher.close()
+
+    run(main())
+
+
 def test_publish_from_an_untrusted_network_gets_403():
     async def main():
         config = WatcherConfig(compositor=True, auto_join=True, trusted=("192.0.2.0/24",))
