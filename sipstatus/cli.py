@@ -114,6 +114,7 @@ def _watch_settings(args: argparse.Namespace, config: SidecarConfig) -> SidecarC
 
 def _watch(args: argparse.Namespace) -> int:
     config = _watch_settings(args, _config(args))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="sipstatus watch: %(message)s")
     if not config.agents and not config.compositor.enabled:
         raise ConfigError("--agent", "nothing to watch: give --agent NODE=URI, a --config with "
                           "[agents], or --listen to take PUBLISH")

@@ -216,6 +216,9 @@ class KamailioSection:
     list_file: str = _opt("", text(None, "a file path"))
     #: Seconds between dispatcher.reload calls at most (Kamailio's reload_delta).
     reload_interval: float = _opt(5.0, number(1.0, 3600.0))
+    #: Seconds between full pushes of every node's weight and state (a
+    #: restarted Kamailio has lost them; changes alone would not restore them); 0 = never.
+    resync_interval: float = _opt(30.0, number(0.0, 86_400.0))
     #: Seconds to wait for one RPC answer.
     timeout: float = _opt(2.0, number(0.1, 60.0))
     #: jsonrpcs fifo_reply_dir (fifo: only).
@@ -240,7 +243,8 @@ class SidecarConfig:
             max_rate=sip.max_rate or None, min_rate=sip.min_rate or None,
             compositor=comp.enabled or comp.auto_join, auto_join=comp.auto_join,
             resource=comp.resource or None, trusted=comp.trusted,
-            damper_step=self.policy.damper_step, startup_grace=self.policy.startup_grace)
+            damper_step=self.policy.damper_step, startup_grace=self.policy.startup_grace,
+            sink_resync=self.kamailio.resync_interval or None)
 
     def check(self) -> SidecarConfig:
         """Rules across sections; raises ConfigError."""

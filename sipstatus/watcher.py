@@ -189,7 +189,8 @@ class NodeRow:
     pushed: int | None
     cpu: float | None
     channels: int | None
-    limit: int | None
+    calls: int | None
+    limit: int | None  # Asterisk's maxcalls: a limit on calls
     mos: float | None
     p95: float | None
     age: float | None
@@ -210,7 +211,7 @@ def node_row(view: NodeView, weight: int | None, pushed: int | None, now: float,
     status = view.status
     if status is None:
         return NodeRow(view.node, "unknown", None, None, None, None, pushed, None, None, None,
-                       None, None, None, None, source, link)
+                       None, None, None, None, None, source, link)
     asterisk, cpu, quality, probe = status.asterisk, status.cpu, status.quality, status.probe
     age = view.age(now)
     return NodeRow(
@@ -223,6 +224,7 @@ def node_row(view: NodeView, weight: int | None, pushed: int | None, now: float,
         pushed=pushed,
         cpu=cpu.usage if cpu else None,
         channels=asterisk.channels if asterisk else None,
+        calls=asterisk.calls if asterisk else None,
         limit=asterisk.limit if asterisk else None,
         mos=quality.mos if quality else None,
         p95=probe.p95 if probe else None,
@@ -285,6 +287,9 @@ class WatcherConfig:
     #: Weights move only by this many points (or to or from 0).
     damper_step: int = 5
     startup_grace: float = STARTUP_GRACE
+    #: Every this many seconds, a sink that has `forget` is given the last
+    #: weights again in full (a restarted proxy lost them); None: never.
+    sink_resync: float | None = None
 
 
 class Watcher:
@@ -334,8 +339,11 @@ class Watcher:
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
         self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0}
-        self._sinks = [_SinkRunner(sink, views=False) for sink in sinks]
-        self._view_sinks = [_SinkRunner(sink, views=True) for sink in view_sinks]
+        resync = self.config.sink_resync
+        self._sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
+                       for sink in sinks]
+        self._view_sinks = [_SinkRunner(sink, views=True, resync=resync, done=self._sink_done)
+                            for sink in view_sinks]
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
@@ -648,6 +656,12 @@ class Watcher:
             except Exception:  # noqa: BLE001 - a UI's error must not stop the watcher
                 log.exception("on_change callback failed")
 
+    def _sink_done(self) -> None:
+        """A sink took a push: waiters (`wait_for`, `updates`) look again."""
+        self._version += 1
+        if self._changed is not None and self._loop is not None:
+            self._loop.create_task(self._wake())
+
     async def _wake(self) -> None:
         assert self._changed is not None
         async with self._changed:
@@ -713,17 +727,26 @@ class Watcher:
 
 
 class _SinkRunner:
-    """Feeds one sink from a task: the newest weights, one call at a time in
-    a worker thread (a sink may block on its proxy), held-back flushes on
-    time, and failures retried with backoff without stopping the watcher."""
+    """Feeds one sink from a task: the newest weights (or views), one call at
+    a time in a worker thread (a sink may block on its proxy), held-back
+    flushes on time, failures retried with backoff without stopping the
+    watcher, and, every `resync` seconds, the last push made again in full
+    (`forget` then `push`) for a sink that can forget: a proxy that
+    restarted has lost what it was told and only changes would reach it."""
 
-    def __init__(self, sink: Sink | ViewSink, *, views: bool) -> None:
+    def __init__(self, sink: Sink | ViewSink, *, views: bool, resync: float | None = None,
+                 done: Callable[[], None] | None = None) -> None:
         self.sink = sink
+        self.done = done
         self.views = views
+        self.resync = resync if resync and hasattr(sink, "forget") else None
         self.latest: Any = None
+        self.last: Any = None  # the last payload the sink took
         self.failures = 0
         self.last_error: str | None = None
         self.pushes = 0
+        self.resyncs = 0
+        self._resync_at: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -746,34 +769,55 @@ class _SinkRunner:
         next_flush = getattr(self.sink, "next_flush", None)
         return None if next_flush is None else next_flush()
 
+    def _push(self, payload: Any, now: float) -> None:
+        if self.views:
+            self.sink.push(payload)  # type: ignore[call-arg]
+        else:
+            self.sink.push(payload, now)  # type: ignore[call-arg]
+
+    def _push_again(self, payload: Any, now: float) -> None:
+        nodes = [v.node for v in payload] if self.views else list(payload)
+        self.sink.forget(nodes)  # type: ignore[union-attr]
+        self._push(payload, now)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = self._next_flush()
-            timeout = None if due is None else max(0.0, due - loop.time())
+            times = [t for t in (due, self._resync_at) if t is not None]
+            timeout = None if not times else max(0.0, min(times) - loop.time())
             if self.latest is None:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     pass
             self._wake.clear()
-            weights, self.latest = self.latest, None
+            payload, self.latest = self.latest, None
             now = loop.time()
+            resync_due = self._resync_at is not None and now >= self._resync_at
             try:
-                if weights is not None and self.views:
-                    await asyncio.to_thread(self.sink.push, weights)  # type: ignore[call-arg]
+                if resync_due:
+                    payload = self.last if payload is None else payload
+                    await asyncio.to_thread(self._push_again, payload, now)
+                    self.resyncs += 1
+                    self.last = payload
+                elif payload is not None:
+                    await asyncio.to_thread(self._push, payload, now)
                     self.pushes += 1
-                elif weights is not None:
-                    await asyncio.to_thread(self.sink.push, weights, now)  # type: ignore[call-arg]
-                    self.pushes += 1
+                    self.last = payload
                 elif due is not None and now >= due:
                     await asyncio.to_thread(self.sink.flush, now)  # type: ignore[union-attr]
+                if self.resync is not None and self.last is not None and (
+                        self._resync_at is None or resync_due):
+                    self._resync_at = now + self.resync
                 self.failures = 0
+                if self.done is not None:
+                    self.done()
             except Exception as err:  # noqa: BLE001 - the proxy may be restarting
                 self.failures += 1
                 self.last_error = str(err)
                 wait = min(SINK_RETRY_MAX, 0.5 * 2 ** (self.failures - 1))
                 log.warning("%s: %s; trying again in %.1f s", type(self.sink).__name__, err, wait)
-                if weights is not None and self.latest is None:
-                    self.latest = weights
+                if payload is not None and self.latest is None:
+                    self.latest = payload
                 await asyncio.sleep(wait)

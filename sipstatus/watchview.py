@@ -26,7 +26,8 @@ _COLOURS = {
     "down": "\x1b[31m",
     "unknown": "\x1b[2m",  # dim
 }
-HEADER = ("", "NODE", "STATE", "CAP", "WEIGHT", "CPU", "CHANNELS", "MOS", "P95", "AGE", "LINK")
+HEADER = ("", "NODE", "STATE", "CAP", "WEIGHT", "CPU", "CHANNELS", "CALLS/LIMIT", "MOS", "P95", "AGE",
+          "LINK")
 
 
 def sort_rows(rows: Iterable[NodeRow]) -> list[NodeRow]:
@@ -60,8 +61,9 @@ def _age(seconds: float | None) -> str:
 
 
 def cells(row: NodeRow) -> tuple[str, ...]:
-    channels = "?" if row.channels is None and row.limit is None else \
-        f"{_num(row.channels, 'd')}/{'-' if row.limit is None else row.limit}"
+    # Asterisk's limit (maxcalls) counts calls; "-" when it has none.
+    calls = "?" if row.calls is None and row.limit is None else \
+        f"{_num(row.calls, 'd')}/{'-' if row.limit is None else row.limit}"
     return (
         " " if row.takes_calls else "!",
         row.node,
@@ -69,7 +71,8 @@ def cells(row: NodeRow) -> tuple[str, ...]:
         _num(row.capacity, ".2f"),
         _num(row.weight, "d"),
         "?" if row.cpu is None else f"{row.cpu * 100:.0f}%",
-        channels,
+        _num(row.channels, "d"),
+        calls,
         _num(row.mos, ".2f"),
         "?" if row.p95 is None else f"{row.p95:.1f}ms",
         _age(row.age),

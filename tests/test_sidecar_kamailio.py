@@ -91,6 +91,28 @@ def test_htable_and_dispatcher_states_follow_the_agents(tmp_path):
     assert "weights: ast1=0" in log.read_text()
 
 
+def test_what_kamailio_lost_is_pushed_again(tmp_path):
+    # A Kamailio restart empties the htable and resets dispatcher states; the
+    # agents report no change, so only the periodic full push restores them.
+    log = tmp_path / "sidecar.log"
+    config = tmp_path / "sidecar.toml"
+    config.write_text("[kamailio]\nresync_interval = 1.0\n")
+    with AgentsProcess("ast1:0.5:100", "ast2:0.8:100") as agents, \
+            running_kamailio(tmp_path, dispatcher_list(agents.uris)) as run:
+        rpc = JsonRpcClient(f"unix:{run}/rpc.sock")
+        proc = sidecar("--config", str(config), "--policy", "headroom", "--kamailio-rpc",
+                       f"unix:{run}/rpc.sock", *(f"--agent={n}={u}" for n, u in agents.uris.items()),
+                       log=log)
+        try:
+            wait_for(rpc, {"ast1": (50, "A"), "ast2": (80, "A")}, log, "the first weights")
+            rpc.call("htable.delete", "sipstatus", "ast1")
+            rpc.call("dispatcher.set_duid_state", "i", 1, "ast2")
+            assert kamailio_view(rpc) == {"ast1": (None, "A"), "ast2": (80, "I")}
+            wait_for(rpc, {"ast1": (50, "A"), "ast2": (80, "A")}, log, "the weights restored")
+        finally:
+            stop(proc, log)
+
+
 def _free_port_on(hosts: list[str]) -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:

@@ -153,10 +153,11 @@ def test_states_that_take_no_calls_are_in_capitals():
 
 def test_table_marks_nodes_that_take_no_calls_and_shows_unknown_as_question_marks():
     table = render_table(rows(), policy="headroom", clock=0).splitlines()
-    assert table[1].split() == ["NODE", "STATE", "CAP", "WEIGHT", "CPU", "CHANNELS", "MOS", "P95", "AGE", "LINK"]
-    assert table[2].split()[:5] == ["ast1", "active", "0.60", "60", "40%"]
+    assert table[1].split() == ["NODE", "STATE", "CAP", "WEIGHT", "CPU", "CHANNELS", "CALLS/LIMIT", "MOS",
+                                "P95", "AGE", "LINK"]
+    assert table[2].split()[:9] == ["ast1", "active", "0.60", "60", "40%", "10", "5/100", "4.30", "3.2ms"]
     assert all(line.startswith("!") for line in table[3:])
-    assert table[5].split()[1:] == ["ast4", "UNKNOWN", "?", "?", "?", "?", "?", "?", "?"]
+    assert table[5].split()[1:] == ["ast4", "UNKNOWN", "?", "?", "?", "?", "?", "?", "?", "?"]
 
 
 def test_colour_only_when_asked():
@@ -169,5 +170,5 @@ def test_json_rows_keep_unknown_as_null():
     nodes = json.loads(render_json(rows(), policy="headroom", clock=1.0))["nodes"]
     assert nodes[-1] == {"node": "ast4", "state": "unknown", "reported": None, "reason": None,
                          "capacity": None, "weight": None, "pushed": 0, "cpu": None, "channels": None,
-                         "limit": None, "mos": None, "p95": None, "age": None, "validity": None,
+                         "calls": None, "limit": None, "mos": None, "p95": None, "age": None, "validity": None,
                          "source": None, "link": ""}

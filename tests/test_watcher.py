@@ -359,6 +359,32 @@ def test_after_the_startup_grace_an_unknown_node_is_pushed_as_0():
     run(main())
 
 
+class ForgettingSink(RecordingSink):
+    def __init__(self):
+        super().__init__()
+        self.forgotten: list[list[str]] = []
+
+    def forget(self, nodes):
+        self.forgotten.append(sorted(nodes))
+
+
+def test_a_sink_that_can_forget_is_given_everything_again_periodically():
+    async def main():
+        agent = await FakeAgent("ast1", capacity=0.5).start()
+        sink = ForgettingSink()
+        config = WatcherConfig(sink_resync=0.2)
+        watcher = await started([agent], config=config, policy=HeadroomPolicy(), sinks=[sink])
+        try:
+            await until(watcher, lambda w: len(sink.forgotten) >= 2, "two resyncs")
+            assert sink.forgotten[:2] == [["ast1"], ["ast1"]]
+            assert all(p == {"ast1": 50} for p in sink.pushes)
+        finally:
+            await watcher.close()
+            await agent.stop()
+
+    run(main())
+
+
 class FailingOnceSink(RecordingSink):
     def __init__(self):
         super().__init__()
