@@ -347,6 +347,7 @@ class Watcher:
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
+        self._answered: set[str] = set()  # agents that sent a body or whose subscription failed
         self._weights: dict[str, int] = {}
         self._pushed: dict[str, int] | None = None
         self._started_at = 0.0
@@ -355,7 +356,7 @@ class Watcher:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._version = 0
-        self._changed: asyncio.Condition | None = None  # made by start(), on the loop
+        self._changed: asyncio.Event | None = None  # set and replaced at each change
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
@@ -364,7 +365,7 @@ class Watcher:
     async def start(self) -> None:
         """Listen, subscribe to every agent and start the sinks."""
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         users: list[object] = [self.pool]
         if self.compositor is not None:
             users.append(self.compositor)
@@ -378,6 +379,10 @@ class Watcher:
                 await self.service.close()
                 raise OSError(err.errno, f"cannot listen on {text}: {err.strerror or err}") from None
             self.addresses.append((transport, bound[0], bound[1]))
+        if ipaddress.ip_address(self.addresses[0][1]).is_unspecified and not self.config.advertise:
+            await self.service.close()
+            raise ValueError(f"listening on {self.config.listen[0]} needs the address agents reach "
+                             "this host at for our Contact (advertise / sip.advertise)")
         now = self.now()
         self._started_at = now
         base = self._subscriber_config()
@@ -399,10 +404,8 @@ class Watcher:
                 self.service.submit(self.pool, self.pool.stop(sub, now))
         # Wait for the subscriptions that were up; one still being made is
         # unsubscribed on its 2xx if that comes before we are gone.
-        deadline = now + CLOSE_WAIT
-        while self.now() < deadline and any(
-                s.state == UNSUBSCRIBING for s in self.subscribers.values() if s in self.pool.subscribers):
-            await asyncio.sleep(0.01)
+        await self.wait_for(lambda w: not any(
+            s.state == UNSUBSCRIBING for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
                 handle.cancel()
@@ -485,33 +488,34 @@ class Watcher:
     def settled(self) -> bool:
         """Whether every agent has answered one way or another: a status
         accepted, or its subscription failed, refused or ended."""
-        return all(self.table.view(node, self.now()).status is not None
-                   or self._link.get(node, "subscribing") != "subscribing"
-                   for node in self.agents)
+        return all(node in self._answered for node in self.agents)
 
     async def updates(self) -> AsyncIterator[list[NodeRow]]:
-        """Snapshots of `rows()`, one after each change (changes in between coalesce)."""
-        assert self._changed is not None, "the watcher is not started"
+        """Snapshots of `rows()`, one after each change (changes made while the
+        reader was busy coalesce into the next snapshot)."""
         seen = -1
         while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda seen=seen: self._version != seen)
-                seen = self._version
+            while self._version == seen:
+                assert self._changed is not None, "the watcher is not started"
+                await self._changed.wait()
+            seen = self._version
             yield self.rows()
 
     async def wait_for(self, predicate: Callable[[Watcher], bool], timeout: float) -> bool:
-        """Wait until `predicate(self)` holds after some change, at most `timeout` s."""
-        assert self._changed is not None, "the watcher is not started"
-
-        async def wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-            return True
-        except TimeoutError:
-            return predicate(self)
+        """Wait until `predicate(self)` holds, looking again after each change
+        (and each push a sink took); False if it still does not after `timeout` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate(self):
+            assert self._changed is not None, "the watcher is not started"
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return predicate(self)
+        return True
 
     def _link_text(self, node: str, now: float) -> str:
         sub = self.subscribers.get(node)
@@ -523,6 +527,8 @@ class Watcher:
 
     def _on_event(self, event: object) -> None:
         now = self.now()
+        if isinstance(event, NotificationReceived | NotificationRejected | SubscriptionEnded):
+            self._answered.add(event.subscriber.key)
         if isinstance(event, NotificationReceived):
             node = event.subscriber.key
             self._link[node] = "active" if event.state != "terminated" else "terminated"
@@ -646,10 +652,8 @@ class Watcher:
         views = list(self.table.views(now))
         self._weights = self.policy.weights(views)
         self._push(now, views)
-        self._version += 1
         self._arm()
-        if self._changed is not None:
-            self._loop.create_task(self._wake())  # type: ignore[union-attr]
+        self._bump()
         if self.on_change is not None:
             try:
                 self.on_change(self.rows(now))
@@ -658,14 +662,13 @@ class Watcher:
 
     def _sink_done(self) -> None:
         """A sink took a push: waiters (`wait_for`, `updates`) look again."""
-        self._version += 1
-        if self._changed is not None and self._loop is not None:
-            self._loop.create_task(self._wake())
+        self._bump()
 
-    async def _wake(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+    def _bump(self) -> None:
+        self._version += 1
+        if self._changed is not None:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def _push(self, now: float, views: list[NodeView]) -> None:
         if not self._sinks and not self._view_sinks:

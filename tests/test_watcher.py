@@ -315,6 +315,37 @@ def test_close_unsubscribes():
     run(main())
 
 
+def test_listening_on_a_wildcard_address_needs_an_advertised_one():
+    async def main():
+        watcher = Watcher([], config=WatcherConfig(listen=("udp:0.0.0.0:0",), compositor=True))
+        with pytest.raises(ValueError, match=r"listening on udp:0\.0\.0\.0:0 needs the address agents reach"):
+            await watcher.start()
+        advertised = Watcher([], config=WatcherConfig(listen=("udp:0.0.0.0:0",), advertise="127.0.0.1",
+                                                     compositor=True))
+        await advertised.start()
+        try:
+            assert advertised.contact.startswith("sip:sipstatus@127.0.0.1:")
+        finally:
+            await advertised.close()
+
+    run(main())
+
+
+def test_a_listen_address_in_use_is_named():
+    async def main():
+        first = Watcher([], config=WatcherConfig(compositor=True))
+        await first.start()
+        _, host, port = first.addresses[0]
+        second = Watcher([], config=WatcherConfig(listen=(f"udp:{host}:{port}",), compositor=True))
+        try:
+            with pytest.raises(OSError, match=f"cannot listen on udp:{host}:{port}"):
+                await second.start()
+        finally:
+            await first.close()
+
+    run(main())
+
+
 # -- sinks ---------------------------------------------------------------------------------------
 
 
