@@ -1,11 +1,14 @@
 """The `sipstatus-agent` command line.
 
     sipstatus-agent --version
+    sipstatus-agent run [--config FILE] [--listen URI]... [--trust CIDR]... [--publish SIP-URI]...
     sipstatus-agent check-config FILE
     sipstatus-agent sample [--config FILE] [--json]
+    sipstatus-agent status [--json]
+    sipstatus-agent drain | undrain
 
-`run`, `status`, `drain` and `undrain` (the service and its control) are
-issue 5; they will reuse `Sampler` from agent.sampler.
+`status`, `drain` and `undrain` talk to the running agent over its control
+socket (agent.control).
 
 Exit status: 0 done; 1 runtime failure; 2 bad configuration or usage.
 """
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -24,7 +30,8 @@ from sipstatus.status import LoadStatus
 
 from . import __version__
 from .collectors.registry import build_collectors
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, listen_addresses, load, networks, sip_uris
+from .control import ControlError, default_socket_path, request
 from .sampler import Sampler
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -33,19 +40,94 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipstatus-agent", description="Asterisk load status over SIP: the agent.")
     parser.add_argument("--version", action="version", version=f"sipstatus-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the agent (notifier and publisher) until SIGTERM")
+    run.add_argument("--config", metavar="FILE", help="configuration file (default: built-in defaults)")
+    run.add_argument("--listen", metavar="URI", action="append", default=None,
+                     help="listen for SUBSCRIBE on udp:|tcp:|tls:HOST:PORT (repeatable; replaces notifier.listen)")
+    run.add_argument("--trust", metavar="CIDR", action="append", default=None,
+                     help="let this network subscribe (repeatable; replaces notifier.trust)")
+    run.add_argument("--publish", metavar="SIP-URI", action="append", default=None,
+                     help="PUBLISH to this compositor (repeatable; replaces publisher.targets)")
+    run.add_argument("--control", metavar="PATH", help=f"control socket (default: {default_socket_path()})")
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     sample = sub.add_parser("sample", help="take one measurement now and print it")
     sample.add_argument("--config", metavar="FILE", help="configuration file (default: built-in defaults)")
     sample.add_argument("--json", action="store_true", help="print the exact load-status body")
+    for name, text in (("status", "print the running agent's current status"),
+                       ("drain", "take this node out of rotation (state draining) at once"),
+                       ("undrain", "put this node back into rotation")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--control", metavar="PATH", help=f"control socket (default: {default_socket_path()})")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the status as its wire JSON")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "run":
+        return run_command(args)
+    if args.command in ("status", "drain", "undrain"):
+        return control_command(args.command, args.control or default_socket_path(), getattr(args, "json", False))
     return sample_command(args.config, args.json)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`run`: the configuration (file, then command-line overrides), then the service."""
+    try:
+        config = load(args.config) if args.config else Config()
+        config = apply_overrides(config, listen=args.listen, trust=args.trust, publish=args.publish)
+    except ConfigError as exc:
+        print(f"sipstatus-agent: {args.config + ': ' if args.config else ''}{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=config.agent.log_level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .service import run
+
+    try:
+        return run(config, config_path=args.config, control_path=args.control or default_socket_path())
+    except (OSError, ValueError, ControlError, ssl.SSLError) as exc:
+        print(f"sipstatus-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def apply_overrides(config: Config, *, listen: Sequence[str] | None = None, trust: Sequence[str] | None = None,
+                    publish: Sequence[str] | None = None) -> Config:
+    """`config` with the command line's --listen, --trust and --publish in
+    place of the file's lists; raises ConfigError naming the option."""
+    notifier, publisher = config.notifier, config.publisher
+    for option, values, check, field in (("--listen", listen, listen_addresses, "listen"),
+                                         ("--trust", trust, networks, "trust")):
+        if values is not None:
+            try:
+                notifier = dataclasses.replace(notifier, **{field: check(list(values))})
+            except ValueError as exc:
+                raise ConfigError(option, str(exc)) from None
+    if publish is not None:
+        try:
+            publisher = dataclasses.replace(publisher, targets=sip_uris(list(publish)))
+        except ValueError as exc:
+            raise ConfigError("--publish", str(exc)) from None
+    return dataclasses.replace(config, notifier=notifier, publisher=publisher)
+
+
+def control_command(command: str, path: str, as_json: bool, out: TextIO | None = None,
+                    err: TextIO | None = None) -> int:
+    """`status`, `drain`, `undrain`: ask the running agent, print its status."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        body = request(path, command)
+    except ControlError as exc:
+        print(f"sipstatus-agent {command}: {exc}", file=err)
+        return EXIT_FAILURE
+    if as_json:
+        print(json.dumps(body, separators=(",", ":")), file=out)
+    else:
+        print(render(codec.from_wire(body)), file=out)
+    return EXIT_OK
 
 
 def check_config(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:

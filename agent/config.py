@@ -14,6 +14,7 @@ not silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import socket
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sipstatus.sip import SipError, SipUri, parse_uri
 
 DEFAULT_PATH = Path("/etc/sipstatus/agent.toml")
 COLLECTOR_NAMES = ("host", "asterisk", "probe", "network")
@@ -224,16 +227,113 @@ class ScoringConfig:
     unknown_capacity: float = _opt(0.5, number(0.0, 1.0))
 
 
+def listen_addresses(value: object) -> tuple[str, ...]:
+    """`udp:HOST:PORT`, `tcp:[IPv6]:PORT`, `tls:HOST:PORT` (see parse_listen)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of addresses like \"udp:0.0.0.0:5070\", got {_show(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"must be a list of strings, got {_show(item)}")
+        parse_listen(item)
+    return tuple(value)
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """("UDP"|"TCP"|"TLS", host, port) from `udp:HOST:PORT`; ValueError naming the problem."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport.lower() not in ("udp", "tcp", "tls"):
+        raise ValueError(f"{_show(text)}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT")
+    if rest.startswith("["):
+        host, sep, port_text = rest[1:].partition("]:")
+    else:
+        host, sep, port_text = rest.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{_show(text)}: expected a host and a port 1..65535 (IPv6 in brackets: tcp:[::1]:5070)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{_show(text)}: {host!r} is not an IP address (listen on an address, not a name)") from None
+    return transport.upper(), host, int(port_text)
+
+
+def networks(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of networks like \"192.0.2.0/24\", got {_show(value)}")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{_show(item)} is not an IP network (CIDR, e.g. 192.0.2.0/24 or 2001:db8::/32)") from None
+    return tuple(value)
+
+
+def sip_uris(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of SIP URIs, got {_show(value)}")
+    for item in value:
+        try:
+            uri = parse_uri(item) if isinstance(item, str) else None
+        except SipError as exc:
+            raise ValueError(f"{_show(item)} is not a SIP URI: {exc.reason}") from None
+        if not isinstance(uri, SipUri):
+            raise ValueError(f"{_show(item)} is not a sip: or sips: URI")
+    return tuple(value)
+
+
+def credentials(value: object) -> tuple[tuple[str, str], ...]:
+    """A table of user name = "password", kept as sorted pairs (frozen)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()):
+        raise ValueError(f"must be a table of user name = \"password\", got {_show(value)}")
+    return tuple(sorted(value.items()))
+
+
 @dataclass(frozen=True)
 class NotifierConfig:
-    """Reserved for the notifier (issue 5: listen addresses, trusted
-    networks, RFC 6446 rate bounds). No keys are defined yet."""
+    """The notifier: proxies SUBSCRIBE here for load-status (spec section 4)."""
+
+    #: Where SUBSCRIBEs are received (udp:, tcp:, tls: HOST:PORT); 5070 is
+    #: clear of Asterisk's 5060/5061. [] = no notifier.
+    listen: tuple[str, ...] = _opt(("udp:0.0.0.0:5070", "tcp:0.0.0.0:5070"), listen_addresses)
+    #: Sources allowed to subscribe without credentials (CIDR networks).
+    trust: tuple[str, ...] = _opt(("127.0.0.0/8", "::1/128"), networks)
+    #: Digest users allowed to subscribe from anywhere (name = password);
+    #: empty = no digest (untrusted sources get 403).
+    users: tuple[tuple[str, str], ...] = _opt((), credentials)
+    #: Digest realm; "" = the node name.
+    realm: str = _opt("", text(r"[^\"\r\n]*", "a realm without quotes"))
+    #: TLS listener: certificate and key (PEM files).
+    tls_certificate: str = _opt("", text(None, "a file path"))
+    tls_key: str = _opt("", text(None, "a file path"))
+    #: CA (PEM) that signs the proxies' client certificates; a proxy with a
+    #: certificate verified against it may subscribe over TLS. "" = none.
+    tls_client_ca: str = _opt("", text(None, "a file path"))
+    #: Caps (spec 4.6.2): beyond them a new subscription gets 503 + Retry-After.
+    max_subscriptions: int = _opt(256, integer(1, 100_000))
+    max_per_source: int = _opt(16, integer(1, 100_000))
+    #: NOTIFYs per second per subscription at most (spec 8: default 2, absolute 10).
+    max_rate: float = _opt(2.0, number(0.0, 10.0, lo_open=True))
+    #: Seconds between NOTIFYs without a change at most; 0 = validity / 3.
+    heartbeat: float = _opt(0.0, number(0.0, 3600.0))
+    default_expires: int = _opt(600, integer(60, 86_400))
+    max_expires: int = _opt(3600, integer(60, 86_400))
+    #: Seconds a proxy is told to wait before re-subscribing when the agent
+    #: stops (Subscription-State: terminated;reason=probation;retry-after).
+    restart_retry_after: int = _opt(30, integer(0, 86_400))
 
 
 @dataclass(frozen=True)
 class PublisherConfig:
-    """Reserved for the publisher (issue 5: PUBLISH targets, rate bounds).
-    No keys are defined yet."""
+    """The publisher: the agent PUBLISHes load-status to these proxies (spec section 5)."""
+
+    #: Compositors to publish to (SIP URIs, resolved per RFC 3263); [] = none.
+    targets: tuple[str, ...] = _opt((), sip_uris)
+    #: Requested publication lifetime, seconds (spec 5.3: default 600, minimum 60).
+    expires: int = _opt(600, integer(60, 86_400))
+    #: PUBLISHes per second per target at most (spec 8.7: default 2, absolute 10).
+    max_rate: float = _opt(2.0, number(0.0, 10.0, lo_open=True))
+    #: Digest credentials, when a compositor challenges.
+    username: str = _opt("", text(r"[^\s]*", "a user name without spaces"))
+    password: str = _opt("", text(r"[^\r\n]*", "a string without line breaks"))
 
 
 @dataclass(frozen=True)
@@ -315,6 +415,16 @@ def _check_relations(config: Config) -> None:
     p = config.collectors.probe
     if p.window < p.interval:
         raise ConfigError("collectors.probe.window", f"must be at least the probe interval ({p.interval:g} s), got {p.window:g}")
+    n = config.notifier
+    if n.max_expires < n.default_expires:
+        raise ConfigError("notifier.max_expires", f"must be at least default_expires ({n.default_expires}), got {n.max_expires}")
+    if n.heartbeat and n.heartbeat < 1 / n.max_rate:
+        raise ConfigError("notifier.heartbeat", f"must be at least 1/max_rate ({1 / n.max_rate:g} s), got {n.heartbeat:g}")
+    tls = [a for a in n.listen if a.lower().startswith("tls:")]
+    if tls and not (n.tls_certificate and n.tls_key):
+        raise ConfigError("notifier.tls_certificate", f"a TLS listener ({tls[0]}) needs tls_certificate and tls_key")
+    if bool(config.publisher.username) != bool(config.publisher.password):
+        raise ConfigError("publisher.password", "username and password go together")
     if a.manager_conf and not a.secret:
         # Read now, so that a wrong path or user is an error at start.
         manager_secret(a.manager_conf, a.username)

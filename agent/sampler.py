@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from sipstatus import codec
 from sipstatus.status import LoadStatus
@@ -53,6 +53,7 @@ class Sampler:
         #: The current failure of each collector (None: working).
         self.errors: dict[str, str | None] = {c.name: None for c in self.collectors}
         self.last_reading: Reading | None = None
+        self._readings: dict[str, Reading] = {}  # each collector's last reading
         self.last_score: Score | None = None
 
     async def start(self) -> None:
@@ -69,26 +70,30 @@ class Sampler:
             except Exception as exc:  # stopping must reach every collector
                 log.warning("collector %s: stop failed: %s", c.name, exc)
 
-    def measure(self, now: float | None = None) -> Reading:
-        """Collect from every collector and merge. Never raises for a
-        collector's failure."""
+    def measure(self, now: float | None = None, only: Collection[str] | None = None) -> Reading:
+        """Collect and merge. With `only`, just those collectors collect; the
+        others' last readings are reused (an AMI channel event need not cut
+        the CPU window short). Never raises for a collector's failure."""
         now = self.clock() if now is None else now
-        readings = []
         for c in self.collectors:
+            if only is not None and c.name not in only:
+                continue
             try:
                 reading = c.collect(now)
             except Exception as exc:
                 self._note(c.name, f"{type(exc).__name__}: {exc}")
+                self._readings.pop(c.name, None)
                 continue
             self._note(c.name, reading.error)
-            readings.append(reading)
-        merged = merge(readings)
+            self._readings[c.name] = reading
+        merged = merge(self._readings[c.name] for c in self.collectors if c.name in self._readings)
         self.last_reading = merged
         return merged
 
-    def sample(self, draining: bool = False, now: float | None = None) -> LoadStatus:
-        """One LoadStatus: measure, score, number it."""
-        reading = self.measure(now)
+    def sample(self, draining: bool = False, now: float | None = None,
+               only: Collection[str] | None = None) -> LoadStatus:
+        """One LoadStatus: measure (`only` some collectors, see `measure`), score, number it."""
+        reading = self.measure(now, only)
         score = self.scorer.score(reading, draining)
         self.last_score = score
         status = LoadStatus(

@@ -48,6 +48,36 @@ def test_sections_from_several_collectors_are_merged_member_by_member():
     assert status.state is State.ACTIVE
 
 
+class Counting(Fixed):
+    def __init__(self, name, readings):
+        super().__init__(name, None)
+        self.readings = iter(readings)
+        self.calls = 0
+
+    def collect(self, now):
+        self.calls += 1
+        return next(self.readings)
+
+
+def test_a_partial_sample_collects_only_the_named_collectors_and_reuses_the_others():
+    host = Counting("host", [Reading(cpu=Cpu(usage=0.3)), Reading(cpu=Cpu(usage=0.9))])
+    ami = Counting("asterisk", [Reading(asterisk=Asterisk(channels=1, calls=1), link=AsteriskLink.UP),
+                                Reading(asterisk=Asterisk(channels=2, calls=2), link=AsteriskLink.UP)])
+    sampler = Sampler(Config(), [host, ami])
+    sampler.sample()
+    status = sampler.sample(only=("asterisk",))
+    assert (host.calls, ami.calls) == (1, 2)
+    assert status.cpu.usage == 0.3 and status.asterisk.channels == 2
+
+
+def test_a_sample_of_no_collector_rescores_the_last_readings():
+    host = Counting("host", [Reading(cpu=Cpu(usage=0.3))])
+    sampler = Sampler(Config(), [host])
+    sampler.sample()
+    status = sampler.sample(draining=True, only=())
+    assert host.calls == 1 and status.state is State.DRAINING and status.cpu.usage == 0.3
+
+
 def test_a_raising_collector_is_logged_once_and_the_others_go_on(caplog):
     broken = Raising("probe", RuntimeError("socket exploded"))
     host = Fixed("host", Reading(cpu=Cpu(usage=0.2)))

@@ -134,7 +134,7 @@ def test_bodies_are_not_published_faster_than_the_ceiling():
 
 
 def test_ceiling_is_never_below_100_ms():
-    assert publisher(ceiling=0.01).ceiling == 0.1
+    assert publisher(min_interval=0.01).ceiling == 0.1
 
 
 def test_cseq_rises_and_call_id_stays():

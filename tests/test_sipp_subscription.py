@@ -20,8 +20,7 @@ from sipstatus.sip.subscription import (
     SubscriptionRefreshed,
     SubscriptionTerminated,
 )
-
-from .sipp_runner import SIPP, free_port, run_sipp
+from tests.sipp_runner import SIPP, free_port, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

@@ -834,3 +834,34 @@ def test_contact_matches_source_helper():
 
     assert contact_matches_source(subscribe(), PROXY)
     assert not contact_matches_source(subscribe(contact="sip:victim@203.0.113.9"), PROXY)
+
+
+# -- the agent's body_source ---------------------------------------------------------------
+
+
+def test_a_body_source_renders_every_notify_afresh_heartbeats_included():
+    rendered = iter(f"body-{i}".encode() for i in range(100))
+    n = notifier(body_source=lambda: next(rendered))
+    n.state_changed(b"ignored: the source renders", 0.0)
+    _, first = established(n, 0.0)
+    later = [o.request.body for _, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert [first.request.body, *later] == [b"body-0", b"body-1", b"body-2", b"body-3"]
+
+
+@pytest.mark.parametrize("reason", ["probation", "noresource"])
+def test_a_stopping_notifier_sends_its_last_state_in_the_final_notify(reason):
+    n = notifier(body_source=lambda: b'{"state":"down"}')
+    established(n, 0.0)
+    retry_after = 30 if reason == "probation" else None
+    (final,) = notifies(n.terminate_all(reason, 1.0, retry_after=retry_after))
+    assert state_of(final).startswith(f"terminated;reason={reason}")
+    assert final.request.body == b'{"state":"down"}'
+    assert final.request.content_type == TYPE
+
+
+@pytest.mark.parametrize("reason", ["rejected", "deactivated", "giveup"])
+def test_a_final_notify_for_other_reasons_carries_no_body(reason):
+    n = notifier(body_source=lambda: b"state")
+    established(n, 0.0)
+    (final,) = notifies(n.terminate_all(reason, 1.0))
+    assert final.request.body == b"" and final.request.content_type is None

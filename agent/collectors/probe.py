@@ -35,7 +35,7 @@ from sipstatus.sip.identifiers import IdGenerator
 from sipstatus.status import Probe
 
 from ..config import ProbeConfig
-from .interface import Reading
+from .interface import OnChange, Reading
 
 # -- the SIP adapter ----------------------------------------------------------
 
@@ -179,8 +179,12 @@ class _Outstanding:
 class ProbeCollector:
     name = "probe"
 
-    def __init__(self, config: ProbeConfig, codec: OptionsCodec | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: ProbeConfig, codec: OptionsCodec | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_change: OnChange | None = None) -> None:
         self.config = config
+        #: Called with "probe" when a probe fails, and when an answer ends a
+        #: run of failures: a hung Asterisk reaches the proxies at once.
+        self.on_change = on_change
         self.target = Target.parse(config.target)
         self.codec: OptionsCodec = codec or SipOptionsCodec()
         self.clock = clock
@@ -258,8 +262,11 @@ class ProbeCollector:
         if outstanding.timer is not None:
             outstanding.timer.cancel()
         now = self.clock()
+        recovered = self.stats.failures_in_row > 0
         self.stats.answered(now, (now - outstanding.sent) * 1000.0)
         self.last_error = None
+        if recovered and self.on_change is not None:
+            self.on_change("probe")
 
     def _timed_out(self, branch: str) -> None:
         if branch in self._outstanding:
@@ -282,3 +289,5 @@ class ProbeCollector:
                 outstanding.timer.cancel()
         self.stats.failed(self.clock())
         self.last_error = reason
+        if self.on_change is not None:
+            self.on_change("probe")

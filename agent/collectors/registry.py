@@ -8,7 +8,7 @@ from .interface import Collector, OnChange
 
 def build_collectors(config: Config, on_change: OnChange | None = None) -> list[Collector]:
     """The enabled collectors, in the configured order. `on_change` goes to
-    the event-driven ones (asterisk). Raises ConfigError (e.g. an unreadable
+    the event-driven ones (asterisk: channels; probe: failures). Raises ConfigError (e.g. an unreadable
     manager.conf)."""
     c = config.collectors
     out: list[Collector] = []
@@ -24,7 +24,7 @@ def build_collectors(config: Config, on_change: OnChange | None = None) -> list[
         elif name == "probe":
             from .probe import ProbeCollector
 
-            out.append(ProbeCollector(c.probe))
+            out.append(ProbeCollector(c.probe, on_change=on_change))
         elif name == "network":
             from .network import NetworkCollector
 

@@ -119,6 +119,11 @@ class Endpoint:
     def malformed(self) -> int:
         return self.transactions.malformed
 
+    @property
+    def outstanding(self) -> int:
+        """Requests we sent that await a final response (or their targets)."""
+        return len(self._clients) + len(self._resolving)
+
     # -- input -------------------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Destination, now: float) -> list[object]:

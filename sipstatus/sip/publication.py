@@ -102,8 +102,8 @@ class Publisher:
     Without it the body given to :meth:`publish` is sent, and refreshes keep
     the publication alive.  ``authorize`` answers 401/407
     (``DigestClient.authorize``).  PUBLISH transactions start at least
-    ``ceiling`` apart when they carry a body, 100 ms apart otherwise (spec
-    8.1, 8.7), one outstanding at a time.
+    ``min_interval`` (the ceiling C) apart when they carry a body, 100 ms
+    apart otherwise (spec 8.1, 8.7), one outstanding at a time.
     """
 
     __slots__ = (
@@ -125,7 +125,7 @@ class Publisher:
         produce: Producer | None = None,
         heartbeat: float | None = None,
         expires: int = DEFAULT_EXPIRES,
-        ceiling: float = DEFAULT_CEILING,
+        min_interval: float = DEFAULT_CEILING,
         ids: IdGenerator | None = None,
         key: object = None,
     ) -> None:
@@ -141,7 +141,7 @@ class Publisher:
         self.produce = produce
         self.heartbeat = heartbeat
         self.expires = expires
-        self.ceiling = max(ceiling, ABSOLUTE_INTERVAL)
+        self.ceiling = max(min_interval, ABSOLUTE_INTERVAL)  # C of spec 8.7
         self.key = key
         # Spec 5.1: one Call-ID and From-tag for the publication, CSeq + 1 each.
         self.call_id = ids.call_id()

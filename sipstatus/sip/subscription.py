@@ -234,6 +234,11 @@ def next_hop_destination(request: Request, default_transport: str = "UDP") -> De
 
 # -- notifier -------------------------------------------------------------------------
 
+# Spec 4.7.4: NOTIFYs that carry the state: every active one, and the final
+# one after an unsubscribe or expiry (timeout) or when the agent stops
+# (probation, noresource: state down).  Other endings carry none.
+FINAL_WITH_BODY = frozenset({None, "timeout", "probation", "noresource"})
+
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
@@ -317,9 +322,9 @@ class Notifier:
     """The notifier of one event package (RFC 6665 section 4.2, spec 4.6-4.7).
 
     ``contact`` is our Contact URI, or a function of the transport a
-    SUBSCRIBE arrived on giving it.  ``produce(now)`` makes a fresh body for
-    each NOTIFY; without it the body last given to :meth:`state_changed` is
-    sent.  ``authorize`` decides on every SUBSCRIBE that would create,
+    SUBSCRIBE arrived on giving it.  ``produce(now)`` (or ``body_source()``)
+    makes a fresh body for each NOTIFY; without it the body last given to
+    :meth:`state_changed` is sent.  ``authorize`` decides on every SUBSCRIBE that would create,
     refresh or replace a subscription (see :data:`Authorizer`);
     ``notify_authorize`` answers a 401/407 to a NOTIFY.  Caps:
     ``max_subscriptions`` in total and ``max_per_source`` per source
@@ -354,11 +359,15 @@ class Notifier:
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
         ids: IdGenerator | None = None,
+        body_source: Callable[[], bytes | None] | None = None,
     ) -> None:
         if not 0 < max_rate <= max_rate_limit:
             raise ValueError("need 0 < max_rate <= max_rate_limit")
         if heartbeat < 1 / max_rate:
             raise ValueError("heartbeat shorter than the interval of the rate ceiling")
+        if body_source is not None and produce is None:
+            # The agent's spelling: a renderer that needs no clock.
+            produce = lambda now: body_source()  # noqa: E731
         self.package = package.lower()
         self.content_type = content_type.lower()
         self._contact = contact
@@ -729,7 +738,9 @@ class Notifier:
             if retry_after is not None:
                 state += f";retry-after={retry_after}"
         extra = [("Event", sub.event), ("Subscription-State", state)]
-        body = self._fresh_body(now) or b""
+        body = b""
+        if terminated in FINAL_WITH_BODY:
+            body = self._fresh_body(now) or b""
         if body:
             extra.append(("Content-Type", self.content_type))
         request = _in_dialog(sub.dialog, "NOTIFY", extra, body, f"<{sub.contact}>")

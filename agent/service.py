@@ -1,0 +1,443 @@
+"""The agent's service: sample, score, notify and publish; drain; stop cleanly.
+
+One asyncio task owns the loop (`AgentService.run`):
+
+- every `agent.interval` seconds a full sample (all collectors);
+- at once, a partial sample when an event-driven collector reports a change
+  (an AMI channel appearing or going, a probe failing or recovering): the
+  collectors that did not change keep their last readings;
+- each status goes to the notifier (`load-status` subscriptions, spec 4) and
+  the publishers (spec 5). A *significant* change (spec 8.3: a state change,
+  a weight change of `SIGNIFICANT_WEIGHT_STEP` or more, a changed affinity
+  set) is sent as soon as each subscription's rate ceiling allows; anything
+  else rides on the next heartbeat;
+- every body sent is rendered afresh with a new `seq` (spec 7.1), so a
+  heartbeat is never mistaken for an old, reordered body;
+- `drain`/`undrain` on the control socket rescore at once;
+- SIGTERM (or SIGINT): a final NOTIFY `terminated;reason=probation` with a
+  `down` body to every subscriber, publications removed (Expires: 0), at
+  most `STOP_WAIT` seconds for their answers, exit 0 (spec 4.7.4);
+- SIGHUP: the configuration file is read again; what can change at run time
+  (scoring thresholds, trusted networks, digest users) is applied, a broken
+  file is logged and the running configuration kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from sipstatus import codec
+from sipstatus.net.endpoint import Endpoint
+from sipstatus.net.service import SipService
+from sipstatus.sip.digest import DigestClient, DigestServer
+from sipstatus.sip.errors import SipError
+from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
+from sipstatus.sip.subscription import (
+    Notifier,
+    NotifyFailed,
+    SubscriptionCreated,
+    SubscriptionRejected,
+    SubscriptionTerminated,
+)
+from sipstatus.sip.transaction import Destination
+from sipstatus.status import LoadStatus, State
+
+from . import config as agent_config
+from . import sdnotify
+from .collectors.registry import build_collectors
+from .control import ControlServer
+from .sampler import Sampler, new_instance
+from .scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "load-status"
+#: Spec 8.3: a weight change of this much or more is significant.
+SIGNIFICANT_WEIGHT_STEP = 5
+#: Spec 4.7.4: how long a stopping agent waits for answers to its final requests.
+STOP_WAIT = 2.0
+#: How long the first status may wait for collectors that connect (AMI).
+SETTLE_WAIT = 2.0
+#: A documentation address (RFC 5737): connecting a UDP socket to it only
+#: consults the routing table (no packet is sent) and tells which local
+#: address the host would use, for the Via of a wildcard listener.
+_ROUTE_PROBE = "192.0.2.1"
+
+
+def is_significant(before: LoadStatus | None, after: LoadStatus) -> bool:
+    """Spec 8.3: a state change, a weight change of 5 or more, or a changed affinity set."""
+    if before is None:
+        return True
+    return (before.state is not after.state
+            or abs(before.weight - after.weight) >= SIGNIFICANT_WEIGHT_STEP
+            or set(before.affinity or ()) != set(after.affinity or ()))
+
+
+class AgentService:
+    """The running agent. `config_path` is re-read on SIGHUP (None: no file)."""
+
+    def __init__(self, config: agent_config.Config, *, config_path: str | None = None,
+                 control_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.control_path = control_path
+        self.instance = new_instance()
+        self.draining = False
+        self.status: LoadStatus | None = None  # the latest scored status
+        self._announced: LoadStatus | None = None  # the last significant one
+        self._seq = 0
+        self._changed: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_published = float("-inf")
+        self.sampler: Sampler | None = None
+        self.sip: SipService | None = None
+        self.endpoint: Endpoint | None = None
+        self.notifier: Notifier | None = None
+        self.publishers: list[Publisher] = []
+        self.control: ControlServer | None = None
+        self.addresses: list[tuple[str, str, int]] = []  # (transport, host, port) bound
+        self._trust: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._users: dict[str, str] = {}
+        self._digest: DigestServer | None = None
+        self._apply_notifier_auth(config)
+
+    # -- bodies -----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The current status as a body with a fresh seq (spec 7.1)."""
+        self._seq += 1
+        status = self.status or self._placeholder("starting")
+        return codec.encode(dataclasses.replace(status, seq=self._seq, instance=self.instance))
+
+    def _placeholder(self, reason: str) -> LoadStatus:
+        """Before the first measurement, and when stopping: state down (spec 4.7.2, 4.7.4)."""
+        return LoadStatus(node=self.config.node, instance=self.instance, seq=0,
+                          validity=self.config.agent.validity, state=State.DOWN, capacity=0.0,
+                          time=time.time(), reason=reason)
+
+    @property
+    def heartbeat(self) -> float:
+        n = self.config.notifier
+        return n.heartbeat or max(self.config.agent.validity / 3, 1 / n.max_rate)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+            sdnotify.ready(f"serving {self.config.node}: {self._describe_addresses()}")
+            await self._loop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await self.shutdown()
+        return 0
+
+    async def start(self) -> None:
+        """Collectors, SIP, control socket, first status. Raises OSError or
+        ValueError (e.g. a port in use, an unreadable certificate) with the
+        reason; nothing is left running then."""
+        cfg = self.config
+        self.sampler = Sampler(cfg, build_collectors(cfg, on_change=self._on_change), instance=self.instance)
+        try:
+            await self._start_sip()
+            self.control = ControlServer(self.control_path, self._control) if self.control_path else None
+            if self.control is not None:
+                await self.control.start()
+            await self.sampler.start()
+            await self.sampler.wait_settled(SETTLE_WAIT)
+            self.sampler.measure()  # the first reading opens the CPU and network windows
+            await asyncio.sleep(min(cfg.agent.sample_gap, cfg.agent.interval))
+            self._take(self.sampler.sample(self.draining))
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _start_sip(self) -> None:
+        cfg = self.config
+        self.notifier = Notifier(
+            PACKAGE, codec.MEDIA_TYPE, self._contact,
+            authorize=self._authorize,
+            default_expires=cfg.notifier.default_expires,
+            max_expires=cfg.notifier.max_expires,
+            max_subscriptions=cfg.notifier.max_subscriptions,
+            max_per_source=cfg.notifier.max_per_source,
+            busy_retry_after=60,
+            heartbeat=self.heartbeat,
+            max_rate=cfg.notifier.max_rate,
+            body_source=self.render,
+        )
+        p = cfg.publisher
+        client = DigestClient(p.username, p.password) if p.username else None
+        self.publishers = [
+            Publisher(target, PACKAGE, codec.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
+                      authorize=client.authorize if client else None, expires=p.expires,
+                      min_interval=1 / p.max_rate, key=target)
+            for target in p.targets
+        ]
+        users = [self.notifier, *self.publishers]
+        self.endpoint = Endpoint(users, allow_events=[PACKAGE])
+        self.sip = SipService(self.endpoint, on_event=self._on_sip_event)
+        listens = [agent_config.parse_listen(a) for a in cfg.notifier.listen]
+        if not listens and self.publishers:
+            # Publishing only: a socket to send from and hear answers on.
+            listens = [("UDP", "0.0.0.0", 0)]
+        for transport, host, port in listens:
+            context = self._tls_context() if transport == "TLS" else None
+            advertise = _route_address(host) if ipaddress.ip_address(host).is_unspecified else None
+            bound = await self.sip.listen(transport, host, port, ssl_context=context, advertise=advertise)
+            self.addresses.append((transport, *bound))
+
+    def _tls_context(self) -> ssl.SSLContext:
+        n = self.config.notifier
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(n.tls_certificate, n.tls_key)
+        if n.tls_client_ca:
+            context.load_verify_locations(n.tls_client_ca)
+            context.verify_mode = ssl.CERT_OPTIONAL  # no certificate: digest or trust may still admit
+        return context
+
+    async def _loop(self) -> None:
+        assert self.sampler is not None
+        interval = self.config.agent.interval
+        next_sample = asyncio.get_running_loop().time() + interval
+        watchdog = sdnotify.watchdog_period()
+        next_ping = 0.0
+        while not self._stop.is_set():
+            loop_time = asyncio.get_running_loop().time()
+            timeout = max(0.0, next_sample - loop_time)
+            if watchdog:
+                timeout = min(timeout, max(0.0, next_ping - loop_time))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if self._stop.is_set():
+                break
+            now = asyncio.get_running_loop().time()
+            if now >= next_sample:
+                self._changed.clear()
+                self._take(self.sampler.sample(self.draining))
+                next_sample = now + interval
+            elif self._changed:
+                only, self._changed = set(self._changed), set()
+                self._take(self.sampler.sample(self.draining, only=only))
+            if watchdog and now >= next_ping:
+                sdnotify.watchdog()
+                next_ping = now + watchdog / 2
+
+    def _take(self, status: LoadStatus) -> None:
+        """A new status: to the notifier and the publishers (see module doc)."""
+        assert self.sip is not None and self.notifier is not None
+        significant = is_significant(self._announced, status)
+        self.status = status
+        if significant:
+            if self._announced is not None and self._announced.state is not status.state:
+                log.info("state %s -> %s (%s)", self._announced.state.value, status.state.value, status.reason or "")
+            self._announced = status
+        now = self.sip.now()
+        self.sip.submit(self.notifier, self.notifier.state_changed(b"", now, significant))
+        if self.publishers and (significant or now - self._last_published >= self.heartbeat):
+            self._last_published = now
+            for publisher in self.publishers:
+                self.sip.submit(publisher, publisher.publish(self.render(), now))
+
+    def _on_change(self, what: str) -> None:
+        self._changed.add(what)
+        self._wake.set()
+
+    # -- draining and stopping -------------------------------------------------------------
+
+    def set_draining(self, draining: bool) -> LoadStatus:
+        """Drain (no new calls) or undrain; on the wire at once, within the rate ceiling."""
+        assert self.sampler is not None
+        if draining != self.draining:
+            log.info("%s by the operator", "draining" if draining else "undrained")
+        self.draining = draining
+        self._take(self.sampler.sample(draining, only=()))
+        assert self.status is not None
+        return self.status
+
+    async def _control(self, command: str) -> dict:
+        if command == "drain":
+            status = self.set_draining(True)
+        elif command == "undrain":
+            status = self.set_draining(False)
+        else:
+            status = self.status or self._placeholder("starting")
+        return codec.to_wire(dataclasses.replace(status, seq=self._seq, instance=self.instance))
+
+    def stop(self) -> None:
+        """Ask `run` to stop (as SIGTERM does)."""
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Final NOTIFYs and removed publications, answers awaited at most STOP_WAIT s."""
+        sdnotify.stopping()
+        if self.sip is not None and self.notifier is not None:
+            self.status = self._placeholder("agent shutting down")
+            now = self.sip.now()
+            self.sip.submit(self.notifier, self.notifier.terminate_all(
+                "probation", now, retry_after=self.config.notifier.restart_retry_after))
+            for publisher in self.publishers:
+                self.sip.submit(publisher, publisher.remove(now))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_WAIT
+            while self.endpoint is not None and self.endpoint.outstanding and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if self.endpoint is not None and self.endpoint.outstanding:
+                log.warning("stopping with %d requests unanswered", self.endpoint.outstanding)
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.sip is not None:
+            await self.sip.close()
+            self.sip = None
+
+    # -- reloading --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: read the file again; apply what can change while running."""
+        if self.config_path is None:
+            log.info("reload: no configuration file to read (started without --config)")
+            return
+        sdnotify.reloading()
+        try:
+            new = agent_config.load(self.config_path)
+        except agent_config.ConfigError as exc:
+            log.error("reload: %s; keeping the running configuration", exc)
+            sdnotify.ready("reload refused: configuration invalid")
+            return
+        restart = [name for name, a, b in (
+            ("notifier.listen", self.config.notifier.listen, new.notifier.listen),
+            ("collectors", self.config.collectors, new.collectors),
+            ("publisher", self.config.publisher, new.publisher),
+            ("agent.node", self.config.agent.node, new.agent.node),
+        ) if a != b]
+        if restart:
+            log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(restart))
+        applied = dataclasses.replace(self.config, scoring=new.scoring,
+                                      notifier=dataclasses.replace(self.config.notifier, trust=new.notifier.trust,
+                                                                   users=new.notifier.users, realm=new.notifier.realm),
+                                      agent=dataclasses.replace(self.config.agent, validity=new.agent.validity))
+        self.config = applied
+        self._apply_notifier_auth(applied)
+        if self.sampler is not None:
+            self.sampler.config = applied
+            self.sampler.scorer = Scorer(applied.scoring)
+        log.info("reload: configuration %s applied", self.config_path)
+        sdnotify.ready(f"serving {self.config.node}: {self._describe_addresses()}")
+
+    # -- authorization (spec 4.6.2) -------------------------------------------------------------
+
+    def _apply_notifier_auth(self, cfg: agent_config.Config) -> None:
+        n = cfg.notifier
+        self._trust = [ipaddress.ip_network(net, strict=False) for net in n.trust]
+        self._users = dict(n.users)
+        if self._users:
+            if self._digest is None or self._digest.realm != (n.realm or cfg.node):
+                self._digest = DigestServer(n.realm or cfg.node, os.urandom(32))
+        else:
+            self._digest = None
+
+    def _authorize(self, request: object, source: Destination, now: float) -> SipError | None:
+        try:
+            address = ipaddress.ip_address(source.host.strip("[]"))
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in self._trust):
+            return None
+        if (source.transport.upper() == "TLS" and self.config.notifier.tls_client_ca
+                and self.sip is not None and self.sip.peer_certificate(source)):
+            return None  # a client certificate verified against tls_client_ca
+        if self._digest is not None:
+            try:
+                self._digest.verify(request, now, self._users.get)  # type: ignore[arg-type]
+            except SipError as refusal:
+                return refusal
+            return None
+        return SipError(403, "Forbidden (source not trusted)")
+
+    # -- SIP plumbing --------------------------------------------------------------------------
+
+    def _contact(self, source: Destination) -> str:
+        transport = source.transport.upper()
+        host, port = self._local_for(transport, source.host)
+        host = f"[{host}]" if ":" in host else host
+        param = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"sip:{PACKAGE}@{host}:{port}{param}"
+
+    def _local_for(self, transport: str, peer: str) -> tuple[str, int]:
+        assert self.endpoint is not None
+        host, port = self.endpoint.local.get(transport) or next(iter(self.endpoint.local.values()))
+        bound = next((h for t, h, p in self.addresses if t == transport and p == port), host)
+        if ipaddress.ip_address(bound).is_unspecified:
+            host = _route_address(bound, peer.strip("[]"))
+        return host, port
+
+    def _on_sip_event(self, event: object) -> None:
+        if isinstance(event, SubscriptionCreated):
+            log.info("subscription from %s (%s:%s) for %d s", event.subscriber, event.source.host, event.source.port, event.expires)
+        elif isinstance(event, SubscriptionTerminated):
+            log.info("subscription %s ended: %s", event.id, event.reason)
+        elif isinstance(event, SubscriptionRejected):
+            log.info("SUBSCRIBE from %s:%s refused: %d %s", event.source.host, event.source.port, event.status, event.reason)
+        elif isinstance(event, NotifyFailed):
+            log.warning("NOTIFY on %s failed: %d %s", event.id, event.status, event.reason)
+        elif isinstance(event, Published):
+            log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
+        elif isinstance(event, PublicationFailed):
+            retry = "giving up" if event.retry_at is None else "will retry"
+            log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
+        elif isinstance(event, Unpublished):
+            log.info("publication at %s removed", event.publisher.target)
+
+    def _describe_addresses(self) -> str:
+        listening = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in self.addresses) or "no listener"
+        targets = ", ".join(p.target for p in self.publishers)
+        return listening + (f"; publishing to {targets}" if targets else "")
+
+
+def _route_address(bound: str, peer: str | None = None) -> str:
+    """The local address the host would use towards `peer` (a routing-table
+    lookup: connecting a UDP socket sends nothing). Loopback when unknown."""
+    family = socket.AF_INET6 if ":" in bound else socket.AF_INET
+    target = peer or ("2001:db8::1" if family == socket.AF_INET6 else _ROUTE_PROBE)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((target, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+
+
+def run(config: agent_config.Config, *, config_path: str | None, control_path: str | None,
+        on_started: Callable[[AgentService], None] | None = None) -> int:
+    """Run the agent in a fresh event loop (the `run` command)."""
+    async def main() -> int:
+        service = AgentService(config, config_path=config_path, control_path=control_path)
+        if on_started is not None:
+            on_started(service)
+        return await service.run()
+
+    return asyncio.run(main())
