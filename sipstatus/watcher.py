@@ -688,6 +688,8 @@ class Watcher:
         for node in departed:
             self.damper.current.pop(node, None)
         if damped is None and self._pushed is not None:
+            for node in departed:
+                del self._pushed[node]
             return
         pushed = dict(self.damper.current) if damped is None else damped
         before = self._pushed or {}

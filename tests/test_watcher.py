@@ -516,7 +516,8 @@ def test_publish_from_a_node_outside_the_pool_gets_403():
 def test_auto_join_adds_a_publisher_and_removes_it_when_its_publication_expires():
     async def main():
         config = WatcherConfig(compositor=True, auto_join=True, min_publication=1)
-        watcher = Watcher([], config=config, policy=HeadroomPolicy())
+        sink = RecordingSink()
+        watcher = Watcher([], config=config, policy=HeadroomPolicy(), sinks=[sink])
         await watcher.start()
         service, events = await publisher_service()
         try:
@@ -528,6 +529,9 @@ def test_auto_join_adds_a_publisher_and_removes_it_when_its_publication_expires(
             service.endpoint.users.remove(publisher)
             await until(watcher, lambda w: "ast7" not in w.table, "the expiry", timeout=5)
             assert watcher.rows() == [] and watcher.weights() == {}
+            # The sinks were told once that it takes no calls, then no more of it.
+            await until(watcher, lambda w: sink.pushes[-1] == {"ast7": 0}, "the leaving push")
+            assert watcher.pushed == {}
         finally:
             await service.close()
             await watcher.close()
