@@ -119,9 +119,11 @@ class SubscriptionTerminated:
     """A subscription ended.
 
     ``reason``: ``timeout`` (not refreshed), ``unsubscribed`` (Expires: 0),
-    ``replaced`` (a new SUBSCRIBE from the same watcher), ``notify-rejected``
-    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer), or
-    the reason given to :meth:`Notifier.terminate`.
+    ``replaced`` (a new SUBSCRIBE from the same watcher, spec 4.6.3),
+    ``notify-rejected`` (a NOTIFY was answered 481), ``notify-timeout`` (408
+    or no answer), ``notify-failed`` (another error without Retry-After,
+    spec 4.7.3; ``status`` says which), ``deauthorized`` (:meth:`Notifier.drop`),
+    or the reason given to :meth:`Notifier.terminate`.
     """
 
     id: SubscriptionId
@@ -943,7 +945,10 @@ class NotificationRejected:
 @dataclass(frozen=True, slots=True)
 class SubscriptionEnded:
     """The subscription is gone.  ``retry_at`` is when a new one will be
-    tried, None if never (given up, rejected, or stopped)."""
+    tried, None if never (given up, rejected, or stopped).  ``reason``: the
+    terminated NOTIFY's reason code, ``notify-refused`` (we answered a
+    NOTIFY with an error: ``status``), ``refresh-rejected`` (481),
+    ``expired``, ``unsubscribed``, or the reason phrase of a refusal."""
 
     subscriber: Subscriber
     reason: str
