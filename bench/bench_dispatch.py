@@ -38,12 +38,14 @@ from agent.config import ScoringConfig  # noqa: E402
 from bench.dispatchsim import (  # noqa: E402
     AGENT_SOURCE,
     Agent,
+    AgentNotifyPolicy,
     Dispatcher,
     FreeSwitchHeartbeat,
     Ideal,
     LeastCalls,
     RoundRobin,
     Scenario,
+    Simulation,
     Sipstatus,
     StaticWeights,
     agent_scorer,
@@ -339,8 +341,8 @@ def main() -> None:
         "and calls at limit separate them. A ratio below 1 is possible: the ideal places every call,",
         "a proxy that refuses calls keeps its nodes lighter.",
         f"sipstatus agents sent {reports:.2f} reports per node per second; a node's status expired before the",
-        f"next report arrived {expired:.0f} times per run (heartbeat 5 s = validity 5 s, so a later report",
-        "can arrive a few ms after the last one expired).",
+        f"next report arrived {expired:.0f} times per run (heartbeat {AgentNotifyPolicy().heartbeat:g} s, "
+        f"validity {Simulation.VALIDITY} s).",
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
