@@ -6,7 +6,8 @@ staleness rules of spec/load-status.md section 7:
 
 - within one agent instance a body is accepted only if its `seq` is greater
   than the last accepted one (a reordered UDP NOTIFY never overwrites newer
-  state); a body from a new instance replaces the old instance's state;
+  state); a body from a new instance replaces the old instance's state, and
+  late bodies of the replaced instance are ignored for max(60 s, validity);
 - a status is trusted for `validity` seconds after it was *received* (the
   sender's clock is not ours); after that the node is stale: unknown, and it
   gets no new calls.
@@ -17,7 +18,7 @@ It is sans-I/O: the caller passes the time in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from .status import LoadStatus
@@ -50,11 +51,18 @@ class NodeView:
         return None if self.received is None else now - self.received
 
 
+#: Spec 7.1 rule 3: a replaced instance is remembered this long at least
+#: (or the validity of the last accepted body, when longer).
+REPLACED_MEMORY = 60.0
+
+
 @dataclass(slots=True)
 class _Entry:
     status: LoadStatus | None = None
     received: float | None = None
     configured: bool = False
+    #: Instances replaced on this node, and until when their late bodies are ignored.
+    replaced: dict[str, float] = field(default_factory=dict)
 
 
 class NodeTable:
@@ -84,8 +92,15 @@ class NodeTable:
                 return Outcome.UNKNOWN_NODE
             entry = self._entries[status.node] = _Entry()
         last = entry.status
-        if last is not None and last.instance == status.instance and status.seq <= last.seq:
-            return Outcome.OUT_OF_ORDER
+        if last is not None and last.instance == status.instance:
+            if status.seq <= last.seq:
+                return Outcome.OUT_OF_ORDER  # rule 2
+        elif entry.replaced.get(status.instance, float("-inf")) > now:
+            return Outcome.OUT_OF_ORDER  # rule 3: a late body of a previous run
+        elif last is not None:
+            # Rule 4: the new instance replaces the old one, which is remembered.
+            entry.replaced = {i: t for i, t in entry.replaced.items() if t > now}
+            entry.replaced[last.instance] = now + max(REPLACED_MEMORY, last.validity)
         entry.status = status
         entry.received = now
         return Outcome.ACCEPTED

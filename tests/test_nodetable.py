@@ -34,6 +34,23 @@ def test_a_new_instance_replaces_the_old_even_with_a_lower_seq():
     assert table.view("ast1", 101.0).status.instance == "new"
 
 
+def test_a_late_body_of_a_replaced_instance_is_ignored():
+    # Spec 7.1 rule 3: the agent restarted; its previous run's NOTIFY arrives late.
+    table = NodeTable(["ast1"])
+    table.update(status(seq=900, instance="old"), now=100.0)
+    table.update(status(seq=1, instance="new"), now=101.0)
+    assert table.update(status(seq=901, instance="old"), now=102.0) is Outcome.OUT_OF_ORDER
+    assert table.view("ast1", 102.0).status.instance == "new"
+
+
+def test_a_replaced_instance_is_forgotten_after_60_seconds_or_its_validity():
+    table = NodeTable(["ast1"])
+    table.update(status(seq=5, instance="old", validity=90), now=0.0)
+    table.update(status(seq=1, instance="new"), now=10.0)
+    assert table.update(status(seq=6, instance="old"), now=99.9) is Outcome.OUT_OF_ORDER
+    assert table.update(status(seq=6, instance="old"), now=100.0) is Outcome.ACCEPTED
+
+
 def test_a_status_is_fresh_for_its_validity_after_receipt():
     table = NodeTable(["ast1"])
     table.update(status(validity=15), now=100.0)
