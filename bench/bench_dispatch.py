@@ -45,7 +45,6 @@ from bench.dispatchsim import (  # noqa: E402
     LeastCalls,
     RoundRobin,
     Scenario,
-    Simulation,
     Sipstatus,
     StaticWeights,
     agent_scorer,
@@ -342,7 +341,7 @@ def main() -> None:
         "a proxy that refuses calls keeps its nodes lighter.",
         f"sipstatus agents sent {reports:.2f} reports per node per second; a node's status expired before the",
         f"next report arrived {expired:.0f} times per run (heartbeat {AgentNotifyPolicy().heartbeat:g} s, "
-        f"validity {Simulation.VALIDITY} s).",
+        f"validity {Agent.VALIDITY} s).",
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
