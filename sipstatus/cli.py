@@ -166,10 +166,11 @@ async def _watch_main(args: argparse.Namespace, config: SidecarConfig) -> int:
 def _sidecar(args: argparse.Namespace) -> int:
     config = _config(args, kamailio_rpc=args.kamailio_rpc, kamailio_list_file=args.kamailio_list_file,
                      discover_group=args.discover_from_dispatcher, compositor=args.compositor,
-                     auto_join=args.auto_join)
+                     auto_join=args.auto_join, opensips_mi=args.opensips_mi)
     if args.check_config:
         print(f"configuration OK: {len(config.agents)} agents, policy {config.policy.name}, "
-              f"listen {' '.join(config.sip.listen)}, kamailio {config.kamailio.rpc or 'none'}")
+              f"listen {' '.join(config.sip.listen)}, kamailio {config.kamailio.rpc or 'none'}, "
+              f"opensips {config.opensips.mi_url or 'none'}")
         return 0
     logging.basicConfig(level=(args.log_level or config.sidecar.log_level).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -203,12 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-colour", action="store_true", help="no colours, even on a terminal")
     p.set_defaults(run=_watch)
 
-    p = sub.add_parser("sidecar", help="follow the agents and push weights into Kamailio")
+    p = sub.add_parser("sidecar", help="follow the agents and push weights into Kamailio or OpenSIPS")
     _add_watcher_flags(p)
     p.add_argument("--kamailio-rpc", metavar="ADDRESS",
                    help="Kamailio jsonrpcs: unix:/run/kamailio/kamailio_rpc.sock or fifo:PATH")
     p.add_argument("--kamailio-list-file", metavar="PATH",
                    help="dispatcher list file to rewrite with rweight and states (reloads rate-limited)")
+    p.add_argument("--opensips-mi", metavar="URL",
+                   help="OpenSIPS mi_http, e.g. http://127.0.0.1:8888/mi (lb_resize, lb_status, ds_set_state)")
     p.add_argument("--discover-from-dispatcher", type=int, metavar="GROUP",
                    help="the agents are the destinations of this dispatcher group (node = duid)")
     p.add_argument("--compositor", action="store_true", help="accept PUBLISH for the pool's nodes")

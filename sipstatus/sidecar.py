@@ -1,10 +1,12 @@
-"""`sipstatus sidecar`: a Watcher that pushes the pool's weights into Kamailio.
+"""`sipstatus sidecar`: a Watcher that pushes the pool's weights into the proxy.
 
-It runs beside Kamailio on the proxy host: it subscribes to the agents
-(configured, or the destinations of a dispatcher group), optionally accepts
-their PUBLISH, and keeps Kamailio's htable and dispatcher states (and, in
-list-file mode, the rewritten dispatcher.list) in step with what the agents
-report. See packaging/examples/sidecar.toml for every setting.
+It runs beside Kamailio or OpenSIPS on the proxy host: it subscribes to the
+agents (configured, or the destinations of a dispatcher group), optionally
+accepts their PUBLISH, and keeps the proxy in step with what the agents
+report: Kamailio's htable and dispatcher states (and, in list-file mode,
+the rewritten dispatcher.list) over JSON-RPC; OpenSIPS's load_balancer
+capacities and destination states over MI (sipstatus.opensips). See
+packaging/examples/sidecar.toml for every setting.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from .kamailio import JsonRpcClient, KamailioSink, RpcError
+from .nodetable import NodeView
+from .opensips import MiClient, MiError, OpenSipsSink, PushResult
 from .policy import POLICIES, FreeSlotsPolicy, WeightPolicy
 from .sidecar_config import PolicySection, SidecarConfig
-from .watcher import Agent, Sink, Watcher, agents_from_destinations
+from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,36 @@ def kamailio_sink(config: SidecarConfig, rpc: JsonRpcClient) -> KamailioSink:
     k = config.kamailio
     return KamailioSink(rpc, group=k.group, htable=k.htable or None, list_file=k.list_file or None,
                         reload_interval=k.reload_interval)
+
+
+class RefreshingOpenSips:
+    """OpenSipsSink as a view sink that re-reads lb_list/ds_list every
+    `interval` seconds before a push: a resize lost to lb_reload or an
+    OpenSIPS restart is then found and pushed again."""
+
+    def __init__(self, sink: OpenSipsSink, interval: float, clock: Callable[[], float]) -> None:
+        self.sink, self.interval, self.clock = sink, interval, clock
+        self._read_at = float("-inf")
+
+    def push(self, views: list[NodeView]) -> PushResult:
+        now = self.clock()
+        if now - self._read_at >= self.interval:
+            self.sink.refresh()  # MiError: the watcher logs it and tries again
+            self._read_at = now
+        result = self.sink.push(views)
+        if result.errors:
+            raise MiError("push", None, "; ".join(map(str, result.errors)))
+        return result
+
+
+def opensips_sink(config: SidecarConfig) -> ViewSink | None:
+    o = config.opensips
+    if not o.mi_url:
+        return None
+    sink = OpenSipsSink(MiClient(o.mi_url, timeout=o.timeout), lb_group=o.lb_group or None,
+                        resource=o.resource, ds_set=o.ds_set or None, ds_partition=o.ds_partition,
+                        default_limit=config.policy.default_limit)
+    return RefreshingOpenSips(sink, o.refresh_interval, time.monotonic)
 
 
 async def discover(config: SidecarConfig, rpc: JsonRpcClient, stop: asyncio.Event) -> list[Agent] | None:
@@ -92,12 +127,14 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     if not agents and not config.compositor.enabled and not config.compositor.auto_join:
         raise ValueError("nothing to follow: give agents (--agent NODE=URI, [agents], "
                          "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
+    views = [sink for sink in (opensips_sink(config),) if sink is not None]
     watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
-                      sinks=sinks, nodes=config.compositor.nodes)
+                      sinks=sinks, view_sinks=views, nodes=config.compositor.nodes)
     await watcher.start()
     where = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in watcher.addresses)
+    targets = [t for t in (config.kamailio.rpc, config.opensips.mi_url) if t]
     log.info("sidecar listening on %s, following %d agents, policy %s, pushing to %s", where,
-             len(agents), watcher.policy.name, config.kamailio.rpc or "nothing (no kamailio.rpc)")
+             len(agents), watcher.policy.name, ", ".join(targets) or "nothing (no kamailio.rpc, no opensips.mi_url)")
     if started is not None:
         started(watcher)
     try:

@@ -225,6 +225,30 @@ class KamailioSection:
     fifo_reply_dir: str = _opt("/tmp", text(r"\S+", "a directory"))
 
 
+def mi_url(value: object) -> str:
+    if not isinstance(value, str) or not (value == "" or re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)):
+        raise ValueError(f"expected the mi_http URL, e.g. \"http://127.0.0.1:8888/mi\", got {_show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class OpenSipsSection:
+    #: OpenSIPS MI over HTTP (mi_http), e.g. "http://127.0.0.1:8888/mi"; "" = no OpenSIPS.
+    mi_url: str = _opt("", mi_url)
+    #: load_balancer group whose destinations are the pool (lb_resize); 0 = none.
+    lb_group: int = _opt(1, integer(0, 2**31 - 1))
+    #: The load_balancer resource sized by lb_resize.
+    resource: str = _opt("channels", text(r"[A-Za-z0-9_-]+", "a resource name"))
+    #: Dispatcher set switched on and off by ds_set_state; 0 = none.
+    ds_set: int = _opt(0, integer(0, 2**31 - 1))
+    ds_partition: str = _opt("default", text(r"[A-Za-z0-9_-]+", "a partition name"))
+    #: Seconds between readings of lb_list/ds_list (a resize is lost on lb_reload
+    #: or an OpenSIPS restart; the next reading finds it and it is pushed again).
+    refresh_interval: float = _opt(60.0, number(1.0, 86_400.0))
+    #: Seconds to wait for one MI answer.
+    timeout: float = _opt(2.0, number(0.1, 60.0))
+
+
 @dataclass(frozen=True)
 class SidecarConfig:
     sidecar: SidecarSection = field(default_factory=SidecarSection)
@@ -235,6 +259,7 @@ class SidecarConfig:
     compositor: CompositorSection = field(default_factory=CompositorSection)
     policy: PolicySection = field(default_factory=PolicySection)
     kamailio: KamailioSection = field(default_factory=KamailioSection)
+    opensips: OpenSipsSection = field(default_factory=OpenSipsSection)
 
     def watcher_config(self) -> WatcherConfig:
         sip, comp = self.sip, self.compositor
@@ -254,6 +279,8 @@ class SidecarConfig:
             raise ConfigError("kamailio.list_file", "needs kamailio.rpc (the reload goes over RPC)")
         if self.sip.min_rate and self.sip.max_rate and self.sip.min_rate > self.sip.max_rate:
             raise ConfigError("sip.min_rate", f"{self.sip.min_rate:g} is above sip.max_rate {self.sip.max_rate:g}")
+        if self.opensips.mi_url and not (self.opensips.lb_group or self.opensips.ds_set):
+            raise ConfigError("opensips.lb_group", "with opensips.mi_url, give an lb_group, a ds_set, or both")
         clash = set(self.compositor.nodes) & {a.node for a in self.agents}
         if clash:
             raise ConfigError("compositor.nodes", f"{', '.join(sorted(clash))} also listed in [agents]")
@@ -321,7 +348,8 @@ def _agents(data: Mapping[str, Any]) -> tuple[Agent, ...]:
 def with_flags(config: SidecarConfig, *, agents: list[str] | None = None, listen: list[str] | None = None,
                kamailio_rpc: str | None = None, kamailio_list_file: str | None = None,
                policy: str | None = None, discover_group: int | None = None,
-               compositor: bool = False, auto_join: bool = False) -> SidecarConfig:
+               compositor: bool = False, auto_join: bool = False,
+               opensips_mi: str | None = None) -> SidecarConfig:
     """`config` with command-line flags applied (each raises ConfigError naming the flag)."""
     if agents:
         extra = []
@@ -353,6 +381,12 @@ def with_flags(config: SidecarConfig, *, agents: list[str] | None = None, listen
     if kamailio_list_file is not None:
         kamailio = dataclasses.replace(kamailio, list_file=kamailio_list_file)
     config = dataclasses.replace(config, kamailio=kamailio)
+    if opensips_mi is not None:
+        try:
+            mi_url(opensips_mi)
+        except ValueError as err:
+            raise ConfigError("--opensips-mi", str(err)) from None
+        config = dataclasses.replace(config, opensips=dataclasses.replace(config.opensips, mi_url=opensips_mi))
     if policy is not None:
         if policy not in POLICIES:
             raise ConfigError("--policy", f"must be one of {', '.join(POLICIES)}, got {_show(policy)}")
