@@ -1,0 +1,370 @@
+"""End to end: the real Kamailio 5.6 with the example configurations, three
+REAL `sipstatus-agent run` processes, three SIPp nodes and a SIPp caller.
+
+Each node is three things (`E2eNode`):
+
+- a SIPp UAS standing for its Asterisk (tests/sipp/e2e/uas.xml): it answers
+  INVITEs (naming itself in X-Node), logs the arrival time of each, and
+  answers the OPTIONS of its agent's probe (a probe left unanswered would
+  make the agent report the node down);
+- a fake AMI (tests/fakeami.py, replaying real Asterisk 20 transcripts) with
+  its own channel count;
+- its agent, a real process (`python -m agent run`), reading that AMI,
+  probing that UAS, with its own `max_calls`, publishing to Kamailio.
+
+The agents run with the host collector off (see `kamailio_runner.Agent`):
+the shared test machine's CPU (often 100 % busy with other jobs) is not the
+node's, and with any `cpu_max` (at most 1.0) a busy machine gives capacity
+0 or `overloaded`. Capacity is then the free call slots, which the test
+controls:
+
+| node | AMI transcript | calls | limit | capacity | weight hint | free slots |
+|------|----------------|-------|-------|----------|-------------|------------|
+| ast1 | coreshowchannels | 5 | 25 (agent max_calls) | 0.8 | 80 | 20 |
+| ast2 | coreshowchannels_b2b | 4 (6 channels) | 5 (Asterisk CoreMaxCalls) | 0.2 | 20 | 1 |
+| ast3 | coreshowchannels_idle | 0 | 10 (agent max_calls) | 1.0 | 100 | 10 |
+
+The native script weighs nodes by the weight hint (80/20/100: 40/10/50 %),
+the KEMI script by the free-slots policy (20/1/10 scaled to 100/5/50:
+64.5/3.2/32.3 %). The cold-start rweights of the dispatcher list (10/60/30)
+are unlike both.
+
+Tolerances. Split: each node's count is Binomial(n, p); it must be within
+5 standard deviations + 1 call of n p (`split_within`): a false alarm about
+once in 1.7 million per node, while equal thirds or the cold-start split are
+tens of sigmas away. Timing: the agents' `validity` is 3 s and they report
+every second (validity / 3); a report is trusted until receipt + validity
+(the native script in whole seconds, so up to 1 s early), so after a
+SIGKILL the node must be out within `validity` (+ 0.25 s for an INVITE in
+flight and the UAS's clock reading), and a drained node must get no INVITE
+later than 1 s after the drain command returned (the brief's bound; the
+agent sends the drain at once, within its 10/s ceiling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sipstatus import codec
+from sipstatus.nodetable import NodeTable
+from sipstatus.policy import FreeSlotsPolicy
+from tests.fakeami import Scenario
+from tests.kamailio_runner import (
+    EXAMPLES,
+    HOST,
+    ROOT,
+    Agent,
+    Caller,
+    FakeAmis,
+    Kamailio,
+    SippNode,
+    have_tools,
+    split_within,
+    start_example,
+)
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        not have_tools("jansson", "app_python3"),
+        reason="needs Debian packages kamailio, kamailio-extra-modules, kamailio-python3-modules, sip-tester, iproute2",
+    ),
+]
+
+UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
+VALIDITY = 3
+CALLS = 600
+#: Calls per second of the background callers of the drain and kill tests.
+RATE = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    transcript: str  # the CoreShowChannels answer the fake AMI replays
+    core_max_calls: int  # CoreSettings CoreMaxCalls (0: Asterisk has no limit)
+    max_calls: int  # the agent's [collectors.asterisk] max_calls
+    rweight: int  # cold-start weight in the dispatcher list
+
+
+SPECS = {
+    "ast1": NodeSpec("coreshowchannels", 0, 25, 10),
+    "ast2": NodeSpec("coreshowchannels_b2b", 5, 0, 60),
+    "ast3": NodeSpec("coreshowchannels_idle", 0, 10, 30),
+}
+DRAINED = "ast1"
+KILLED = "ast3"
+
+
+@dataclasses.dataclass
+class E2eNode:
+    name: str
+    uas: SippNode
+    ami_port: int
+
+
+# -- the ways Kamailio learns the weights --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Way:
+    name: str
+    start: Callable[[Path, list[SippNode]], Kamailio]
+    #: The weights the agents' statuses should give (what Kamailio must use).
+    expected: Callable[[dict[str, dict]], dict[str, int]]
+    #: The weights Kamailio holds now (from its htable), by node.
+    held: Callable[[Kamailio], dict[str, int]]
+
+
+def _native_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
+    return start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, nodes)
+
+
+def _kemi_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
+    return start_example(EXAMPLES / "kemi" / "kamailio.cfg", workdir, nodes,
+                         {"KEMI_SCRIPT": f'"{EXAMPLES / "kemi" / "sipstatus_kemi.py"}"'}, {"SIPSTATUS_PATH": str(ROOT)})
+
+
+def hint_weights(statuses: dict[str, dict]) -> dict[str, int]:
+    """The native script's weights: the hint of active nodes, else 0."""
+    return {n: s["weight"] if s["state"] == "active" else 0 for n, s in statuses.items()}
+
+
+def free_slot_weights(statuses: dict[str, dict]) -> dict[str, int]:
+    """The KEMI script's weights: sipstatus.policy.FreeSlotsPolicy (its default)."""
+    now = time.time()
+    table = NodeTable(statuses)
+    for body in statuses.values():
+        table.update(codec.from_wire(body), now)
+    return FreeSlotsPolicy(default_limit=100).weights(table.views(now))
+
+
+def native_held(kam: Kamailio) -> dict[str, int]:
+    """ns: node -> "expires;weight;state;instance;seq"; a stale node weighs 0."""
+    now = int(time.time())
+    held = {}
+    for node, value in kam.htable("ns").items():
+        expires, weight = value.split(";")[:2]
+        held[node] = int(weight) if int(expires) > now else 0
+    return held
+
+
+def kemi_held(kam: Kamailio) -> dict[str, int]:
+    """ns: node -> {"received", "body"}; the script's policy over them."""
+    now = time.time()
+    table = NodeTable(SPECS)
+    for value in kam.htable("ns").values():
+        entry = json.loads(value)
+        table.update(codec.decode(entry["body"]), entry["received"])
+    return FreeSlotsPolicy(default_limit=100).weights(table.views(now))
+
+
+WAYS = {
+    "native": Way("native", _native_start, hint_weights, native_held),
+    "kemi": Way("kemi", _kemi_start, free_slot_weights, kemi_held),
+}
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def pool(workdir: Path) -> Iterator[dict[str, E2eNode]]:
+    """The SIPp nodes and their fake AMIs, shared by every test."""
+    amis = FakeAmis()
+    started: list[SippNode] = []
+    nodes: dict[str, E2eNode] = {}
+    try:
+        for name, spec in SPECS.items():
+            uas = SippNode(name, workdir, spec.rweight, scenario=UAS, log=True)
+            uas.start()
+            started.append(uas)
+            port = amis.serve(Scenario(answers={"CoreShowChannels": spec.transcript}, max_calls=spec.core_max_calls))
+            nodes[name] = E2eNode(name, uas, port)
+        yield nodes
+    finally:
+        for uas in started:
+            uas.stop()
+        amis.close()
+
+
+@dataclasses.dataclass
+class Setup:
+    way: Way
+    kam: Kamailio
+    agents: dict[str, Agent]
+    nodes: dict[str, E2eNode]
+    workdir: Path
+
+
+@pytest.fixture(params=list(WAYS))
+def setup(request: pytest.FixtureRequest, workdir: Path, pool: dict[str, E2eNode]) -> Iterator[Setup]:
+    """A fresh Kamailio of one way, and the three agents publishing to it."""
+    way = WAYS[request.param]
+    kam = way.start(workdir, [n.uas for n in pool.values()])
+    agents: dict[str, Agent] = {}
+    try:
+        for name, node in pool.items():
+            agents[name] = Agent(name, workdir, ami_port=node.ami_port, probe=node.uas.uri,
+                                 max_calls=SPECS[name].max_calls, validity=VALIDITY,
+                                 publish=[f"sip:load-status@{HOST}:{kam.port}"])
+            agents[name].start()
+        yield Setup(way, kam, agents, pool, workdir)
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        kam.stop()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def statuses(s: Setup) -> dict[str, dict]:
+    """Each agent's current status, from `sipstatus-agent status --json`."""
+    return {name: agent.status() for name, agent in s.agents.items()}
+
+
+def converged(s: Setup, timeout: float = 20.0) -> dict[str, int]:
+    """Wait until Kamailio's htable gives the weights the agents' statuses
+    give; return them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        expected = s.way.expected(statuses(s))
+        held = s.way.held(s.kam)
+        if held == expected:
+            return expected
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{s.way.name}: Kamailio holds {held}, the agents report {expected}\n"
+                                 f"{s.kam.log_tail()}")
+        time.sleep(0.2)
+
+
+def split_table(counts: dict[str, int], weights: dict[str, int], calls: int) -> str:
+    total = sum(weights.values())
+    lines = [f"{'node':6} {'weight':>6} {'expected':>9} {'bound':>7} {'got':>5}"]
+    for node, weight in weights.items():
+        p = weight / total
+        bound = 5 * math.sqrt(calls * p * (1 - p)) + 1
+        lines.append(f"{node:6} {weight:6d} {calls * p:9.1f} {bound:7.1f} {counts.get(node, 0):5d}")
+    if counts.get("failed"):
+        lines.append(f"failed {counts['failed']}")
+    return "\n".join(lines)
+
+
+def wait_for_invites(node: SippNode, after: float, timeout: float) -> float | None:
+    """The time of the first INVITE the node received after `after`, waiting
+    up to `timeout` seconds for one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        later = [t for t in node.invite_times() if t > after]
+        if later:
+            return min(later)
+        time.sleep(0.1)
+    return None
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+def test_calls_split_by_the_weights_the_agents_report(setup: Setup) -> None:
+    weights = converged(setup)
+    assert len(set(weights.values())) == 3, f"the three nodes should weigh differently: {weights}"
+    result = Caller(setup.kam.port, CALLS, setup.workdir, rate=RATE).start().wait()
+    print(f"\n[{setup.way.name}] split of {CALLS} calls, weights from the agents' status --json "
+          f"(5 sigma + 1):\n{split_table(result.counts, weights, CALLS)}")
+    problems = split_within(result.counts, weights, CALLS)
+    assert not problems, f"{setup.way.name}: {problems}\n{setup.kam.log_tail()}"
+    assert result.failed == 0
+    # The weights did not move while the calls ran (the split is against them).
+    assert setup.way.expected(statuses(setup)) == weights
+
+
+def test_drain_stops_new_calls_within_one_second(setup: Setup) -> None:
+    weights = converged(setup)
+    node = setup.nodes[DRAINED].uas
+    caller = Caller(setup.kam.port, RATE * 60, setup.workdir, rate=RATE).start()
+    try:
+        begin = time.time()
+        assert wait_for_invites(node, begin, 10) is not None, f"{DRAINED} got no calls before the drain"
+        time.sleep(1.0)
+        t_start = time.time()
+        setup.agents[DRAINED].ctl("drain")
+        t_returned = time.time()
+        time.sleep(3.0)
+        t_end = time.time()
+    finally:
+        result = caller.stop_softly()
+    times = node.invite_times()
+    before = [t for t in times if begin <= t < t_start]
+    after_start = [t for t in times if t >= t_start]
+    late = [t for t in times if t > t_returned + 1.0]
+    last = max(after_start, default=None)
+    reaction = None if last is None else last - t_returned
+    others = {n: sum(1 for t in e.uas.invite_times() if t_returned + 1.0 < t < t_end)
+              for n, e in setup.nodes.items() if n != DRAINED}
+    print(f"\n[{setup.way.name}] drain of {DRAINED} (weight {weights[DRAINED]}): the command took "
+          f"{t_returned - t_start:.3f} s; {len(before)} INVITEs before it, {len(after_start)} after it started; "
+          f"last INVITE {'none' if reaction is None else f'{reaction:+.3f} s'} after it returned; "
+          f"INVITEs to the others from +1 s to the end: {others}; calls failed: {result.failed}")
+    assert before, f"{DRAINED} got no calls before the drain"
+    assert not late, f"{len(late)} INVITEs reached {DRAINED} more than 1 s after the drain returned " \
+                     f"(first {late[0] - t_returned:.3f} s after)"
+    assert all(others.values()), f"the other nodes stopped getting calls too: {others}"
+    assert statuses(setup)[DRAINED]["state"] == "draining"
+    assert result.failed == 0, result.output[-2000:]
+
+    # Undrained, the node takes calls again.
+    setup.agents[DRAINED].ctl("undrain")
+    assert converged(setup) == weights
+    t_back = time.time()
+    result = Caller(setup.kam.port, 300, setup.workdir, rate=RATE).start().wait()
+    assert result.failed == 0
+    assert sum(1 for t in node.invite_times() if t > t_back) == result.counts[DRAINED] > 0
+
+
+def test_killed_agent_goes_stale_and_comes_back_when_restarted(setup: Setup) -> None:
+    weights = converged(setup)
+    node = setup.nodes[KILLED].uas
+    agent = setup.agents[KILLED]
+    caller = Caller(setup.kam.port, RATE * 90, setup.workdir, rate=RATE).start()
+    try:
+        begin = time.time()
+        assert wait_for_invites(node, begin, 10) is not None, f"{KILLED} got no calls before the kill"
+        time.sleep(1.0)
+        t_kill = time.time()
+        agent.kill()
+        time.sleep(VALIDITY + 3.0)
+        t_restart = time.time()
+        agent.start()
+        t_started = time.time()
+        first_back = wait_for_invites(node, t_kill + VALIDITY + 0.25, 20)
+        time.sleep(1.0)
+    finally:
+        result = caller.stop_softly()
+    times = node.invite_times()
+    after_kill = [t for t in times if t_kill <= t < t_restart]
+    gone = max(after_kill, default=t_kill) - t_kill
+    silent = [t for t in times if t_kill + VALIDITY + 0.25 < t < t_restart]
+    back = None if first_back is None else first_back - t_started
+    print(f"\n[{setup.way.name}] SIGKILL of {KILLED}'s agent (weight {weights[KILLED]}, validity {VALIDITY} s): "
+          f"{len(after_kill)} INVITEs after the kill, the last {gone:.3f} s after it; then none for "
+          f"{t_restart - t_kill - gone:.1f} s until the restart; the restarted agent took "
+          f"{t_started - t_restart:.2f} s to serve and got its first INVITE "
+          f"{'never' if back is None else f'{back:+.3f} s'} after that; calls failed: {result.failed}")
+    assert after_kill, f"{KILLED} was out at once: its last report should have been trusted for a while"
+    assert gone <= VALIDITY + 0.25, f"{KILLED} still got calls {gone:.3f} s after its agent died"
+    assert not silent, f"{len(silent)} INVITEs reached {KILLED} after its report went stale"
+    assert first_back is not None, f"{KILLED} got no calls after its agent restarted\n{agent.log_tail()}"
+    assert result.failed == 0, result.output[-2000:]
+    assert converged(setup) == weights
