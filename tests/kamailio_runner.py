@@ -12,6 +12,8 @@
   returns the final response; `Publisher` keeps the entity tag and the
   agent's instance and seq, like the agent's publisher does.
 - `Caller` is `place_calls` in the background, with SIPp's own statistics.
+- `stream_reports` PUBLISHes paced reports for several nodes at once (far
+  above an agent's ceiling of 10/s), as a stress source.
 - `Agent` runs a real `sipstatus-agent run` process; `FakeAmis` serves the
   fake Asterisk managers (tests/fakeami.py) such agents read.
 
@@ -34,7 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,6 +263,135 @@ class Publisher:
     def report(self, weight: int | None = None, *, state: State = State.ACTIVE, validity: int = 60, limit: int | None = None) -> Response:
         self.seq += 1
         return self.publish(body(self.node, weight, state=state, instance=self.instance, seq=self.seq, validity=validity, limit=limit))
+
+
+# -- a stream of reports ------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """What `stream_reports` sent and got back, per node."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    answered: dict[str, Counter[int]] = field(default_factory=dict)
+    timeouts: Counter[str] = field(default_factory=Counter)
+    retransmissions: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    #: The weight (0 unless active) of each node's last report answered 200.
+    last_weight: dict[str, int] = field(default_factory=dict)
+    #: (node, start, end) of the periods a node reported `draining`, epoch seconds.
+    drains: list[tuple[str, float, float]] = field(default_factory=list)
+    duration: float = 0.0
+
+    def ok(self, node: str) -> int:
+        return self.answered.get(node, Counter())[200]
+
+    def latency(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
+class _ReportSocket(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[Response] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = parse_response(data)
+        if reply.status >= 200:
+            self.replies.put_nowait(reply)
+
+
+Schedule = Callable[[str, int, float], tuple[State, int]]
+
+
+async def stream_reports(proxy_port: int, nodes: Sequence[str], *, rate: float, duration: float,
+                         schedule: Schedule, validity: int = 3, timeout: float = 0.5,
+                         retries: int = 3) -> StreamStats:
+    """PUBLISH `rate` reports per second for each of `nodes` for `duration`
+    seconds, each from its own UDP socket, as an agent would but faster:
+    one PUBLISH at a time per node (RFC 3903 4.1), a modification with
+    SIP-If-Match after the first, a fresh seq each time. `schedule(node, k,
+    elapsed)` gives the state and weight of the k-th report. A PUBLISH
+    unanswered after `timeout` s is sent again (the same bytes: Kamailio's
+    transaction answers a retransmission with the same reply). Reports are
+    paced to the schedule; a node that falls behind sends at once until it
+    has caught up."""
+    loop = asyncio.get_running_loop()
+    stats = StreamStats()
+    start = time.time()
+    t0 = loop.time()
+
+    async def one(node: str) -> None:
+        transport, proto = await loop.create_datagram_endpoint(_ReportSocket, local_addr=(HOST, 0))
+        port = transport.get_extra_info("sockname")[1]
+        instance = secrets.token_hex(4)
+        tag = secrets.token_hex(4)
+        call_id = f"{secrets.token_hex(8)}@{HOST}"
+        etag: str | None = None
+        answered = stats.answered.setdefault(node, Counter())
+        drain_from: float | None = None
+        k = 0
+        try:
+            while True:
+                due = t0 + k / rate
+                now = loop.time()
+                if due - t0 >= duration:
+                    break
+                if due > now:
+                    await asyncio.sleep(due - now)
+                state, weight = schedule(node, k, loop.time() - t0)
+                if state is State.DRAINING and drain_from is None:
+                    drain_from = time.time()
+                elif state is not State.DRAINING and drain_from is not None:
+                    stats.drains.append((node, drain_from, time.time()))
+                    drain_from = None
+                k += 1
+                payload = body(node, weight if state is State.ACTIVE else None, state=state, instance=instance,
+                               seq=k, validity=validity)
+                headers = [f"PUBLISH sip:load-status@{HOST}:{proxy_port} SIP/2.0",
+                           f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK{secrets.token_hex(8)};rport",
+                           "Max-Forwards: 70", f"From: <sip:{node}@{HOST}>;tag={tag}",
+                           f"To: <sip:{node}@{HOST}>", f"Call-ID: {call_id}", f"CSeq: {k} PUBLISH",
+                           "Event: load-status", "Expires: 600", f"Content-Type: {MEDIA_TYPE}"]
+                if etag is not None:
+                    headers.append(f"SIP-If-Match: {etag}")
+                headers.append(f"Content-Length: {len(payload)}")
+                data = ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+                sent_at = loop.time()
+                reply = None
+                for attempt in range(retries + 1):
+                    if attempt:
+                        stats.retransmissions[node] += 1
+                    transport.sendto(data, (HOST, proxy_port))
+                    if attempt == 0:
+                        stats.sent[node] += 1
+                    try:
+                        while True:
+                            reply = await asyncio.wait_for(proto.replies.get(), timeout)
+                            if reply.header("cseq") == f"{k} PUBLISH":
+                                break
+                        break
+                    except TimeoutError:
+                        reply = None
+                if reply is None:
+                    stats.timeouts[node] += 1
+                    etag = None  # the outcome is unknown: start a new publication
+                    continue
+                stats.latencies.append(loop.time() - sent_at)
+                answered[reply.status] += 1
+                if reply.status == 200:
+                    etag = reply.header("sip-etag")
+                    stats.last_weight[node] = weight if state is State.ACTIVE else 0
+                elif reply.status == 412:
+                    etag = None
+        finally:
+            if drain_from is not None:
+                stats.drains.append((node, drain_from, time.time()))
+            transport.close()
+
+    await asyncio.gather(*(one(node) for node in nodes))
+    stats.duration = time.time() - start
+    return stats
 
 
 # -- Kamailio ----------------------------------------------------------------

@@ -43,10 +43,12 @@ agent sends the drain at once, within its 10/s ceiling).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +57,7 @@ import pytest
 from sipstatus import codec
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy
+from sipstatus.status import State
 from tests.fakeami import Scenario
 from tests.kamailio_runner import (
     EXAMPLES,
@@ -68,6 +71,7 @@ from tests.kamailio_runner import (
     have_tools,
     split_within,
     start_example,
+    stream_reports,
 )
 
 pytestmark = [
@@ -368,3 +372,84 @@ def test_killed_agent_goes_stale_and_comes_back_when_restarted(setup: Setup) -> 
     assert first_back is not None, f"{KILLED} got no calls after its agent restarted\n{agent.log_tail()}"
     assert result.failed == 0, result.output[-2000:]
     assert converged(setup) == weights
+
+
+# -- stress: weights changing under load ---------------------------------------------------
+
+STRESS_SECONDS = 60
+STRESS_CPS = 200
+REPORTS_PER_SECOND = 100  # per node; an agent sends at most 10 (spec 8.7)
+#: A node drains for the first DRAIN_SECONDS of every DRAIN_CYCLE-th second
+#: window, one node after the other (never all at once: calls must not fail).
+DRAIN_CYCLE = 5.0
+DRAIN_SECONDS = 2.0
+#: A drain report must take effect within this: INVITEs that reach the node
+#: later than this after its first draining report count as wrong.
+DRAIN_GRACE = 0.25
+
+
+def stress_schedule(names: list[str]) -> Callable[[str, int, float], tuple[State, int]]:
+    def schedule(node: str, k: int, elapsed: float) -> tuple[State, int]:
+        window = int(elapsed // DRAIN_CYCLE)
+        if names[window % len(names)] == node and elapsed % DRAIN_CYCLE < DRAIN_SECONDS:
+            return State.DRAINING, 0
+        # Every report a new weight: 1..100, three steps up each time.
+        return State.ACTIVE, 1 + (3 * k + 37 * names.index(node)) % 100
+
+    return schedule
+
+
+@pytest.mark.slow
+def test_calls_keep_succeeding_while_weights_change_under_load(workdir: Path, pool: dict[str, E2eNode]) -> None:
+    """200 calls/s through the native example for a minute while each node
+    reports 100 times a second with a new weight each time, and drains in
+    turn: no call fails, drains take effect at once, Kamailio survives."""
+    names = list(pool)
+    kam = _native_start(workdir, [n.uas for n in pool.values()])
+    pid = kam.proc.pid if kam.proc else None
+    calls = STRESS_CPS * STRESS_SECONDS
+    try:
+        cpu_before = kam.cpu_seconds()
+        caller = Caller(kam.port, calls, workdir, rate=STRESS_CPS, limit=4 * STRESS_CPS,
+                        timeout=3 * STRESS_SECONDS).start()
+        try:
+            stats = asyncio.run(stream_reports(kam.port, names, rate=REPORTS_PER_SECOND, duration=STRESS_SECONDS,
+                                               schedule=stress_schedule(names)))
+            held = native_held(kam)
+            result = caller.wait()
+        finally:
+            caller.stop()
+        elapsed = time.time() - (caller.started or 0)
+        cpu = kam.cpu_seconds() - cpu_before
+        alive = kam.alive()
+        same_pid = kam.proc is not None and kam.proc.pid == pid and kam.proc.poll() is None
+        wrong = {}
+        returned: Counter[str] = Counter()  # INVITEs in the second after a drain ended
+        for node, start, end in stats.drains:
+            times = pool[node].uas.invite_times()
+            late = [t for t in times if start + DRAIN_GRACE <= t < end]
+            if late:
+                wrong[f"{node}@{start:.1f}"] = len(late)
+            returned[node] += sum(1 for t in times if end <= t < end + 1.0)
+        print(f"\n[stress] {calls} calls at {STRESS_CPS}/s asked, took {elapsed:.1f} s; SIPp: {result.successful} "
+              f"successful, {result.failed} failed, exit {result.returncode}; split {dict(result.counts)}")
+        print(f"[stress] reports over {stats.duration:.1f} s: " + ", ".join(
+            f"{n} {stats.sent[n]} sent ({stats.sent[n] / stats.duration:.1f}/s), {dict(stats.answered.get(n, {}))}, "
+            f"{stats.retransmissions[n]} retransmitted, {stats.timeouts[n]} unanswered" for n in names))
+        print(f"[stress] PUBLISH round trip p50 {1000 * stats.latency(0.5):.1f} ms, p99 "
+              f"{1000 * stats.latency(0.99):.1f} ms, max {1000 * max(stats.latencies, default=math.nan):.1f} ms; "
+              f"{len(stats.drains)} drains, INVITEs later than {DRAIN_GRACE} s into one: {wrong or 'none'}, "
+              f"in the second after one: {dict(returned)}; "
+              f"Kamailio CPU {cpu:.1f} s, alive {alive}, same PID {same_pid}")
+        assert result.failed == 0 and result.successful == calls and result.returncode == 0, result.output[-3000:]
+        assert "failed" not in result.counts
+        for n in names:
+            assert set(stats.answered[n]) == {200}, f"{n}: {stats.answered[n]}"
+            assert stats.sent[n] >= 0.95 * REPORTS_PER_SECOND * STRESS_SECONDS, f"{n}: only {stats.sent[n]} reports"
+        assert held == stats.last_weight, "Kamailio does not hold the last reported weights"
+        assert len(stats.drains) >= STRESS_SECONDS // DRAIN_CYCLE - 1
+        assert not wrong, f"drained nodes got INVITEs: {wrong}"
+        assert all(returned[n] for n in names), f"nodes did not come back after their drains: {returned}"
+        assert alive and same_pid, kam.log_tail()
+    finally:
+        kam.stop()
