@@ -99,7 +99,6 @@ class AgentService:
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._last_published = float("-inf")
         self.sampler: Sampler | None = None
         self.sip: SipService | None = None
         self.endpoint: Endpoint | None = None
@@ -181,13 +180,14 @@ class AgentService:
             busy_retry_after=60,
             heartbeat=self.heartbeat,
             max_rate=cfg.notifier.max_rate,
-            body_source=self.render,
+            produce=lambda now: self.render(),
         )
         p = cfg.publisher
         client = DigestClient(p.username, p.password) if p.username else None
         self.publishers = [
             Publisher(target, PACKAGE, codec.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
                       authorize=client.authorize if client else None, expires=p.expires,
+                      produce=lambda now: self.render(), heartbeat=self.heartbeat,
                       min_interval=1 / p.max_rate, key=target)
             for target in p.targets
         ]
@@ -251,11 +251,12 @@ class AgentService:
                 log.info("state %s -> %s (%s)", self._announced.state.value, status.state.value, status.reason or "")
             self._announced = status
         now = self.sip.now()
-        self.sip.submit(self.notifier, self.notifier.state_changed(b"", now, significant))
-        if self.publishers and (significant or now - self._last_published >= self.heartbeat):
-            self._last_published = now
+        self.sip.submit(self.notifier, self.notifier.state_changed(None, now, significant))
+        # Publishers send their heartbeats themselves (a fresh body every
+        # `heartbeat` s, spec 5.2.2); a significant change goes at once.
+        if significant:
             for publisher in self.publishers:
-                self.sip.submit(publisher, publisher.publish(self.render(), now))
+                self.sip.submit(publisher, publisher.publish(None, now))
 
     def _on_change(self, what: str) -> None:
         self._changed.add(what)

@@ -116,16 +116,13 @@ def test_notify_answered_481_on_the_wire_ends_the_subscription():
     assert [o.reason for o in out if isinstance(o, SubscriptionTerminated)] == ["notify-rejected"]
 
 
-def test_transport_error_counts_as_503_and_ends_the_subscription():
-    # RFC 3261 8.1.3.1: a transport error is a 503; RFC 6665 4.2.2 and
-    # load-status 4.7.3: a NOTIFY failed with an error response (no
-    # Retry-After) ends the subscription.
+def test_transport_error_is_a_503_without_retry_after_and_ends_the_subscription():
     n = notifier()
     ep = endpoint(n)
     notify = transmits(ep.receive(SUBSCRIBE, PROXY, 0.0))[1]
     out = ep.transport_error(notify.message, 0.1)
     (ended,) = [o for o in out if isinstance(o, SubscriptionTerminated)]
-    assert (ended.reason, ended.status) == ("notify-failed", 503)
+    assert (ended.reason, ended.status) == ("notify-failed", 503)  # spec 4.7.3
     assert not n.subscriptions
 
 
@@ -290,3 +287,19 @@ def test_request_uri_with_another_scheme_cannot_be_resolved():
     out = ep.submit(pub, pub.publish(b"{}", 0.0), 0.0)
     assert not [o for o in out if isinstance(o, Resolve | Transmit)]
     assert pub.retry_at is not None  # answered 416 by the endpoint: backing off
+
+
+def test_a_request_over_1300_bytes_goes_over_tcp_instead_of_udp():
+    pub = publisher(PROXY)
+    ep = endpoint(pub)
+    (sent,) = transmits(ep.submit(pub, pub.publish(b"x" * 1200, 0.0), 0.0))
+    assert sent.destination == Destination("TCP", PROXY.host, PROXY.port)
+    assert parse_message(sent.data).top_via.transport == "TCP"
+    assert len(sent.data) > 1300
+
+
+def test_a_small_request_stays_on_udp():
+    pub = publisher(PROXY)
+    ep = endpoint(pub)
+    (sent,) = transmits(ep.submit(pub, pub.publish(b"x" * 900, 0.0), 0.0))
+    assert sent.destination == PROXY and len(sent.data) <= 1300

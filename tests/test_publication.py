@@ -31,9 +31,13 @@ AGENT = Destination("UDP", "192.0.2.1", 5060)
 
 def publisher(**kw) -> Publisher:
     kw.setdefault("ids", IdGenerator(random.Random(4).randbytes))
-    kw.setdefault("random", lambda: 1.0)
     return Publisher("sip:node1@proxy.example", "load-status", TYPE, "sip:agent@192.0.2.1",
                      destination=PROXY, **kw)
+
+
+def counter():
+    seq = iter(range(1, 100_000))
+    return lambda now: f'{{"seq":{next(seq)}}}'.encode()
 
 
 def sent(out) -> list[Request]:
@@ -55,11 +59,20 @@ def published(pub: Publisher | None = None, body=b"b1", now=0.0):
     return pub
 
 
-def run(pub, until):
+def run(pub, until, answer=None):
+    """Fire timers up to ``until``; ``answer(request, when)`` answers what is sent."""
     seen = []
     while (when := pub.next_timer()) is not None and when <= until:
-        seen.extend((when, o) for o in pub.handle_timer(when))
+        for o in pub.handle_timer(when):
+            seen.append((when, o))
+            if answer is not None and isinstance(o, SendRequest):
+                seen.extend((when, e) for e in pub.handle_response(answer(o.request, when),
+                                                                   o.request, when))
     return seen
+
+
+def requests_of(seen):
+    return [(t, o.request) for t, o in seen if isinstance(o, SendRequest)]
 
 
 # -- publisher --------------------------------------------------------------------------
@@ -85,8 +98,7 @@ def test_200_keeps_the_entity_tag_and_schedules_a_refresh():
 
 def test_refresh_has_if_match_and_no_body():
     pub = published()
-    ((when, out),) = run(pub, 600.0)
-    req = out.request
+    ((when, req),) = requests_of(run(pub, 600.0))
     assert when == refresh_delay(600)
     assert req.sip_if_match == "e1" and req.body == b"" and req.expires == 600
     assert req.content_type is None
@@ -94,8 +106,8 @@ def test_refresh_has_if_match_and_no_body():
 
 def test_refresh_takes_the_new_entity_tag():
     pub = published()
-    ((when, out),) = run(pub, 600.0)
-    pub.handle_response(ok(out.request, "e2"), out.request, when)
+    ((when, req),) = requests_of(run(pub, 600.0))
+    pub.handle_response(ok(req, "e2"), req, when)
     assert pub.etag == "e2"
 
 
@@ -114,11 +126,15 @@ def test_one_publish_at_a_time_and_the_latest_body_wins():
     assert after.body == b"b3" and after.sip_if_match == "e1"
 
 
-def test_bodies_are_not_published_faster_than_the_minimum_interval():
+def test_bodies_are_not_published_faster_than_the_ceiling():
     pub = published(now=0.0)
     assert sent(pub.publish(b"b2", 0.2)) == []
-    ((when, out),) = run(pub, 1.0)
-    assert when == 0.5 and out.request.body == b"b2"
+    ((when, req),) = requests_of(run(pub, 1.0))
+    assert when == 0.5 and req.body == b"b2"
+
+
+def test_ceiling_is_never_below_100_ms():
+    assert publisher(min_interval=0.01).ceiling == 0.1
 
 
 def test_cseq_rises_and_call_id_stays():
@@ -127,20 +143,31 @@ def test_cseq_rises_and_call_id_stays():
     assert req.cseq.number == 2 and req.call_id == pub.call_id
 
 
-def test_412_starts_over_with_an_initial_publish():
+def test_412_starts_over_with_an_initial_publish_as_soon_as_the_ceiling_allows():
     pub = published()
-    ((when, out),) = run(pub, 600.0)
-    (again,) = sent(pub.handle_response(make_response(out.request, 412), out.request, when))
+    ((when, req),) = requests_of(run(pub, 600.0))
+    assert sent(pub.handle_response(make_response(req, 412), req, when + 0.1)) == []
+    ((again_at, again),) = requests_of(run(pub, when + 1))
+    assert again_at == when + 0.5
     assert again.sip_if_match is None and again.body == b"b1"
 
 
 def test_423_retries_with_min_expires():
     pub = publisher()
     (req,) = sent(pub.publish(b"b", 0.0))
-    (again,) = sent(pub.handle_response(
-        make_response(req, 423, headers=[("Min-Expires", "1200")]), req, 0.1))
+    out = pub.handle_response(make_response(req, 423, headers=[("Min-Expires", "1200")]), req, 0.2)
+    (again,) = sent(out)
     assert again.expires == 1200 and again.cseq.number == 2 and again.body == b"b"
     assert pub.expires == 1200
+
+
+def test_a_retry_keeps_100_ms_from_the_previous_start():
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b", 0.0))
+    out = pub.handle_response(make_response(req, 423, headers=[("Min-Expires", "1200")]), req, 0.03)
+    assert sent(out) == []
+    ((when, again),) = requests_of(run(pub, 1.0))
+    assert when == pytest.approx(0.1) and again.expires == 1200
 
 
 def test_remove_sends_expires_0_with_if_match():
@@ -182,50 +209,67 @@ def test_challenge_is_answered_once_through_the_authorizer():
     (retry,) = sent(pub.handle_response(make_response(req, 401), req, 0.1))
     assert retry.header("Authorization") == "Digest x" and retry.body == b"b"
     out = pub.handle_response(make_response(retry, 401), retry, 0.2)
-    assert events(out, PublicationFailed)[0].retry_at is None
-    assert pub.next_timer() is None
+    assert events(out, PublicationFailed)[0].retry_at == 60.2  # like a 403 (spec 5.7)
 
 
-def test_failure_backs_off_then_publishes_the_latest_body():
-    pub = publisher()
-    (req,) = sent(pub.publish(b"b1", 0.0))
-    out = pub.handle_response(make_response(req, 503), req, 1.0)
-    (failed,) = events(out, PublicationFailed)
-    assert failed.retry_at == 3.0
-    pub.publish(b"b2", 2.0)
-    ((when, o),) = [(t, o) for t, o in run(pub, 10.0) if isinstance(o, SendRequest)]
-    assert when == 3.0 and o.request.body == b"b2"
-
-
-def test_failures_double_the_wait():
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_errors_wait_5_s_doubling_up_to_60(status):
     pub = publisher()
     (req,) = sent(pub.publish(b"b", 0.0))
     waits = []
     now = 0.0
-    for _ in range(3):
-        out = pub.handle_response(make_response(req, 408), req, now)
+    for _ in range(6):
+        out = pub.handle_response(make_response(req, status), req, now)
         retry_at = events(out, PublicationFailed)[0].retry_at
         waits.append(retry_at - now)
-        (req,) = sent(pub.handle_timer(retry_at))
-        now = retry_at
-    assert waits == [2.0, 4.0, 8.0]
+        ((now, req),) = requests_of(run(pub, retry_at))
+    assert waits == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+
+
+def test_retry_after_is_waited_exactly():
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b", 0.0))
+    out = pub.handle_response(make_response(req, 503, headers=[("Retry-After", "17")]), req, 1.0)
+    assert events(out, PublicationFailed)[0].retry_at == 18.0
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 415, 489])
+def test_client_errors_wait_60_s_doubling_up_to_600(status):
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b", 0.0))
+    waits = []
+    now = 0.0
+    for _ in range(6):
+        out = pub.handle_response(make_response(req, status), req, now)
+        retry_at = events(out, PublicationFailed)[0].retry_at
+        waits.append(retry_at - now)
+        ((now, req),) = requests_of(run(pub, retry_at))
+    assert waits == [60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+
+
+def test_failure_then_publishes_the_newest_body():
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b1", 0.0))
+    pub.handle_response(make_response(req, 503), req, 1.0)
+    pub.publish(b"b2", 2.0)
+    ((when, again),) = requests_of(run(pub, 10.0))
+    assert when == 6.0 and again.body == b"b2"
 
 
 def test_failed_refresh_is_retried_as_a_refresh():
     pub = published()
-    ((when, out),) = run(pub, 600.0)
-    pub.handle_response(make_response(out.request, 500), out.request, when)
-    ((_, again),) = [(t, o) for t, o in run(pub, 600.0) if isinstance(o, SendRequest)]
-    assert again.request.sip_if_match == "e1" and again.request.body == b""
+    ((when, req),) = requests_of(run(pub, 600.0))
+    pub.handle_response(make_response(req, 500), req, when)
+    ((_, again),) = requests_of(run(pub, when + 5))
+    assert again.sip_if_match == "e1" and again.body == b""
 
 
 def test_expired_state_is_published_anew_without_the_old_tag():
     pub = published()
-    ((when, out),) = run(pub, 600.0)
-    pub.handle_response(make_response(out.request, 503, headers=[("Retry-After", "100")]),
-                        out.request, when)
-    ((_, again),) = [(t, o) for t, o in run(pub, 700.0) if isinstance(o, SendRequest)]
-    assert again.request.sip_if_match is None and again.request.body == b"b1"
+    ((when, req),) = requests_of(run(pub, 600.0))
+    pub.handle_response(make_response(req, 503, headers=[("Retry-After", "200")]), req, when)
+    ((_, again),) = requests_of(run(pub, 800.0))
+    assert again.sip_if_match is None and again.body == b"b1"
 
 
 def test_responses_to_other_requests_are_ignored():
@@ -234,6 +278,54 @@ def test_responses_to_other_requests_are_ignored():
     other = Request("PUBLISH", req.uri, list(req.headers), req.body)
     assert pub.handle_response(ok(other), other, 0.1) == []
     assert pub.etag is None
+
+
+# -- heartbeats with a producer (spec 5.2.2) ---------------------------------------------------
+
+
+def test_heartbeat_modifies_with_a_fresh_body_and_needs_no_refresh():
+    pub = publisher(produce=counter(), heartbeat=5.0)
+    (req,) = sent(pub.publish(None, 0.0))
+    pub.handle_response(ok(req), req, 0.0)
+    seen = requests_of(run(pub, 700.0, answer=lambda r, t: ok(r, f"e{t}")))
+    assert [t for t, _ in seen][:3] == [5.0, 10.0, 15.0]
+    bodies = [r.body for _, r in seen]
+    assert bodies[:2] == [b'{"seq":2}', b'{"seq":3}'] and all(bodies)  # never bodiless
+    assert all(r.sip_if_match for _, r in seen)
+
+
+def test_heartbeat_restarts_with_every_body():
+    pub = publisher(produce=counter(), heartbeat=5.0)
+    (req,) = sent(pub.publish(None, 0.0))
+    pub.handle_response(ok(req), req, 0.0)
+    (change,) = sent(pub.publish(None, 3.0))
+    pub.handle_response(ok(change, "e2"), change, 3.0)
+    ((when, _),) = requests_of(run(pub, 8.0, answer=lambda r, t: ok(r, "e3")))
+    assert when == 8.0
+
+
+def test_no_response_retries_at_the_next_heartbeat():
+    pub = publisher(produce=counter(), heartbeat=5.0)
+    (req,) = sent(pub.publish(None, 0.0))
+    out = pub.handle_response(make_response(req, 408), req, 32.0)
+    # The heartbeat (due at 5.0) is overdue: the newest body goes at once.
+    (again,) = sent(out)
+    assert again.body == b'{"seq":2}' and again.sip_if_match is None
+
+
+def test_412_starts_over_with_a_freshly_produced_body():
+    pub = publisher(produce=counter(), heartbeat=5.0)
+    (req,) = sent(pub.publish(None, 0.0))
+    pub.handle_response(ok(req), req, 0.0)
+    (hb,) = [r for _, r in requests_of(run(pub, 5.0))]
+    pub.handle_response(make_response(hb, 412), hb, 5.0)
+    ((_, again),) = requests_of(run(pub, 6.0))
+    assert again.sip_if_match is None and again.body == b'{"seq":3}'
+
+
+def test_heartbeat_without_producer_is_refused():
+    with pytest.raises(ValueError):
+        publisher(heartbeat=5.0)
 
 
 # -- compositor -------------------------------------------------------------------------
@@ -397,7 +489,54 @@ def test_cap_answers_503():
     comp = compositor(classify=node_of, max_publications=1)
     comp.handle_request(publish(), AGENT, 0.0)
     resp = answer(comp.handle_request(publish(body=b'{"node":"n2"}'), AGENT, 0.0))
-    assert resp.status == 503 and resp.retry_after.seconds == 30
+    assert resp.status == 503 and resp.retry_after.seconds == 60
+
+
+def test_request_uri_that_is_no_resource_gets_404_first():
+    comp = compositor(resources=lambda uri: uri == "sip:load-status@proxy.example")
+    assert answer(comp.handle_request(publish(event="presence"), AGENT, 0.0)).status == 404
+
+
+def test_unknown_etag_comes_before_short_expires():
+    resp = answer(compositor().handle_request(publish(if_match="nosuch", expires=10), AGENT, 0.0))
+    assert resp.status == 412
+
+
+def test_several_if_match_values_get_400():
+    req = publish(if_match="a", body=None)
+    req.add_header("SIP-If-Match", "b")
+    assert answer(compositor().handle_request(req, AGENT, 0.0)).status == 400
+    req = publish(if_match="a, b", body=None)
+    assert answer(compositor().handle_request(req, AGENT, 0.0)).status == 400
+
+
+def test_modify_for_another_node_gets_400_node_publication_and_changes_nothing():
+    comp = compositor(classify=node_of)
+    etag = answer(comp.handle_request(publish(), AGENT, 0.0)).sip_etag
+    out = comp.handle_request(publish(if_match=etag, body=b'{"node":"n2"}', cseq=2), AGENT, 1.0)
+    resp = answer(out)
+    assert (resp.status, resp.reason) == (400, "Invalid load-status body: node (publication)")
+    assert comp.by_key["n1"].etag == etag and "n2" not in comp.by_key
+
+
+def test_admit_refuses_a_node_the_publisher_may_not_publish_for():
+    def admit(request, source, key, value, initial):
+        return None if key == "n1" else SipError(403, "node not allowed")
+
+    comp = compositor(classify=node_of, admit=admit)
+    assert answer(comp.handle_request(publish(), AGENT, 0.0)).status == 200
+    resp = answer(comp.handle_request(publish(body=b'{"node":"n2"}', cseq=2), AGENT, 0.0))
+    assert resp.status == 403
+
+
+def test_admit_is_told_whether_the_node_joins_the_pool():
+    seen = []
+    comp = compositor(classify=node_of,
+                      admit=lambda r, s, key, value, initial: seen.append((key, initial)))
+    etag = answer(comp.handle_request(publish(), AGENT, 0.0)).sip_etag
+    comp.handle_request(publish(if_match=etag, body=b'{"node":"n1"}', cseq=2), AGENT, 1.0)
+    comp.handle_request(publish(cseq=3), AGENT, 2.0)  # a restart: initial, known node
+    assert seen == [("n1", True), ("n1", False), ("n1", False)]
 
 
 def test_compositor_ignores_other_methods():

@@ -5,6 +5,13 @@ NOTIFY, refreshes in the dialog, answers the refresh NOTIFY, unsubscribes
 and answers the final terminated NOTIFY; its regexp checks fail SIPp's exit
 status if a header or body is not what the package requires.  The notifier
 side checks what it saw: created, refreshed, ended by unsubscribe.
+
+What SIPp cannot express, and where it is tested instead: the timing of
+NOTIFYs (ceiling, heartbeat, 100 ms limit: a scenario has a fixed sequence
+of messages, so the heartbeat is set long here; see the fake-clock and
+hypothesis tests), a variable number of NOTIFYs between two requests, and
+TLS (not in Debian's build; tests/test_net_service.py runs our own TLS
+client and server).
 """
 
 from __future__ import annotations

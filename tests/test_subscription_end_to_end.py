@@ -71,9 +71,24 @@ class Wire:
         return [e for _, e in self.events if isinstance(e, kind)]
 
 
+class Bodies:
+    """The agent's body producer: a new seq every call, or a fixed body."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.fixed: bytes | None = None
+
+    def __call__(self, now: float) -> bytes:
+        self.seq += 1
+        return self.fixed if self.fixed is not None else f'{{"seq":{self.seq}}}'.encode()
+
+
 def setup(authorize=None, client_auth=None, decode=None, heartbeat=5.0):
+    bodies = Bodies()
     notifier = Notifier("load-status", TYPE, "sip:agent@192.0.2.1:5060", authorize=authorize,
-                        heartbeat=heartbeat, ids=IdGenerator(random.Random(1).randbytes))
+                        heartbeat=heartbeat, produce=bodies,
+                        ids=IdGenerator(random.Random(1).randbytes))
+    notifier.bodies = bodies
     agent = Endpoint([notifier], local={"UDP": AGENT},
                      transactions=TransactionLayer(ids=IdGenerator(random.Random(2).randbytes)))
     pool = SubscriberPool()
@@ -92,21 +107,24 @@ def start(wire: Wire, pool: SubscriberPool, sub: Subscriber) -> None:
     wire.deliver(WATCHER, wire.nodes[WATCHER].submit(pool, pool.add(sub, wire.now), wire.now))
 
 
-def change(wire: Wire, notifier: Notifier, body: bytes, significant=True) -> None:
+def change(wire: Wire, notifier: Notifier, body: bytes | None = None, significant=True) -> None:
+    """The state changes; ``body`` fixes what the producer gives from now on."""
+    notifier.bodies.fixed = body
     agent = wire.nodes[AGENT]
-    wire.deliver(AGENT, agent.submit(notifier, notifier.state_changed(body, wire.now, significant),
+    wire.deliver(AGENT, agent.submit(notifier, notifier.state_changed(None, wire.now, significant),
                                      wire.now))
 
 
 def test_subscription_lives_for_an_hour_with_refreshes_and_heartbeats():
     wire, notifier, pool, sub = setup()
-    change(wire, notifier, b"s0")
     start(wire, pool, sub)
     wire.run(3600.0)
     assert len(wire.of(SubscriptionCreated)) == 1
     assert wire.of(SubscriptionEnded) == [] and wire.of(SubscriptionTerminated) == []
     notes = wire.of(NotificationReceived)
-    assert 700 <= len(notes) <= 730  # one per 5 s heartbeat, plus one per refresh
+    assert 720 <= len(notes) <= 730  # one per 5 s heartbeat, plus one per refresh
+    seqs = [int(n.body[7:-1]) for n in notes]
+    assert seqs == sorted(set(seqs))  # every NOTIFY a fresh body (spec 4.7.2)
     assert len(notifier.subscriptions) == 1
 
 
@@ -114,8 +132,9 @@ def test_state_change_reaches_the_watcher_at_once():
     wire, notifier, pool, sub = setup()
     start(wire, pool, sub)
     wire.run(1.0)
-    change(wire, notifier, b"new")
-    assert wire.of(NotificationReceived)[-1].body == b"new"
+    change(wire, notifier, b'{"seq":99}')
+    assert wire.of(NotificationReceived)[-1].body == b'{"seq":99}'
+    assert wire.of(NotificationReceived)[-1].subscriber is sub
 
 
 def test_digest_challenge_on_subscribe_and_on_every_refresh():
@@ -163,7 +182,7 @@ def test_agent_restart_is_noticed_at_the_refresh_and_the_watcher_resubscribes():
     wire.run(100.0)
     # The agent restarts: a fresh notifier knows no subscription.  Its
     # heartbeats stop; the watcher's refresh gets 481 and subscribes anew.
-    fresh = Notifier("load-status", TYPE, "sip:agent@192.0.2.1:5060",
+    fresh = Notifier("load-status", TYPE, "sip:agent@192.0.2.1:5060", produce=Bodies(),
                      ids=IdGenerator(random.Random(7).randbytes))
     wire.nodes[AGENT] = Endpoint([fresh], local={"UDP": AGENT})
     wire.run(700.0)
@@ -179,13 +198,12 @@ def test_deactivated_makes_the_watcher_resubscribe_at_once():
     agent = wire.nodes[AGENT]
     wire.deliver(AGENT, agent.submit(notifier, notifier.terminate_all("deactivated", wire.now),
                                      wire.now))
+    wire.run(100.2)  # the final NOTIFY keeps 100 ms from the heartbeat at 100.0
     assert len(wire.of(SubscriptionCreated)) == 2
     assert len(notifier.subscriptions) == 1
 
 
-def test_invalid_body_is_refused_with_400_and_both_sides_end_the_subscription():
-    # load-status 4.7.3 and 4.8: the notifier ends the subscription (RFC 6665
-    # 4.2.2 MUST); the watcher subscribes again, no sooner than 30 s later.
+def test_invalid_body_ends_the_subscription_on_both_sides_and_it_comes_back_after_30_s():
     def decode(body):
         if body == b"bad":
             raise ValueError("capacity: 1.5 is above the maximum 1 (rule: maximum)")
@@ -196,16 +214,16 @@ def test_invalid_body_is_refused_with_400_and_both_sides_end_the_subscription():
     wire.run(1.0)
     change(wire, notifier, b"bad")
     (rejected,) = wire.of(NotificationRejected)
-    assert rejected.reason.startswith("capacity: 1.5")
+    assert rejected.reason.startswith("Invalid load-status body: capacity: 1.5")
     (failed,) = wire.of(NotifyFailed)
-    assert (failed.status, failed.reason) == (400, rejected.reason)
-    assert [t.reason for t in wire.of(SubscriptionTerminated)] == ["notify-failed"]
-    notifier.state_changed(b"good", wire.now)
-    wire.run(30.0)
-    assert len(wire.of(SubscriptionCreated)) == 1  # not yet: the back-off
-    wire.run(700.0)
+    assert (failed.status, failed.reason) == (400, rejected.reason)  # logged at the agent
+    assert [e.reason for e in wire.of(SubscriptionTerminated)] == ["notify-failed"]
+    (ended,) = wire.of(SubscriptionEnded)
+    assert ended.retry_at == wire.now + 30.0
+    change(wire, notifier, None)  # the agent is fixed
+    wire.run(40.0)
     assert len(wire.of(SubscriptionCreated)) == 2
-    assert wire.of(NotificationReceived)[-1].body == b"good"
+    assert wire.of(NotificationReceived)[-1].body.startswith(b'{"seq"')
 
 
 def test_lost_notifies_end_the_subscription_and_the_watcher_notices_by_refresh():

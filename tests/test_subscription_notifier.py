@@ -131,10 +131,9 @@ def test_unknown_event_package_gets_489_with_allow_events():
     assert resp.allow_events == ["load-status", "presence"]
 
 
-def test_subscribe_without_event_header_gets_400():
+def test_subscribe_without_event_header_gets_489():
     (resp,) = responses(notifier().handle_request(subscribe(event=None), PROXY, 0.0))
-    assert resp.status == 400
-    assert "Event" in resp.reason
+    assert resp.status == 489 and resp.allow_events == ["load-status"]
 
 
 def test_accept_without_our_type_gets_406():
@@ -375,12 +374,35 @@ def test_unsubscribe_gets_200_and_a_final_terminated_notify_with_the_state():
     assert not n.subscriptions
 
 
-def test_final_notify_goes_out_even_while_another_is_unanswered():
+def test_final_notify_waits_for_the_outstanding_one():
     n = notifier()
     out = n.handle_request(subscribe(), PROXY, 0.0)  # first NOTIFY left unanswered
     tag = responses(out)[0].to_addr.tag
+    (first,) = notifies(out)
     out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.1)
-    assert state_of(notifies(out)[0]).startswith("terminated")
+    assert notifies(out) == [] and n.closing == 1  # spec 4.7.2: one outstanding
+    (final,) = notifies(ok(n, first, 0.3))
+    assert state_of(final).startswith("terminated")
+    assert n.closing == 0 and n.next_timer() is None
+
+
+def test_final_notify_after_a_timed_out_one_is_not_sent():
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (first,) = notifies(out)
+    n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.1)
+    out = n.handle_response(make_response(first.request, 408), first.request, 32.0)
+    assert notifies(out) == [] and n.closing == 0
+
+
+def test_final_notify_keeps_the_100_ms_limit_but_not_the_ceiling():
+    n = notifier()
+    tag, _ = established(n)  # first NOTIFY at 0.0, answered
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.05)
+    assert notifies(out) == []
+    ((when, final),) = [(t, o) for t, o in drive(n, 1.0) if isinstance(o, SendRequest)]
+    assert when == pytest.approx(0.1) and state_of(final).startswith("terminated")
 
 
 # -- expiry and termination ---------------------------------------------------------
@@ -437,30 +459,28 @@ def test_notify_timing_out_ends_the_subscription():
     assert not n.subscriptions
 
 
-@pytest.mark.parametrize("status", [400, 401, 415, 489, 500])
-def test_a_notify_failed_with_an_error_response_ends_the_subscription(status):
-    # RFC 6665 4.2.2 (MUST), load-status 4.7.3: no further NOTIFY.
+@pytest.mark.parametrize("status", [400, 415, 489, 500])
+def test_a_failed_notify_is_logged_and_ends_the_subscription_without_another(status):
     n = notifier()
     first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
-    out = n.handle_response(make_response(first.request, status), first.request, 0.1)
+    resp = make_response(first.request, status, "Invalid load-status body: weight (weight-hint)")
+    out = n.handle_response(resp, first.request, 0.1)
     (failed,) = events(out, NotifyFailed)
-    assert failed.status == status
+    assert (failed.status, failed.reason) == (status, resp.reason)
     (ended,) = events(out, SubscriptionTerminated)
     assert (ended.reason, ended.status) == ("notify-failed", status)
-    assert not notifies(out) and not n.subscriptions
+    assert notifies(out) == [] and not n.subscriptions
 
 
-def test_a_notify_answered_with_retry_after_pauses_the_subscription():
+def test_error_with_retry_after_pauses_the_notifies_but_keeps_the_subscription():
     n = notifier()
-    n.state_changed(b"s1", 0.0)
     first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
-    busy = make_response(first.request, 503)
-    busy.add_header("Retry-After", "20")
-    out = n.handle_response(busy, first.request, 0.1)
-    assert events(out, NotifyFailed) and len(n.subscriptions) == 1
-    n.state_changed(b"s2", 1.0)  # significant, but the subscriber asked for quiet
-    sent = [when for when, o in drive(n, 30.0) if isinstance(o, SendRequest)]
-    assert sent and sent[0] >= 20.1
+    resp = make_response(first.request, 503, headers=[("Retry-After", "20")])
+    out = n.handle_response(resp, first.request, 0.1)
+    assert events(out, NotifyFailed) and not events(out, SubscriptionTerminated)
+    assert notifies(n.state_changed(b"x", 1.0)) == []
+    times = [t for t, o in drive(n, 30.0) if isinstance(o, SendRequest)]
+    assert times[0] == pytest.approx(20.1)
 
 
 def test_response_to_a_final_notify_is_ignored():
@@ -570,21 +590,38 @@ def test_min_rate_parameter_shortens_the_heartbeat():
 def test_min_rate_below_the_heartbeat_floor_does_not_lengthen_it():
     n = notifier()
     _, first = established(n, event="load-status;min-rate=0.01")
-    assert "min-rate=0.2" in state_of(first)
+    assert state_of(first).endswith(";min-rate=0.01")  # the applied value: as asked
     assert [t for t, o in drive(n, 10.0) if isinstance(o, SendRequest)] == [5.0, 10.0]
 
 
-def test_min_rate_above_max_rate_gets_400():
-    out = notifier().handle_request(subscribe(event="load-status;min-rate=3;max-rate=1"),
-                                    PROXY, 0.0)
-    assert responses(out)[0].status == 400
+def test_min_rate_above_max_rate_is_lowered_to_it():
+    n = notifier()
+    _, first = established(n, event="load-status;min-rate=3;max-rate=1")
+    assert state_of(first).endswith(";max-rate=1;min-rate=1")
+    assert [t for t, o in drive(n, 3.0) if isinstance(o, SendRequest)] == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "fast", "inf", "nan"])
-def test_bad_rate_values_get_400_naming_the_parameter(value):
-    out = notifier().handle_request(subscribe(event=f"load-status;max-rate={value}"), PROXY, 0.0)
+def test_max_rate_below_3_per_validity_is_raised():
+    _, first = established(notifier(), event="load-status;max-rate=0.05")
+    assert state_of(first).endswith(";max-rate=0.2")
+
+
+def test_applied_rates_have_at_most_three_decimals_and_no_trailing_zeros():
+    _, first = established(notifier(), event="load-status;max-rate=2.50;min-rate=0.33333")
+    assert state_of(first) == "active;expires=600;max-rate=2.5;min-rate=0.333"
+
+
+def test_spec_example_rates_are_applied_as_asked():
+    _, first = established(notifier(), event="load-status;max-rate=5;min-rate=0.2")
+    assert state_of(first) == "active;expires=600;max-rate=5;min-rate=0.2"
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "-1", "fast", "inf", "nan", "1e3", "1.", ".5"])
+@pytest.mark.parametrize("name", ["max-rate", "min-rate", "adaptive-min-rate"])
+def test_bad_rate_values_get_400_naming_the_parameter(name, value):
+    out = notifier().handle_request(subscribe(event=f"load-status;{name}={value}"), PROXY, 0.0)
     (resp,) = responses(out)
-    assert resp.status == 400 and "max-rate" in resp.reason
+    assert (resp.status, resp.reason) == (400, f"Invalid {name}")
 
 
 def test_adaptive_min_rate_counts_a_burst_as_credit():
@@ -620,12 +657,19 @@ def test_answer_to_the_notify_releases_the_latest_state():
     assert send.request.body == b"new"
 
 
-def test_refresh_notify_respects_the_ceiling():
+def test_refresh_notify_is_not_delayed_by_the_ceiling():
     n = notifier()
     tag, _ = established(n)
     out = n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.2)
+    assert len(notifies(out)) == 1  # spec 8.6: the immediate NOTIFY skips C
+
+
+def test_refresh_notify_still_keeps_100_ms_from_the_previous():
+    n = notifier()
+    tag, _ = established(n)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.05)
     assert notifies(out) == []
-    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [0.5]
+    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [pytest.approx(0.1)]
 
 
 def test_heartbeat_shorter_than_the_ceiling_is_refused():
@@ -666,7 +710,133 @@ def test_refresh_on_a_new_tcp_connection_moves_the_notifies_there():
     assert notifies(out)[0].destination == second_conn
 
 
-# -- fresh bodies from a body source ----------------------------------------------------
+# -- spec 4.6.1 order of checks ------------------------------------------------------------
+
+
+def test_unknown_dialog_is_481_before_authorization():
+    seen = []
+    n = notifier(authorize=lambda r, s, t: seen.append(1) or SipError(403, "no"))
+    (resp,) = responses(n.handle_request(subscribe(to_tag="x", cseq=2), PROXY, 0.0))
+    assert resp.status == 481 and seen == []
+
+
+def test_authorization_comes_before_rates_duration_and_accept():
+    refuse = lambda r, s, t: SipError(403, "Forbidden")  # noqa: E731
+    req = subscribe(expires=10, event="load-status;max-rate=bad",
+                    extra=[("Accept", "text/plain")])
+    (resp,) = responses(notifier(authorize=refuse).handle_request(req, PROXY, 0.0))
+    assert resp.status == 403
+
+
+def test_rates_come_before_duration():
+    req = subscribe(expires=10, event="load-status;max-rate=bad")
+    assert responses(notifier().handle_request(req, PROXY, 0.0))[0].status == 400
+
+
+def test_duration_comes_before_accept():
+    req = subscribe(expires=10, extra=[("Accept", "text/plain")])
+    assert responses(notifier().handle_request(req, PROXY, 0.0))[0].status == 423
+
+
+def test_accept_comes_before_caps():
+    n = notifier(max_subscriptions=0)
+    req = subscribe(extra=[("Accept", "text/plain")])
+    assert responses(n.handle_request(req, PROXY, 0.0))[0].status == 406
+
+
+def test_the_200_carries_allow_events():
+    (resp,) = responses(notifier().handle_request(subscribe(), PROXY, 0.0))
+    assert resp.allow_events == ["load-status"]
+
+
+def test_default_caps_are_16_per_source_and_256_in_all_with_retry_after_60():
+    n = notifier()
+    assert (n.max_per_source, n.max_subscriptions, n.busy_retry_after) == (16, 256, 60)
+
+
+def test_refresh_and_unsubscribe_are_never_refused_for_a_cap():
+    n = notifier(max_per_source=1)
+    tag, _ = established(n)
+    n.max_per_source = 0
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 1.0))
+    assert resp.status == 200
+
+
+def test_replacement_needs_the_same_transport():
+    n = notifier()
+    established(n)
+    tcp = Destination("TCP", PROXY.host, 40000)
+    n.handle_request(subscribe(call_id="c2"), tcp, 1.0)
+    assert len(n.subscriptions) == 2
+
+
+# -- fresh bodies (spec 4.7.2) ---------------------------------------------------------------
+
+
+def counting_producer():
+    count = iter(range(1, 10_000))
+    return lambda now: f'{{"seq":{next(count)}}}'.encode()
+
+
+def test_every_notify_carries_a_freshly_produced_body():
+    n = notifier(produce=counting_producer())
+    _, first = established(n)
+    later = [o.request.body for t, o in drive(n, 10.0) if isinstance(o, SendRequest)]
+    assert [first.request.body, *later] == [b'{"seq":1}', b'{"seq":2}', b'{"seq":3}']
+
+
+def test_final_notify_carries_a_fresh_body_for_any_reason():
+    n = notifier(produce=counting_producer())
+    established(n)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    (final,) = notifies(n.terminate(sid, "probation", 1.0, retry_after=30))
+    assert state_of(final) == "terminated;reason=probation;retry-after=30"
+    assert final.request.body == b'{"seq":2}'
+
+
+def test_drop_ends_a_subscription_without_a_notify():
+    n = notifier()
+    established(n)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    out = n.drop(sid)
+    assert notifies(out) == [] and events(out, SubscriptionTerminated)[0].reason == "deauthorized"
+    assert n.next_timer() is None
+
+
+# -- NOTIFY challenged (spec 4.7.3) -------------------------------------------------------------
+
+
+def test_challenged_notify_goes_again_with_credentials_and_the_newest_body():
+    def authorize(request, response):
+        retry = Request(request.method, request.uri, list(request.headers), request.body)
+        retry.add_header("Proxy-Authorization", "Digest x")
+        return retry
+
+    n = notifier(notify_authorize=authorize, produce=counting_producer())
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    out = n.handle_response(make_response(first.request, 407), first.request, 0.1)
+    (again,) = notifies(out)
+    assert again.request.header("Proxy-Authorization") == "Digest x"
+    assert again.request.body == b'{"seq":2}'
+    assert again.request.cseq.number == first.request.cseq.number + 1
+    assert not events(out, SubscriptionTerminated)
+
+
+def test_challenged_notify_without_credentials_ends_the_subscription():
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    out = n.handle_response(make_response(first.request, 401), first.request, 0.1)
+    assert events(out, SubscriptionTerminated)[0].reason == "notify-failed"
+
+
+def test_contact_matches_source_helper():
+    from sipstatus.sip.subscription import contact_matches_source
+
+    assert contact_matches_source(subscribe(), PROXY)
+    assert not contact_matches_source(subscribe(contact="sip:victim@203.0.113.9"), PROXY)
+
+
+# -- the agent's body_source ---------------------------------------------------------------
 
 
 def test_a_body_source_renders_every_notify_afresh_heartbeats_included():
@@ -674,24 +844,24 @@ def test_a_body_source_renders_every_notify_afresh_heartbeats_included():
     n = notifier(body_source=lambda: next(rendered))
     n.state_changed(b"ignored: the source renders", 0.0)
     _, first = established(n, 0.0)
-    bodies = [first.request.body] + [o.request.body for _, o in drive(n, 16.0) if isinstance(o, SendRequest)]
-    assert bodies == [b"body-0", b"body-1", b"body-2", b"body-3"]  # immediate, then heartbeats at 5, 10, 15 s
+    later = [o.request.body for _, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert [first.request.body, *later] == [b"body-0", b"body-1", b"body-2", b"body-3"]
 
 
 @pytest.mark.parametrize("reason", ["probation", "noresource"])
 def test_a_stopping_notifier_sends_its_last_state_in_the_final_notify(reason):
     n = notifier(body_source=lambda: b'{"state":"down"}')
-    n.state_changed(b"x", 0.0)
     established(n, 0.0)
-    (final,) = notifies(n.terminate_all(reason, 1.0, retry_after=30 if reason == "probation" else None))
+    retry_after = 30 if reason == "probation" else None
+    (final,) = notifies(n.terminate_all(reason, 1.0, retry_after=retry_after))
     assert state_of(final).startswith(f"terminated;reason={reason}")
     assert final.request.body == b'{"state":"down"}'
     assert final.request.content_type == TYPE
 
 
-def test_a_final_notify_for_rejected_carries_no_body():
+@pytest.mark.parametrize("reason", ["rejected", "deactivated", "giveup"])
+def test_a_final_notify_for_other_reasons_carries_no_body(reason):
     n = notifier(body_source=lambda: b"state")
-    n.state_changed(b"x", 0.0)
     established(n, 0.0)
-    (final,) = notifies(n.terminate_all("rejected", 1.0))
-    assert final.request.body == b""
+    (final,) = notifies(n.terminate_all(reason, 1.0))
+    assert final.request.body == b"" and final.request.content_type is None

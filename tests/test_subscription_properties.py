@@ -62,16 +62,17 @@ def test_notifier_keeps_rates_order_and_timers_under_any_sequence(ops):
     now = 0.0
     calls = 0
     inflight: dict[str, list[SendRequest]] = {}  # call-id -> unanswered NOTIFYs
-    last: dict[str, float] = {}  # call-id -> time of the last non-final NOTIFY
+    last: dict[str, float] = {}  # call-id -> start of the last NOTIFY
     cseqs: dict[str, int] = {}
     dialogs: list[tuple[str, str, int, int]] = []  # call-id, to-tag, source index, cseq
     ended: set[str] = set()
+    finals: set[str] = set()
+    owed: set[str] = set()  # dialogs whose next NOTIFY answers a SUBSCRIBE (skips C)
 
     def check(outs):
         for o in outs:
             if isinstance(o, SubscriptionTerminated):
                 ended.add(o.id.call_id)
-                inflight.pop(o.id.call_id, None)
             if not isinstance(o, SendRequest):
                 continue
             req = o.request
@@ -79,16 +80,20 @@ def test_notifier_keeps_rates_order_and_timers_under_any_sequence(ops):
             number = req.cseq.number
             assert number > cseqs.get(cid, 0)
             cseqs[cid] = number
-            final = (req.header("Subscription-State") or "").startswith("terminated")
-            if final:
-                continue
-            sub = n.subscriptions[(cid, req.from_addr.tag)]
+            assert cid not in finals, "a NOTIFY after the final one"
             assert not inflight.get(cid), "two NOTIFYs in flight"
+            final = (req.header("Subscription-State") or "").startswith("terminated")
             if cid in last:
-                assert now - last[cid] >= sub.min_interval - EPS
-                assert sub.min_interval >= 0.1 - EPS  # 10/s absolute ceiling
+                assert now - last[cid] >= 0.1 - EPS  # spec 8.1, final ones included
+                if not final and cid not in owed:
+                    sub = n.subscriptions[(cid, req.from_addr.tag)]
+                    assert now - last[cid] >= sub.rates.ceiling - EPS  # spec 8.4
             last[cid] = now
-            inflight.setdefault(cid, []).append(o)
+            owed.discard(cid)
+            if final:
+                finals.add(cid)
+            else:
+                inflight.setdefault(cid, []).append(o)
 
     for op in ops:
         kind = op[0]
@@ -111,7 +116,10 @@ def test_notifier_keeps_rates_order_and_timers_under_any_sequence(ops):
             req.set_header("From", f"<sip:w{who}@example>;tag=f{cid[4:]}")
             req.set_header("To", f"<sip:agent@192.0.2.1>;tag={tag}")
             req.set_header("CSeq", f"{cseq + 1} SUBSCRIBE")
-            check(n.handle_request(req, SOURCES[who % 2], now))
+            out = n.handle_request(req, SOURCES[who % 2], now)
+            if any(isinstance(o, SendResponse) and o.response.status == 200 for o in out):
+                owed.add(cid)
+            check(out)
         elif kind == "change":
             check(n.state_changed(b"{}", now, op[1]))
         elif kind == "answer" and inflight:
@@ -128,14 +136,14 @@ def test_notifier_keeps_rates_order_and_timers_under_any_sequence(ops):
                 # for longer than its heartbeat.
                 for (cid, _), sub in n.subscriptions.items():
                     if cid in last and not inflight.get(cid) and sub.in_flight is None:
-                        assert now - last[cid] <= sub.heartbeat + EPS
+                        assert now - last[cid] <= sub.rates.heartbeat + EPS
                 check(n.handle_timer(now))
                 nxt = n.next_timer()
                 assert nxt is None or nxt > now, "handled time returned again"
             now = end
             for (cid, _), sub in n.subscriptions.items():
                 if cid in last and not inflight.get(cid) and sub.in_flight is None:
-                    assert now - last[cid] <= sub.heartbeat + EPS
+                    assert now - last[cid] <= sub.rates.heartbeat + EPS
         elif kind == "terminate" and n.subscriptions:
             sub = list(n.subscriptions.values())[op[1] % len(n.subscriptions)]
             check(n.terminate(sub.id, "deactivated", now))

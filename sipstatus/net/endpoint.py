@@ -38,6 +38,10 @@ from ..sip.validation import SIPSTATUS_METHODS, check_request
 
 log = logging.getLogger(__name__)
 
+# RFC 3261 section 18.1.1 (spec 4.14): a request larger than this, with the
+# path MTU unknown, goes over a congestion-controlled transport, not UDP.
+UDP_REQUEST_LIMIT = 1300
+
 
 class TransactionUser(Protocol):
     """What the endpoint needs of a notifier, subscriber pool, publisher..."""
@@ -217,6 +221,11 @@ class Endpoint:
         request = client.request
         request.remove_header("Via")  # ours alone: stamped for this transport
         request.prepend_header("Via", self._via(destination.transport.upper()))
+        if destination.transport.upper() == "UDP" \
+                and len(request.to_bytes()) + len(";branch=z9hG4bK") + 32 > UDP_REQUEST_LIMIT:
+            destination = Destination("TCP", destination.host, destination.port)
+            request.remove_header("Via")
+            request.prepend_header("Via", self._via("TCP"))
         try:
             events = self.transactions.send_request(request, destination, now)
         except ValueError:

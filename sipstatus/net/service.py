@@ -136,6 +136,7 @@ class SipService:
         self._tasks: set[asyncio.Task] = set()
         self.send_errors = 0
         self.cut_off = 0
+        self.closed = False
 
     def now(self) -> float:
         return self.loop.time()
@@ -171,6 +172,7 @@ class SipService:
         return bound[0], bound[1]
 
     async def close(self) -> None:
+        self.closed = True  # connections lost from here on are ours to drop
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -201,6 +203,8 @@ class SipService:
         self._feed(self.endpoint.receive(data, source, self.now()))
 
     def _feed(self, outputs: Iterable[object]) -> None:
+        if self.closed:
+            return
         for item in outputs:
             try:
                 if isinstance(item, Transmit):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
-import random as _random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -30,24 +30,23 @@ from .errors import SipError, bad_request
 from .identifiers import IdGenerator
 from .message import Request, Response, error_response, make_response
 from .subscription import (
-    BACKOFF_BASE,
-    BACKOFF_MAX,
     DEFAULT_EXPIRES,
     MAX_EXPIRES,
     MAX_FORWARDS,
     MIN_EXPIRES,
     Authorizer,
     ClientAuthorizer,
+    Producer,
     SendRequest,
     SendResponse,
-    backoff,
     refresh_delay,
 )
 from .transaction import Destination
 
-# The least time between two PUBLISHes carrying bodies: the default rate
-# ceiling of the package (2/s), as for NOTIFY.
-DEFAULT_MIN_INTERVAL = 0.5
+# Spec 8.7: PUBLISHes carrying bodies start at least C apart (default 0.5 s),
+# and any two at least 100 ms apart (8.1).
+DEFAULT_CEILING = 0.5
+ABSOLUTE_INTERVAL = 0.1
 # Entity tags: 64 random bits are unguessable enough for a tag that is only
 # valid together with the publication's Request-URI and lifetime.
 ETAG_OCTETS = 8
@@ -67,7 +66,8 @@ class Published:
 
 @dataclass(frozen=True, slots=True)
 class PublicationFailed:
-    """A PUBLISH failed; ``retry_at`` None means the publisher gave up."""
+    """A PUBLISH failed (log ``status`` and ``reason``: a 400's phrase names the
+    member and rule, spec 5.7); the next try is at ``retry_at``."""
 
     publisher: Publisher
     status: int
@@ -85,23 +85,32 @@ class Unpublished:
 PublisherEvent = Published | PublicationFailed | Unpublished
 PublisherOutput = SendRequest | SendResponse | PublisherEvent
 
-# Publisher request kinds.
+# Publisher request kinds (spec 5.2).
 INITIAL, MODIFY, REFRESH, REMOVE = "initial", "modify", "refresh", "remove"
+# Spec 5.7: waits after failures, doubling while they repeat.
+SERVER_ERROR_WAIT = (5.0, 60.0)  # 5xx (Retry-After wins), no response without heartbeat
+CLIENT_ERROR_WAIT = (60.0, 600.0)  # 400, 403, 404, 415, 489, refused credentials
 
 
 class Publisher:
-    """Publishes one event state at ``target`` (RFC 3903 section 4).
+    """Publishes one event state at ``target`` (RFC 3903 section 4, spec 5).
 
     ``destination``: where PUBLISH goes (None: resolve ``target`` per RFC
-    3263).  ``authorize`` answers 401/407 (``DigestClient.authorize``; it
-    gives up after one refused try per challenge).
+    3263).  ``produce(now)`` makes a fresh body for every PUBLISH that
+    carries one; with it, ``heartbeat`` H sends a modification whenever H
+    passes without a body (spec 5.2.2), and no bodiless refresh is needed.
+    Without it the body given to :meth:`publish` is sent, and refreshes keep
+    the publication alive.  ``authorize`` answers 401/407
+    (``DigestClient.authorize``).  PUBLISH transactions start at least
+    ``min_interval`` (the ceiling C) apart when they carry a body, 100 ms
+    apart otherwise (spec 8.1, 8.7), one outstanding at a time.
     """
 
     __slots__ = (
         "target", "package", "content_type", "local_uri", "destination", "authorize",
-        "expires", "min_interval", "random", "backoff_base", "backoff_max", "call_id",
-        "local_tag", "cseq", "etag", "expires_at", "body", "dirty", "removing", "pending",
-        "pending_kind", "last_sent", "send_at", "refresh_at", "retry_at", "failures", "key",
+        "produce", "heartbeat", "expires", "ceiling", "call_id", "local_tag", "cseq", "etag",
+        "expires_at", "body", "dirty", "removing", "pending", "pending_kind", "queued",
+        "last_start", "last_body", "refresh_at", "retry_at", "failures", "key",
     )
 
     def __init__(
@@ -113,14 +122,15 @@ class Publisher:
         *,
         destination: Destination | None = None,
         authorize: ClientAuthorizer | None = None,
+        produce: Producer | None = None,
+        heartbeat: float | None = None,
         expires: int = DEFAULT_EXPIRES,
-        min_interval: float = DEFAULT_MIN_INTERVAL,
+        min_interval: float = DEFAULT_CEILING,
         ids: IdGenerator | None = None,
-        random: Callable[[], float] = _random.random,
-        backoff_base: float = BACKOFF_BASE,
-        backoff_max: float = BACKOFF_MAX,
         key: object = None,
     ) -> None:
+        if heartbeat is not None and produce is None:
+            raise ValueError("a heartbeat needs a producer of fresh bodies")
         ids = ids or IdGenerator()
         self.target = target
         self.package = package
@@ -128,26 +138,25 @@ class Publisher:
         self.local_uri = local_uri
         self.destination = destination
         self.authorize = authorize
+        self.produce = produce
+        self.heartbeat = heartbeat
         self.expires = expires
-        self.min_interval = min_interval
-        self.random = random
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.ceiling = max(min_interval, ABSOLUTE_INTERVAL)  # C of spec 8.7
         self.key = key
-        # One Call-ID and a rising CSeq for all our PUBLISHes, as for
-        # REGISTER (RFC 3903 leaves it open; it eases reading traces).
+        # Spec 5.1: one Call-ID and From-tag for the publication, CSeq + 1 each.
         self.call_id = ids.call_id()
         self.local_tag = ids.tag()
         self.cseq = 0
         self.etag: str | None = None
         self.expires_at: float | None = None
         self.body: bytes | None = None
-        self.dirty = False  # body not yet published
+        self.dirty = False  # a body is due (a change, or starting over)
         self.removing = False
-        self.pending: Request | None = None
+        self.pending: Request | None = None  # awaiting its final response
         self.pending_kind: str | None = None
-        self.last_sent: float | None = None
-        self.send_at: float | None = None
+        self.queued: Request | None = None  # a retry waiting for the 100 ms limit
+        self.last_start: float | None = None  # start of the last PUBLISH transaction
+        self.last_body: float | None = None  # start of the last one with a body
         self.refresh_at: float | None = None
         self.retry_at: float | None = None
         self.failures = 0
@@ -157,9 +166,11 @@ class Publisher:
 
     # -- the application's side -----------------------------------------------------------
 
-    def publish(self, body: bytes, now: float) -> list[PublisherOutput]:
-        """Publish ``body`` (initial or modify), as soon as the ceiling allows."""
-        self.body = body
+    def publish(self, body: bytes | None, now: float) -> list[PublisherOutput]:
+        """A significant change: publish (``body``, or a produced one) as soon
+        as the ceiling allows; an initial PUBLISH if we hold no entity tag."""
+        if body is not None:
+            self.body = body
         self.dirty = True
         self.removing = False
         out: list[PublisherOutput] = []
@@ -167,10 +178,10 @@ class Publisher:
         return out
 
     def remove(self, now: float) -> list[PublisherOutput]:
-        """Remove our state (Expires: 0); nothing more is published after."""
+        """Remove our state (Expires: 0, spec 5.2.4); nothing more is published."""
         self.removing = True
         self.dirty = False
-        self.retry_at = self.send_at = self.refresh_at = None
+        self.retry_at = self.refresh_at = None
         out: list[PublisherOutput] = []
         if self.etag is None and self.pending is None:
             out.append(Unpublished(self))
@@ -180,7 +191,14 @@ class Publisher:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def _request(self, kind: str, now: float) -> SendRequest:
+    def _fresh_body(self, now: float) -> bytes | None:
+        if self.produce is not None:
+            body = self.produce(now)
+            if body is not None:
+                self.body = body
+        return self.body
+
+    def _request(self, kind: str, now: float) -> Request:
         self.cseq += 1
         expires = 0 if kind == REMOVE else self.expires
         headers = [
@@ -194,39 +212,64 @@ class Publisher:
             assert self.etag is not None
             headers.append(("SIP-If-Match", self.etag))
         if kind in (INITIAL, MODIFY):
-            assert self.body is not None
-            body = self.body
+            body = self._fresh_body(now) or b""
             headers.append(("Content-Type", self.content_type))
             self.dirty = False
-            self.last_sent = now
-        request = Request("PUBLISH", self.target, headers, body)
+        return Request("PUBLISH", self.target, headers, body)
+
+    def _start(self, request: Request, kind: str, now: float,
+               out: list[PublisherOutput]) -> None:
         self.pending, self.pending_kind = request, kind
-        self.send_at = self.refresh_at = None
-        return SendRequest(request, self.destination)
+        self.last_start = now
+        if request.body:
+            self.last_body = now
+        self.refresh_at = None
+        out.append(SendRequest(request, self.destination))
+
+    def _earliest(self, with_body: bool) -> float:
+        if self.last_start is None:
+            return -math.inf
+        return self.last_start + (self.ceiling if with_body else ABSOLUTE_INTERVAL)
+
+    def _heartbeat_due(self) -> float | None:
+        if self.heartbeat is None or self.removing:
+            return None
+        if self.last_body is None:
+            return None if self.body is None and not self.dirty else -math.inf
+        return self.last_body + self.heartbeat
 
     def _service(self, now: float, out: list[PublisherOutput]) -> None:
         """Send what is due now, if nothing is in flight."""
         if self.pending is not None:
             return
+        if self.queued is not None:
+            if now >= self._earliest(False):
+                request, self.queued = self.queued, None
+                self._start(request, self._kind_of(request), now, out)
+            return
         if self.expires_at is not None and now >= self.expires_at:
             # Our state is gone at the compositor: the tag is worthless.
             self.etag = self.expires_at = self.refresh_at = None
-            self.dirty = self.dirty or (self.body is not None and not self.removing)
+            self.dirty = self.dirty or (self.body is not None or self.produce is not None)
         if self.removing:
-            if self.etag is not None:
-                out.append(self._request(REMOVE, now))
+            if self.etag is not None and now >= self._earliest(False):
+                self._start(self._request(REMOVE, now), REMOVE, now, out)
             return
         if self.retry_at is not None:
-            return  # backing off
-        if self.dirty and self.body is not None:
-            earliest = -1.0 if self.last_sent is None else self.last_sent + self.min_interval
-            if now >= earliest:
-                out.append(self._request(INITIAL if self.etag is None else MODIFY, now))
-            else:
-                self.send_at = earliest
+            if now < self.retry_at:
+                return
+            self.retry_at = None
+        heartbeat = self._heartbeat_due()
+        if heartbeat is not None and now >= heartbeat:
+            self.dirty = True
+        if self.dirty and (self.body is not None or self.produce is not None):
+            if now >= self._earliest(True):
+                kind = INITIAL if self.etag is None else MODIFY
+                self._start(self._request(kind, now), kind, now, out)
             return
-        if self.refresh_at is not None and now >= self.refresh_at and self.etag is not None:
-            out.append(self._request(REFRESH, now))
+        if self.refresh_at is not None and now >= self.refresh_at and self.etag is not None \
+                and now >= self._earliest(False):
+            self._start(self._request(REFRESH, now), REFRESH, now, out)
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -245,13 +288,13 @@ class Publisher:
         if 200 <= status < 300:
             self._succeeded(response, kind, now, out)
         elif status == 412:
-            # RFC 3903 section 4.4: the compositor does not know our tag.
+            # RFC 3903 section 4.4 and spec 5.4: discard the tag; the next
+            # PUBLISH is an initial one with a fresh body.
             self.etag = self.expires_at = self.refresh_at = None
             if kind == REMOVE:
                 out.append(Unpublished(self))
-            elif self.body is not None:
+            else:
                 self.dirty = True
-                self.last_sent = None  # starting over is not a rate question
         elif not self._retry(request, response, out):
             self._failed(response, kind, now, out)
         self._service(now, out)
@@ -275,14 +318,15 @@ class Publisher:
             # without it the state cannot be refreshed: publish anew later.
             self.etag = self.expires_at = None
             self.refresh_at = now + refresh_delay(expires)
-            self.dirty = self.body is not None
             return
         self.etag = etag
         self.expires_at = now + expires
-        self.refresh_at = now + refresh_delay(expires)
+        if self.heartbeat is None:
+            self.refresh_at = now + refresh_delay(expires)
         out.append(Published(self, etag, expires))
 
     def _retry(self, request: Request, response: Response, out: list[PublisherOutput]) -> bool:
+        """401/407 with credentials, 423 with Min-Expires: the same PUBLISH again."""
         if response.status in (401, 407) and self.authorize is not None:
             retry = self.authorize(request, response)
             if retry is None:
@@ -294,7 +338,7 @@ class Publisher:
                 return False
             if minimum is None or minimum <= self.expires:
                 return False
-            self.expires = minimum
+            self.expires = minimum  # spec 5.3
             retry = Request(request.method, request.uri, list(request.headers), request.body)
             retry.set_header("Expires", str(minimum))
             retry.set_header("CSeq", f"{self.cseq + 1} PUBLISH")
@@ -304,8 +348,7 @@ class Publisher:
         assert cseq is not None
         self.cseq = cseq.number
         retry.remove_header("Via")
-        self.pending, self.pending_kind = retry, self._kind_of(retry)
-        out.append(SendRequest(retry, self.destination))
+        self.queued = retry  # sent by _service, 100 ms after the last start
         return True
 
     @staticmethod
@@ -318,51 +361,66 @@ class Publisher:
 
     def _failed(self, response: Response, kind: str | None, now: float,
                 out: list[PublisherOutput]) -> None:
+        status = response.status
         if kind == REMOVE:
             self.etag = self.expires_at = None
-            out.append(PublicationFailed(self, response.status, response.reason or "", None))
+            out.append(PublicationFailed(self, status, response.reason or "", None))
             out.append(Unpublished(self))
             return
-        if response.status in (401, 407):
-            # Credentials refused: retrying cannot help; publish() starts again.
-            self.dirty = False
-            self.retry_at = self.refresh_at = None
-            out.append(PublicationFailed(self, response.status, response.reason or "", None))
-            return
         if kind in (INITIAL, MODIFY):
-            self.dirty = True
+            self.dirty = True  # the newest body goes next time
         elif kind == REFRESH:
-            self.refresh_at = now  # due again after the backoff
+            self.refresh_at = now
         self.failures += 1
-        wait = backoff(self.failures, self.random, self.backoff_base, self.backoff_max)
-        try:
-            retry_after = response.retry_after
-        except SipError:
-            retry_after = None
-        if retry_after is not None:
-            wait = max(wait, float(retry_after.seconds))
+        if status == 408 and self.heartbeat is not None:
+            # Spec 5.7: no response: the newest body at the next heartbeat.
+            self.dirty = self.dirty or kind == REFRESH
+            wait = max(0.0, (self._heartbeat_due() or now) - now)
+        else:
+            base, cap = CLIENT_ERROR_WAIT if 400 <= status < 500 and status != 408 \
+                else SERVER_ERROR_WAIT
+            wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+            try:
+                retry_after = response.retry_after
+            except SipError:
+                retry_after = None
+            if retry_after is not None:
+                wait = float(retry_after.seconds)
         self.retry_at = now + wait
-        out.append(PublicationFailed(self, response.status, response.reason or "", self.retry_at))
+        out.append(PublicationFailed(self, status, response.reason or "", self.retry_at))
 
     # -- timers --------------------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
         if self.pending is not None:
             return None  # the transaction layer reports the outcome
-        times = [t for t in (self.send_at, self.refresh_at, self.retry_at) if t is not None]
+        if self.queued is not None:
+            return self._earliest(False)
+        if self.removing:
+            return self._earliest(False) if self.etag is not None else None
+        times: list[float] = []
         if self.retry_at is not None:
-            times = [self.retry_at]
+            times.append(self.retry_at)
+        else:
+            if self.dirty and (self.body is not None or self.produce is not None):
+                times.append(self._earliest(True))
+            heartbeat = self._heartbeat_due()
+            if heartbeat is not None:
+                times.append(max(heartbeat, self._earliest(True)))
+            if self.refresh_at is not None:
+                times.append(max(self.refresh_at, self._earliest(False)))
+        if self.expires_at is not None:
+            times.append(self.expires_at)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[PublisherOutput]:
         out: list[PublisherOutput] = []
-        if self.retry_at is not None and now >= self.retry_at:
-            self.retry_at = None
-        if self.send_at is not None and now >= self.send_at:
-            self.send_at = None
         self._service(now, out)
-        if self.pending is None and self.refresh_at is not None and now >= self.refresh_at:
+        if self.pending is None and self.refresh_at is not None and now >= self.refresh_at \
+                and self.etag is None:
             self.refresh_at = None  # nothing to refresh (no tag): forget it
+        if self.pending is None and self.expires_at is not None and now >= self.expires_at:
+            self.expires_at = None
         return out
 
 
@@ -414,8 +472,12 @@ CompositorOutput = SendResponse | CompositorEvent
 
 #: ``classify(request, body) -> (key, value)``: which state the body speaks
 #: for (the load-status node) and its decoded value; raise SipError (400
-#: naming member and rule) to refuse the body.
+#: ``Invalid load-status body: member (rule)``) to refuse the body.
 Classifier = Callable[[Request, bytes], tuple[str, object]]
+#: ``admit(request, source, key, value, initial) -> SipError | None``: may this
+#: publisher publish for ``key``, and (``initial``) may ``key`` join the pool?
+#: Spec 5.5 steps 11 and 12: 403 if not.
+Admitter = Callable[[Request, Destination, str, object, bool], SipError | None]
 
 
 def _by_request_uri(request: Request, body: bytes) -> tuple[str, object]:
@@ -423,7 +485,14 @@ def _by_request_uri(request: Request, body: bytes) -> tuple[str, object]:
 
 
 class Compositor:
-    """The event state compositor of one package (RFC 3903 section 6)."""
+    """The event state compositor of one package (RFC 3903 section 6, spec 5.5).
+
+    ``resources(uri)`` says whether a Request-URI is one of ours (else 404);
+    ``authorize`` decides on every PUBLISH (401/403); ``classify`` decodes a
+    body and names the state it is for (400); ``admit`` binds publishers to
+    keys and keys to the pool (403).  One publication per key: an initial
+    PUBLISH for a key that has one replaces it.
+    """
 
     def __init__(
         self,
@@ -431,16 +500,21 @@ class Compositor:
         content_type: str,
         *,
         other_packages: Iterable[str] = (),
+        resources: Callable[[str], bool] | None = None,
         authorize: Authorizer | None = None,
         classify: Classifier = _by_request_uri,
+        admit: Admitter | None = None,
         default_expires: int = DEFAULT_EXPIRES,
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
         max_publications: int = 10_000,
-        busy_retry_after: int = 30,
+        busy_retry_after: int = 60,
         random: Callable[[int], bytes] = os.urandom,
+        make_etag: Callable[[], str] | None = None,
     ) -> None:
         self.package = package.lower()
+        self.resources = resources
+        self.admit = admit
         self.content_type = content_type.lower()
         self.other_packages = [p.lower() for p in other_packages]
         self.authorize = authorize
@@ -451,6 +525,7 @@ class Compositor:
         self.max_publications = max_publications
         self.busy_retry_after = busy_retry_after
         self.random = random
+        self.make_etag = make_etag  # tags of the application's own (Kamailio's $sruid style)
         self.by_etag: dict[str, Publication] = {}
         self.by_key: dict[str, Publication] = {}
         self._heap: list[tuple[float, int, Publication]] = []
@@ -473,13 +548,16 @@ class Compositor:
 
     def _new_etag(self) -> str:
         while True:
-            etag = self.random(ETAG_OCTETS).hex()
+            etag = self.make_etag() if self.make_etag else self.random(ETAG_OCTETS).hex()
             if etag not in self.by_etag:
                 return etag
 
     def _publish(self, request: Request, source: Destination, now: float,
                  out: list[CompositorOutput]) -> None:
-        # RFC 3903 section 6, steps in order.
+        # Spec 5.5: the order of checks (step 1, the stateless rate limit,
+        # belongs before the transaction layer and is not here).
+        if self.resources is not None and not self.resources(request.uri):
+            raise SipError(404, "Not Found")
         event = request.event
         if event is None or event.package != self.package:
             packages = ", ".join([self.package, *self.other_packages])
@@ -490,32 +568,39 @@ class Compositor:
             refusal = self.authorize(request, source, now)
             if refusal is not None:
                 raise refusal
+        if len(request.header_all("SIP-If-Match")) > 1:
+            raise bad_request("more than one SIP-If-Match")
+        if_match = request.sip_if_match  # a list of tags is no token: 400
+        publication: Publication | None = None
+        if if_match is not None:
+            publication = self.by_etag.get(if_match)
+            if publication is None:
+                raise SipError(412, "Conditional Request Failed")  # RFC 3903 6, step 3
         expires = request.expires
         if expires is None:
             expires = self.default_expires
         elif 0 < expires < self.min_expires:
-            raise SipError(423, "publication too brief", [("Min-Expires", str(self.min_expires))])
+            raise SipError(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
         expires = min(expires, self.max_expires)
         if request.body and request.content_type != self.content_type:
-            raise SipError(415, f"media type {request.content_type!r} not supported",
-                           [("Accept", self.content_type)])
-        if_match = request.sip_if_match
-        if if_match is None:
+            raise SipError(415, "Unsupported Media Type", [("Accept", self.content_type)])
+        if publication is None:
             self._initial(request, source, expires, now, out)
             return
-        publication = self.by_etag.get(if_match)
-        if publication is None:
-            raise SipError(412, "unknown entity tag")  # section 6, step 4
         if expires == 0:
             self._drop(publication, "removed", out)
             out.insert(0, SendResponse(make_response(request, 200, headers=[("Expires", "0")])))
             return
         if request.body:
             key, value = self.classify(request, request.body)
-            self._drop(publication, None if key == publication.key else "replaced", out)
+            if key != publication.key:
+                # Spec 5.5 step 10: an entity tag belongs to one key for life.
+                raise SipError(400, f"Invalid {self.package} body: node (publication)")
+            self._admit(request, source, key, value, initial=False)
+            self._drop(publication, None, out)
             self._store(request, key, value, source, expires, now, out)
             return
-        # A refresh: a new tag, the same state (section 6, step 5).
+        # A refresh: a new tag, the same state (RFC 3903 section 6, step 6).
         del self.by_etag[publication.etag]
         publication.etag = self._new_etag()
         self.by_etag[publication.etag] = publication
@@ -523,13 +608,21 @@ class Compositor:
         out.append(self._ok(request, publication.etag, expires))
         out.append(PublicationRefreshed(publication.key, publication.etag, expires))
 
+    def _admit(self, request: Request, source: Destination, key: str, value: object,
+               initial: bool) -> None:
+        if self.admit is not None:
+            refusal = self.admit(request, source, key, value, initial)
+            if refusal is not None:
+                raise refusal
+
     def _initial(self, request: Request, source: Destination, expires: int, now: float,
                  out: list[CompositorOutput]) -> None:
         if not request.body:
-            raise bad_request("initial PUBLISH without a body")  # section 6, step 3
+            raise bad_request("initial PUBLISH without a body")  # spec 5.5 step 8
         if expires == 0:
             raise bad_request("Expires: 0 without SIP-If-Match")
         key, value = self.classify(request, request.body)
+        self._admit(request, source, key, value, initial=key not in self.by_key)
         previous = self.by_key.get(key)
         if previous is not None:
             self._drop(previous, "replaced", out)

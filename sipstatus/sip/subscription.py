@@ -1,12 +1,16 @@
 """SIP-specific event notification (RFC 6665) with rate control (RFC 6446), sans-I/O.
 
-Two state machines, generic over the event package and its body:
+Two state machines, generic over the event package and its body, with the
+rules of the load-status package (spec/load-status.md sections 4 and 8) as
+defaults:
 
 - :class:`Notifier` answers SUBSCRIBE requests for one package, keeps the
-  subscriptions (dialogs) and sends NOTIFY requests: a full state at once, a
-  new state as soon as each subscription's rate ceiling allows (changes in
-  between coalesce: the latest body wins), a heartbeat at least every
-  heartbeat interval, and a final NOTIFY when a subscription ends.
+  subscriptions (dialogs) and sends NOTIFY requests, one outstanding at a
+  time per subscription: a full state at once, a new state as soon as each
+  subscription's ceiling allows (changes in between coalesce: the newest
+  body goes), a heartbeat at least every heartbeat interval, and a final
+  NOTIFY when a subscription ends.  Every NOTIFY carries a freshly produced
+  body (the ``produce`` hook), never a copy (spec 4.7.2).
 - :class:`Subscriber` holds one subscription to one resource: initial
   SUBSCRIBE, refreshes, NOTIFY handling, re-subscription with backoff.
   :class:`SubscriberPool` runs hundreds of them with one timer heap.
@@ -28,12 +32,13 @@ import itertools
 import math
 import os
 import random as _random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .dialog import Dialog, dialog_as_uac, dialog_as_uas
 from .errors import SipError, bad_request
-from .headers import NameAddr, parse_media_type, parse_name_addr
+from .headers import parse_media_type, parse_name_addr
 from .identifiers import IdGenerator
 from .message import Request, Response, error_response, make_response
 from .transaction import DEFAULT_SIP_PORT, DEFAULT_SIPS_PORT, T1, Destination
@@ -41,12 +46,15 @@ from .uri import SipUri, parse_uri
 
 # -- defaults (the load-status package, spec section 8) ------------------------------
 
-DEFAULT_EXPIRES = 600  # spec: default subscription duration
-MIN_EXPIRES = 60  # below this: 423 with Min-Expires (RFC 6665 section 4.2.1.1)
-MAX_EXPIRES = 3600  # the notifier may shorten a subscription (RFC 6665 4.2.1.1)
-DEFAULT_MAX_RATE = 2.0  # NOTIFY/s without a max-rate parameter (0.5 s apart)
-MAX_RATE_LIMIT = 10.0  # absolute ceiling per subscription, whatever is asked
-DEFAULT_HEARTBEAT = 5.0  # validity (15 s) / 3: a NOTIFY at least this often
+DEFAULT_EXPIRES = 600  # spec 4.4: without Expires
+MIN_EXPIRES = 60  # spec 4.4: below this, 423 with Min-Expires
+MAX_EXPIRES = 3600  # spec 4.4: never granted longer
+DEFAULT_MAX_RATE = 2.0  # spec 8.2: ceiling without max-rate (0.5 s apart)
+MAX_RATE_LIMIT = 10.0  # spec 8.1: 100 ms between NOTIFYs, whatever is asked
+DEFAULT_HEARTBEAT = 5.0  # spec 8.2: validity (15 s) / 3
+MAX_SUBSCRIPTIONS = 256  # spec 4.6.2 caps and their Retry-After
+MAX_PER_SOURCE = 16
+BUSY_RETRY_AFTER = 60
 # RFC 6665 section 4.1.2.4: a subscriber that gets a 2xx but no NOTIFY within
 # 64*T1 considers the subscription failed.
 NOTIFY_WAIT = 64 * T1
@@ -111,10 +119,11 @@ class SubscriptionTerminated:
     """A subscription ended.
 
     ``reason``: ``timeout`` (not refreshed), ``unsubscribed`` (Expires: 0),
-    ``replaced`` (a new SUBSCRIBE from the same watcher), ``notify-rejected``
-    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer),
-    ``notify-failed`` (another error response without Retry-After), or
-    the reason given to :meth:`Notifier.terminate`.
+    ``replaced`` (a new SUBSCRIBE from the same watcher, spec 4.6.3),
+    ``notify-rejected`` (a NOTIFY was answered 481), ``notify-timeout`` (408
+    or no answer), ``notify-failed`` (another error without Retry-After,
+    spec 4.7.3; ``status`` says which), ``deauthorized`` (:meth:`Notifier.drop`),
+    or the reason given to :meth:`Notifier.terminate`.
     """
 
     id: SubscriptionId
@@ -133,9 +142,9 @@ class SubscriptionRejected:
 
 @dataclass(frozen=True, slots=True)
 class NotifyFailed:
-    """A NOTIFY got an error other than 481/408 (for the log). With
-    Retry-After the subscription pauses; without, it ends (a
-    SubscriptionTerminated with reason ``notify-failed`` follows)."""
+    """A NOTIFY got an error response (for the log, spec 4.7.3: the reason
+    phrase of a 400 names the member and rule).  Whether the subscription
+    goes on is told by a SubscriptionTerminated that may follow."""
 
     id: SubscriptionId
     status: int
@@ -149,6 +158,11 @@ NotifierOutput = SendRequest | SendResponse | NotifierEvent
 #: ``authorize(request, source, now)`` returns None to accept, or the SipError
 #: to answer with: 403, or 401/407 whose headers carry the challenge.
 Authorizer = Callable[[Request, Destination, float], SipError | None]
+#: ``authorize(request, challenge)`` turns a request answered 401/407 into the
+#: retry with credentials, or None to give up (``DigestClient.authorize``).
+ClientAuthorizer = Callable[[Request, Response], Request | None]
+#: ``produce(now)`` returns a freshly produced body (a new seq each call).
+Producer = Callable[[float], bytes | None]
 
 
 # -- small helpers --------------------------------------------------------------------
@@ -201,23 +215,6 @@ def direct_destination(uri: SipUri, default_transport: str = "UDP") -> Destinati
     return Destination(transport, host.strip("[]"), port)
 
 
-def _positive(value: str | None, name: str) -> float | None:
-    """An RFC 6446 rate parameter: a positive decimal (rates are per second)."""
-    if value is None:
-        return None
-    try:
-        rate = float(value)
-    except ValueError:
-        raise bad_request(f"Event {name} is not a number: {value[:20]!r}") from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise bad_request(f"Event {name} must be a positive number of notifications per second")
-    return rate
-
-
-def _rate(value: float) -> str:
-    return f"{value:.6g}"
-
-
 def _in_dialog(dialog: Dialog, method: str, headers: list[tuple[str, str]],
                body: bytes = b"", contact: str | None = None) -> Request:
     """An in-dialog request without Via: the sender adds the Via of the
@@ -239,6 +236,53 @@ def next_hop_destination(request: Request, default_transport: str = "UDP") -> De
 
 # -- notifier -------------------------------------------------------------------------
 
+# Spec 4.7.4: NOTIFYs that carry the state: every active one, and the final
+# one after an unsubscribe or expiry (timeout) or when the agent stops
+# (probation, noresource: state down).  Other endings carry none.
+FINAL_WITH_BODY = frozenset({None, "timeout", "probation", "noresource"})
+
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def _rate_parameter(value: str | None, name: str) -> float | None:
+    """An RFC 6446 rate: digits, optionally a dot and digits, above 0 (spec 4.2.2)."""
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value) or float(value) <= 0:
+        raise bad_request(f"Invalid {name}")
+    return float(value)
+
+
+def format_rate(value: float) -> str:
+    """A rate as Subscription-State carries it: at most three decimals, no
+    trailing zeros (spec 4.7.1)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def contact_matches_source(request: Request, source: Destination) -> bool:
+    """Whether the Contact host of ``request`` is its source address.
+
+    Spec 4.6.2: unless digest or a TLS client certificate authorized a
+    subscription, NOTIFYs SHOULD go only to such a Contact, so that a
+    forged SUBSCRIBE from a trusted network cannot aim them at a third
+    party.  For authorization hooks.
+    """
+    contacts = request.contacts
+    if len(contacts) != 1 or not isinstance(contacts[0].uri, SipUri):
+        return False
+    host = contacts[0].uri.host.strip("[]").lower()
+    return host == source.host.strip("[]").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """The rates applied to one subscription (spec 8.2)."""
+
+    ceiling: float  # C: seconds between NOTIFYs, at least
+    heartbeat: float  # H: seconds between NOTIFYs, at most
+    adaptive_min_rate: float | None  # RFC 6446 adaptive floor, if asked
+    echo: str  # Subscription-State parameters: the applied values
+
 
 @dataclass(slots=True, eq=False)
 class Subscription:
@@ -251,20 +295,18 @@ class Subscription:
     contact: str
     event: str  # the Event value our NOTIFYs carry
     event_id: str | None
-    replace_key: tuple[str, str, str, str | None]
+    replace_key: tuple[str, str, str, str, str | None]
     expires_at: float
     started_at: float
-    min_interval: float  # 1 / max-rate, clamped
-    heartbeat: float  # 1 / min-rate, at most the notifier's heartbeat
-    adaptive_min_rate: float | None
-    rate_params: str  # what Subscription-State reports (RFC 6446 section 5)
+    rates: Rates
     sent: int = 0  # NOTIFYs sent (RFC 6446 adaptive-min-rate counts them)
-    last_sent: float | None = None
+    last_sent: float | None = None  # start of the last NOTIFY transaction
     sent_version: int = -1
-    owed: bool = True  # a NOTIFY is owed to a SUBSCRIBE (RFC 6665 4.2.1.1/4.2.1.2)
+    owed: bool = True  # an immediate NOTIFY is owed to a SUBSCRIBE (spec 4.6.4)
     in_flight: int | None = None  # CSeq of the NOTIFY awaiting its final response
+    paused_until: float = -math.inf  # a Retry-After in a NOTIFY response (4.7.3)
+    ending: tuple[str, int | None] | None = None  # final NOTIFY owed: reason, retry-after
     timer: float | None = None
-    paused_until: float = -math.inf  # a NOTIFY answered with Retry-After (load-status 4.7.3)
 
     def destination(self) -> Destination | None:
         """Where NOTIFYs go: the subscriber's connection when it came over a
@@ -279,21 +321,24 @@ class Subscription:
 
 
 class Notifier:
-    """The notifier of one event package (RFC 6665 section 4.2).
+    """The notifier of one event package (RFC 6665 section 4.2, spec 4.6-4.7).
 
     ``contact`` is our Contact URI, or a function of the transport a
-    SUBSCRIBE arrived on (``Destination``) giving it.  ``authorize`` decides
-    on every SUBSCRIBE (see :data:`Authorizer`).  Caps: ``max_subscriptions``
-    in total and ``max_per_source`` per source address; beyond them a new
-    subscription gets 503 with ``Retry-After: busy_retry_after``.
+    SUBSCRIBE arrived on giving it.  ``produce(now)`` (or ``body_source()``)
+    makes a fresh body for each NOTIFY; without it the body last given to
+    :meth:`state_changed` is sent.  ``authorize`` decides on every SUBSCRIBE that would create,
+    refresh or replace a subscription (see :data:`Authorizer`);
+    ``notify_authorize`` answers a 401/407 to a NOTIFY.  Caps:
+    ``max_subscriptions`` in total and ``max_per_source`` per source
+    address; beyond them a new subscription gets 503 with ``Retry-After:
+    busy_retry_after``.
 
-    Rates (RFC 6446): NOTIFYs of one subscription are at least
-    ``1/max_rate`` s apart (the subscriber's ``max-rate`` may change that,
-    but never beyond ``max_rate_limit``), and at most ``heartbeat`` s apart
-    (the subscriber's ``min-rate`` may shorten that).  The application calls
-    :meth:`state_changed` with each new body; with ``body_source`` the body
-    of each NOTIFY is rendered afresh by that function instead (load-status
-    bodies carry a sequence number that must grow with every NOTIFY).
+    Rates (spec 8.2): NOTIFYs of one subscription start at least C apart
+    (``1/max_rate`` without the subscriber's ``max-rate``; never under
+    ``1/max_rate_limit``) and at most H apart (``heartbeat``, shortened by
+    the subscriber's ``min-rate``, never under C).  The immediate NOTIFY
+    after a SUBSCRIBE and the final NOTIFY skip C but not the 100 ms
+    absolute limit; there is never more than one NOTIFY outstanding.
     """
 
     def __init__(
@@ -302,29 +347,36 @@ class Notifier:
         content_type: str,
         contact: str | Callable[[Destination], str],
         *,
+        produce: Producer | None = None,
         other_packages: Iterable[str] = (),
         authorize: Authorizer | None = None,
+        notify_authorize: ClientAuthorizer | None = None,
         default_expires: int = DEFAULT_EXPIRES,
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
-        max_subscriptions: int = 1000,
-        max_per_source: int = 32,
-        busy_retry_after: int = 30,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_per_source: int = MAX_PER_SOURCE,
+        busy_retry_after: int = BUSY_RETRY_AFTER,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
         ids: IdGenerator | None = None,
-        body_source: Callable[[], bytes] | None = None,
+        body_source: Callable[[], bytes | None] | None = None,
     ) -> None:
         if not 0 < max_rate <= max_rate_limit:
             raise ValueError("need 0 < max_rate <= max_rate_limit")
         if heartbeat < 1 / max_rate:
             raise ValueError("heartbeat shorter than the interval of the rate ceiling")
+        if body_source is not None and produce is None:
+            # The agent's spelling: a renderer that needs no clock.
+            produce = lambda now: body_source()  # noqa: E731
         self.package = package.lower()
         self.content_type = content_type.lower()
         self._contact = contact
+        self.produce = produce
         self.other_packages = [p.lower() for p in other_packages]
         self.authorize = authorize
+        self.notify_authorize = notify_authorize
         self.default_expires = default_expires
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -336,17 +388,19 @@ class Notifier:
         self.max_rate_limit = max_rate_limit
         self.ids = ids or IdGenerator()
         self.subscriptions: dict[tuple[str, str], Subscription] = {}  # (call_id, local_tag)
-        self._by_watcher: dict[tuple[str, str, str, str | None], Subscription] = {}
+        self._closing: dict[tuple[str, str], Subscription] = {}  # final NOTIFY not yet sent
+        self._by_watcher: dict[tuple[str, str, str, str, str | None], Subscription] = {}
         self._per_source: dict[str, int] = {}
         self._body: bytes | None = None
-        # Renders the current state afresh for each NOTIFY, so that every
-        # body sent (heartbeats included) is newer than the one before: a
-        # package with sequence numbers in its bodies needs that.
-        self._body_source = body_source
         self._version = 0  # bumped by every state change
         self._urgent = -1  # the latest version that must go out at once
         self._heap: list[tuple[float, int, Subscription]] = []
         self._seq = itertools.count()
+
+    @property
+    def absolute_interval(self) -> float:
+        """The least time between two NOTIFYs of a subscription (spec 8.1)."""
+        return 1 / self.max_rate_limit
 
     # -- the application's side -------------------------------------------------------
 
@@ -354,11 +408,14 @@ class Notifier:
     def body(self) -> bytes | None:
         return self._body
 
-    def state_changed(self, body: bytes, now: float, significant: bool = True) -> list[NotifierOutput]:
-        """A new state.  A significant one goes to every subscriber as soon as
-        its rate ceiling allows; an insignificant one rides on the next NOTIFY
-        (heartbeat or significant).  Either way the latest body is what's sent."""
-        self._body = body
+    def state_changed(self, body: bytes | None, now: float,
+                      significant: bool = True) -> list[NotifierOutput]:
+        """The state changed (``body``: the new body, or None when ``produce``
+        makes them).  A significant change goes to every subscriber as soon as
+        its ceiling allows; an insignificant one rides on the next NOTIFY
+        (heartbeat or significant).  Either way the newest body is sent."""
+        if body is not None:
+            self._body = body
         self._version += 1
         if significant:
             self._urgent = self._version
@@ -369,9 +426,10 @@ class Notifier:
 
     def terminate(self, id: SubscriptionId, reason: str, now: float,
                   retry_after: int | None = None) -> list[NotifierOutput]:
-        """End a subscription with a final NOTIFY (RFC 6665 section 4.2.2:
-        ``deactivated``, ``probation``, ``rejected``, ``timeout``, ``giveup``,
-        ``noresource``, ``invariant``)."""
+        """End a subscription with a final NOTIFY (spec 4.7.4: ``probation``
+        with ``retry_after`` for a restart, ``noresource`` for good; RFC 6665
+        ``deactivated``, ``rejected``, ``timeout``, ``giveup``, ``invariant``).
+        The final NOTIFY carries a fresh body: set the state first (``down``)."""
         sub = self.subscriptions.get((id.call_id, id.local_tag))
         if sub is None:
             return []
@@ -381,14 +439,27 @@ class Notifier:
 
     def terminate_all(self, reason: str, now: float,
                       retry_after: int | None = None) -> list[NotifierOutput]:
-        """End every subscription (shutdown: ``deactivated`` or ``noresource``)."""
+        """End every subscription (an agent stopping: spec 4.7.4)."""
         out: list[NotifierOutput] = []
         for sub in list(self.subscriptions.values()):
             self._end(sub, reason, now, out, retry_after=retry_after)
         return out
 
+    def drop(self, id: SubscriptionId) -> list[NotifierOutput]:
+        """End a subscription without a NOTIFY (authorization withdrawn, 4.6.2)."""
+        sub = self.subscriptions.get((id.call_id, id.local_tag))
+        out: list[NotifierOutput] = []
+        if sub is not None:
+            self._remove(sub, "deauthorized", out)
+        return out
+
     def get(self, id: SubscriptionId) -> Subscription | None:
         return self.subscriptions.get((id.call_id, id.local_tag))
+
+    @property
+    def closing(self) -> int:
+        """Subscriptions ended whose final NOTIFY waits (for the one outstanding)."""
+        return len(self._closing)
 
     # -- transaction user ---------------------------------------------------------------
 
@@ -401,41 +472,50 @@ class Notifier:
         try:
             self._subscribe(request, source, now, out)
         except SipError as error:
-            out.append(SendResponse(error_response(request, error)))
+            out.insert(0, SendResponse(error_response(request, error)))
             out.append(SubscriptionRejected(source, error.status, error.reason))
         return out
 
     def handle_response(self, response: Response, request: Request,
                         now: float) -> list[NotifierOutput]:
         """The final response to one of our NOTIFYs (408/503 for timeouts and
-        transport errors)."""
+        transport errors), acted on as spec 4.7.3 says."""
         if response.status < 200 or request.method != "NOTIFY":
             return []
         key = (request.call_id or "", _tag_of(request.header("From")) or "")
-        sub = self.subscriptions.get(key)
+        sub = self.subscriptions.get(key) or self._closing.get(key)
         cseq = request.cseq
         if sub is None or cseq is None or sub.in_flight != cseq.number:
             return []  # the final NOTIFY of an ended subscription, or stale
         sub.in_flight = None
         out: list[NotifierOutput] = []
-        if response.status == 481:
-            # RFC 6665 section 4.2.2: the subscriber has no such subscription.
-            self._remove(sub, "notify-rejected", out, status=481)
-        elif response.status == 408:
-            self._remove(sub, "notify-timeout", out, status=408)
-        elif response.status >= 300:
-            out.append(NotifyFailed(sub.id, response.status, response.reason or ""))
-            retry_after = _retry_after_seconds(response)
+        status = response.status
+        if status >= 300:
+            out.append(NotifyFailed(sub.id, status, response.reason or ""))
+        if status < 300:
+            pass
+        elif status in (481, 408):
+            # 481: the subscriber knows no such subscription; 408 (or Timer
+            # F): it is gone.  Either way, no further NOTIFY.
+            self._forget(sub, "notify-rejected" if status == 481 else "notify-timeout",
+                         out, status)
+            return out
+        elif status in (401, 407) and self.notify_authorize is not None \
+                and sub.ending is None and self._resend_with_credentials(sub, request,
+                                                                           response, now, out):
+            return out
+        else:
+            try:
+                retry_after = response.retry_after
+            except SipError:
+                retry_after = None
             if retry_after is None:
-                # RFC 6665 section 4.2.2: a NOTIFY that failed with an error
-                # response ends a soft-state subscription (MUST), with no
-                # further NOTIFY (load-status 4.7.3). 401/407 land here too:
-                # the notifier has no credentials to offer.
-                self._remove(sub, "notify-failed", out, status=response.status)
-            else:
-                # Not a failure (RFC 3265 3.2.2): quiet until Retry-After.
-                sub.paused_until = now + retry_after
-                self._service(sub, now, out)
+                # A failed NOTIFY ends the subscription (RFC 6665 4.2.2).
+                self._forget(sub, "notify-failed", out, status)
+                return out
+            sub.paused_until = now + retry_after.seconds  # not a failure
+        if sub.ending is not None:
+            self._service_final(sub, now, out)
         else:
             self._service(sub, now, out)
         return out
@@ -454,79 +534,90 @@ class Notifier:
             if sub.timer != when:
                 continue
             sub.timer = None
-            if now >= sub.expires_at:
-                # RFC 6665 section 4.2.2: not refreshed in time.
-                self._end(sub, "timeout", now, out)
+            if sub.ending is not None:
+                self._service_final(sub, now, out)
+            elif now >= sub.expires_at:
+                self._end(sub, "timeout", now, out)  # not refreshed in time
             else:
                 self._service(sub, now, out)
         return out
 
-    # -- SUBSCRIBE (RFC 6665 section 4.2.1) -----------------------------------------------
+    # -- SUBSCRIBE (spec 4.6) -----------------------------------------------------------
 
     def _subscribe(self, request: Request, source: Destination, now: float,
                    out: list[NotifierOutput]) -> None:
+        # Spec 4.6.1: the order of checks.
         event = request.event
-        if event is None:
-            raise bad_request("SUBSCRIBE without Event header")
-        if event.package != self.package:
+        if event is None or event.package != self.package:
             packages = ", ".join([self.package, *self.other_packages])
-            raise SipError(489, f"event package {event.package!r} not supported",
-                           [("Allow-Events", packages)])
-        rates = self._rates(event.params)
+            what = "SUBSCRIBE without Event" if event is None else \
+                f"event package {event.package!r} not supported"
+            raise SipError(489, what, [("Allow-Events", packages)])
+        to_tag = _tag_of(request.header("To"))
+        sub: Subscription | None = None
+        if to_tag is not None:
+            sub = self.subscriptions.get((request.call_id or "", to_tag))
+            if sub is None or _tag_of(request.header("From")) != sub.id.remote_tag \
+                    or event.id != sub.event_id:
+                raise SipError(481, "no such subscription")
         if self.authorize is not None:
             refusal = self.authorize(request, source, now)
             if refusal is not None:
                 raise refusal
-        if request.header("Accept") is not None \
-                and not accepts(request.header_values("Accept"), self.content_type):
-            raise SipError(406, f"Accept does not include {self.content_type}",
-                           [("Accept", self.content_type)])
+        rates = self._rates(event.params)
         expires = request.expires
         if expires is None:
             expires = self.default_expires
         elif 0 < expires < self.min_expires:
-            raise SipError(423, "subscription too brief",
-                           [("Min-Expires", str(self.min_expires))])
+            raise SipError(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
         expires = min(expires, self.max_expires)
-        to_tag = _tag_of(request.header("To"))
-        if to_tag is not None:
-            self._refresh(request, source, to_tag, event.id, expires, now, out)
+        if request.header("Accept") is not None \
+                and not accepts(request.header_values("Accept"), self.content_type):
+            raise SipError(406, "Not Acceptable", [("Accept", self.content_type)])
+        if sub is not None:
+            self._refresh(sub, request, source, expires, rates, now, out)
         else:
             self._create(request, source, event.id, expires, rates, now, out)
 
-    def _rates(self, params: dict[str, str | None]) -> tuple[float, float, float | None, str]:
-        """min interval, heartbeat, adaptive min rate, Subscription-State params."""
-        min_rate = _positive(params.get("min-rate"), "min-rate")
-        max_rate = _positive(params.get("max-rate"), "max-rate")
-        adaptive = _positive(params.get("adaptive-min-rate"), "adaptive-min-rate")
-        if min_rate is not None and max_rate is not None and min_rate > max_rate:
-            raise bad_request("Event min-rate is larger than max-rate")  # RFC 6446 section 4
-        if adaptive is not None and max_rate is not None and adaptive > max_rate:
-            raise bad_request("Event adaptive-min-rate is larger than max-rate")
-        ceiling = min(max_rate if max_rate is not None else self.max_rate, self.max_rate_limit)
-        min_interval = 1 / ceiling
+    def _rates(self, params: dict[str, str | None]) -> Rates:
+        """The applied rates of spec 8.2 from the Event parameters."""
+        max_rate = _rate_parameter(params.get("max-rate"), "max-rate")
+        min_rate = _rate_parameter(params.get("min-rate"), "min-rate")
+        adaptive = _rate_parameter(params.get("adaptive-min-rate"), "adaptive-min-rate")
+        echo = ""
+        if max_rate is not None:
+            # Between 3/validity (slower would let the node go stale) and 10/s.
+            max_rate = min(max(max_rate, 1 / self.heartbeat), self.max_rate_limit)
+            ceiling = 1 / max_rate
+            echo += f";max-rate={format_rate(max_rate)}"
+        else:
+            ceiling = 1 / self.max_rate
+        ceiling = max(ceiling, self.absolute_interval)
         heartbeat = self.heartbeat
         if min_rate is not None:
-            heartbeat = min(heartbeat, 1 / min(min_rate, ceiling))
-        heartbeat = max(heartbeat, min_interval)
+            if max_rate is not None:
+                min_rate = min(min_rate, max_rate)
+            heartbeat = min(heartbeat, 1 / min_rate)
+            echo += f";min-rate={format_rate(min_rate)}"
         if adaptive is not None:
-            adaptive = min(adaptive, ceiling)
-        reported = ""
-        if min_rate is not None:
-            reported += f";min-rate={_rate(1 / heartbeat)}"
-        if max_rate is not None:
-            reported += f";max-rate={_rate(ceiling)}"
-        if adaptive is not None:
-            reported += f";adaptive-min-rate={_rate(adaptive)}"
-        return min_interval, heartbeat, adaptive, reported
+            if max_rate is not None:
+                adaptive = min(adaptive, max_rate)
+            echo += f";adaptive-min-rate={format_rate(adaptive)}"
+        return Rates(ceiling, max(heartbeat, ceiling), adaptive, echo)
 
     def _contact_for(self, source: Destination) -> str:
         contact = self._contact
         return contact(source) if callable(contact) else contact
 
+    def _ok(self, request: Request, expires: int, contact: str,
+            to_tag: str | None = None) -> SendResponse:
+        headers = [("Expires", str(expires)), ("Contact", f"<{contact}>"),
+                   ("Allow-Events", self.package)]
+        return SendResponse(make_response(request, 200, to_tag=to_tag, headers=headers,
+                                          record_route=to_tag is not None))
+
     def _create(self, request: Request, source: Destination, event_id: str | None,
-                expires: int, rates: tuple[float, float, float | None, str], now: float,
-                out: list[NotifierOutput]) -> None:
+                expires: int, rates: Rates, now: float, out: list[NotifierOutput]) -> None:
         from_addr = request.from_addr
         assert from_addr is not None  # validation.check_request
         if not from_addr.tag:
@@ -535,9 +626,12 @@ class Notifier:
         if len(contacts) != 1:
             # RFC 6665 section 8.2.1 / RFC 3261 12.1.2: exactly one Contact.
             raise bad_request("SUBSCRIBE must carry exactly one Contact")
-        replace_key = (source.host.lower(), str(from_addr.uri), str(contacts[0].uri), event_id)
+        # Spec 4.6.3: From URI, Contact URI, Event id, source address and
+        # transport name the watcher; the source port does not.
+        replace_key = (source.transport.upper(), source.host.lower(), str(from_addr.uri),
+                       str(contacts[0].uri), event_id)
         replaced = self._by_watcher.get(replace_key)
-        if replaced is None:
+        if replaced is None and expires > 0:
             if len(self.subscriptions) >= self.max_subscriptions:
                 raise SipError(503, "too many subscriptions",
                                [("Retry-After", str(self.busy_retry_after))])
@@ -546,53 +640,31 @@ class Notifier:
                                [("Retry-After", str(self.busy_retry_after))])
         local_tag = self.ids.tag()
         contact = self._contact_for(source)
-        headers = [("Expires", str(expires)), ("Contact", f"<{contact}>")]
-        response = make_response(request, 200, to_tag=local_tag, headers=headers,
-                                 record_route=True)
-        out.append(SendResponse(response))
-        call_id = request.call_id or ""
+        out.append(self._ok(request, expires, contact, to_tag=local_tag))
         if replaced is not None:
-            # Kamailio's uac_req_send re-subscribes with a new dialog each time:
-            # the old subscription goes without a final NOTIFY (spec section 4).
+            # The old subscription goes without a final NOTIFY (spec 4.6.3).
             self._remove(replaced, "unsubscribed" if expires == 0 else "replaced", out)
+        # RFC 3261 section 12.1.1: the UAS's route set is Record-Route in order.
+        dialog = dialog_as_uas(request, local_tag)
+        sub = Subscription(
+            id=SubscriptionId(dialog.call_id, local_tag, dialog.remote_tag), dialog=dialog,
+            subscriber=str(from_addr.uri), source=source, contact=contact,
+            event=self.package + (f";id={event_id}" if event_id is not None else ""),
+            event_id=event_id, replace_key=replace_key, expires_at=now + expires,
+            started_at=now, rates=rates)
         if expires == 0:
-            # A fetch (RFC 6665 section 4.4.3): one NOTIFY with the state, terminated.
-            sub = self._new(request, source, local_tag, from_addr, contact, event_id,
-                            replace_key, now, now, rates)
+            # Spec 4.6.5: a poll; one NOTIFY with the state, terminated.
             out.append(self._notify(sub, now, terminated="timeout"))
             return
-        sub = self._new(request, source, local_tag, from_addr, contact, event_id,
-                        replace_key, now, now + expires, rates)
-        self.subscriptions[(call_id, local_tag)] = sub
+        self.subscriptions[(dialog.call_id, local_tag)] = sub
         self._by_watcher[replace_key] = sub
         host = source.host.lower()
         self._per_source[host] = self._per_source.get(host, 0) + 1
         out.append(SubscriptionCreated(sub.id, sub.subscriber, source, expires, event_id))
         self._service(sub, now, out)
 
-    def _new(self, request: Request, source: Destination, local_tag: str,
-             from_addr: NameAddr, contact: str, event_id: str | None,
-             replace_key: tuple[str, str, str, str | None], now: float, expires_at: float,
-             rates: tuple[float, float, float | None, str]) -> Subscription:
-        # RFC 3261 section 12.1.1: the UAS's route set is Record-Route in order.
-        dialog = dialog_as_uas(request, local_tag)
-        event = self.package + (f";id={event_id}" if event_id is not None else "")
-        min_interval, heartbeat, adaptive, reported = rates
-        return Subscription(
-            id=SubscriptionId(dialog.call_id, local_tag, dialog.remote_tag), dialog=dialog,
-            subscriber=str(from_addr.uri), source=source, contact=contact, event=event,
-            event_id=event_id, replace_key=replace_key, expires_at=expires_at,
-            started_at=now, min_interval=min_interval, heartbeat=heartbeat,
-            adaptive_min_rate=adaptive, rate_params=reported,
-        )
-
-    def _refresh(self, request: Request, source: Destination, to_tag: str,
-                 event_id: str | None, expires: int, now: float,
-                 out: list[NotifierOutput]) -> None:
-        sub = self.subscriptions.get((request.call_id or "", to_tag))
-        from_tag = _tag_of(request.header("From"))
-        if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id:
-            raise SipError(481, "no such subscription")
+    def _refresh(self, sub: Subscription, request: Request, source: Destination, expires: int,
+                 rates: Rates, now: float, out: list[NotifierOutput]) -> None:
         # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
         # of RFC 6665 section 4.1.2.2.
         sub.dialog.receive_request(request)
@@ -600,33 +672,38 @@ class Notifier:
             # A watcher that reconnected refreshes on its new connection: the
             # NOTIFYs follow it (the old one may be gone).
             self._move(sub, source)
-        headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>")]
-        out.append(SendResponse(make_response(request, 200, headers=headers)))
+        out.append(self._ok(request, expires, sub.contact))
+        sub.rates = rates  # RFC 6446: a refresh may change the rates
         if expires == 0:
-            # RFC 6665 section 4.2.1.4: unsubscribe; the final NOTIFY has the state.
+            # Spec 4.6.5: unsubscribe; the final NOTIFY has the state.
             self._end(sub, "timeout", now, out, event_reason="unsubscribed")
             return
         sub.expires_at = now + expires
-        sub.owed = True  # RFC 6665 section 4.2.1.2: a refresh gets a NOTIFY
+        sub.owed = True  # spec 4.6.4: a refresh gets an immediate NOTIFY
         out.append(SubscriptionRefreshed(sub.id, expires))
         self._service(sub, now, out)
 
-    # -- sending NOTIFY ------------------------------------------------------------------
+    # -- sending NOTIFY (spec 4.7.2, 8.4-8.6) ---------------------------------------------
 
     def _next_notify(self, sub: Subscription) -> float:
         """When this subscription's next NOTIFY is due (ignoring one in flight)."""
         if sub.last_sent is None:
             return -math.inf
-        earliest = max(sub.last_sent + sub.min_interval, sub.paused_until)
-        if sub.owed or self._urgent > sub.sent_version:
+        if sub.owed:
+            # The immediate NOTIFY: not delayed by C, only by the 100 ms
+            # limit and a Retry-After (spec 8.6).
+            return max(sub.last_sent + self.absolute_interval, sub.paused_until)
+        rates = sub.rates
+        earliest = max(sub.last_sent + rates.ceiling, sub.paused_until)
+        if self._urgent > sub.sent_version:
             return earliest
-        due = sub.last_sent + sub.heartbeat
-        if sub.adaptive_min_rate is not None:
-            # RFC 6446 section 3.3, as implemented here: keep the average rate
-            # since the subscription began at or above adaptive-min-rate, so
-            # a burst of changes earns quiet time later; the heartbeat still
-            # bounds every gap (spec section 8).
-            due = min(due, max(earliest, sub.started_at + sub.sent / sub.adaptive_min_rate))
+        due = sub.last_sent + rates.heartbeat
+        if rates.adaptive_min_rate is not None:
+            # RFC 6446 adaptive minimum rate, as implemented here: keep the
+            # average rate since the subscription began at or above
+            # adaptive-min-rate, so a burst of changes earns quiet time
+            # later; the heartbeat still bounds every gap (spec 8.5).
+            due = min(due, sub.started_at + sub.sent / rates.adaptive_min_rate)
         return max(due, earliest)
 
     def _service(self, sub: Subscription, now: float, out: list[NotifierOutput]) -> None:
@@ -636,9 +713,20 @@ class Notifier:
         when = sub.expires_at
         if sub.in_flight is None:
             when = min(when, self._next_notify(sub))
+        self._set_timer(sub, when)
+
+    def _set_timer(self, sub: Subscription, when: float | None) -> None:
         if sub.timer != when:
             sub.timer = when
-            heapq.heappush(self._heap, (when, next(self._seq), sub))
+            if when is not None:
+                heapq.heappush(self._heap, (when, next(self._seq), sub))
+
+    def _fresh_body(self, now: float) -> bytes | None:
+        if self.produce is not None:
+            body = self.produce(now)
+            if body is not None:
+                return body
+        return self._body
 
     def _notify(self, sub: Subscription, now: float, terminated: str | None = None,
                 retry_after: int | None = None) -> SendRequest:
@@ -646,38 +734,72 @@ class Notifier:
             # Never more than is left (floor); the tolerance absorbs float
             # noise of large clock values (now + 600 - now != 600).
             remaining = max(0, int(sub.expires_at - now + 1e-6))
-            state = f"active;expires={remaining}{sub.rate_params}"
+            state = f"active;expires={remaining}{sub.rates.echo}"
         else:
             state = f"terminated;reason={terminated}"
             if retry_after is not None:
                 state += f";retry-after={retry_after}"
         extra = [("Event", sub.event), ("Subscription-State", state)]
         body = b""
-        # RFC 6665 section 4.2.2: a final NOTIFY after a timeout or
-        # unsubscribe carries the last state; so does the one of a notifier
-        # that stops (probation, noresource: load-status 4.7.4, state down).
-        # Other endings carry none.
-        if terminated in (None, "timeout", "probation", "noresource"):
-            body = self._body_source() if self._body_source is not None else self._body
-            if body is not None:
-                extra.append(("Content-Type", self.content_type))
-            else:
-                body = b""
+        if terminated in FINAL_WITH_BODY:
+            body = self._fresh_body(now) or b""
+        if body:
+            extra.append(("Content-Type", self.content_type))
         request = _in_dialog(sub.dialog, "NOTIFY", extra, body, f"<{sub.contact}>")
-        if terminated is None:
-            sub.in_flight = sub.dialog.local_cseq
+        sub.in_flight = sub.dialog.local_cseq
         sub.sent += 1
         sub.last_sent = now
         sub.sent_version = self._version
         sub.owed = False
         return SendRequest(request, sub.destination())
 
-    # -- ending ----------------------------------------------------------------------------
+    def _resend_with_credentials(self, sub: Subscription, request: Request,
+                                 response: Response, now: float,
+                                 out: list[NotifierOutput]) -> bool:
+        """Spec 4.7.3: a challenged NOTIFY goes again, with credentials and
+        the newest body (a new NOTIFY carrying the retry's credentials)."""
+        assert self.notify_authorize is not None
+        retry = self.notify_authorize(request, response)
+        if retry is None:
+            return False
+        send = self._notify(sub, now)
+        for name in ("Authorization", "Proxy-Authorization"):
+            for value in retry.header_all(name):
+                send.request.add_header(name, value)
+        out.append(send)
+        self._set_timer(sub, sub.expires_at)
+        return True
+
+    # -- ending (spec 4.7.4) -----------------------------------------------------------------
 
     def _end(self, sub: Subscription, reason: str, now: float, out: list[NotifierOutput],
              retry_after: int | None = None, event_reason: str | None = None) -> None:
-        out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
+        """End with a final NOTIFY, sent when the outstanding one is answered."""
         self._remove(sub, event_reason or reason, out)
+        sub.ending = (reason, retry_after)
+        self._closing[(sub.id.call_id, sub.id.local_tag)] = sub
+        self._service_final(sub, now, out)
+
+    def _service_final(self, sub: Subscription, now: float, out: list[NotifierOutput]) -> None:
+        assert sub.ending is not None
+        if sub.in_flight is not None:
+            self._set_timer(sub, None)  # its response (or Timer F) comes first
+            return
+        earliest = -math.inf if sub.last_sent is None else sub.last_sent + self.absolute_interval
+        if now < earliest:
+            self._set_timer(sub, earliest)
+            return
+        reason, retry_after = sub.ending
+        out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
+        self._closing.pop((sub.id.call_id, sub.id.local_tag), None)
+        self._set_timer(sub, None)
+
+    def _forget(self, sub: Subscription, reason: str, out: list[NotifierOutput],
+                status: int | None) -> None:
+        """Gone without a (further) NOTIFY: 481, timeout, a failed NOTIFY."""
+        if self._closing.pop((sub.id.call_id, sub.id.local_tag), None) is None:
+            self._remove(sub, reason, out, status)
+        self._set_timer(sub, None)
 
     def _move(self, sub: Subscription, source: Destination) -> None:
         old, new = sub.source.host.lower(), source.host.lower()
@@ -702,18 +824,14 @@ class Notifier:
             self._per_source[host] = left
         else:
             self._per_source.pop(host, None)
-        sub.timer = None
+        self._set_timer(sub, None)
         out.append(SubscriptionTerminated(sub.id, reason, status))
 
 
 # -- subscriber -----------------------------------------------------------------------
 
-#: ``authorize(request, challenge)`` turns a request answered 401/407 into the
-#: retry with credentials, or None to give up (``DigestClient.authorize``).
-ClientAuthorizer = Callable[[Request, Response], Request | None]
-#: ``decode(body)`` returns the application's value or raises ValueError whose
-#: text (member and rule) becomes the reason phrase of the 400 (its
-#: ``reason_phrase`` attribute instead, when it has one).
+#: ``decode(body) returns the application's value or raises ValueError whose
+#: text (member and rule) becomes the reason phrase of the 400.
 Decoder = Callable[[bytes], object]
 
 # Final responses to a SUBSCRIBE after which retrying cannot help (RFC 6665
@@ -725,29 +843,33 @@ RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})
 NEVER_RESUBSCRIBE = frozenset({"rejected", "noresource", "invariant"})
 # Re-subscription backoff: base * 2**failures, capped, randomised to 50-100 %
 # (the shape of RFC 5626 section 4.5) so that hundreds of watchers that lost
-# the same node do not come back in step.  2 s .. 2 min: a node restart is
-# seen within seconds, a dead node costs one SUBSCRIBE per watcher a minute.
+# the same node do not come back in step.  From 2 s, so that a node restart
+# is seen within seconds; up to the 600 s of spec 4.7.4.
 BACKOFF_BASE = 2.0
-BACKOFF_MAX = 120.0
+BACKOFF_MAX = 600.0
+# Spec 4.8: after answering a NOTIFY with an error (a bad body), the
+# subscription is over; a new one no sooner than 30 s, doubling up to 600 s
+# while the bodies keep failing.  Spec 4.7.4: probation without retry-after
+# means 30 s.
+BAD_NOTIFY_WAIT = 30.0
+PROBATION_WAIT = 30.0
 # A subscription ended by the notifier sooner than this after it began is
 # treated as a failure (backoff), even for reasons that ask for an
 # immediate re-subscription: a notifier that accepts and at once
 # deactivates must not draw SUBSCRIBEs at network speed.
 MIN_LIFETIME = 30.0
-# After we refused a NOTIFY (400, 415): the first wait before subscribing
-# again, doubled at each refusal in a row up to the maximum (load-status 4.8).
-REFUSED_RETRY = 30.0
-REFUSED_RETRY_MAX = 600.0
-# Refresh this long before expiry: at least the 32 s of timer F, so that an
-# unanswered refresh over UDP is known while the subscription still stands
-# and a new one can be made before the notifier's state goes; a third of
-# the duration for short subscriptions.
-REFRESH_MARGIN = 40.0
+# Spec 4.4: refresh when the time left falls to the larger of a fifth of
+# the duration and 32 s (64*T1, the longest a non-INVITE transaction
+# takes): an unanswered refresh is known while the subscription stands.
+REFRESH_MARGIN = 64 * T1
 
 
 def refresh_delay(expires: float) -> float:
-    """Seconds after a 2xx at which a subscription of ``expires`` s is refreshed."""
-    return expires - min(expires / 3, REFRESH_MARGIN)
+    """Seconds after a grant of ``expires`` s at which to refresh (480 of 600,
+    28 of 60); half the duration for the very short ones no notifier of this
+    package grants."""
+    delay = expires - max(expires / 5, REFRESH_MARGIN)
+    return delay if delay >= expires / 4 else expires / 2
 
 
 def backoff(failures: int, random: Callable[[], float], base: float = BACKOFF_BASE,
@@ -769,6 +891,7 @@ class SubscriberConfig:
     accept: str
     local_uri: str
     contact: str
+    require_body: bool = True  # spec 4.5: every active/pending NOTIFY has a body
     expires: int = DEFAULT_EXPIRES
     min_rate: float | None = None
     max_rate: float | None = None
@@ -788,7 +911,7 @@ class SubscriberConfig:
         for name, rate in (("min-rate", self.min_rate), ("max-rate", self.max_rate),
                            ("adaptive-min-rate", self.adaptive_min_rate)):
             if rate is not None:
-                value += f";{name}={_rate(rate)}"
+                value += f";{name}={format_rate(rate)}"
         return value
 
 
@@ -822,7 +945,10 @@ class NotificationRejected:
 @dataclass(frozen=True, slots=True)
 class SubscriptionEnded:
     """The subscription is gone.  ``retry_at`` is when a new one will be
-    tried, None if never (given up, rejected, or stopped)."""
+    tried, None if never (given up, rejected, or stopped).  ``reason``: the
+    terminated NOTIFY's reason code, ``notify-refused`` (we answered a
+    NOTIFY with an error: ``status``), ``refresh-rejected`` (481),
+    ``expired``, ``unsubscribed``, or the reason phrase of a refusal."""
 
     subscriber: Subscriber
     reason: str
@@ -842,19 +968,27 @@ WAITING = "waiting"  # backing off before a new subscription
 STOPPED = "stopped"  # stopped, rejected, or given up: nothing more happens
 
 
-def _retry_after_seconds(response: Response) -> int | None:
-    """Retry-After in seconds, or None when absent or unreadable."""
-    try:
-        value = response.retry_after
-    except SipError:
-        return None
-    return None if value is None else value.seconds
-
-
 def _safe_reason(text: str, limit: int = 200) -> str:
     """A reason phrase: one line of printable text."""
     cleaned = "".join(c if c.isprintable() else " " for c in text).strip()
     return cleaned[:limit] or "Bad Request"
+
+
+def body_reason(package: str, error: Exception) -> str:
+    """Spec 6.6: ``Invalid <package> body: <member> (<rule>)``.
+
+    ``error`` names them in ``member`` and ``rule`` attributes (the codec's
+    StatusError does); otherwise its text stands in for both.
+    """
+    member, rule = getattr(error, "member", None), getattr(error, "rule", None)
+    what = f"{member or 'body'} ({rule})" if rule else str(error)
+    return _safe_reason(f"Invalid {package} body: {what}")
+
+
+def _warning(host: str, detail: str) -> tuple[str, str]:
+    """Spec 6.6: ``Warning: 399 <host> "<detail>"``, escaped, at most 200 characters."""
+    text = _safe_reason(detail)[:200].replace("\\", "\\\\").replace('"', '\\"')
+    return ("Warning", f'399 {host} "{text}"')
 
 
 class Subscriber:
@@ -862,20 +996,26 @@ class Subscriber:
 
     ``target`` is the resource's URI (the Request-URI); ``destination`` where
     to send out-of-dialog requests (None: resolve per RFC 3263); ``key``
-    is the application's name for it.  Call :meth:`start`, then feed it the
-    NOTIFYs of its dialog, the responses to its requests and the time.
+    is the application's name for it; ``check(value)`` may refuse a decoded
+    body by raising ValueError with ``member``/``rule`` (spec 4.8 step 6:
+    ``node (subscription)`` for a body about another node).  Call
+    :meth:`start`, then feed it the NOTIFYs of its dialog, the responses to
+    its requests and the time.
     """
 
     __slots__ = (
-        "target", "config", "destination", "key", "event_id", "state", "expires",
+        "target", "config", "destination", "key", "event_id", "check", "state", "expires",
         "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
-        "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state", "since",
+        "notify_deadline", "retry_at", "failures", "bad_notifies", "pending", "stopping",
+        "last_state", "since",
     )
 
     def __init__(self, target: str, config: SubscriberConfig, *,
                  destination: Destination | None = None, key: object = None,
-                 event_id: str | None = None) -> None:
+                 event_id: str | None = None,
+                 check: Callable[[object], None] | None = None) -> None:
         self.target = target
+        self.check = check
         self.config = config
         self.destination = destination
         self.key = key
@@ -891,6 +1031,7 @@ class Subscriber:
         self.notify_deadline: float | None = None
         self.retry_at: float | None = None
         self.failures = 0
+        self.bad_notifies = 0  # NOTIFYs refused in a row (spec 4.8 backoff)
         self.pending: Request | None = None  # our request awaiting its final response
         self.stopping = False
         self.last_state: str | None = None
@@ -927,6 +1068,8 @@ class Subscriber:
         self.local_cseq = 1
         self.last_state = None
         self.since = now
+        # Timer N (RFC 6665 4.1.2.4, spec 4.8): from sending until the first NOTIFY.
+        self.notify_deadline = now + NOTIFY_WAIT
         self.state = SUBSCRIBING
         config = self.config
         headers = [("Route", r) for r in config.route]
@@ -971,7 +1114,7 @@ class Subscriber:
         self.pending = None
         out: list[SubscriberOutput] = []
         if request.expires == 0:
-            if not self._retry_with(request, response, out):
+            if not self._retry_with(request, response, now, out):
                 self._unsubscribed(response, now, out)
         elif _tag_of(request.header("To")) is None:
             self._initial_answered(response, request, now, out)
@@ -979,7 +1122,7 @@ class Subscriber:
             self._refresh_answered(response, request, now, out)
         return out
 
-    def _retry_with(self, request: Request, response: Response,
+    def _retry_with(self, request: Request, response: Response, now: float,
                     out: list[SubscriberOutput]) -> bool:
         """401/407 with credentials, or 423 with the notifier's Min-Expires."""
         if response.status in (401, 407) and self.config.authorize is not None:
@@ -1007,6 +1150,8 @@ class Subscriber:
             self.dialog.local_cseq = cseq.number
         else:
             self.local_cseq = cseq.number
+            if self.last_state is None:
+                self.notify_deadline = now + NOTIFY_WAIT  # Timer N for the new SUBSCRIBE
         retry.remove_header("Via")
         self.pending = retry
         out.append(SendRequest(retry, self._next_hop(retry)))
@@ -1029,9 +1174,9 @@ class Subscriber:
             self.failures = 0
             announce = self.expires_at is None
             if self.dialog is None:
-                # The dialog comes from the 2xx (RFC 3261 section 12.1.2).
+                # The dialog comes from the 2xx (RFC 3261 section 12.1.2);
+                # Timer N runs on until the first NOTIFY.
                 self.dialog = _uac_dialog(request, response, self.target)
-                self.notify_deadline = now + NOTIFY_WAIT
             self.state = ACTIVE
             self._schedule_refresh(expires, now)
             if announce:
@@ -1039,7 +1184,7 @@ class Subscriber:
             if self.stopping:
                 out.append(self._in_dialog(0, now, UNSUBSCRIBING))
             return
-        if self._retry_with(request, response, out):
+        if self._retry_with(request, response, now, out):
             return
         self._failed(status, response.reason or "", now, out, response)
 
@@ -1057,7 +1202,7 @@ class Subscriber:
             out.append(SubscriptionEnded(self, "refresh-rejected", 481, now))
             out.append(self._subscribe_anew(now))
             return
-        if self._retry_with(request, response, out):
+        if self._retry_with(request, response, now, out):
             return
         if status in GIVE_UP:
             self.state = STOPPED
@@ -1125,7 +1270,13 @@ class Subscriber:
             return False
         if _tag_of(request.header("To")) != self.local_tag:
             return False
-        return self.dialog is None or _tag_of(request.header("From")) == self.dialog.remote_tag
+        if self.dialog is not None and _tag_of(request.header("From")) != self.dialog.remote_tag:
+            return False  # a further dialog of a forked SUBSCRIBE: 481 (spec 4.9)
+        try:
+            event = request.event
+        except SipError:
+            return True  # malformed Event: ours to answer (489)
+        return event is None or event.id == self.event_id  # RFC 6665 4.4.1
 
     def handle_request(self, request: Request, source: Destination,
                        now: float) -> list[SubscriberOutput] | None:
@@ -1135,18 +1286,35 @@ class Subscriber:
         try:
             self._notify(request, now, out)
         except SipError as error:
-            out.insert(0, SendResponse(error_response(request, error)))
+            self._refused(request, error, now, out)
         return out
 
     def _notify(self, request: Request, now: float, out: list[SubscriberOutput]) -> None:
-        event = request.event
-        if event is None or event.package != self.config.package.lower() \
-                or event.id != self.event_id:
-            raise SipError(489, "Event does not match the subscription",
-                           [("Allow-Events", self.config.package)])
+        """Spec 4.8: the checks in order, then the state."""
+        config = self.config
+        package = config.package.lower()
+        try:
+            event = request.event
+        except SipError:
+            event = None
+        if event is None or event.package != package:
+            raise SipError(489, "Bad Event", [("Allow-Events", package)])
         state = request.subscription_state
         if state is None:
             raise bad_request("NOTIFY without Subscription-State")
+        if request.body and request.content_type != config.accept.lower():
+            raise SipError(415, "Unsupported Media Type", [("Accept", config.accept)])
+        if not request.body and config.require_body and state.state != "terminated":
+            raise SipError(400, f"Invalid {package} body: body (required)")
+        value: object = None
+        if request.body and config.decode is not None:
+            try:
+                value = config.decode(request.body)
+                if self.check is not None:
+                    self.check(value)
+            except ValueError as error:
+                raise SipError(400, body_reason(package, error),
+                               [_warning(_contact_host(config.contact), str(error))]) from None
         if self.dialog is None:
             # RFC 6665 section 4.1.2.4: the NOTIFY came before the 2xx; it
             # makes the dialog, as for a UAS (RFC 3261 section 12.1.1).
@@ -1158,33 +1326,9 @@ class Subscriber:
             self.dialog.receive_request(request)
         self.notify_deadline = None
         self.last_state = state.state
-        value: object = None
-        rejected: str | None = None
-        if request.body:
-            if request.content_type != self.config.accept.lower():
-                refusal = f"expected {self.config.accept}"
-                out.append(SendResponse(make_response(request, 415, refusal,
-                                                      headers=[("Accept", self.config.accept)])))
-                out.append(NotificationRejected(self, refusal))
-                self._refused_notify(415, now, out)
-                return
-            if self.config.decode is not None:
-                try:
-                    value = self.config.decode(request.body)
-                except ValueError as error:
-                    rejected = _safe_reason(str(error))
-                    # A decoder's error may carry the package's own reason
-                    # phrase (load-status 6.6: "Invalid load-status body: ...").
-                    phrase = _safe_reason(getattr(error, "reason_phrase", None) or rejected)
-        if rejected is not None:
-            out.append(SendResponse(make_response(request, 400, phrase)))
-            out.append(NotificationRejected(self, rejected))
-            if state.state != "terminated":
-                self._refused_notify(400, now, out)
-                return
-        else:
-            out.append(SendResponse(make_response(request, 200)))
-            out.append(NotificationReceived(self, state.state, request.body, value))
+        self.bad_notifies = 0
+        out.append(SendResponse(make_response(request, 200)))
+        out.append(NotificationReceived(self, state.state, request.body, value))
         if state.state == "terminated":
             self._terminated(state.reason, state.retry_after, now, out)
             return
@@ -1197,14 +1341,19 @@ class Subscriber:
             if first:
                 out.append(Subscribed(self, expires))
 
-    def _refused_notify(self, status: int, now: float, out: list[SubscriberOutput]) -> None:
-        """We answered a NOTIFY with an error: the notifier ends the
-        subscription (RFC 6665 4.2.2), so we do too, and subscribe again no
-        sooner than REFUSED_RETRY s later, doubling up to REFUSED_RETRY_MAX
-        (load-status 4.8): a faulty agent is not hammered."""
-        self.failures += 1
-        wait = min(REFUSED_RETRY_MAX, REFUSED_RETRY * 2 ** min(self.failures - 1, 30))
-        self._resubscribe_later(now, wait, "notify-refused", status, out)
+    def _refused(self, request: Request, error: SipError, now: float,
+                 out: list[SubscriberOutput]) -> None:
+        """We answered a NOTIFY of our dialog with an error: the notifier ends
+        the subscription on it (spec 4.7.3), so do we; a new one no sooner
+        than 30 s, doubling up to 600 s while NOTIFYs keep failing (4.8)."""
+        out.append(SendResponse(error_response(request, error)))
+        out.append(NotificationRejected(self, error.reason))
+        if self.state in (UNSUBSCRIBING, STOPPED) or self.stopping:
+            self._finish("unsubscribed", error.status, out)
+            return
+        self.bad_notifies += 1
+        wait = min(self.config.backoff_max, BAD_NOTIFY_WAIT * 2 ** min(self.bad_notifies - 1, 30))
+        self._resubscribe_later(now, wait, "notify-refused", error.status, out)
 
     def _terminated(self, reason: str | None, retry_after: int | None, now: float,
                     out: list[SubscriberOutput]) -> None:
@@ -1220,6 +1369,8 @@ class Subscriber:
             wait = float(retry_after)
         elif reason in RESUBSCRIBE_AT_ONCE and now - self.since >= MIN_LIFETIME:
             wait = 0.0
+        elif reason == "probation":
+            wait = PROBATION_WAIT  # spec 4.7.4: 30 s when retry-after is absent
         else:
             self.failures += 1
             wait = backoff(self.failures, self.config.random, self.config.backoff_base,
@@ -1252,9 +1403,10 @@ class Subscriber:
                 self._finish("unsubscribed", None, out)
                 return out
             if self.state == ACTIVE and self.last_state is None:
-                # RFC 6665 section 4.1.2.4: 2xx but no NOTIFY: consider it failed.
+                # Timer N fired: no NOTIFY, no subscription (RFC 6665 4.1.2.4).
+                # (Still SUBSCRIBING: the transaction reports its own end.)
                 self.pending = None
-                self._failed(408, "no NOTIFY after 2xx", now, out)
+                self._failed(408, "no NOTIFY (Timer N)", now, out)
                 return out
         if self.expires_at is not None and now >= self.expires_at:
             self.expires_at = None
@@ -1279,6 +1431,14 @@ def _uac_dialog(request: Request, response: Response, target: str) -> Dialog:
     fixed.remove_header("Contact")
     fixed.add_header("Contact", f"<{target}>")
     return dialog_as_uac(request, fixed)
+
+
+def _contact_host(contact: str) -> str:
+    try:
+        uri = parse_uri(contact)
+    except SipError:
+        return "-"
+    return uri.hostport if isinstance(uri, SipUri) else "-"
 
 
 def _copy_request(request: Request) -> Request:
