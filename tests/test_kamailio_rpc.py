@@ -1,81 +1,13 @@
 """The sidecar's push into a real Kamailio 5.6 over jsonrpcs (datagram and FIFO)."""
 
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
 
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-
-CONFIG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-children=1
-listen=udp:127.0.0.1:{port}
-run_dir="{run}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "kex.so"
-loadmodule "htable.so"
-loadmodule "dispatcher.so"
-loadmodule "jsonrpcs.so"
-modparam("htable", "htable", "sipstatus=>size=8;")
-modparam("dispatcher", "list_file", "{run}/dispatcher.list")
-modparam("dispatcher", "reload_delta", 1)
-modparam("jsonrpcs", "transport", 6)
-modparam("jsonrpcs", "dgram_socket", "{run}/rpc.sock")
-modparam("jsonrpcs", "fifo_name", "{run}/rpc.fifo")
-modparam("jsonrpcs", "fifo_reply_dir", "{run}/")
-modparam("jsonrpcs", "pretty_format", 0)
-request_route {{ sl_send_reply("404", "Not here"); }}
-"""
-
-DISPATCHER_LIST = """# pool 1: three Asterisk nodes; duid names the sipstatus node
-1 sip:127.0.0.1:5081 0 0 duid=ast1;rweight=50
-1 sip:127.0.0.1:5082 0 0 duid=ast2;rweight=50
-1 sip:127.0.0.1:5083 0 0 duid=ast3
-"""
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def kamailio(tmp_path):
-    if not shutil.which("kamailio") and not __import__("os").path.exists(KAMAILIO):
-        pytest.fail("kamailio is not installed: ./dev test installs it from Debian")
-    (tmp_path / "dispatcher.list").write_text(DISPATCHER_LIST)
-    cfg = tmp_path / "kamailio.cfg"
-    cfg.write_text(CONFIG.format(port=free_udp_port(), run=tmp_path))
-    log = open(tmp_path / "kamailio.log", "w")
-    proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-w", str(tmp_path), "-m", "64", "-f", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    rpc = JsonRpcClient(f"unix:{tmp_path}/rpc.sock", timeout=0.5)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            rpc.call("core.version")
-            break
-        except RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"kamailio did not answer RPC: {(tmp_path / 'kamailio.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-    yield tmp_path
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+# The `kamailio` fixture (tests/conftest.py) runs a real Kamailio whose pool is
+# tests/kamailio_rpc_fixture.py DISPATCHER_LIST: ast1..ast3 in group 1.
 
 
 class Recording(JsonRpcClient):

@@ -1,0 +1,107 @@
+"""`sipstatus sidecar`: a Watcher that pushes the pool's weights into Kamailio.
+
+It runs beside Kamailio on the proxy host: it subscribes to the agents
+(configured, or the destinations of a dispatcher group), optionally accepts
+their PUBLISH, and keeps Kamailio's htable and dispatcher states (and, in
+list-file mode, the rewritten dispatcher.list) in step with what the agents
+report. See packaging/examples/sidecar.toml for every setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from .kamailio import JsonRpcClient, KamailioSink, RpcError
+from .policy import POLICIES, FreeSlotsPolicy, WeightPolicy
+from .sidecar_config import PolicySection, SidecarConfig
+from .watcher import Agent, Sink, Watcher, agents_from_destinations
+
+log = logging.getLogger(__name__)
+
+#: Discovery is tried again this often while Kamailio does not answer.
+DISCOVERY_RETRY = 2.0
+
+
+def build_policy(section: PolicySection) -> WeightPolicy:
+    if section.name == "free-slots":
+        return FreeSlotsPolicy(default_limit=section.default_limit)
+    return POLICIES[section.name]()
+
+
+def kamailio_rpc(config: SidecarConfig) -> JsonRpcClient | None:
+    k = config.kamailio
+    if not k.rpc:
+        return None
+    return JsonRpcClient(k.rpc, timeout=k.timeout, reply_dir=k.fifo_reply_dir)
+
+
+def kamailio_sink(config: SidecarConfig, rpc: JsonRpcClient) -> KamailioSink:
+    k = config.kamailio
+    return KamailioSink(rpc, group=k.group, htable=k.htable or None, list_file=k.list_file or None,
+                        reload_interval=k.reload_interval)
+
+
+async def discover(config: SidecarConfig, rpc: JsonRpcClient, stop: asyncio.Event) -> list[Agent] | None:
+    """The agents of the configured dispatcher group, asking until Kamailio
+    answers (it may start after us); None if stopped first."""
+    group = config.discover.dispatcher_group
+    reader = KamailioSink(rpc, group=group, htable=None)
+    while not stop.is_set():
+        try:
+            destinations = await asyncio.to_thread(reader.destinations)
+        except RpcError as err:
+            log.warning("cannot read dispatcher group %d yet: %s; trying again in %g s", group, err,
+                        DISCOVERY_RETRY)
+        else:
+            if not destinations:
+                raise ValueError(f"dispatcher group {group} has no destinations in Kamailio "
+                                 f"(--discover-from-dispatcher / discover.dispatcher_group)")
+            agents = agents_from_destinations(destinations, config.discover.agent_port)
+            log.info("dispatcher group %d: %s", group,
+                     ", ".join(f"{a.node}={a.uri}" for a in sorted(agents, key=lambda a: a.node)))
+            return agents
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DISCOVERY_RETRY)
+    return None
+
+
+async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
+              started: Callable[[Watcher], None] | None = None) -> int:
+    """Run until `stop` is set (or SIGINT/SIGTERM); returns the exit status."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    rpc = kamailio_rpc(config)
+    sinks: list[Sink] = []
+    if rpc is not None:
+        sinks.append(kamailio_sink(config, rpc))
+    agents = list(config.agents)
+    if config.discover.dispatcher_group:
+        assert rpc is not None  # SidecarConfig.check
+        found = await discover(config, rpc, stop)
+        if found is None:
+            return 0
+        known = {a.node for a in agents}
+        agents += [a for a in found if a.node not in known]
+    if not agents and not config.compositor.enabled and not config.compositor.auto_join:
+        raise ValueError("nothing to follow: give agents (--agent NODE=URI, [agents], "
+                         "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
+    watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
+                      sinks=sinks, nodes=config.compositor.nodes)
+    await watcher.start()
+    where = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in watcher.addresses)
+    log.info("sidecar listening on %s, following %d agents, policy %s, pushing to %s", where,
+             len(agents), watcher.policy.name, config.kamailio.rpc or "nothing (no kamailio.rpc)")
+    if started is not None:
+        started(watcher)
+    try:
+        await stop.wait()
+    finally:
+        await watcher.close()
+    return 0

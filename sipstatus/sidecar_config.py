@@ -1,0 +1,375 @@
+"""The sidecar's configuration: one small TOML file (packaging/examples/sidecar.toml).
+
+`load()` checks everything at start and raises `ConfigError` naming the
+dotted key and what was wrong with it (`kamailio.rpc: expected unix:PATH or
+fifo:PATH, got "tcp:x"`). Unknown keys and sections are errors, so a typo
+is not silently ignored. `sipstatus watch --config` reads the same file
+(it uses the agents, sip, compositor and policy sections).
+
+Command-line flags (`sipstatus sidecar --agent ... --kamailio-rpc ...`)
+are applied over the file with `with_flags()`, so a quick start needs no
+file at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .policy import POLICIES
+from .watcher import (
+    DEFAULT_AGENT_PORT,
+    STARTUP_GRACE,
+    Agent,
+    WatcherConfig,
+    parse_agent,
+    parse_listen,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+# -- checks: each returns the cleaned value or raises ValueError(problem) ------------------
+
+
+def integer(lo: int, hi: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"must be an integer {lo}..{hi}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def number(lo: float, hi: float) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            raise ValueError(f"must be a number {lo:g}..{hi:g}, got {_show(value)}")
+        return float(value)
+
+    return check
+
+
+def boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def text(pattern: str | None = None, what: str = "a string") -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
+            raise ValueError(f"must be {what}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def choice(*options: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(_show(o) for o in options)}, got {_show(value)}")
+        return value  # type: ignore[return-value]
+
+    return check
+
+
+def strings(item: Callable[[object], Any], what: str) -> Callable[[object], tuple]:
+    def check(value: object) -> tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"must be an array of {what}, got {_show(value)}")
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(item(v))
+            except ValueError as err:
+                raise ValueError(f"item {i + 1}: {err}") from None
+        if len(set(items)) != len(items):
+            raise ValueError(f"lists the same value twice: {_show(value)}")
+        return tuple(items)
+
+    return check
+
+
+def listen_address(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string such as \"udp:127.0.0.1:5080\", got {_show(value)}")
+    parse_listen(value)  # its ValueError names the address
+    return value
+
+
+def network(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a network such as \"10.0.0.0/8\", got {_show(value)}")
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not an IP network (address/prefix)") from None
+    return value
+
+
+def rpc_address(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(unix|fifo):\S+|", value):
+        raise ValueError(f"expected unix:PATH or fifo:PATH (or \"\" for none), got {_show(value)}")
+    return value
+
+
+_NODE_WHAT = "a node name of 1 to 64 of A-Z a-z 0-9 . _ : -"
+_NODE = r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?"
+
+
+def _opt(default: Any, check: Callable[[object], Any]) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+# -- the sections ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SidecarSection:
+    log_level: str = _opt("info", choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class SipSection:
+    #: Where NOTIFY (and PUBLISH) come in: udp:HOST:PORT or tcp:HOST:PORT.
+    listen: tuple[str, ...] = _opt(("udp:127.0.0.1:5080",), strings(listen_address, "listen addresses"))
+    #: The address Contact and Via carry when listening on 0.0.0.0 or ::; "" = the listen address.
+    advertise: str = _opt("", text(r"|[0-9A-Za-z.:_-]+", "a host name or IP address"))
+    #: Subscription duration asked for, seconds (spec 4.4).
+    expires: int = _opt(600, integer(60, 3600))
+    #: RFC 6446 max-rate and min-rate sent in SUBSCRIBE, per second; 0 = not sent.
+    max_rate: float = _opt(0.0, number(0.0, 10.0))
+    min_rate: float = _opt(0.0, number(0.0, 10.0))
+
+
+@dataclass(frozen=True)
+class DiscoverSection:
+    #: Dispatcher group whose destinations are the agents; 0 = no discovery.
+    dispatcher_group: int = _opt(0, integer(0, 2**31 - 1))
+    #: The agents' SIP port on each destination host.
+    agent_port: int = _opt(DEFAULT_AGENT_PORT, integer(1, 65535))
+
+
+@dataclass(frozen=True)
+class CompositorSection:
+    #: Accept PUBLISH from agents (spec section 5).
+    enabled: bool = _opt(False, boolean)
+    #: An initial PUBLISH for a node outside the pool adds it (spec 5.6).
+    auto_join: bool = _opt(False, boolean)
+    #: Nodes of the pool that publish (and are not subscribed to).
+    nodes: tuple[str, ...] = _opt((), strings(text(_NODE, _NODE_WHAT), "node names"))
+    #: The Request-URI user part PUBLISH must carry; "" = any (else 404).
+    resource: str = _opt("", text(r"[^\s@;]*", "a user part without spaces, @ or ;"))
+    #: Source networks allowed to publish; [] = any source.
+    trusted: tuple[str, ...] = _opt((), strings(network, "networks"))
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    #: headroom (the node's own hint) or free-slots (capacity x channel limit).
+    name: str = _opt("free-slots", choice(*POLICIES))
+    #: free-slots: the channel limit assumed for a node that reports none.
+    default_limit: int = _opt(100, integer(1, 999_999))
+    #: A weight changes only by this many points, or to or from 0.
+    damper_step: int = _opt(5, integer(1, 100))
+    #: Seconds after start before nodes never heard from are pushed as 0.
+    startup_grace: float = _opt(STARTUP_GRACE, number(0.0, 600.0))
+
+
+@dataclass(frozen=True)
+class KamailioSection:
+    #: jsonrpcs address: unix:PATH (dgram_socket) or fifo:PATH; "" = no Kamailio.
+    rpc: str = _opt("", rpc_address)
+    #: The dispatcher group whose states (duid) are set.
+    group: int = _opt(1, integer(0, 2**31 - 1))
+    #: htable the weights go into ($sht(TABLE=>NODE)); "" = none.
+    htable: str = _opt("sipstatus", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
+    #: dispatcher list file to rewrite with rweight and states; "" = no rewrite.
+    list_file: str = _opt("", text(None, "a file path"))
+    #: Seconds between dispatcher.reload calls at most (Kamailio's reload_delta).
+    reload_interval: float = _opt(5.0, number(1.0, 3600.0))
+    #: Seconds between full pushes of every node's weight and state (a
+    #: restarted Kamailio has lost them; changes alone would not restore them); 0 = never.
+    resync_interval: float = _opt(30.0, number(0.0, 86_400.0))
+    #: Seconds to wait for one RPC answer.
+    timeout: float = _opt(2.0, number(0.1, 60.0))
+    #: jsonrpcs fifo_reply_dir (fifo: only).
+    fifo_reply_dir: str = _opt("/tmp", text(r"\S+", "a directory"))
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    sidecar: SidecarSection = field(default_factory=SidecarSection)
+    sip: SipSection = field(default_factory=SipSection)
+    #: node name -> agent SIP URI
+    agents: tuple[Agent, ...] = ()
+    discover: DiscoverSection = field(default_factory=DiscoverSection)
+    compositor: CompositorSection = field(default_factory=CompositorSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    kamailio: KamailioSection = field(default_factory=KamailioSection)
+
+    def watcher_config(self) -> WatcherConfig:
+        sip, comp = self.sip, self.compositor
+        return WatcherConfig(
+            listen=sip.listen, advertise=sip.advertise or None, expires=sip.expires,
+            max_rate=sip.max_rate or None, min_rate=sip.min_rate or None,
+            compositor=comp.enabled or comp.auto_join, auto_join=comp.auto_join,
+            resource=comp.resource or None, trusted=comp.trusted,
+            damper_step=self.policy.damper_step, startup_grace=self.policy.startup_grace,
+            sink_resync=self.kamailio.resync_interval or None)
+
+    def check(self) -> SidecarConfig:
+        """Rules across sections; raises ConfigError."""
+        if self.discover.dispatcher_group and not self.kamailio.rpc:
+            raise ConfigError("discover.dispatcher_group", "needs kamailio.rpc (where to read the dispatcher from)")
+        if self.kamailio.list_file and not self.kamailio.rpc:
+            raise ConfigError("kamailio.list_file", "needs kamailio.rpc (the reload goes over RPC)")
+        if self.sip.min_rate and self.sip.max_rate and self.sip.min_rate > self.sip.max_rate:
+            raise ConfigError("sip.min_rate", f"{self.sip.min_rate:g} is above sip.max_rate {self.sip.max_rate:g}")
+        clash = set(self.compositor.nodes) & {a.node for a in self.agents}
+        if clash:
+            raise ConfigError("compositor.nodes", f"{', '.join(sorted(clash))} also listed in [agents]")
+        return self
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(SidecarConfig)}
+
+
+def load(path: str | Path) -> SidecarConfig:
+    """Read and check a sidecar TOML file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError("", f"{path}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("", f"{path}: not valid TOML: {err}") from None
+    return from_mapping(data)
+
+
+def from_mapping(data: Mapping[str, Any]) -> SidecarConfig:
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        spec = _SECTIONS.get(name)
+        if spec is None:
+            raise ConfigError(name, f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"must be a table ([{name}]), got {_show(value)}")
+        if name == "agents":
+            values[name] = _agents(value)
+        else:
+            values[name] = _section(name, spec.default_factory, value)  # type: ignore[misc]
+    return SidecarConfig(**values).check()
+
+
+def _section(prefix: str, model: type, data: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(model)}
+    values = {}
+    for key, value in data.items():
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(fields)})")
+        try:
+            values[key] = spec.metadata["check"](value)
+        except ValueError as err:
+            raise ConfigError(f"{prefix}.{key}", str(err)) from None
+    return model(**values)
+
+
+def _agents(data: Mapping[str, Any]) -> tuple[Agent, ...]:
+    agents = []
+    for node, uri in data.items():
+        if not isinstance(uri, str):
+            raise ConfigError(f"agents.{node}", f"must be the agent's SIP URI, e.g. \"sip:192.0.2.21:5070\", got {_show(uri)}")
+        try:
+            agents.append(Agent(node, uri))
+        except ValueError as err:
+            raise ConfigError(f"agents.{node}", str(err)) from None
+    return tuple(agents)
+
+
+def with_flags(config: SidecarConfig, *, agents: list[str] | None = None, listen: list[str] | None = None,
+               kamailio_rpc: str | None = None, kamailio_list_file: str | None = None,
+               policy: str | None = None, discover_group: int | None = None,
+               compositor: bool = False, auto_join: bool = False) -> SidecarConfig:
+    """`config` with command-line flags applied (each raises ConfigError naming the flag)."""
+    if agents:
+        extra = []
+        for text_ in agents:
+            try:
+                extra.append(parse_agent(text_))
+            except ValueError as err:
+                raise ConfigError("--agent", str(err)) from None
+        known = {a.node for a in config.agents}
+        for agent in extra:
+            if agent.node in known:
+                raise ConfigError("--agent", f"node {agent.node!r} is given twice")
+            known.add(agent.node)
+        config = dataclasses.replace(config, agents=config.agents + tuple(extra))
+    if listen:
+        for text_ in listen:
+            try:
+                listen_address(text_)
+            except ValueError as err:
+                raise ConfigError("--listen", str(err)) from None
+        config = dataclasses.replace(config, sip=dataclasses.replace(config.sip, listen=tuple(listen)))
+    kamailio = config.kamailio
+    if kamailio_rpc is not None:
+        try:
+            rpc_address(kamailio_rpc)
+        except ValueError as err:
+            raise ConfigError("--kamailio-rpc", str(err)) from None
+        kamailio = dataclasses.replace(kamailio, rpc=kamailio_rpc)
+    if kamailio_list_file is not None:
+        kamailio = dataclasses.replace(kamailio, list_file=kamailio_list_file)
+    config = dataclasses.replace(config, kamailio=kamailio)
+    if policy is not None:
+        if policy not in POLICIES:
+            raise ConfigError("--policy", f"must be one of {', '.join(POLICIES)}, got {_show(policy)}")
+        config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, name=policy))
+    if discover_group is not None:
+        if discover_group < 1:
+            raise ConfigError("--discover-from-dispatcher", f"must be a dispatcher group 1.., got {discover_group}")
+        config = dataclasses.replace(config, discover=dataclasses.replace(config.discover, dispatcher_group=discover_group))
+    if compositor or auto_join:
+        config = dataclasses.replace(config, compositor=dataclasses.replace(
+            config.compositor, enabled=True, auto_join=config.compositor.auto_join or auto_join))
+    try:
+        return config.check()
+    except ConfigError as err:
+        flag = {"discover.dispatcher_group": "--discover-from-dispatcher",
+                "kamailio.list_file": "--kamailio-list-file"}.get(err.key)
+        if flag is not None and ((flag == "--discover-from-dispatcher" and discover_group is not None)
+                                 or (flag == "--kamailio-list-file" and kamailio_list_file is not None)):
+            raise ConfigError(flag, "needs --kamailio-rpc (or kamailio.rpc in the config file)") from None
+        raise

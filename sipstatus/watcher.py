@@ -1,0 +1,826 @@
+"""The proxy side's process: follow many agents, keep the pool, push weights.
+
+A `Watcher` runs one SIP element on the running asyncio loop:
+
+- a `SubscriberPool` holding one `load-status` subscription per agent
+  (spec/load-status.md section 4: refreshes on one timer heap, the
+  re-subscription rules of sections 4.7.4 and 4.8, backoff on failure);
+- optionally a `Compositor` for agents that PUBLISH instead (sections 5.5
+  and 5.6: one publication per node, keyed by the body's `node`; 403 for a
+  node outside the pool unless auto-join is on);
+- one `NodeTable` fed by both (section 7: ordering by instance and seq,
+  staleness on our own clock, checked on a timer at `next_expiry`);
+- a weight policy (`FreeSlotsPolicy` unless told otherwise) whose output
+  goes through a `WeightDamper` to the sinks (`KamailioSink`, the OpenSIPS
+  adapter, or anything with the `Sink` shape).
+
+UIs read `rows()` (one `NodeRow` per node) or iterate `updates()`.
+
+Unknown is not zero: a node never heard from has state "unknown" and no
+weight or metrics in its row; the sinks get weight 0 for it (no new calls,
+spec section 5.6) only once the start-up grace is over, so that starting the
+sidecar does not switch a working pool off before the agents had a chance
+to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .codec import MEDIA_TYPE, StatusError, decode
+from .kamailio import Destination as DispatcherDestination
+from .net import Endpoint, Resolver, SipService
+from .nodetable import NodeTable, NodeView, Outcome
+from .policy import FreeSlotsPolicy, WeightDamper, WeightPolicy
+from .sip.errors import SipError
+from .sip.message import Request
+from .sip.publication import (
+    Compositor,
+    PublicationReceived,
+    PublicationRefreshed,
+    PublicationRemoved,
+)
+from .sip.subscription import (
+    ACTIVE,
+    UNSUBSCRIBING,
+    NotificationReceived,
+    NotificationRejected,
+    Subscribed,
+    Subscriber,
+    SubscriberConfig,
+    SubscriberPool,
+    SubscriptionEnded,
+    body_reason,
+    direct_destination,
+)
+from .sip.transaction import Destination
+from .sip.uri import SipUri, parse_uri
+from .status import LoadStatus
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "load-status"
+#: The port an agent listens on when the URI does not say (packaging/agent.toml).
+DEFAULT_AGENT_PORT = 5070
+#: Seconds after start during which nothing is pushed to the sinks until
+#: every configured node has been heard from (see the module docstring).
+STARTUP_GRACE = 5.0
+#: Weights are recomputed at most this often; reports arriving closer
+#: together are taken in one computation (hundreds of agents at 2/s each).
+RECOMPUTE_INTERVAL = 0.02
+#: A stopping watcher waits this long for its unsubscriptions (spec 4.7.4
+#: gives a stopping agent 2 s for its final NOTIFYs; the same bound here).
+CLOSE_WAIT = 2.0
+#: A sink that failed is tried again after 0.5 s, doubling up to this.
+SINK_RETRY_MAX = 30.0
+
+
+# -- what is followed ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An agent to subscribe to: the node it reports and its SIP URI."""
+
+    node: str
+    uri: str
+
+    def __post_init__(self) -> None:
+        uri = parse_agent_uri(self.uri)
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?", self.node):
+            raise ValueError(f"agent node {self.node!r}: must be 1 to 64 of A-Z a-z 0-9 . _ : - "
+                             "(spec section 6.4), starting and ending with a letter or digit")
+        object.__setattr__(self, "uri", str(uri))
+
+
+def parse_agent_uri(text: str) -> SipUri:
+    """A SIP URI of an agent, or ValueError naming what is wrong with it."""
+    try:
+        uri = parse_uri(text.strip())
+    except SipError as err:
+        raise ValueError(f"agent URI {text!r}: {err.reason}") from None
+    if not isinstance(uri, SipUri):
+        raise ValueError(f"agent URI {text!r}: must be a sip: or sips: URI")
+    return uri
+
+
+def parse_agent(text: str) -> Agent:
+    """`NODE=SIP-URI` (the `--agent` flag) as an Agent."""
+    node, sep, uri = text.partition("=")
+    if not sep or not node or not uri:
+        raise ValueError(f"agent {text!r}: expected NODE=SIP-URI, e.g. ast1=sip:192.0.2.21:5070")
+    return Agent(node.strip(), uri.strip())
+
+
+def agents_from_destinations(destinations: Iterable[DispatcherDestination],
+                             port: int = DEFAULT_AGENT_PORT) -> list[Agent]:
+    """The agents of a Kamailio dispatcher group: node = the destination's
+    `duid` (else its host), agent = sip:<destination host>:<port>."""
+    agents: dict[str, Agent] = {}
+    for destination in destinations:
+        uri = parse_agent_uri(destination.uri)
+        host = uri.host if ":" not in uri.host or uri.host.startswith("[") else f"[{uri.host}]"
+        agent = Agent(destination.node, f"sip:{host}:{port}")
+        if agents.setdefault(agent.node, agent) != agent:
+            raise ValueError(f"dispatcher destinations {agents[agent.node].uri} and {destination.uri} "
+                             f"both name node {agent.node!r}: give each a distinct duid")
+    return list(agents.values())
+
+
+# -- where weights go ----------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Something that applies a pool's weights to a proxy (`KamailioSink`,
+    the OpenSIPS MI adapter). Calls may block: the watcher makes them from a
+    worker thread, one at a time per sink, newest weights first."""
+
+    def push(self, weights: Mapping[str, int], now: float) -> None:
+        """Apply `weights` (every node of the pool, 0 = no new calls)."""
+        ...
+
+    def next_flush(self) -> float | None:
+        """When `flush` has held-back work to do (a rate-limited reload), or None."""
+        ...
+
+    def flush(self, now: float) -> object:
+        """Do the held-back work if it is due."""
+        ...
+
+
+class ViewSink(Protocol):
+    """A sink that wants the nodes themselves rather than weights (the
+    OpenSIPS adapter sizes load_balancer destinations from capacity and
+    limit). Called from a worker thread with every node at each change."""
+
+    def push(self, views: Iterable[NodeView]) -> object:
+        ...
+
+
+# -- what a UI shows -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node as an operator sees it.
+
+    `state` is the node's state when its status is fresh, "stale" when its
+    last status has outlived its validity (`reported` keeps what it said),
+    and "unknown" when nothing is known (never heard from, or its
+    publication ended). Metrics are None when unknown; `weight` is what the
+    policy gives the node (None when unknown), `pushed` what the sinks were
+    last given (the damped weight, None before the first push).
+    """
+
+    node: str
+    state: str
+    reported: str | None
+    reason: str | None
+    capacity: float | None
+    weight: int | None
+    pushed: int | None
+    cpu: float | None
+    channels: int | None
+    calls: int | None
+    limit: int | None  # Asterisk's maxcalls: a limit on calls
+    mos: float | None
+    p95: float | None
+    age: float | None
+    validity: int | None
+    source: str | None  # "notify", "publish", or None
+    link: str  # the subscription or publication, for operators
+
+    @property
+    def takes_calls(self) -> bool:
+        return self.state == "active" and bool(self.weight)
+
+    def to_json(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def node_row(view: NodeView, weight: int | None, pushed: int | None, now: float,
+             source: str | None = None, link: str = "") -> NodeRow:
+    status = view.status
+    if status is None:
+        return NodeRow(view.node, "unknown", None, None, None, None, pushed, None, None, None,
+                       None, None, None, None, None, source, link)
+    asterisk, cpu, quality, probe = status.asterisk, status.cpu, status.quality, status.probe
+    age = view.age(now)
+    return NodeRow(
+        node=view.node,
+        state=status.state.value if view.fresh else "stale",
+        reported=status.state.value,
+        reason=status.reason,
+        capacity=status.capacity,
+        weight=weight,
+        pushed=pushed,
+        cpu=cpu.usage if cpu else None,
+        channels=asterisk.channels if asterisk else None,
+        calls=asterisk.calls if asterisk else None,
+        limit=asterisk.limit if asterisk else None,
+        mos=quality.mos if quality else None,
+        p95=probe.p95 if probe else None,
+        age=None if age is None else max(0.0, age),
+        validity=status.validity,
+        source=source,
+        link=link,
+    )
+
+
+# -- errors as the spec words them ---------------------------------------------------------------
+
+
+def invalid_body(member: str, rule: str) -> str:
+    """The reason phrase of spec section 6.6."""
+    return f"Invalid load-status body: {member} ({rule})"
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """`udp:127.0.0.1:5080`, `tcp:[::1]:5080`: (transport, host, port)."""
+    match = re.fullmatch(r"(?i)(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
+                         "(IPv6 in brackets), e.g. udp:127.0.0.1:5080")
+    transport, host, port = match.group(1).upper(), match.group(2).strip("[]"), int(match.group(3))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
+    if port > 65535:
+        raise ValueError(f"listen address {text!r}: port {port} is above 65535")
+    return transport, host, port
+
+
+# -- the watcher ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """How a Watcher subscribes, composes and weighs (defaults per the spec)."""
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:0",)
+    #: The host our Contact and Via carry when listening on a wildcard address.
+    advertise: str | None = None
+    #: Subscription duration asked for (spec 4.4: 60..3600).
+    expires: int = 600
+    #: RFC 6446 rate parameters sent in SUBSCRIBE (None: not sent).
+    max_rate: float | None = None
+    min_rate: float | None = None
+    #: Accept PUBLISH (be a compositor, spec section 5).
+    compositor: bool = False
+    #: Compositor: an initial publication for a node outside the pool adds it (spec 5.6).
+    auto_join: bool = False
+    #: Compositor: the Request-URI user part it answers for (None: any), else 404.
+    resource: str | None = None
+    #: Compositor: source networks allowed to publish (empty: any).
+    trusted: tuple[str, ...] = ()
+    #: Compositor: shortest publication accepted (spec 5.3: 60).
+    min_publication: int = 60
+    #: Weights move only by this many points (or to or from 0).
+    damper_step: int = 5
+    startup_grace: float = STARTUP_GRACE
+    #: Every this many seconds, a sink that has `forget` is given the last
+    #: weights again in full (a restarted proxy lost them); None: never.
+    sink_resync: float | None = None
+
+
+class Watcher:
+    """Follows `agents` (and, as a compositor, publishers) and keeps the pool.
+
+    Call `await start()` on a running loop, `await close()` at the end.
+    `on_change(rows)` is called after every change of what is known (a
+    report accepted, a node gone stale, joined or left, a subscription's
+    state); `updates()` yields the same snapshots to an async reader.
+    """
+
+    def __init__(
+        self,
+        agents: Iterable[Agent] = (),
+        *,
+        config: WatcherConfig | None = None,
+        policy: WeightPolicy | None = None,
+        sinks: Sequence[Sink] = (),
+        view_sinks: Sequence[ViewSink] = (),
+        nodes: Iterable[str] = (),
+        on_change: Callable[[list[NodeRow]], None] | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.config = config or WatcherConfig()
+        self.agents: dict[str, Agent] = {}
+        for agent in agents:
+            if agent.node in self.agents:
+                raise ValueError(f"node {agent.node!r} is given twice ({self.agents[agent.node].uri} "
+                                 f"and {agent.uri})")
+            self.agents[agent.node] = agent
+        self.policy: WeightPolicy = policy or FreeSlotsPolicy()
+        self.damper = WeightDamper(min_step=self.config.damper_step)
+        configured = [*self.agents, *(n for n in nodes if n not in self.agents)]
+        self.table = NodeTable(configured, auto_join=self.config.auto_join)
+        self.on_change = on_change
+        self.resolver = resolver
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.config.trusted]
+        self.pool = SubscriberPool()
+        self.compositor: Compositor | None = None
+        if self.config.compositor:
+            self.compositor = Compositor(
+                PACKAGE, MEDIA_TYPE, resources=self._is_resource if self.config.resource else None,
+                authorize=self._authorize_publisher if self.trusted else None,
+                classify=self._classify, admit=self._admit,
+                min_expires=self.config.min_publication)
+        self.subscribers: dict[str, Subscriber] = {}
+        self.service: SipService | None = None
+        self.addresses: list[tuple[str, str, int]] = []
+        self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0}
+        resync = self.config.sink_resync
+        self._sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
+                       for sink in sinks]
+        self._view_sinks = [_SinkRunner(sink, views=True, resync=resync, done=self._sink_done)
+                            for sink in view_sinks]
+        self._source: dict[str, str] = {}
+        self._link: dict[str, str] = {}
+        self._last_refusal = ""
+        self._answered: set[str] = set()  # agents that sent a body or whose subscription failed
+        self._weights: dict[str, int] = {}
+        self._pushed: dict[str, int] | None = None
+        self._started_at = 0.0
+        self._last_compute = -math.inf
+        self._compute_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._version = 0
+        self._changed: asyncio.Event | None = None  # set and replaced at each change
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, subscribe to every agent and start the sinks."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        users: list[object] = [self.pool]
+        if self.compositor is not None:
+            users.append(self.compositor)
+        endpoint = Endpoint(users, allow_events=[PACKAGE])  # type: ignore[arg-type]
+        self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
+        for text in self.config.listen:
+            transport, host, port = parse_listen(text)
+            try:
+                bound = await self.service.listen(transport, host, port, advertise=self.config.advertise)
+            except OSError as err:
+                await self.service.close()
+                raise OSError(err.errno, f"cannot listen on {text}: {err.strerror or err}") from None
+            self.addresses.append((transport, bound[0], bound[1]))
+        if ipaddress.ip_address(self.addresses[0][1]).is_unspecified and not self.config.advertise:
+            await self.service.close()
+            raise ValueError(f"listening on {self.config.listen[0]} needs the address agents reach "
+                             "this host at for our Contact (advertise / sip.advertise)")
+        now = self.now()
+        self._started_at = now
+        base = self._subscriber_config()
+        for runner in (*self._sinks, *self._view_sinks):
+            runner.start()
+        for agent in self.agents.values():
+            self._follow(agent, base, now)
+        self._schedule_compute()
+        self._arm()
+
+    async def close(self) -> None:
+        """Unsubscribe (waiting up to CLOSE_WAIT s for the answers), stop the sinks, close."""
+        if self.service is None or self._closing:
+            return
+        self._closing = True
+        now = self.now()
+        for sub in self.subscribers.values():
+            if sub in self.pool.subscribers:
+                self.service.submit(self.pool, self.pool.stop(sub, now))
+        # Wait for the subscriptions that were up; one still being made is
+        # unsubscribed on its 2xx if that comes before we are gone.
+        await self.wait_for(lambda w: not any(
+            s.state == UNSUBSCRIBING for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
+        for handle in (self._timer, self._compute_handle):
+            if handle is not None:
+                handle.cancel()
+        for runner in (*self._sinks, *self._view_sinks):
+            await runner.stop()
+        await self.service.close()
+
+    def now(self) -> float:
+        assert self._loop is not None, "the watcher is not started"
+        return self._loop.time()
+
+    @property
+    def contact(self) -> str:
+        transport, host, port = self.addresses[0]
+        host = self.config.advertise or host
+        if ":" in host:
+            host = f"[{host}]"
+        param = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"sip:sipstatus@{host}:{port}{param}"
+
+    def _subscriber_config(self) -> SubscriberConfig:
+        _, host, _ = self.addresses[0]
+        host = self.config.advertise or host
+        local = f"sip:sipstatus@[{host}]" if ":" in host else f"sip:sipstatus@{host}"
+        return SubscriberConfig(
+            PACKAGE, MEDIA_TYPE, local, self.contact, expires=self.config.expires,
+            max_rate=self.config.max_rate, min_rate=self.config.min_rate, decode=self._decode)
+
+    def _follow(self, agent: Agent, config: SubscriberConfig, now: float) -> None:
+        uri = parse_agent_uri(agent.uri)
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.node,
+                         check=self._node_check(agent.node))
+        self.subscribers[agent.node] = sub
+        self._link[agent.node] = "subscribing"
+        assert self.service is not None
+        self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _decode(self, body: bytes) -> LoadStatus:
+        """Spec 4.8 step 5; the Subscriber words the 400 from the error's
+        member and rule (spec 6.6), the log gets the whole explanation."""
+        try:
+            return decode(body)
+        except StatusError as err:
+            self._last_refusal = str(err)
+            raise
+
+    def _node_check(self, node: str) -> Callable[[object], None]:
+        def check(status: object) -> None:
+            # Spec 4.8 step 6: a body about another node on this subscription.
+            if isinstance(status, LoadStatus) and status.node != node:
+                self._last_refusal = f"a body for node {status.node!r} on the subscription to {node!r}"
+                raise StatusError("node", "subscription", self._last_refusal)
+        return check
+
+    # -- what is known ------------------------------------------------------------------------------
+
+    def rows(self, now: float | None = None) -> list[NodeRow]:
+        """Every node of the pool, by name."""
+        now = self.now() if now is None else now
+        views = list(self.table.views(now))
+        weights = self.policy.weights(views)
+        pushed = self._pushed or {}
+        rows = []
+        for view in views:
+            known = view.status is not None
+            rows.append(node_row(view, weights.get(view.node) if known else None,
+                                 pushed.get(view.node), now, self._source.get(view.node),
+                                 self._link_text(view.node, now)))
+        return sorted(rows, key=lambda r: r.node)
+
+    def weights(self) -> dict[str, int]:
+        """The policy's weights at the last computation (every node; 0 = no new calls)."""
+        return dict(self._weights)
+
+    @property
+    def pushed(self) -> dict[str, int] | None:
+        """The damped weights last handed to the sinks (None before the first push)."""
+        return None if self._pushed is None else dict(self._pushed)
+
+    def settled(self) -> bool:
+        """Whether every agent has answered one way or another: a status
+        accepted, or its subscription failed, refused or ended."""
+        return all(node in self._answered for node in self.agents)
+
+    async def updates(self) -> AsyncIterator[list[NodeRow]]:
+        """Snapshots of `rows()`, one after each change (changes made while the
+        reader was busy coalesce into the next snapshot)."""
+        seen = -1
+        while True:
+            while self._version == seen:
+                assert self._changed is not None, "the watcher is not started"
+                await self._changed.wait()
+            seen = self._version
+            yield self.rows()
+
+    async def wait_for(self, predicate: Callable[[Watcher], bool], timeout: float) -> bool:
+        """Wait until `predicate(self)` holds, looking again after each change
+        (and each push a sink took); False if it still does not after `timeout` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate(self):
+            assert self._changed is not None, "the watcher is not started"
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return predicate(self)
+        return True
+
+    def _link_text(self, node: str, now: float) -> str:
+        sub = self.subscribers.get(node)
+        if sub is not None and sub.retry_at is not None and sub.state != ACTIVE:
+            return f"{self._link.get(node, '')}, again in {max(0.0, sub.retry_at - now):.0f} s"
+        return self._link.get(node, "")
+
+    # -- SIP events ---------------------------------------------------------------------------------
+
+    def _on_event(self, event: object) -> None:
+        now = self.now()
+        if isinstance(event, NotificationReceived | NotificationRejected | SubscriptionEnded):
+            self._answered.add(event.subscriber.key)
+        if isinstance(event, NotificationReceived):
+            node = event.subscriber.key
+            self._link[node] = "active" if event.state != "terminated" else "terminated"
+            if isinstance(event.value, LoadStatus):
+                self._report(event.value, now, "notify")
+        elif isinstance(event, NotificationRejected):
+            self._notify_rejected(event.subscriber, event.reason, now)
+        elif isinstance(event, Subscribed):
+            self._link[event.subscriber.key] = "active"
+            log.info("subscribed to %s (%s) for %d s", event.subscriber.key, event.subscriber.target,
+                     event.expires)
+        elif isinstance(event, SubscriptionEnded):
+            self._subscription_ended(event)
+        elif isinstance(event, PublicationReceived):
+            self._link[event.key] = f"published from {event.source.host}:{event.source.port}"
+            self._report(event.value, now, "publish")  # type: ignore[arg-type]
+        elif isinstance(event, PublicationRemoved):
+            if event.reason != "replaced":
+                # Spec 5.6: the node is unknown from this moment, not when its validity runs out.
+                log.info("publication of %s %s: the node is unknown now", event.key, event.reason)
+                self.table.forget(event.key)
+                self._source.pop(event.key, None)
+                self._link[event.key] = f"publication {event.reason}"
+                if event.key not in self.table:
+                    self._link.pop(event.key, None)
+        elif isinstance(event, PublicationRefreshed):
+            return
+        else:
+            return
+        self._mark_changed()
+
+    def _report(self, status: LoadStatus, now: float, source: str) -> None:
+        outcome = self.table.update(status, now)
+        self.counters[outcome.value] += 1
+        if outcome is Outcome.ACCEPTED:
+            self._source[status.node] = source
+        elif outcome is Outcome.OUT_OF_ORDER:
+            log.debug("%s: ignored %s seq %d of instance %s (out of date)", status.node, source,
+                      status.seq, status.instance)
+
+    def _notify_rejected(self, sub: Subscriber, reason: str, now: float) -> None:
+        # Spec 6.6: log every refused body with the node, member and rule. The
+        # subscription ends on it (4.7.3) and the Subscriber comes back later
+        # (4.8: 30 s, doubling); the node keeps its last good status (7.3).
+        self.counters["rejected"] += 1
+        detail, self._last_refusal = self._last_refusal, ""
+        log.warning("node %s: NOTIFY from %s refused: %s%s", sub.key, sub.target, reason,
+                    f" ({detail})" if detail else "")
+        self._link[sub.key] = f"refused a body: {reason}"
+
+    def _subscription_ended(self, event: SubscriptionEnded) -> None:
+        sub, node = event.subscriber, event.subscriber.key
+        if event.retry_at is None:
+            if self._closing:
+                self._link[node] = "unsubscribed"
+                return
+            self._link[node] = f"stopped: {event.reason}" + (f" ({event.status})" if event.status else "")
+            log.warning("node %s: subscription to %s ended for good: %s%s", node, sub.target,
+                        event.reason, f" ({event.status})" if event.status else "")
+        else:
+            if event.reason != "notify-refused":  # the link already says which body and why
+                self._link[node] = f"ended: {event.reason}" + (f" ({event.status})" if event.status else "")
+            log.info("node %s: subscription to %s ended (%s%s); subscribing again in %.1f s", node,
+                     sub.target, event.reason, f", {event.status}" if event.status else "",
+                     max(0.0, event.retry_at - self.now()))
+
+    # -- the compositor's hooks ------------------------------------------------------------------------
+
+    def _is_resource(self, uri: str) -> bool:
+        """Spec 5.5 step 2: the Request-URI names our resource (else 404)."""
+        try:
+            parsed = parse_uri(uri)
+        except SipError:
+            return False
+        return isinstance(parsed, SipUri) and parsed.user == self.config.resource
+
+    def _authorize_publisher(self, request: Request, source: Destination, now: float) -> SipError | None:
+        """Spec 5.5 step 4: trusted networks."""
+        try:
+            address = ipaddress.ip_address(source.host.strip("[]"))
+        except ValueError:
+            address = None
+        if address is None or not any(address in network for network in self.trusted):
+            log.warning("PUBLISH from %s refused: not in the trusted networks", source.host)
+            return SipError(403, "source address not trusted")
+        return None
+
+    def _classify(self, request: Request, body: bytes) -> tuple[str, object]:
+        """Spec 5.5 step 9: the body's rules; the node is the publication's key."""
+        try:
+            status = decode(body)
+        except StatusError as err:
+            log.warning("PUBLISH body refused: %s", err)
+            raise SipError(400, body_reason(PACKAGE, err)) from None
+        return status.node, status
+
+    def _admit(self, request: Request, source: Destination, node: str, status: object,
+               initial: bool) -> SipError | None:
+        """Spec 5.5 step 12: a node outside the pool joins only with auto-join."""
+        if initial and node not in self.table and not self.table.auto_join:
+            log.warning("PUBLISH for node %s from %s refused: not in the pool (auto-join is off)",
+                        node, source.host)
+            return SipError(403, f"node {node} is not in the pool")
+        return None
+
+    # -- weights and timers ---------------------------------------------------------------------------
+
+    def _mark_changed(self) -> None:
+        self._schedule_compute()
+
+    def _schedule_compute(self) -> None:
+        if self._compute_handle is not None or self._loop is None:
+            return
+        delay = max(0.0, self._last_compute + RECOMPUTE_INTERVAL - self._loop.time())
+        self._compute_handle = self._loop.call_later(delay, self._compute)
+
+    def _compute(self, now: float | None = None) -> None:
+        self._compute_handle = None
+        now = self.now() if now is None else now
+        self._last_compute = now
+        views = list(self.table.views(now))
+        self._weights = self.policy.weights(views)
+        self._push(now, views)
+        self._arm()
+        self._bump()
+        if self.on_change is not None:
+            try:
+                self.on_change(self.rows(now))
+            except Exception:  # noqa: BLE001 - a UI's error must not stop the watcher
+                log.exception("on_change callback failed")
+
+    def _sink_done(self) -> None:
+        """A sink took a push: waiters (`wait_for`, `updates`) look again."""
+        self._bump()
+
+    def _bump(self) -> None:
+        self._version += 1
+        if self._changed is not None:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    def _push(self, now: float, views: list[NodeView]) -> None:
+        if not self._sinks and not self._view_sinks:
+            return
+        if self._pushed is None and now < self._started_at + self.config.startup_grace \
+                and not all(self.table.view(n, now).status is not None for n in self.agents):
+            return  # start-up grace: see the module docstring
+        departed_views = [NodeView(n, None, None, False) for n in (self._pushed or {})
+                          if n not in self.table]
+        for runner in self._view_sinks:
+            runner.want(views + departed_views)
+        weights = dict(self._weights)
+        departed = [n for n in (self._pushed or {}) if n not in weights]
+        for node in departed:
+            weights[node] = 0  # left the pool (spec 5.6): no new calls, said once
+        damped = self.damper.apply(weights)
+        for node in departed:
+            self.damper.current.pop(node, None)
+        if damped is None and self._pushed is not None:
+            return
+        pushed = dict(self.damper.current) if damped is None else damped
+        before = self._pushed or {}
+        changed = " ".join(f"{n}={w}" for n, w in sorted(pushed.items()) if before.get(n) != w)
+        if changed:
+            log.info("weights: %s", changed)
+        for runner in self._sinks:
+            runner.want(pushed)
+        self._pushed = {n: w for n, w in pushed.items() if n not in departed}
+
+    def _next_timer(self, now: float) -> float | None:
+        times = []
+        expiry = self.table.next_expiry(now)
+        if expiry is not None:
+            times.append(expiry)
+        if self._pushed is None and (self._sinks or self._view_sinks):
+            grace = self._started_at + self.config.startup_grace
+            if grace > now:
+                times.append(grace)
+        return min(times) if times else None
+
+    def _arm(self) -> None:
+        if self._loop is None or self._closing:
+            return
+        when = self._next_timer(self._loop.time())
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self._loop.call_at(when, self._fire, when)
+
+    def _fire(self, when: float) -> None:
+        self._timer = self._timer_at = None
+        # asyncio may run a timer a clock tick early; what was due at `when` is due.
+        now = max(self.now(), when)
+        if self._compute_handle is not None:
+            self._compute_handle.cancel()
+        self._compute(now)
+
+
+class _SinkRunner:
+    """Feeds one sink from a task: the newest weights (or views), one call at
+    a time in a worker thread (a sink may block on its proxy), held-back
+    flushes on time, failures retried with backoff without stopping the
+    watcher, and, every `resync` seconds, the last push made again in full
+    (`forget` then `push`) for a sink that can forget: a proxy that
+    restarted has lost what it was told and only changes would reach it."""
+
+    def __init__(self, sink: Sink | ViewSink, *, views: bool, resync: float | None = None,
+                 done: Callable[[], None] | None = None) -> None:
+        self.sink = sink
+        self.done = done
+        self.views = views
+        self.resync = resync if resync and hasattr(sink, "forget") else None
+        self.latest: Any = None
+        self.last: Any = None  # the last payload the sink took
+        self.failures = 0
+        self.last_error: str | None = None
+        self.pushes = 0
+        self.resyncs = 0
+        self._resync_at: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def want(self, payload: Mapping[str, int] | list[NodeView]) -> None:
+        self.latest = list(payload) if self.views else dict(payload)  # type: ignore[arg-type]
+        self._wake.set()
+
+    def _next_flush(self) -> float | None:
+        next_flush = getattr(self.sink, "next_flush", None)
+        return None if next_flush is None else next_flush()
+
+    def _push(self, payload: Any, now: float) -> None:
+        if self.views:
+            self.sink.push(payload)  # type: ignore[call-arg]
+        else:
+            self.sink.push(payload, now)  # type: ignore[call-arg]
+
+    def _push_again(self, payload: Any, now: float) -> None:
+        nodes = [v.node for v in payload] if self.views else list(payload)
+        self.sink.forget(nodes)  # type: ignore[union-attr]
+        self._push(payload, now)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = self._next_flush()
+            times = [t for t in (due, self._resync_at) if t is not None]
+            timeout = None if not times else max(0.0, min(times) - loop.time())
+            if self.latest is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            payload, self.latest = self.latest, None
+            now = loop.time()
+            resync_due = self._resync_at is not None and now >= self._resync_at
+            try:
+                if resync_due:
+                    payload = self.last if payload is None else payload
+                    await asyncio.to_thread(self._push_again, payload, now)
+                    self.resyncs += 1
+                    self.last = payload
+                elif payload is not None:
+                    await asyncio.to_thread(self._push, payload, now)
+                    self.pushes += 1
+                    self.last = payload
+                elif due is not None and now >= due:
+                    await asyncio.to_thread(self.sink.flush, now)  # type: ignore[union-attr]
+                if self.resync is not None and self.last is not None and (
+                        self._resync_at is None or resync_due):
+                    self._resync_at = now + self.resync
+                self.failures = 0
+                if self.done is not None:
+                    self.done()
+            except Exception as err:  # noqa: BLE001 - the proxy may be restarting
+                self.failures += 1
+                self.last_error = str(err)
+                wait = min(SINK_RETRY_MAX, 0.5 * 2 ** (self.failures - 1))
+                log.warning("%s: %s; trying again in %.1f s", type(self.sink).__name__, err, wait)
+                if payload is not None and self.latest is None:
+                    self.latest = payload
+                await asyncio.sleep(wait)
