@@ -15,7 +15,8 @@
 - `stream_reports` PUBLISHes paced reports for several nodes at once (far
   above an agent's ceiling of 10/s), as a stress source.
 - `Agent` runs a real `sipstatus-agent run` process; `FakeAmis` serves the
-  fake Asterisk managers (tests/fakeami.py) such agents read.
+  fake Asterisk managers (tests/fakeami.py) such agents read; `Sidecar` runs
+  a real `sipstatus sidecar` that follows agents and pushes into Kamailio.
 
 Everything binds 127.0.0.1 only. Every process is started in its own session
 and killed as a group, so no Kamailio or SIPp outlives a test.
@@ -854,6 +855,51 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Sidecar:
+    """A real `sipstatus sidecar` process (`python -m sipstatus.cli`): it
+    subscribes to `agents` (node -> SIP URI) and pushes their weights into
+    Kamailio over its jsonrpcs datagram socket: dispatcher states with
+    `dispatcher.set_duid_state`, and rweights by rewriting the dispatcher
+    list file with a `dispatcher.reload` at most every 5 s (Kamailio's
+    reload_delta). No htable (the example configurations have none for it).
+    `expires` is the subscription duration it asks for."""
+
+    def __init__(self, kam: Kamailio, agents: Mapping[str, str], workdir: Path, *, expires: int = 60,
+                 policy: str = "free-slots") -> None:
+        self.dir = workdir / f"sidecar-{secrets.token_hex(2)}"
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / "sidecar.log"
+        self.config_path = self.dir / "sidecar.toml"
+        self.config_path.write_text(
+            f"[sip]\nexpires = {expires}\n"
+            "[kamailio]\nhtable = \"\"\ngroup = 1\nreload_interval = 5.0\n"
+        )
+        list_file = kam.defines["DS_LIST"]
+        assert isinstance(list_file, str)
+        self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
+                    "--listen", f"udp:{HOST}:{free_udp_port()}", "--policy", policy, "--log-level", "info",
+                    "--kamailio-rpc", f"unix:{kam.workdir}/kamailio_rpc.sock",
+                    "--kamailio-list-file", list_file.strip('"'),
+                    *(f"--agent={node}={uri}" for node, uri in agents.items())]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT, start_new_session=True)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc is not None:
