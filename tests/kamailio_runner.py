@@ -13,7 +13,9 @@
   agent's instance and seq, like the agent's publisher does.
 - `Caller` is `place_calls` in the background, with SIPp's own statistics.
 - `stream_reports` PUBLISHes paced reports for several nodes at once (far
-  above an agent's ceiling of 10/s), as a stress source.
+  above an agent's ceiling of 10/s), as a stress source; `simulate_agents`
+  runs many publishing agents in one process with the library's Publisher,
+  each from its own loopback address.
 - `Agent` runs a real `sipstatus-agent run` process; `FakeAmis` serves the
   fake Asterisk managers (tests/fakeami.py) such agents read; `Sidecar` runs
   a real `sipstatus sidecar` that follows agents and pushes into Kamailio.
@@ -40,10 +42,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
 from sipstatus.codec import encode
+from sipstatus.net import Endpoint, SipService
+from sipstatus.sip.publication import PublicationFailed, Published
+from sipstatus.sip.publication import Publisher as LibraryPublisher
+from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus, State
 from tests.fakeami import FakeAmi, Scenario
 
@@ -395,6 +402,99 @@ async def stream_reports(proxy_port: int, nodes: Sequence[str], *, rate: float, 
     return stats
 
 
+@dataclass
+class SimulationStats:
+    """What `simulate_agents` saw: reports answered 200 (`Published`),
+    failed PUBLISHes, and each node's weight in its last answered report."""
+
+    published: int = 0
+    failed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    final: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    #: Seconds from the final weights' PUBLISHes to the last one answered.
+    settle: float = 0.0
+
+
+async def simulate_agents(proxy_port: int, names: Sequence[str], *, duration: float, change_every: float,
+                          final: Mapping[str, int], validity: int = 6,
+                          hosts: Sequence[str] | None = None) -> SimulationStats:
+    """Agents for `names`, each a `sipstatus.sip.publication.Publisher` in its
+    own `SipService` bound to its own address (127.0.0.10, .11, ... unless
+    `hosts`), publishing to the proxy as the agent does: a fresh body per
+    PUBLISH (`produce`), a heartbeat every validity / 3, at most 10 PUBLISH
+    per second (the spec's ceiling). Every `change_every` seconds for
+    `duration` seconds each node's weight moves by a significant step (spec
+    8.3: 5 or more) and is published; then every node publishes its `final`
+    weight, and the call returns once each has been answered."""
+    loop = asyncio.get_running_loop()
+    stats = SimulationStats()
+    target = f"sip:load-status@{HOST}:{proxy_port}"
+    destination = Destination("UDP", HOST, proxy_port)
+    weights = {name: 50 for name in names}
+    sent_weight: dict[str, int] = {}
+    services: list[tuple[SipService, LibraryPublisher]] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, Published):
+            stats.published += 1
+        elif isinstance(event, PublicationFailed):
+            stats.failed += 1
+            stats.failures[f"{event.status} {event.reason}"] += 1
+
+    def producer(name: str) -> Callable[[float], bytes]:
+        instance = secrets.token_hex(4)
+        seq = 0
+
+        def produce(now: float) -> bytes:
+            nonlocal seq
+            seq += 1
+            sent_weight[name] = weights[name]
+            return body(name, weights[name], instance=instance, seq=seq, validity=validity)
+
+        return produce
+
+    hosts = list(hosts) if hosts is not None else [f"127.0.0.{10 + i}" for i in range(len(names))]
+    started = time.monotonic()
+    try:
+        for name, host in zip(names, hosts, strict=True):
+            publisher = LibraryPublisher(target, "load-status", MEDIA_TYPE, f"sip:{name}@{host}",
+                                         destination=destination, produce=producer(name),
+                                         heartbeat=validity / 3, min_interval=0.1, key=name)
+            service = SipService(Endpoint([publisher], allow_events=["load-status"]), on_event=on_event)
+            await service.listen("UDP", host, 0)
+            services.append((service, publisher))
+            service.submit(publisher, publisher.publish(None, service.now()))
+        rng = secrets.SystemRandom()
+        end = loop.time() + duration
+        while loop.time() < end:
+            await asyncio.sleep(change_every)
+            for service, publisher in services:
+                name = publisher.key
+                assert isinstance(name, str)
+                # A significant step (5 to 30) up or down, reflected at 1 and 100.
+                step = rng.choice((-1, 1)) * rng.randint(5, 30)
+                moved = weights[name] + step
+                weights[name] = moved if 1 <= moved <= 100 else weights[name] - step
+                service.submit(publisher, publisher.publish(None, service.now()))
+        weights.update(final)
+        settle_from = loop.time()
+        for service, publisher in services:
+            service.submit(publisher, publisher.publish(None, service.now()))
+        deadline = loop.time() + 30
+        while any(p.pending is not None or p.dirty or p.queued is not None for _, p in services):
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        stats.settle = loop.time() - settle_from
+        stats.final = {name: sent_weight[name] for name in names if name in sent_weight}
+    finally:
+        stats.elapsed = time.monotonic() - started
+        for service, _ in services:
+            await service.close()
+    return stats
+
+
 # -- Kamailio ----------------------------------------------------------------
 
 
@@ -521,10 +621,27 @@ def parse_htable_dump(text: str) -> dict[str, str]:
     return items
 
 
+class PoolNode(Protocol):
+    """A destination of the dispatcher list: a SippNode, or any name and port."""
+
+    name: str
+    port: int
+    rweight: int
+
+
+@dataclass
+class Destinationless:
+    """A pool member with nothing behind its port (tests that route no calls)."""
+
+    name: str
+    port: int
+    rweight: int = 1
+
+
 def start_example(
     config: Path,
     workdir: Path,
-    nodes: Iterable[SippNode],
+    nodes: Iterable[PoolNode],
     defines: Mapping[str, str | int | None] = {},
     env: Mapping[str, str] = {},
 ) -> Kamailio:
@@ -542,7 +659,7 @@ def start_example(
     return kam
 
 
-def dispatcher_list(path: Path, nodes: Iterable[SippNode], set_id: int = 1) -> Path:
+def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1) -> Path:
     """A dispatcher list with one destination per node (duid = its name)."""
     lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}" for n in nodes]
     path.write_text("\n".join(lines) + "\n")
