@@ -66,9 +66,12 @@ from tests.kamailio_runner import (
     ROOT,
     Agent,
     Caller,
+    Destinationless,
     FakeAmis,
     Kamailio,
+    Publisher,
     Sidecar,
+    SipClient,
     SippNode,
     have_tools,
     split_within,
@@ -489,5 +492,52 @@ def test_calls_keep_succeeding_while_weights_change_under_load(workdir: Path, po
         assert not wrong, f"drained nodes got INVITEs: {wrong}"
         assert all(returned[n] for n in names), f"nodes did not come back after their drains: {returned}"
         assert alive and same_pid, kam.log_tail()
+    finally:
+        kam.stop()
+
+
+# -- 100 nodes -------------------------------------------------------------------------------
+
+def test_native_example_reads_a_pool_of_two_hundred(workdir: Path) -> None:
+    """route[POOL_LOAD] reads the dispatcher.list RPC reply (about 370 octets
+    per destination) through Kamailio's pv buffer: with the default 8192
+    octets it failed from about 25 destinations on, and every report got 403.
+    The example's PV_BUFFER_SIZE (65536) holds 170; 200 need 131072. And
+    Kamailio stops a `while` after max_while_loops turns (100 by default):
+    the pool and the choice of a node stopped at the 100th."""
+    names = [f"node{i:03d}" for i in range(200)]
+    members = [Destinationless(name, 20000 + i) for i, name in enumerate(names)]
+    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members,
+                        {"PV_BUFFER_SIZE": 131072, "LOG_LEVEL": 3})
+    client = SipClient(kam.port)
+    try:
+        assert len(kam.htable("pool")) == 200, kam.log_tail()
+        # Every node reports, and only one takes calls: route[PICK] must
+        # look at all 200 reports to find it (it logs its choice at level 3;
+        # nothing answers behind node199's port, so the call itself fails).
+        taker = names[-1]
+        for name in names:
+            assert Publisher(client, name).report(40 if name == taker else None).status == 200
+        assert len(kam.htable("ns")) == 200
+        invite = client.build("INVITE", [("Contact", f"<sip:caller@{HOST}:{client.port}>")],
+                              ruri=f"sip:load@{HOST}:{kam.port}")
+        client.sock.sendto(invite, client.proxy)
+        deadline = time.monotonic() + 10
+        while f"call to {taker} " not in kam.log():
+            assert time.monotonic() < deadline, kam.log_tail()
+            time.sleep(0.05)
+        assert f"call to {taker} " in kam.log(), kam.log_tail()
+    finally:
+        client.close()
+        kam.stop()
+
+
+def test_native_example_keeps_its_pool_when_the_list_cannot_be_read(workdir: Path) -> None:
+    """Too small a buffer for the list is logged, and the pool is not emptied."""
+    members = [Destinationless(f"node{i:03d}", 20000 + i) for i in range(100)]
+    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members, {"PV_BUFFER_SIZE": 8192})
+    try:
+        assert kam.htable("pool") == {}
+        assert "cannot read the reply of dispatcher.list" in kam.log()
     finally:
         kam.stop()
