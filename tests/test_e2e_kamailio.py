@@ -47,6 +47,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -74,6 +75,7 @@ from tests.kamailio_runner import (
     SipClient,
     SippNode,
     have_tools,
+    simulate_agents,
     split_within,
     start_example,
     stream_reports,
@@ -206,8 +208,12 @@ WAYS = {
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Logs, configurations and sockets of the module's processes; removed
+    at the end (failing assertions quote the log tails they need)."""
+    path = tmp_path_factory.mktemp("e2e")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -498,6 +504,11 @@ def test_calls_keep_succeeding_while_weights_change_under_load(workdir: Path, po
 
 # -- 100 nodes -------------------------------------------------------------------------------
 
+MANY = 100
+MANY_SECONDS = 10.0
+MANY_CHANGE_EVERY = 0.2  # each node reports a new weight 5 times a second
+
+
 def test_native_example_reads_a_pool_of_two_hundred(workdir: Path) -> None:
     """route[POOL_LOAD] reads the dispatcher.list RPC reply (about 370 octets
     per destination) through Kamailio's pv buffer: with the default 8192
@@ -539,5 +550,50 @@ def test_native_example_keeps_its_pool_when_the_list_cannot_be_read(workdir: Pat
     try:
         assert kam.htable("pool") == {}
         assert "cannot read the reply of dispatcher.list" in kam.log()
+    finally:
+        kam.stop()
+
+
+def test_a_hundred_agents_converge_and_what_their_reports_cost(workdir: Path) -> None:
+    """100 simulated agents (the library's Publisher, each on its own
+    loopback address 127.0.0.10-109) report to the native example with a
+    100-entry dispatcher list: after 10 s of changing weights each node's
+    last reported weight is what Kamailio's htable holds. Prints Kamailio's
+    CPU time per 1,000 reports (all its processes, psutil), net of its idle
+    consumption over the same time."""
+    names = [f"node{i:03d}" for i in range(MANY)]
+    # Destinations nobody answers: this test routes no call.
+    members = [Destinationless(name, 20000 + i) for i, name in enumerate(names)]
+    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members)
+    try:
+        final = {name: 1 + (37 * i) % 100 for i, name in enumerate(names)}  # 1..100, all different
+        idle_from, idle_cpu = time.monotonic(), kam.cpu_seconds()
+        time.sleep(3.0)
+        idle_rate = (kam.cpu_seconds() - idle_cpu) / (time.monotonic() - idle_from)
+        cpu_before = kam.cpu_seconds()
+        stats = asyncio.run(simulate_agents(kam.port, names, duration=MANY_SECONDS, change_every=MANY_CHANGE_EVERY,
+                                            final=final))
+        cpu = kam.cpu_seconds() - cpu_before
+        converged_at = None
+        looked_from = time.monotonic()
+        deadline = looked_from + 10
+        while time.monotonic() < deadline:
+            held = {node: int(v.split(";")[1]) for node, v in kam.htable("ns").items()}
+            if held == final:
+                converged_at = time.monotonic()
+                break
+            time.sleep(0.1)
+        net = cpu - idle_rate * stats.elapsed
+        per_thousand = 1000 * net / stats.published if stats.published else math.nan
+        print(f"\n[100 nodes] {stats.published} reports answered 200 in {stats.elapsed:.1f} s "
+              f"({stats.published / stats.elapsed:.0f}/s), {stats.failed} failed {dict(stats.failures)}; "
+              f"final weights answered {stats.settle:.2f} s after they were published, in the htable "
+              f"{'never' if converged_at is None else f'{converged_at - looked_from:.2f} s after that'}; Kamailio CPU "
+              f"{cpu:.2f} s (idle {idle_rate * stats.elapsed:.2f} s): {per_thousand:.3f} CPU s per 1,000 reports")
+        assert stats.final == final, "not every node published its final weight"
+        assert converged_at is not None, f"Kamailio's htable never showed the final weights: " \
+            f"{ {n: (held.get(n), w) for n, w in final.items() if held.get(n) != w} }"
+        assert stats.failed == 0, stats.failures
+        assert kam.alive()
     finally:
         kam.stop()
