@@ -420,8 +420,8 @@ async def simulate_agents(proxy_port: int, names: Sequence[str], *, duration: fl
                           final: Mapping[str, int], validity: int = 6,
                           hosts: Sequence[str] | None = None) -> SimulationStats:
     """Agents for `names`, each a `sipstatus.sip.publication.Publisher` in its
-    own `SipService` bound to its own address (127.0.0.10, .11, ... unless
-    `hosts`), publishing to the proxy as the agent does: a fresh body per
+    own `SipService` bound to its own address (127.0.0.10 to .209, then
+    127.0.1.10 ..., unless `hosts`), publishing to the proxy as the agent does: a fresh body per
     PUBLISH (`produce`), a heartbeat every validity / 3, at most 10 PUBLISH
     per second (the spec's ceiling). Every `change_every` seconds for
     `duration` seconds each node's weight moves by a significant step (spec
@@ -454,7 +454,7 @@ async def simulate_agents(proxy_port: int, names: Sequence[str], *, duration: fl
 
         return produce
 
-    hosts = list(hosts) if hosts is not None else [f"127.0.0.{10 + i}" for i in range(len(names))]
+    hosts = list(hosts) if hosts is not None else [f"127.0.{i // 200}.{10 + i % 200}" for i in range(len(names))]
     started = time.monotonic()
     try:
         for name, host in zip(names, hosts, strict=True):
