@@ -10,7 +10,19 @@ Each node is three things (`E2eNode`):
 - a fake AMI (tests/fakeami.py, replaying real Asterisk 20 transcripts) with
   its own channel count;
 - its agent, a real process (`python -m agent run`), reading that AMI,
-  probing that UAS, with its own `max_calls`, publishing to Kamailio.
+  probing that UAS, with its own `max_calls`.
+
+Three ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
+
+- native: the agents PUBLISH to packaging/examples/kamailio/native, whose
+  script keeps the reports in an htable and picks nodes by weight hint;
+- kemi: the same against packaging/examples/kamailio/kemi (Python: the
+  library's codec, NodeTable and free-slots policy);
+- sidecar: `sipstatus sidecar` subscribes to the agents and pushes into the
+  native example, to which nobody publishes: with no fresh report, its
+  cold-start path routes (dispatcher algorithm 11 over the rweights,
+  skipping inactive destinations), and the sidecar keeps rweights (list file
+  rewritten, reloaded at most every 5 s) and states (set_duid_state) in step.
 
 The agents run with the host collector off (see `kamailio_runner.Agent`):
 the shared test machine's CPU (often 100 % busy with other jobs) is not the
@@ -25,20 +37,27 @@ controls:
 | ast3 | coreshowchannels_idle | 0 | 10 (agent max_calls) | 1.0 | 100 | 10 |
 
 The native script weighs nodes by the weight hint (80/20/100: 40/10/50 %),
-the KEMI script by the free-slots policy (20/1/10 scaled to 100/5/50:
-64.5/3.2/32.3 %). The cold-start rweights of the dispatcher list (10/60/30)
-are unlike both.
+the KEMI script and the sidecar by the free-slots policy (20/1/10 scaled to
+100/5/50: 64.5/3.2/32.3 %). The cold-start rweights of the dispatcher list
+(10/60/30) are unlike both.
 
 Tolerances. Split: each node's count is Binomial(n, p); it must be within
 5 standard deviations + 1 call of n p (`split_within`): a false alarm about
 once in 1.7 million per node, while equal thirds or the cold-start split are
-tens of sigmas away. Timing: the agents' `validity` is 3 s and they report
-every second (validity / 3); a report is trusted until receipt + validity
-(the native script in whole seconds, so up to 1 s early), so after a
-SIGKILL the node must be out within `validity` (+ 0.25 s for an INVITE in
+more than 15 sigmas away. Timing: the agents' `validity` is 3 s and they
+report every second (validity / 3); a report is trusted until receipt +
+validity (the native script in whole seconds, so up to 1 s early), so after
+a SIGKILL the node must be out within `validity` (+ 0.25 s for an INVITE in
 flight and the UAS's clock reading), and a drained node must get no INVITE
 later than 1 s after the drain command returned (the brief's bound; the
-agent sends the drain at once, within its 10/s ceiling).
+agent sends the drain at once, within its 10/s ceiling). A restarted agent
+must get calls again within 20 s (publishing ways: its first PUBLISH) or
+75 s (sidecar: a restarted agent knows no subscription, and the sidecar
+finds out at its next refresh, 28 s after a grant of 60 s).
+
+Besides: a one-minute stress run (200 calls/s while three nodes report 100
+times a second each, marked slow) and 100 simulated agents converging in
+the native example's htable, with Kamailio's CPU per 1,000 reports.
 """
 
 from __future__ import annotations
