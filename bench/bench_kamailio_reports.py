@@ -163,6 +163,8 @@ def main() -> int:
         "cpu s/1k: Kamailio CPU seconds (all processes, net of idle) per 1,000 reports;",
         "1 core/s: reports per second one core of this host would take at that cost;",
         "converged: Kamailio's htable held every node's last reported weight afterwards.",
+        "per s is what one Python process simulating all the agents sends: it, not Kamailio, is the limit",
+        "at about 2,000 PUBLISH/s on this host.",
         "",
         HEADER,
     ]
