@@ -11,6 +11,14 @@
 - `SipClient` sends PUBLISH, NOTIFY and OPTIONS built by hand over UDP and
   returns the final response; `Publisher` keeps the entity tag and the
   agent's instance and seq, like the agent's publisher does.
+- `Caller` is `place_calls` in the background, with SIPp's own statistics.
+- `stream_reports` PUBLISHes paced reports for several nodes at once (far
+  above an agent's ceiling of 10/s), as a stress source; `simulate_agents`
+  runs many publishing agents in one process with the library's Publisher,
+  each from its own loopback address.
+- `Agent` runs a real `sipstatus-agent run` process; `FakeAmis` serves the
+  fake Asterisk managers (tests/fakeami.py) such agents read; `Sidecar` runs
+  a real `sipstatus sidecar` that follows agents and pushes into Kamailio.
 
 Everything binds 127.0.0.1 only. Every process is started in its own session
 and killed as a group, so no Kamailio or SIPp outlives a test.
@@ -18,6 +26,8 @@ and killed as a group, so no Kamailio or SIPp outlives a test.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import os
 import secrets
@@ -25,14 +35,24 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import psutil
 
 from sipstatus.codec import encode
+from sipstatus.net import Endpoint, SipService
+from sipstatus.sip.publication import PublicationFailed, Published
+from sipstatus.sip.publication import Publisher as LibraryPublisher
+from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus, State
+from tests.fakeami import FakeAmi, Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
@@ -253,6 +273,228 @@ class Publisher:
         return self.publish(body(self.node, weight, state=state, instance=self.instance, seq=self.seq, validity=validity, limit=limit))
 
 
+# -- a stream of reports ------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """What `stream_reports` sent and got back, per node."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    answered: dict[str, Counter[int]] = field(default_factory=dict)
+    timeouts: Counter[str] = field(default_factory=Counter)
+    retransmissions: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    #: The weight (0 unless active) of each node's last report answered 200.
+    last_weight: dict[str, int] = field(default_factory=dict)
+    #: (node, start, end) of the periods a node reported `draining`, epoch seconds.
+    drains: list[tuple[str, float, float]] = field(default_factory=list)
+    duration: float = 0.0
+
+    def ok(self, node: str) -> int:
+        return self.answered.get(node, Counter())[200]
+
+    def latency(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
+class _ReportSocket(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[Response] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = parse_response(data)
+        if reply.status >= 200:
+            self.replies.put_nowait(reply)
+
+
+Schedule = Callable[[str, int, float], tuple[State, int]]
+
+
+async def stream_reports(proxy_port: int, nodes: Sequence[str], *, rate: float, duration: float,
+                         schedule: Schedule, validity: int = 3, timeout: float = 0.5,
+                         retries: int = 3) -> StreamStats:
+    """PUBLISH `rate` reports per second for each of `nodes` for `duration`
+    seconds, each from its own UDP socket, as an agent would but faster:
+    one PUBLISH at a time per node (RFC 3903 4.1), a modification with
+    SIP-If-Match after the first, a fresh seq each time. `schedule(node, k,
+    elapsed)` gives the state and weight of the k-th report. A PUBLISH
+    unanswered after `timeout` s is sent again (the same bytes: Kamailio's
+    transaction answers a retransmission with the same reply). Reports are
+    paced to the schedule; a node that falls behind sends at once until it
+    has caught up."""
+    loop = asyncio.get_running_loop()
+    stats = StreamStats()
+    start = time.time()
+    t0 = loop.time()
+
+    async def one(node: str) -> None:
+        transport, proto = await loop.create_datagram_endpoint(_ReportSocket, local_addr=(HOST, 0))
+        port = transport.get_extra_info("sockname")[1]
+        instance = secrets.token_hex(4)
+        tag = secrets.token_hex(4)
+        call_id = f"{secrets.token_hex(8)}@{HOST}"
+        etag: str | None = None
+        answered = stats.answered.setdefault(node, Counter())
+        drain_from: float | None = None
+        k = 0
+        try:
+            while True:
+                due = t0 + k / rate
+                now = loop.time()
+                if due - t0 >= duration:
+                    break
+                if due > now:
+                    await asyncio.sleep(due - now)
+                state, weight = schedule(node, k, loop.time() - t0)
+                if state is State.DRAINING and drain_from is None:
+                    drain_from = time.time()
+                elif state is not State.DRAINING and drain_from is not None:
+                    stats.drains.append((node, drain_from, time.time()))
+                    drain_from = None
+                k += 1
+                payload = body(node, weight if state is State.ACTIVE else None, state=state, instance=instance,
+                               seq=k, validity=validity)
+                headers = [f"PUBLISH sip:load-status@{HOST}:{proxy_port} SIP/2.0",
+                           f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK{secrets.token_hex(8)};rport",
+                           "Max-Forwards: 70", f"From: <sip:{node}@{HOST}>;tag={tag}",
+                           f"To: <sip:{node}@{HOST}>", f"Call-ID: {call_id}", f"CSeq: {k} PUBLISH",
+                           "Event: load-status", "Expires: 600", f"Content-Type: {MEDIA_TYPE}"]
+                if etag is not None:
+                    headers.append(f"SIP-If-Match: {etag}")
+                headers.append(f"Content-Length: {len(payload)}")
+                data = ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+                sent_at = loop.time()
+                reply = None
+                for attempt in range(retries + 1):
+                    if attempt:
+                        stats.retransmissions[node] += 1
+                    transport.sendto(data, (HOST, proxy_port))
+                    if attempt == 0:
+                        stats.sent[node] += 1
+                    try:
+                        while True:
+                            reply = await asyncio.wait_for(proto.replies.get(), timeout)
+                            if reply.header("cseq") == f"{k} PUBLISH":
+                                break
+                        break
+                    except TimeoutError:
+                        reply = None
+                if reply is None:
+                    stats.timeouts[node] += 1
+                    etag = None  # the outcome is unknown: start a new publication
+                    continue
+                stats.latencies.append(loop.time() - sent_at)
+                answered[reply.status] += 1
+                if reply.status == 200:
+                    etag = reply.header("sip-etag")
+                    stats.last_weight[node] = weight if state is State.ACTIVE else 0
+                elif reply.status == 412:
+                    etag = None
+        finally:
+            if drain_from is not None:
+                stats.drains.append((node, drain_from, time.time()))
+            transport.close()
+
+    await asyncio.gather(*(one(node) for node in nodes))
+    stats.duration = time.time() - start
+    return stats
+
+
+@dataclass
+class SimulationStats:
+    """What `simulate_agents` saw: reports answered 200 (`Published`),
+    failed PUBLISHes, and each node's weight in its last answered report."""
+
+    published: int = 0
+    failed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    final: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    #: Seconds from the final weights' PUBLISHes to the last one answered.
+    settle: float = 0.0
+
+
+async def simulate_agents(proxy_port: int, names: Sequence[str], *, duration: float, change_every: float,
+                          final: Mapping[str, int], validity: int = 6,
+                          hosts: Sequence[str] | None = None) -> SimulationStats:
+    """Agents for `names`, each a `sipstatus.sip.publication.Publisher` in its
+    own `SipService` bound to its own address (127.0.0.10 to .209, then
+    127.0.1.10 ..., unless `hosts`), publishing to the proxy as the agent does: a fresh body per
+    PUBLISH (`produce`), a heartbeat every validity / 3, at most 10 PUBLISH
+    per second (the spec's ceiling). Every `change_every` seconds for
+    `duration` seconds each node's weight moves by a significant step (spec
+    8.3: 5 or more) and is published; then every node publishes its `final`
+    weight, and the call returns once each has been answered."""
+    loop = asyncio.get_running_loop()
+    stats = SimulationStats()
+    target = f"sip:load-status@{HOST}:{proxy_port}"
+    destination = Destination("UDP", HOST, proxy_port)
+    weights = {name: 50 for name in names}
+    sent_weight: dict[str, int] = {}
+    services: list[tuple[SipService, LibraryPublisher]] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, Published):
+            stats.published += 1
+        elif isinstance(event, PublicationFailed):
+            stats.failed += 1
+            stats.failures[f"{event.status} {event.reason}"] += 1
+
+    def producer(name: str) -> Callable[[float], bytes]:
+        instance = secrets.token_hex(4)
+        seq = 0
+
+        def produce(now: float) -> bytes:
+            nonlocal seq
+            seq += 1
+            sent_weight[name] = weights[name]
+            return body(name, weights[name], instance=instance, seq=seq, validity=validity)
+
+        return produce
+
+    hosts = list(hosts) if hosts is not None else [f"127.0.{i // 200}.{10 + i % 200}" for i in range(len(names))]
+    started = time.monotonic()
+    try:
+        for name, host in zip(names, hosts, strict=True):
+            publisher = LibraryPublisher(target, "load-status", MEDIA_TYPE, f"sip:{name}@{host}",
+                                         destination=destination, produce=producer(name),
+                                         heartbeat=validity / 3, min_interval=0.1, key=name)
+            service = SipService(Endpoint([publisher], allow_events=["load-status"]), on_event=on_event)
+            await service.listen("UDP", host, 0)
+            services.append((service, publisher))
+            service.submit(publisher, publisher.publish(None, service.now()))
+        rng = secrets.SystemRandom()
+        end = loop.time() + duration
+        while loop.time() < end:
+            await asyncio.sleep(change_every)
+            for service, publisher in services:
+                name = publisher.key
+                assert isinstance(name, str)
+                # A significant step (5 to 30) up or down, reflected at 1 and 100.
+                step = rng.choice((-1, 1)) * rng.randint(5, 30)
+                moved = weights[name] + step
+                weights[name] = moved if 1 <= moved <= 100 else weights[name] - step
+                service.submit(publisher, publisher.publish(None, service.now()))
+        weights.update(final)
+        settle_from = loop.time()
+        for service, publisher in services:
+            service.submit(publisher, publisher.publish(None, service.now()))
+        deadline = loop.time() + 30
+        while any(p.pending is not None or p.dirty or p.queued is not None for _, p in services):
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        stats.settle = loop.time() - settle_from
+        stats.final = {name: sent_weight[name] for name in names if name in sent_weight}
+    finally:
+        stats.elapsed = time.monotonic() - started
+        for service, _ in services:
+            await service.close()
+    return stats
+
+
 # -- Kamailio ----------------------------------------------------------------
 
 
@@ -328,11 +570,78 @@ class Kamailio:
             raise RuntimeError(f"kamcmd {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout
 
+    def htable(self, table: str) -> dict[str, str]:
+        """The items of an htable (`kamcmd htable.dump`), name -> value as text."""
+        return parse_htable_dump(self.rpc("htable.dump", table))
+
+    def processes(self) -> list[psutil.Process]:
+        """Kamailio's main process and every process it forked."""
+        assert self.proc is not None
+        main = psutil.Process(self.proc.pid)
+        return [main, *main.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by all of Kamailio's processes."""
+        total = 0.0
+        for process in self.processes():
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def alive(self) -> bool:
+        """Running, and answering an OPTIONS."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        client = SipClient(self.port)
+        try:
+            return client.options(2.0).status == 200
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            client.close()
+
+
+def parse_htable_dump(text: str) -> dict[str, str]:
+    """name -> value from kamcmd's rendering of `htable.dump` (each item is a
+    block with `name: ...` and `value: ...` lines)."""
+    items: dict[str, str] = {}
+    name: str | None = None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if not sep:
+            continue
+        if key == "name":
+            name = value
+        elif key == "value" and name is not None:
+            items[name] = value
+            name = None
+    return items
+
+
+class PoolNode(Protocol):
+    """A destination of the dispatcher list: a SippNode, or any name and port."""
+
+    name: str
+    port: int
+    rweight: int
+
+
+@dataclass
+class Destinationless:
+    """A pool member with nothing behind its port (tests that route no calls)."""
+
+    name: str
+    port: int
+    rweight: int = 1
+
 
 def start_example(
     config: Path,
     workdir: Path,
-    nodes: Iterable[SippNode],
+    nodes: Iterable[PoolNode],
     defines: Mapping[str, str | int | None] = {},
     env: Mapping[str, str] = {},
 ) -> Kamailio:
@@ -350,7 +659,7 @@ def start_example(
     return kam
 
 
-def dispatcher_list(path: Path, nodes: Iterable[SippNode], set_id: int = 1) -> Path:
+def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1) -> Path:
     """A dispatcher list with one destination per node (duid = its name)."""
     lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}" for n in nodes]
     path.write_text("\n".join(lines) + "\n")
@@ -361,22 +670,36 @@ def dispatcher_list(path: Path, nodes: Iterable[SippNode], set_id: int = 1) -> P
 
 
 class SippNode:
-    """A SIPp UAS standing for one Asterisk node."""
+    """A SIPp UAS standing for one Asterisk node.
 
-    def __init__(self, name: str, workdir: Path, rweight: int = 1) -> None:
+    `scenario` defaults to tests/sipp/kamailio/uas.xml; with `log`, SIPp's
+    -log_file gets what the scenario logs (tests/sipp/e2e/uas.xml logs the
+    arrival time of each INVITE: see `invite_times`).
+    """
+
+    def __init__(self, name: str, workdir: Path, rweight: int = 1, *, scenario: Path | None = None,
+                 log: bool = False) -> None:
         self.name = name
         self.rweight = rweight
         self.port = free_udp_port()
         self.workdir = workdir
+        self.scenario = scenario or SCENARIOS / "uas.xml"
+        self.log_path = workdir / f"uas-{name}-{secrets.token_hex(3)}.log" if log else None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{HOST}:{self.port}"
 
     def start(self) -> None:
         cmd = [
-            "sipp", "-sf", str(SCENARIOS / "uas.xml"), "-s", self.name,
+            "sipp", "-sf", str(self.scenario), "-s", self.name,
             "-i", HOST, "-p", str(self.port),
             "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
             "-nostdin",
         ]
+        if self.log_path is not None:
+            cmd += ["-trace_logs", "-log_file", str(self.log_path)]
         out = open(self.workdir / f"uas-{self.name}.out", "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      cwd=self.workdir, start_new_session=True)
@@ -394,36 +717,314 @@ class SippNode:
         if self.proc is not None:
             _stop_group(self.proc, signal.SIGKILL)
 
+    def invite_times(self) -> list[float]:
+        """Epoch times at which this node received INVITEs (a scenario that
+        logs "<seconds> <microseconds>" per INVITE, and `log`)."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        times = []
+        for line in self.log_path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 2:
+                times.append(float(fields[0]) + float(fields[1]) / 1e6)
+        return times
+
+
+@dataclass
+class CallResult:
+    """What a SIPp caller reported: answers per node (by X-Node), and its own
+    count of successful and failed calls (-trace_stat, the last line; None
+    when SIPp wrote none)."""
+
+    calls: int  # asked for
+    counts: Counter[str]
+    successful: int | None
+    failed: int | None
+    returncode: int | None
+    output: str
+
+
+class Caller:
+    """A SIPp UAC placing `calls` calls through the proxy at `rate` per
+    second, in the background: `start`, then `wait`. tests/sipp/kamailio/
+    uac.xml: INVITE, ACK and BYE along the recorded route, no pause; it logs
+    the X-Node of each answer."""
+
+    def __init__(self, proxy_port: int, calls: int, workdir: Path, *, rate: float = 300,
+                 limit: int | None = None, timeout: float = 60.0) -> None:
+        tag = secrets.token_hex(3)
+        self.calls = calls
+        self.timeout = timeout
+        self.workdir = workdir
+        self.log = workdir / f"uac-{tag}.log"
+        self.stat = workdir / f"uac-{tag}.csv"
+        self.out = workdir / f"uac-{tag}.out"
+        self.cmd = [
+            "sipp", "-sf", str(SCENARIOS / "uac.xml"), "-s", "load",
+            "-i", HOST, "-p", str(free_udp_port()),
+            "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
+            "-m", str(calls), "-r", f"{rate:g}", "-l", str(limit or max(10, int(rate))),
+            "-timeout", f"{int(timeout)}s", "-recv_timeout", "5s",
+            "-trace_logs", "-log_file", str(self.log),
+            "-trace_stat", "-stf", str(self.stat), "-fd", "1",
+            "-nostdin",
+            f"{HOST}:{proxy_port}",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started: float | None = None
+
+    def start(self) -> Caller:
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, start_new_session=True)
+        self.started = time.time()
+        return self
+
+    def wait(self) -> CallResult:
+        """Wait until all `calls` are done (or the timeout); "failed" in the
+        counts is every call that got no 200 from a node."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(self.timeout + 10)
+        except subprocess.TimeoutExpired:
+            self._soft_end()
+        result = self._collect()
+        unanswered = self.calls - sum(result.counts.values())
+        if unanswered:
+            result.counts["failed"] = unanswered
+        return result
+
+    def stop_softly(self) -> CallResult:
+        """End the run now: SIPp places no new call, lets the calls under
+        way finish and writes its statistics (SIGUSR1)."""
+        self._soft_end()
+        return self._collect()
+
+    def _soft_end(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGUSR1)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _collect(self) -> CallResult:
+        assert self.proc is not None
+        _stop_group(self.proc, signal.SIGKILL)
+        counts: Counter[str] = Counter()
+        if self.log.exists():
+            counts.update(line.strip() for line in self.log.read_text().splitlines() if line.strip())
+        successful, failed = _final_stat(self.stat)
+        output = self.out.read_text(errors="replace") if self.out.exists() else ""
+        return CallResult(self.calls, counts, successful, failed, self.proc.returncode, output)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, signal.SIGKILL)
+
+
+def _final_stat(path: Path) -> tuple[int | None, int | None]:
+    """SuccessfulCall(C) and FailedCall(C) of the last line of a -trace_stat file."""
+    if not path.exists():
+        return None, None
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    if len(lines) < 2:
+        return None, None
+    head = lines[0].split(";")
+    last = lines[-1].split(";")
+    try:
+        return int(last[head.index("SuccessfulCall(C)")]), int(last[head.index("FailedCall(C)")])
+    except (ValueError, IndexError):
+        return None, None
+
 
 def place_calls(proxy_port: int, calls: int, workdir: Path, *, rate: int = 300, timeout: float = 60.0) -> Counter[str]:
     """Run `calls` calls through the proxy with a SIPp UAC; return how many
     each node answered (by X-Node), plus "failed" for calls that got no 200."""
-    tag = secrets.token_hex(3)
-    log = workdir / f"uac-{tag}.log"
-    stats = workdir / f"uac-{tag}.out"
-    cmd = [
-        "sipp", "-sf", str(SCENARIOS / "uac.xml"), "-s", "load",
-        "-i", HOST, "-p", str(free_udp_port()),
-        "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
-        "-m", str(calls), "-r", str(rate), "-l", str(rate),
-        "-timeout", f"{int(timeout)}s", "-recv_timeout", "5s",
-        "-trace_logs", "-log_file", str(log), "-nostdin",
-        f"{HOST}:{proxy_port}",
-    ]
-    with open(stats, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=workdir, start_new_session=True)
-    try:
-        proc.wait(timeout + 10)
-    finally:
-        _stop_group(proc, signal.SIGKILL)
-    counts: Counter[str] = Counter()
-    if log.exists():
-        counts.update(line.strip() for line in log.read_text().splitlines() if line.strip())
-    failed = calls - sum(counts.values())
-    if failed:
-        counts["failed"] = failed
-    return counts
+    return Caller(proxy_port, calls, workdir, rate=rate, limit=rate, timeout=timeout).start().wait().counts
+
+
+# -- agents ------------------------------------------------------------------
+
+
+class FakeAmis:
+    """Fake Asterisk managers (tests/fakeami.py, replaying real Asterisk 20
+    transcripts) for agents that run as processes: the servers live in one
+    background thread with its own event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-ami", daemon=True)
+        self.thread.start()
+        self.servers: list[FakeAmi] = []
+
+    def serve(self, scenario: Scenario) -> int:
+        """A new server playing `scenario`; returns its TCP port on 127.0.0.1."""
+        async def open_server() -> FakeAmi:
+            return await FakeAmi(scenario).__aenter__()
+
+        server = asyncio.run_coroutine_threadsafe(open_server(), self.loop).result(10)
+        self.servers.append(server)
+        return server.port
+
+    def close(self) -> None:
+        for server in self.servers:
+            asyncio.run_coroutine_threadsafe(server.close(), self.loop).result(10)
+        self.servers.clear()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Agent:
+    """A real `sipstatus-agent run` process (`python -m agent` from the
+    repository), configured as one Asterisk node's agent:
+
+    - the asterisk collector reads a fake AMI (`ami_port`); the probe sends
+      OPTIONS to `probe` (the SIPp node standing for that Asterisk);
+    - the host collector is off and `scoring.unknown_capacity` is 1: the
+      host's CPU would be that of the shared test machine (often at 100 %
+      with other jobs), not the node's, and would decide the capacity. With
+      it unknown and not capping, capacity = the free call slots
+      (limit - calls) / limit, as the node's fake Asterisk reports them;
+    - notifier on udp:127.0.0.1:<port> (trusting 127.0.0.0/8), and PUBLISH
+      to each of `publish`; both at the spec's ceiling of 10 per second, so
+      that a drain goes out at once.
+
+    `start` waits until the agent answers on its control socket with a
+    measured status. `ctl` runs `sipstatus-agent <command> --control`.
+    """
+
+    def __init__(self, node: str, workdir: Path, *, ami_port: int, probe: str, max_calls: int = 0,
+                 validity: int = 3, publish: Sequence[str] = (), interval: float = 1.0) -> None:
+        self.node = node
+        self.dir = workdir / f"agent-{node}-{secrets.token_hex(2)}"
+        self.dir.mkdir(parents=True)
+        self.port = free_udp_port()
+        self.control = str(self.dir / "control")
+        self.config_path = self.dir / "agent.toml"
+        self.log_path = self.dir / "agent.log"
+        self.publish = list(publish)
+        self.config_path.write_text(
+            "[agent]\n"
+            f'node = "{node}"\nvalidity = {validity}\ninterval = {interval}\nsample_gap = 0.2\n'
+            "[collectors]\n"
+            'enabled = ["asterisk", "probe"]\n'
+            "[collectors.asterisk]\n"
+            f'port = {ami_port}\nsecret = "secret"\nmax_calls = {max_calls}\n'
+            "[collectors.probe]\n"
+            f'target = "{probe}"\ninterval = 0.5\ntimeout = 2.0\nwindow = 5.0\n'
+            "[scoring]\n"
+            "unknown_capacity = 1.0\n"
+            "[notifier]\n"
+            f'listen = ["udp:{HOST}:{self.port}"]\ntrust = ["127.0.0.0/8"]\nmax_rate = 10.0\n'
+            "[publisher]\n"
+            "max_rate = 10.0\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        """Where this agent's notifier takes SUBSCRIBEs."""
+        return f"sip:{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "agent", "run", "--config", str(self.config_path), "--control", self.control]
+        for target in self.publish:
+            cmd += ["--publish", target]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        from agent.control import ControlError, request
+
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.node} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if request(self.control, "status", 2.0).get("reason") != "starting":
+                    return
+            except ControlError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"agent {self.node} not serving within {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def ctl(self, command: str, *args: str) -> str:
+        """`sipstatus-agent <command> --control PATH [args]`: its output."""
+        done = subprocess.run([sys.executable, "-m", "agent", command, "--control", self.control, *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"sipstatus-agent {command}: exit {done.returncode}: {done.stderr}")
+        return done.stdout
+
+    def status(self) -> dict:
+        """The running agent's status body (`sipstatus-agent status --json`)."""
+        return json.loads(self.ctl("status", "--json"))
+
+    def kill(self) -> None:
+        """SIGKILL: the agent says nothing more (no final NOTIFY, no removal)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Sidecar:
+    """A real `sipstatus sidecar` process (`python -m sipstatus.cli`): it
+    subscribes to `agents` (node -> SIP URI) and pushes their weights into
+    Kamailio over its jsonrpcs datagram socket: dispatcher states with
+    `dispatcher.set_duid_state`, and rweights by rewriting the dispatcher
+    list file with a `dispatcher.reload` at most every 5 s (Kamailio's
+    reload_delta). No htable (the example configurations have none for it).
+    `expires` is the subscription duration it asks for."""
+
+    def __init__(self, kam: Kamailio, agents: Mapping[str, str], workdir: Path, *, expires: int = 60,
+                 policy: str = "free-slots") -> None:
+        self.dir = workdir / f"sidecar-{secrets.token_hex(2)}"
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / "sidecar.log"
+        self.config_path = self.dir / "sidecar.toml"
+        self.config_path.write_text(
+            f"[sip]\nexpires = {expires}\n"
+            "[kamailio]\nhtable = \"\"\ngroup = 1\nreload_interval = 5.0\n"
+        )
+        list_file = kam.defines["DS_LIST"]
+        assert isinstance(list_file, str)
+        self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
+                    "--listen", f"udp:{HOST}:{free_udp_port()}", "--policy", policy, "--log-level", "info",
+                    "--kamailio-rpc", f"unix:{kam.workdir}/kamailio_rpc.sock",
+                    "--kamailio-list-file", list_file.strip('"'),
+                    *(f"--agent={node}={uri}" for node, uri in agents.items())]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT, start_new_session=True)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 # -- statistics --------------------------------------------------------------
