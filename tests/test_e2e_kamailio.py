@@ -93,6 +93,7 @@ from tests.kamailio_runner import (
     Sidecar,
     SipClient,
     SippNode,
+    dispatcher_list,
     have_tools,
     simulate_agents,
     split_within,
@@ -528,27 +529,53 @@ MANY_SECONDS = 10.0
 MANY_CHANGE_EVERY = 0.2  # each node reports a new weight 5 times a second
 
 
-def test_native_example_reads_a_pool_of_two_hundred(workdir: Path) -> None:
+def _weigh_by_publish(kam: Kamailio, weights: dict[str, int]) -> None:
+    client = SipClient(kam.port)
+    try:
+        for name, weight in weights.items():
+            assert Publisher(client, name).report(weight or None).status == 200
+    finally:
+        client.close()
+
+
+def _weigh_by_rpc(kam: Kamailio, weights: dict[str, int]) -> None:
+    """What the sidecar pushes: htable.seti sipstatus NODE WEIGHT."""
+    rpc = JsonRpcClient(f"unix:{kam.workdir}/kamailio_rpc.sock")
+    for name, weight in weights.items():
+        rpc.call("htable.seti", "sipstatus", name, weight)
+
+
+#: The example configurations that read the pool in route[POOL_LOAD], and
+#: how a node's weight reaches each (the native script: a report; the
+#: sidecar example: what the sidecar pushes).
+POOL_READERS = {
+    "native": (EXAMPLES / "native" / "kamailio.cfg", _weigh_by_publish, "ns"),
+    "sidecar": (EXAMPLES / "sidecar" / "kamailio.cfg", _weigh_by_rpc, "sipstatus"),
+}
+
+
+@pytest.mark.parametrize("config", list(POOL_READERS))
+def test_example_reads_a_pool_of_two_hundred(workdir: Path, config: str) -> None:
     """route[POOL_LOAD] reads the dispatcher.list RPC reply (about 370 octets
     per destination) through Kamailio's pv buffer: with the default 8192
-    octets it failed from about 25 destinations on, and every report got 403.
-    The example's PV_BUFFER_SIZE (65536) holds 170; 200 need 131072. And
-    Kamailio stops a `while` after max_while_loops turns (100 by default):
-    the pool and the choice of a node stopped at the 100th."""
+    octets it failed from about 25 destinations on, and every report got 403
+    (native) or every call the cold-start choice (sidecar). The examples'
+    PV_BUFFER_SIZE (65536) holds 170; 200 need 131072. And Kamailio stops a
+    `while` after max_while_loops turns (100 by default): the pool and the
+    choice of a node stopped at the 100th."""
+    path, weigh, table = POOL_READERS[config]
     names = [f"node{i:03d}" for i in range(200)]
     members = [Destinationless(name, 20000 + i) for i, name in enumerate(names)]
-    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members,
-                        {"PV_BUFFER_SIZE": 131072, "LOG_LEVEL": 3})
+    kam = start_example(path, workdir, members, {"PV_BUFFER_SIZE": 131072, "LOG_LEVEL": 3})
     client = SipClient(kam.port)
     try:
         assert len(kam.htable("pool")) == 200, kam.log_tail()
-        # Every node reports, and only one takes calls: route[PICK] must
-        # look at all 200 reports to find it (it logs its choice at level 3;
-        # nothing answers behind node199's port, so the call itself fails).
+        # Every node has a weight, and only one is above 0: route[PICK] must
+        # look at all 200 to find it (it logs its choice at level 3; nothing
+        # answers behind node199's port, so the call itself fails).
         taker = names[-1]
-        for name in names:
-            assert Publisher(client, name).report(40 if name == taker else None).status == 200
-        assert len(kam.htable("ns")) == 200
+        weigh(kam, {name: 40 if name == taker else 0 for name in names})
+        assert len(kam.htable(table)) == 200
         invite = client.build("INVITE", [("Contact", f"<sip:caller@{HOST}:{client.port}>")],
                               ruri=f"sip:load@{HOST}:{kam.port}")
         client.sock.sendto(invite, client.proxy)
@@ -556,19 +583,30 @@ def test_native_example_reads_a_pool_of_two_hundred(workdir: Path) -> None:
         while f"call to {taker} " not in kam.log():
             assert time.monotonic() < deadline, kam.log_tail()
             time.sleep(0.05)
-        assert f"call to {taker} " in kam.log(), kam.log_tail()
     finally:
         client.close()
         kam.stop()
 
 
-def test_native_example_keeps_its_pool_when_the_list_cannot_be_read(workdir: Path) -> None:
-    """Too small a buffer for the list is logged, and the pool is not emptied."""
-    members = [Destinationless(f"node{i:03d}", 20000 + i) for i in range(100)]
-    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members, {"PV_BUFFER_SIZE": 8192})
+@pytest.mark.parametrize("config", list(POOL_READERS))
+def test_example_keeps_its_pool_when_the_list_cannot_be_read(workdir: Path, config: str) -> None:
+    """A list too long for the buffer is logged, and the pool read before
+    stays as it was (it was emptied: every node left the pool)."""
+    few = [Destinationless(f"node{i:03d}", 20000 + i) for i in range(5)]
+    kam = start_example(POOL_READERS[config][0], workdir, few, {"PV_BUFFER_SIZE": 8192})
     try:
-        assert kam.htable("pool") == {}
-        assert "cannot read the reply of dispatcher.list" in kam.log()
+        pool = kam.htable("pool")
+        assert len(pool) == 5
+        many = [Destinationless(f"node{i:03d}", 20000 + i) for i in range(100)]
+        list_file = kam.defines["DS_LIST"]
+        assert isinstance(list_file, str)
+        dispatcher_list(Path(list_file.strip('"')), many)
+        kam.rpc("dispatcher.reload")
+        deadline = time.monotonic() + 15  # the pool timer runs every 10 s
+        while "cannot read the reply of dispatcher.list" not in kam.log():
+            assert time.monotonic() < deadline, kam.log_tail()
+            time.sleep(0.2)
+        assert kam.htable("pool") == pool
     finally:
         kam.stop()
 
