@@ -985,28 +985,24 @@ class Agent:
 class Sidecar:
     """A real `sipstatus sidecar` process (`python -m sipstatus.cli`): it
     subscribes to `agents` (node -> SIP URI) and pushes their weights into
-    Kamailio over its jsonrpcs datagram socket: dispatcher states with
-    `dispatcher.set_duid_state`, and rweights by rewriting the dispatcher
-    list file with a `dispatcher.reload` at most every 5 s (Kamailio's
-    reload_delta). No htable (the example configurations have none for it).
-    `expires` is the subscription duration it asks for."""
+    Kamailio over its jsonrpcs datagram socket (RUN_DIR/kamailio_rpc.sock):
+    `htable.seti TABLE NODE WEIGHT` (unless `htable` is "") and dispatcher
+    states (`dispatcher.set_duid_state`), as packaging/examples/kamailio/
+    sidecar expects. `expires` is the subscription duration it asks for."""
 
     def __init__(self, kam: Kamailio, agents: Mapping[str, str], workdir: Path, *, expires: int = 60,
-                 policy: str = "free-slots") -> None:
+                 policy: str = "free-slots", htable: str = "sipstatus") -> None:
         self.dir = workdir / f"sidecar-{secrets.token_hex(2)}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "sidecar.log"
         self.config_path = self.dir / "sidecar.toml"
         self.config_path.write_text(
             f"[sip]\nexpires = {expires}\n"
-            "[kamailio]\nhtable = \"\"\ngroup = 1\nreload_interval = 5.0\n"
+            f'[kamailio]\nhtable = "{htable}"\ngroup = 1\n'
         )
-        list_file = kam.defines["DS_LIST"]
-        assert isinstance(list_file, str)
         self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
                     "--listen", f"udp:{HOST}:{free_udp_port()}", "--policy", policy, "--log-level", "info",
                     "--kamailio-rpc", f"unix:{kam.workdir}/kamailio_rpc.sock",
-                    "--kamailio-list-file", list_file.strip('"'),
                     *(f"--agent={node}={uri}" for node, uri in agents.items())]
         self.proc: subprocess.Popen[bytes] | None = None
 

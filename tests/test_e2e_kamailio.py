@@ -18,11 +18,9 @@ Three ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
   script keeps the reports in an htable and picks nodes by weight hint;
 - kemi: the same against packaging/examples/kamailio/kemi (Python: the
   library's codec, NodeTable and free-slots policy);
-- sidecar: `sipstatus sidecar` subscribes to the agents and pushes into the
-  native example, to which nobody publishes: with no fresh report, its
-  cold-start path routes (dispatcher algorithm 11 over the rweights,
-  skipping inactive destinations), and the sidecar keeps rweights (list file
-  rewritten, reloaded at most every 5 s) and states (set_duid_state) in step.
+- sidecar: `sipstatus sidecar` subscribes to the agents and pushes into
+  packaging/examples/kamailio/sidecar (weights into the htable `sipstatus`,
+  whose script picks nodes by them, and dispatcher states).
 
 The agents run with the host collector off (see `kamailio_runner.Agent`):
 the shared test machine's CPU (often 100 % busy with other jobs) is not the
@@ -200,10 +198,16 @@ def kemi_held(kam: Kamailio) -> dict[str, int]:
     return FreeSlotsPolicy(default_limit=100).weights(table.views(now))
 
 
+def _sidecar_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
+    return start_example(EXAMPLES / "sidecar" / "kamailio.cfg", workdir, nodes)
+
+
 def sidecar_held(kam: Kamailio) -> dict[str, int]:
-    """The dispatcher set as Kamailio has it: rweight of active destinations."""
+    """What the sidecar pushed: the htable `sipstatus` weight of each node
+    whose dispatcher destination is active (the script skips inactive ones)."""
     rpc = JsonRpcClient(f"unix:{kam.workdir}/kamailio_rpc.sock")
-    return {d.node: int(d.attrs.get("rweight", 0)) if d.flags.startswith("A") else 0
+    pushed = {node: int(weight) for node, weight in kam.htable("sipstatus").items()}
+    return {d.node: pushed.get(d.node, 0) if d.flags.startswith("A") else 0
             for d in KamailioSink(rpc, group=1, htable=None).destinations()}
 
 
@@ -215,11 +219,9 @@ SIDECAR_EXPIRES = 60
 WAYS = {
     "native": Way("native", _native_start, hint_weights, native_held),
     "kemi": Way("kemi", _kemi_start, free_slot_weights, kemi_held),
-    # The native example again, but no agent publishes to it: with no fresh
-    # report its cold-start path routes (dispatcher algorithm 11 over the
-    # rweights, skipping inactive destinations), and the sidecar keeps
-    # those rweights and states in step with the agents.
-    "sidecar": Way("sidecar", _native_start, free_slot_weights, sidecar_held, publish=False,
+    # packaging/examples/kamailio/sidecar: the sidecar subscribes to the
+    # agents and pushes weights (htable `sipstatus`) and dispatcher states.
+    "sidecar": Way("sidecar", _sidecar_start, free_slot_weights, sidecar_held, publish=False,
                    comeback=SIDECAR_EXPIRES + 15.0),
 }
 
