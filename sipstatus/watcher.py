@@ -50,6 +50,7 @@ from .sip.publication import (
 )
 from .sip.subscription import (
     ACTIVE,
+    SUBSCRIBING,
     UNSUBSCRIBING,
     NotificationReceived,
     NotificationRejected,
@@ -348,6 +349,7 @@ class Watcher:
         self._link: dict[str, str] = {}
         self._last_refusal = ""
         self._answered: set[str] = set()  # agents that sent a body or whose subscription failed
+        self._revived: set[str] = set()  # stale nodes subscribed to afresh (once per staleness)
         self._weights: dict[str, int] = {}
         self._pushed: dict[str, int] | None = None
         self._started_at = 0.0
@@ -565,6 +567,7 @@ class Watcher:
         self.counters[outcome.value] += 1
         if outcome is Outcome.ACCEPTED:
             self._source[status.node] = source
+            self._revived.discard(status.node)
         elif outcome is Outcome.OUT_OF_ORDER:
             log.debug("%s: ignored %s seq %d of instance %s (out of date)", status.node, source,
                       status.seq, status.instance)
@@ -728,7 +731,26 @@ class Watcher:
         now = max(self.now(), when)
         if self._compute_handle is not None:
             self._compute_handle.cancel()
+        self._revive_stale(now)
         self._compute(now)
+
+    def _revive_stale(self, now: float) -> None:
+        """A node we subscribe to went stale: its heartbeats stopped although
+        our subscription looked alive (an agent killed and restarted has no
+        dialog with us, and says nothing). Subscribe afresh at once rather than
+        at the next refresh (up to expires x 4/5 later); once per staleness:
+        after that the new Subscriber's own backoff applies."""
+        for node, sub in list(self.subscribers.items()):
+            if node in self._revived or node not in self.table:
+                continue
+            view = self.table.view(node, now)
+            if view.status is None or view.fresh or sub.state not in (ACTIVE, SUBSCRIBING):
+                continue
+            self._revived.add(node)
+            log.warning("node %s: no report for %.0f s; subscribing to %s afresh", node,
+                        view.age(now) or 0.0, sub.target)
+            self.pool.discard(sub)
+            self._follow(Agent(node, sub.target), sub.config, now)
 
 
 class _SinkRunner:

@@ -141,6 +141,28 @@ def test_an_agent_that_stops_answering_goes_stale_and_its_weight_drops_to_0():
     run(main())
 
 
+def test_a_killed_and_restarted_agent_is_subscribed_to_afresh_when_its_node_goes_stale():
+    # The restarted agent knows nothing of our subscription and says nothing;
+    # without this the node would wait for our refresh (480 s of 600) to return.
+    async def main():
+        old = await FakeAgent("ast1", capacity=0.5, validity=1).start()
+        watcher = await started([old], policy=HeadroomPolicy())
+        try:
+            await until(watcher, lambda w: w.weights() == {"ast1": 50}, "the first body")
+            port = old.port
+            await old.stop()  # killed: no final NOTIFY
+            await until(watcher, lambda w: row_of(w, "ast1").state == "stale", "ast1 stale", timeout=5)
+            new = await FakeAgent("ast1", port=port, capacity=0.7, validity=1).start()
+            try:
+                await until(watcher, lambda w: w.weights() == {"ast1": 70}, "the restarted agent", timeout=10)
+            finally:
+                await new.stop()
+        finally:
+            await watcher.close()
+
+    run(main())
+
+
 def test_an_older_or_duplicate_notify_is_ignored():
     async def main():
         agent = await FakeAgent("ast1", capacity=0.5).start()
