@@ -105,6 +105,15 @@ def test_subscribe_gets_200_with_expires_to_tag_and_contact():
     assert str(resp.contacts[0].uri) == "sip:agent@192.0.2.1:5060"
 
 
+def test_200_to_subscribe_and_to_a_refresh_carry_allow_events():
+    # load-status 4.1 and 4.6.4 (SHOULD), RFC 6665 section 3.3.7.
+    n = notifier(other_packages=["presence"])
+    (ok,) = responses(n.handle_request(subscribe(), PROXY, 0.0))
+    assert ok.allow_events == ["load-status", "presence"]
+    out = n.handle_request(subscribe(to_tag=ok.to_addr.tag, cseq=2, expires=300), PROXY, 1.0)
+    assert responses(out)[0].allow_events == ["load-status", "presence"]
+
+
 def test_subscribe_without_expires_gets_the_default_600():
     (resp,) = responses(notifier().handle_request(subscribe(expires=None), PROXY, 0.0))
     assert resp.expires == 600

@@ -454,9 +454,8 @@ class Notifier:
         if event is None:
             raise bad_request("SUBSCRIBE without Event header")
         if event.package != self.package:
-            packages = ", ".join([self.package, *self.other_packages])
             raise SipError(489, f"event package {event.package!r} not supported",
-                           [("Allow-Events", packages)])
+                           [self._allow_events()])
         rates = self._rates(event.params)
         if self.authorize is not None:
             refusal = self.authorize(request, source, now)
@@ -505,6 +504,11 @@ class Notifier:
             reported += f";adaptive-min-rate={_rate(adaptive)}"
         return min_interval, heartbeat, adaptive, reported
 
+    def _allow_events(self) -> tuple[str, str]:
+        """RFC 6665 section 3.3.7; load-status 4.1 and 4.6.4: a 200 to SUBSCRIBE
+        SHOULD say which packages this notifier serves."""
+        return ("Allow-Events", ", ".join([self.package, *self.other_packages]))
+
     def _contact_for(self, source: Destination) -> str:
         contact = self._contact
         return contact(source) if callable(contact) else contact
@@ -531,7 +535,7 @@ class Notifier:
                                [("Retry-After", str(self.busy_retry_after))])
         local_tag = self.ids.tag()
         contact = self._contact_for(source)
-        headers = [("Expires", str(expires)), ("Contact", f"<{contact}>")]
+        headers = [("Expires", str(expires)), ("Contact", f"<{contact}>"), self._allow_events()]
         response = make_response(request, 200, to_tag=local_tag, headers=headers,
                                  record_route=True)
         out.append(SendResponse(response))
@@ -585,7 +589,7 @@ class Notifier:
             # A watcher that reconnected refreshes on its new connection: the
             # NOTIFYs follow it (the old one may be gone).
             self._move(sub, source)
-        headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>")]
+        headers = [("Expires", str(expires)), ("Contact", f"<{sub.contact}>"), self._allow_events()]
         out.append(SendResponse(make_response(request, 200, headers=headers)))
         if expires == 0:
             # RFC 6665 section 4.2.1.4: unsubscribe; the final NOTIFY has the state.
