@@ -137,7 +137,7 @@ class AgentService:
         """Serve until SIGTERM/SIGINT; returns the exit status."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.start()
@@ -283,8 +283,9 @@ class AgentService:
         return codec.to_wire(dataclasses.replace(status, seq=self._seq, instance=self.instance))
 
     def stop(self) -> None:
-        """Ask `run` to stop (as SIGTERM does)."""
+        """Ask `run` to stop (as SIGTERM does): at once, not at the next sample."""
         self._stop.set()
+        self._wake.set()
 
     async def shutdown(self) -> None:
         """Final NOTIFYs and removed publications, answers awaited at most STOP_WAIT s."""
