@@ -114,6 +114,7 @@ class AgentProcess:
         self.wrap = wrap or []  # e.g. ["ip", "netns", "exec", "ns1"]
         self.process: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
+        self.times: list[float] = []  # loop time each line was read
         self._line = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
 
@@ -174,11 +175,16 @@ class AgentProcess:
         assert self.process is not None and self.process.stderr is not None
         while line := await self.process.stderr.readline():
             self.lines.append(line.decode(errors="replace").rstrip())
+            self.times.append(asyncio.get_running_loop().time())
             self._line.set()
         self._line.set()
 
     def log(self) -> str:
         return "\n".join(self.lines[-200:])
+
+    def log_times(self, pattern: str) -> list[float]:
+        """When each log line matching `pattern` was read (loop time)."""
+        return [t for line, t in zip(self.lines, self.times, strict=False) if re.search(pattern, line)]
 
     def find_log(self, pattern: str, start: int = 0) -> list[str]:
         return [line for line in self.lines[start:] if re.search(pattern, line)]
@@ -439,6 +445,60 @@ class Watcher(asyncio.DatagramProtocol):
 
 def seqs(notifies: list[Received]) -> list[int]:
     return [r.status.seq for r in notifies if r.message.body]
+
+
+class Compositor(asyncio.DatagramProtocol):
+    """A UDP compositor that records every PUBLISH and answers it with
+    `answer(request)` (None: no answer). The default grants 600 s with a
+    new entity tag each time, as RFC 3903 requires."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.received: list[Received] = []
+        self.answer: Callable[[Request], Response | None] = self.grant
+        self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+        self._tags = itertools.count(1)
+        self._arrived = asyncio.Event()
+
+    def grant(self, request: Request) -> Response:
+        return make_response(request, 200, headers=[("SIP-ETag", f"e{next(self._tags)}"), ("Expires", "600")])
+
+    async def open(self) -> Compositor:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
+        self.transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        return self
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        try:
+            message = parse_message(data)
+        except SipError:
+            return
+        if not isinstance(message, Request) or message.method != "PUBLISH":
+            return
+        self.received.append(Received(message, asyncio.get_running_loop().time(), (addr[0], addr[1])))
+        response = self.answer(message)
+        if response is not None and self.transport is not None:
+            self.transport.sendto(response.to_bytes(), addr)
+        self._arrived.set()
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a PUBLISH") -> object:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (value := predicate()):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+        return value
 
 
 # -- the fake Asterisk ---------------------------------------------------------------
