@@ -222,6 +222,9 @@ class AgentService:
         while not self._stop.is_set():
             loop_time = asyncio.get_running_loop().time()
             timeout = max(0.0, next_sample - loop_time)
+            if self.publishers:
+                # The publication heartbeat keeps its own time (spec 8.7), not the sampling tick's.
+                timeout = min(timeout, max(0.0, self._last_published + self.heartbeat - loop_time))
             if watchdog:
                 timeout = min(timeout, max(0.0, next_ping - loop_time))
             self._wake.clear()
@@ -237,6 +240,8 @@ class AgentService:
             elif self._changed:
                 only, self._changed = set(self._changed), set()
                 self._take(self.sampler.sample(self.draining, only=only))
+            if self.publishers and now - self._last_published >= self.heartbeat:
+                self._publish(now)
             if watchdog and now >= next_ping:
                 sdnotify.watchdog()
                 next_ping = now + watchdog / 2
@@ -253,9 +258,14 @@ class AgentService:
         now = self.sip.now()
         self.sip.submit(self.notifier, self.notifier.state_changed(b"", now, significant))
         if self.publishers and (significant or now - self._last_published >= self.heartbeat):
-            self._last_published = now
-            for publisher in self.publishers:
-                self.sip.submit(publisher, publisher.publish(self.render(), now))
+            self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        """The current status to every compositor, each body with a fresh seq."""
+        assert self.sip is not None
+        self._last_published = now
+        for publisher in self.publishers:
+            self.sip.submit(publisher, publisher.publish(self.render(), now))
 
     def _on_change(self, what: str) -> None:
         self._changed.add(what)

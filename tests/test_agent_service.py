@@ -231,3 +231,33 @@ def test_every_notify_carries_a_greater_seq_than_the_one_before_heartbeats_inclu
         # heartbeats among them: NOTIFYs whose weight did not change
         weights = [r.status.weight for r in notifies]
         assert any(a == b for a, b in zip(weights, weights[1:], strict=False))
+
+
+def test_publication_heartbeats_keep_their_interval_whatever_the_sampling_interval(tmp_path):
+    # validity 3: a heartbeat PUBLISH at least every second (spec 5.2.2, 7.2,
+    # 8.7), while the agent samples only every 10 s. Heartbeats tied to the
+    # sampling tick would leave the node stale at the compositor for 7 s in 10.
+    async def main():
+        from tests.agent_harness import Compositor
+
+        compositor = await Compositor().open()
+        try:
+            async with fake_asterisk() as ami:
+                config = agent_config(ami.port, agent={"interval": 10.0, "validity": 3},
+                                      scoring={"unknown_capacity": 1.0}, notifier={"listen": []})
+                target = f"sip:load-status@127.0.0.1:{compositor.port}"
+                async with AgentProcess(tmp_path, config, "--publish", target, name="publisher") as agent:
+                    await agent.wait_measured()
+                    start = len(compositor.received)
+                    await compositor.wait_for(lambda: len(compositor.received) >= start + 6, timeout=REACTION_BOUND,
+                                              what="6 heartbeat PUBLISHes")
+                    return compositor.received
+        finally:
+            compositor.close()
+
+    received = run(main())
+    bodies = [r for r in received if r.message.body]
+    assert len(bodies) >= 6
+    numbers = seqs(bodies)
+    assert all(a < b for a, b in zip(numbers, numbers[1:], strict=False))
+    assert all(r.status.validity == 3 for r in bodies)
