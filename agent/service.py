@@ -309,11 +309,18 @@ class AgentService:
                 self.sip.submit(publisher, publisher.remove(now))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_WAIT
-            while self.endpoint is not None and self.endpoint.outstanding and loop.time() < deadline:
+            # A final NOTIFY waits for the answer to one in flight (spec 4.7.2):
+            # the notifier holds a subscription until its final NOTIFY is out.
+            while self._unfinished() and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            if self.endpoint is not None and self.endpoint.outstanding:
-                log.warning("stopping with %d requests unanswered", self.endpoint.outstanding)
+            if self._unfinished():
+                log.warning("stopping with %d requests unanswered and %d final NOTIFYs unsent",
+                            self.endpoint.outstanding if self.endpoint else 0, len(self.notifier.subscriptions))
         await self._close()
+
+    def _unfinished(self) -> bool:
+        return bool((self.endpoint is not None and self.endpoint.outstanding)
+                    or (self.notifier is not None and self.notifier.subscriptions))
 
     async def _close(self) -> None:
         if self.control is not None:

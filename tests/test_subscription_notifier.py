@@ -333,7 +333,8 @@ def test_refresh_in_dialog_gets_200_and_a_notify():
 def test_refresh_extends_the_expiry():
     n = notifier()
     tag, _ = established(n)
-    n.handle_request(subscribe(to_tag=tag, cseq=2, expires=600), PROXY, 500.0)
+    (send,) = notifies(n.handle_request(subscribe(to_tag=tag, cseq=2, expires=600), PROXY, 500.0))
+    ok(n, send, 500.0)
     seen = drive(n, 1099.0)
     assert not events([o for _, o in seen], SubscriptionTerminated)
     seen = drive(n, 1100.0)
@@ -384,12 +385,54 @@ def test_unsubscribe_gets_200_and_a_final_terminated_notify_with_the_state():
     assert not n.subscriptions
 
 
-def test_final_notify_goes_out_even_while_another_is_unanswered():
+def test_final_notify_waits_for_the_answer_to_the_notify_in_flight():
+    # Spec 4.7.2 and 8.6: one NOTIFY outstanding per subscription, the final
+    # one included, so NOTIFYs never overtake each other.
     n = notifier()
-    out = n.handle_request(subscribe(), PROXY, 0.0)  # first NOTIFY left unanswered
+    out = n.handle_request(subscribe(), PROXY, 0.0)
     tag = responses(out)[0].to_addr.tag
-    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.1)
-    assert state_of(notifies(out)[0]).startswith("terminated")
+    (first,) = notifies(out)  # left unanswered for now
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.2)
+    assert [r.status for r in responses(out)] == [200] and notifies(out) == []
+    out = ok(n, first, 0.3)
+    (final,) = notifies(out)
+    assert state_of(final) == "terminated;reason=timeout"
+    assert events(out, SubscriptionTerminated)[0].reason == "unsubscribed"
+    assert not n.subscriptions
+
+
+def test_final_notify_keeps_the_absolute_100_ms_after_the_one_before():
+    # Spec 8.1: at least 100 ms between the starts of two NOTIFYs, the final
+    # one included; the ceiling (0.5 s here) does not delay it (8.6).
+    n = notifier()
+    tag, _ = established(n, 0.0)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.05)
+    assert notifies(out) == []
+    seen = drive(n, 1.0)
+    assert [(t, state_of(o)) for t, o in seen if isinstance(o, SendRequest)] == [
+        (0.1, "terminated;reason=timeout")]
+
+
+@pytest.mark.parametrize(("status", "reason"), [(481, "notify-rejected"), (408, "notify-timeout")])
+def test_no_final_notify_when_the_one_in_flight_fails(status, reason):
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    assert notifies(n.terminate(sid, "probation", 0.2, retry_after=30)) == []
+    out = n.handle_response(make_response(first.request, status), first.request, 0.3)
+    assert notifies(out) == []
+    assert events(out, SubscriptionTerminated)[0].reason == reason
+    assert not n.subscriptions and n.next_timer() is None
+
+
+def test_a_refresh_of_an_ending_subscription_gets_481():
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    n.terminate(sid, "probation", 0.2)  # waits for the first NOTIFY's answer
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.3))
+    assert resp.status == 481
 
 
 # -- expiry and termination ---------------------------------------------------------
@@ -614,12 +657,17 @@ def test_answer_to_the_notify_releases_the_latest_state():
     assert send.request.body == b"new"
 
 
-def test_refresh_notify_respects_the_ceiling():
+def test_refresh_notify_is_not_delayed_by_the_ceiling_only_by_the_absolute_limit():
+    # Spec 4.6.4 and 8.6: the NOTIFY answering a SUBSCRIBE is not delayed by
+    # the ceiling (0.5 s here); the 100 ms of 8.1 still hold.
     n = notifier()
     tag, _ = established(n)
-    out = n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.2)
+    (send,) = notifies(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.2))
+    assert state_of(send).startswith("active")
+    ok(n, send, 0.2)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=3), PROXY, 0.25)
     assert notifies(out) == []
-    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [0.5]
+    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [0.30000000000000004]
 
 
 def test_heartbeat_shorter_than_the_ceiling_is_refused():

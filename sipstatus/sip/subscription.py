@@ -261,6 +261,10 @@ class Subscription:
     owed: bool = True  # a NOTIFY is owed to a SUBSCRIBE (RFC 6665 4.2.1.1/4.2.1.2)
     in_flight: int | None = None  # CSeq of the NOTIFY awaiting its final response
     timer: float | None = None
+    #: Set when the subscription is ending: (Subscription-State reason,
+    #: retry-after, reason for SubscriptionTerminated). The final NOTIFY goes
+    #: once no NOTIFY is in flight (spec 4.7.2) and the absolute limit allows.
+    ending: tuple[str, int | None, str] | None = None
 
     def destination(self) -> Destination | None:
         """Where NOTIFYs go: the subscriber's connection when it came over a
@@ -439,7 +443,7 @@ class Notifier:
             if sub.timer != when:
                 continue
             sub.timer = None
-            if now >= sub.expires_at:
+            if now >= sub.expires_at and sub.ending is None:
                 # RFC 6665 section 4.2.2: not refreshed in time.
                 self._end(sub, "timeout", now, out)
             else:
@@ -580,7 +584,8 @@ class Notifier:
                  out: list[NotifierOutput]) -> None:
         sub = self.subscriptions.get((request.call_id or "", to_tag))
         from_tag = _tag_of(request.header("From"))
-        if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id:
+        if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id \
+                or sub.ending is not None:
             raise SipError(481, "no such subscription")
         # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
         # of RFC 6665 section 4.1.2.2.
@@ -606,8 +611,12 @@ class Notifier:
         """When this subscription's next NOTIFY is due (ignoring one in flight)."""
         if sub.last_sent is None:
             return -math.inf
+        if sub.owed:
+            # Spec 4.6.4 and 8.6: the NOTIFY that answers a SUBSCRIBE is not
+            # delayed by the ceiling, only by the absolute limit (8.1).
+            return sub.last_sent + 1 / self.max_rate_limit
         earliest = sub.last_sent + sub.min_interval
-        if sub.owed or self._urgent > sub.sent_version:
+        if self._urgent > sub.sent_version:
             return earliest
         due = sub.last_sent + sub.heartbeat
         if sub.adaptive_min_rate is not None:
@@ -620,6 +629,9 @@ class Notifier:
 
     def _service(self, sub: Subscription, now: float, out: list[NotifierOutput]) -> None:
         """Send a NOTIFY if one is due now, and set the subscription's timer."""
+        if sub.ending is not None:
+            self._finish(sub, now, out)
+            return
         if sub.in_flight is None and self._next_notify(sub) <= now:
             out.append(self._notify(sub, now))
         when = sub.expires_at
@@ -665,8 +677,28 @@ class Notifier:
 
     def _end(self, sub: Subscription, reason: str, now: float, out: list[NotifierOutput],
              retry_after: int | None = None, event_reason: str | None = None) -> None:
-        out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
-        self._remove(sub, event_reason or reason, out)
+        """End with a final NOTIFY: now, or when the NOTIFY in flight is answered
+        and 1/max_rate_limit has passed since the last one (spec 4.7.2, 8.1, 8.6:
+        the ceiling does not delay it, those two rules do)."""
+        if sub.ending is None:
+            sub.ending = (reason, retry_after, event_reason or reason)
+        self._finish(sub, now, out)
+
+    def _finish(self, sub: Subscription, now: float, out: list[NotifierOutput]) -> None:
+        assert sub.ending is not None
+        when = None
+        if sub.in_flight is None:
+            when = -math.inf if sub.last_sent is None else sub.last_sent + 1 / self.max_rate_limit
+            if when <= now:
+                reason, retry_after, event_reason = sub.ending
+                out.append(self._notify(sub, now, terminated=reason, retry_after=retry_after))
+                self._remove(sub, event_reason, out)
+                return
+        # Waiting for the answer (a timeout comes as a 408) or for the time.
+        if sub.timer != when:
+            sub.timer = when
+            if when is not None:
+                heapq.heappush(self._heap, (when, next(self._seq), sub))
 
     def _move(self, sub: Subscription, source: Destination) -> None:
         old, new = sub.source.host.lower(), source.host.lower()
