@@ -31,14 +31,13 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable
 
 from sipstatus import codec
 from sipstatus.net.endpoint import Endpoint
-from sipstatus.net.service import SipService
+from sipstatus.net.service import SipService, route_source
 from sipstatus.sip.digest import DigestClient, DigestServer
 from sipstatus.sip.errors import SipError
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
@@ -406,12 +405,9 @@ class AgentService:
         return f"sip:{PACKAGE}@{host}:{port}{param}"
 
     def _local_for(self, transport: str, peer: str) -> tuple[str, int]:
-        assert self.endpoint is not None
+        assert self.endpoint is not None and self.sip is not None
         host, port = self.endpoint.local.get(transport) or next(iter(self.endpoint.local.values()))
-        bound = next((h for t, h, p in self.addresses if t == transport and p == port), host)
-        if ipaddress.ip_address(bound).is_unspecified:
-            host = _route_address(bound, peer.strip("[]"))
-        return host, port
+        return self.sip.local_host(transport, peer) or host, port
 
     def _on_sip_event(self, event: object) -> None:
         if isinstance(event, SubscriptionCreated):
@@ -436,17 +432,12 @@ class AgentService:
         return listening + (f"; publishing to {targets}" if targets else "")
 
 
-def _route_address(bound: str, peer: str | None = None) -> str:
-    """The local address the host would use towards `peer` (a routing-table
-    lookup: connecting a UDP socket sends nothing). Loopback when unknown."""
-    family = socket.AF_INET6 if ":" in bound else socket.AF_INET
-    target = peer or ("2001:db8::1" if family == socket.AF_INET6 else _ROUTE_PROBE)
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((target, 9))
-            return sock.getsockname()[0]
-    except OSError:
-        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+def _route_address(bound: str) -> str:
+    """For a wildcard listener: the address the host would use towards the
+    world, our Via's host when the route to a peer is unknown. Loopback when
+    there is no route at all."""
+    v6 = ":" in bound
+    return route_source("2001:db8::1" if v6 else _ROUTE_PROBE) or ("::1" if v6 else "127.0.0.1")
 
 
 def run(config: agent_config.Config, *, config_path: str | None, control_path: str | None,
