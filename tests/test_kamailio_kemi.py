@@ -15,7 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kamailio_runner import (
+
+from sipstatus.codec import StatusError, decode
+from sipstatus.nodetable import NodeTable
+from sipstatus.policy import FreeSlotsPolicy
+from sipstatus.status import State
+from tests.kamailio_runner import (
     EXAMPLES,
     MEDIA_TYPE,
     ROOT,
@@ -29,11 +34,6 @@ from kamailio_runner import (
     split_within,
     start_example,
 )
-
-from sipstatus.codec import StatusError, decode
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy
-from sipstatus.status import State
 
 pytestmark = [
     pytest.mark.interop,

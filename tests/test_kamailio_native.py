@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kamailio_runner import (
+
+from sipstatus.status import State
+from tests.kamailio_runner import (
     EXAMPLES,
     MEDIA_TYPE,
     Kamailio,
@@ -31,8 +33,6 @@ from kamailio_runner import (
     split_within,
     start_example,
 )
-
-from sipstatus.status import State
 
 pytestmark = [
     pytest.mark.interop,
