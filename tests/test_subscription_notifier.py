@@ -737,3 +737,27 @@ def test_a_final_notify_for_rejected_carries_no_body():
     established(n, 0.0)
     (final,) = notifies(n.terminate_all("rejected", 1.0))
     assert final.request.body == b""
+
+
+# -- the order of checks (load-status 4.6.1) -----------------------------------------------
+
+
+def test_authorization_comes_before_the_rate_parameters():
+    # An unauthorized party learns nothing but the package name (4.6.1).
+    n = notifier(authorize=lambda request, source, now: SipError(403, "Forbidden"))
+    bad_rate = subscribe(event="load-status;max-rate=fast")
+    (resp,) = responses(n.handle_request(bad_rate, PROXY, 0.0))
+    assert resp.status == 403
+
+
+def test_an_unknown_dialog_gets_481_before_authorization():
+    n = notifier(authorize=lambda request, source, now: SipError(403, "Forbidden"))
+    (resp,) = responses(n.handle_request(subscribe(to_tag="nosuch", cseq=2), PROXY, 0.0))
+    assert resp.status == 481
+
+
+def test_the_duration_is_checked_before_accept():
+    n = notifier()
+    request = subscribe(expires=30, extra=[("Accept", "text/plain")])
+    (resp,) = responses(n.handle_request(request, PROXY, 0.0))
+    assert resp.status == 423

@@ -460,15 +460,15 @@ class Notifier:
         if event.package != self.package:
             raise SipError(489, f"event package {event.package!r} not supported",
                            [self._allow_events()])
-        rates = self._rates(event.params)
+        # load-status 4.6.1: the dialog, then authorization, before anything
+        # that reveals the notifier's policy (rates, durations, body types, caps).
+        to_tag = _tag_of(request.header("To"))
+        sub = None if to_tag is None else self._dialog_of(request, to_tag, event.id)
         if self.authorize is not None:
             refusal = self.authorize(request, source, now)
             if refusal is not None:
                 raise refusal
-        if request.header("Accept") is not None \
-                and not accepts(request.header_values("Accept"), self.content_type):
-            raise SipError(406, f"Accept does not include {self.content_type}",
-                           [("Accept", self.content_type)])
+        rates = self._rates(event.params)
         expires = request.expires
         if expires is None:
             expires = self.default_expires
@@ -476,9 +476,12 @@ class Notifier:
             raise SipError(423, "subscription too brief",
                            [("Min-Expires", str(self.min_expires))])
         expires = min(expires, self.max_expires)
-        to_tag = _tag_of(request.header("To"))
-        if to_tag is not None:
-            self._refresh(request, source, to_tag, event.id, expires, now, out)
+        if request.header("Accept") is not None \
+                and not accepts(request.header_values("Accept"), self.content_type):
+            raise SipError(406, f"Accept does not include {self.content_type}",
+                           [("Accept", self.content_type)])
+        if sub is not None:
+            self._refresh(request, source, sub, expires, now, out)
         else:
             self._create(request, source, event.id, expires, rates, now, out)
 
@@ -579,14 +582,17 @@ class Notifier:
             adaptive_min_rate=adaptive, rate_params=reported,
         )
 
-    def _refresh(self, request: Request, source: Destination, to_tag: str,
-                 event_id: str | None, expires: int, now: float,
-                 out: list[NotifierOutput]) -> None:
+    def _dialog_of(self, request: Request, to_tag: str, event_id: str | None) -> Subscription:
+        """The subscription an in-dialog SUBSCRIBE refreshes, or 481."""
         sub = self.subscriptions.get((request.call_id or "", to_tag))
         from_tag = _tag_of(request.header("From"))
         if sub is None or from_tag != sub.id.remote_tag or event_id != sub.event_id \
                 or sub.ending is not None:
             raise SipError(481, "no such subscription")
+        return sub
+
+    def _refresh(self, request: Request, source: Destination, sub: Subscription,
+                 expires: int, now: float, out: list[NotifierOutput]) -> None:
         # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
         # of RFC 6665 section 4.1.2.2.
         sub.dialog.receive_request(request)
