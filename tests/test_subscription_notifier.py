@@ -761,3 +761,19 @@ def test_the_duration_is_checked_before_accept():
     request = subscribe(expires=30, extra=[("Accept", "text/plain")])
     (resp,) = responses(n.handle_request(request, PROXY, 0.0))
     assert resp.status == 423
+
+
+def test_a_max_rate_below_the_lowest_honoured_is_raised_and_echoed():
+    # load-status 8.2: one NOTIFY every 100 s would leave the node stale at
+    # the proxy (validity 15 s, heartbeat 5 s): max-rate is raised to 3/validity.
+    n = notifier(heartbeat=5.0, lowest_max_rate=0.2)
+    _, first = established(n, event="load-status;max-rate=0.01")
+    assert state_of(first) == "active;expires=600;max-rate=0.2"
+    sent = [t for t, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert sent == [5.0, 10.0, 15.0]
+
+
+def test_the_lowest_max_rate_honoured_defaults_to_the_heartbeat_rate():
+    n = notifier(heartbeat=5.0)
+    _, first = established(n, event="load-status;max-rate=0.05")
+    assert state_of(first).endswith(";max-rate=0.2")

@@ -289,8 +289,8 @@ class Notifier:
 
     Rates (RFC 6446): NOTIFYs of one subscription are at least
     ``1/max_rate`` s apart (the subscriber's ``max-rate`` may change that,
-    but never beyond ``max_rate_limit``), and at most ``heartbeat`` s apart
-    (the subscriber's ``min-rate`` may shorten that).  The application calls
+    within ``lowest_max_rate`` and ``max_rate_limit``), and at most
+    ``heartbeat`` s apart (the subscriber's ``min-rate`` may shorten that).  The application calls
     :meth:`state_changed` with each new body; with ``body_source`` the body
     of each NOTIFY is rendered afresh by that function instead (load-status
     bodies carry a sequence number that must grow with every NOTIFY).
@@ -313,6 +313,7 @@ class Notifier:
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
+        lowest_max_rate: float | None = None,
         ids: IdGenerator | None = None,
         body_source: Callable[[], bytes] | None = None,
     ) -> None:
@@ -334,6 +335,11 @@ class Notifier:
         self.heartbeat = heartbeat
         self.max_rate = max_rate
         self.max_rate_limit = max_rate_limit
+        # load-status 8.2: a max-rate below 3/validity would let the node go
+        # stale between NOTIFYs; it is raised (and the raised value echoed).
+        # By default the rate of the heartbeat (validity / 3).
+        self.lowest_max_rate = min(max_rate_limit, lowest_max_rate if lowest_max_rate is not None
+                                   else 1 / heartbeat)
         self.ids = ids or IdGenerator()
         self.subscriptions: dict[tuple[str, str], Subscription] = {}  # (call_id, local_tag)
         self._by_watcher: dict[tuple[str, str, str, str | None], Subscription] = {}
@@ -495,6 +501,8 @@ class Notifier:
         if adaptive is not None and max_rate is not None and adaptive > max_rate:
             raise bad_request("Event adaptive-min-rate is larger than max-rate")
         ceiling = min(max_rate if max_rate is not None else self.max_rate, self.max_rate_limit)
+        if max_rate is not None:
+            ceiling = max(ceiling, self.lowest_max_rate)
         min_interval = 1 / ceiling
         heartbeat = self.heartbeat
         if min_rate is not None:
