@@ -180,6 +180,7 @@ class AgentService:
             busy_retry_after=60,
             heartbeat=self.heartbeat,
             max_rate=cfg.notifier.max_rate,
+            lowest_max_rate=3 / cfg.agent.validity,  # spec 8.2
             body_source=self.render,
         )
         p = cfg.publisher
