@@ -777,3 +777,15 @@ def test_the_lowest_max_rate_honoured_defaults_to_the_heartbeat_rate():
     n = notifier(heartbeat=5.0)
     _, first = established(n, event="load-status;max-rate=0.05")
     assert state_of(first).endswith(";max-rate=0.2")
+
+
+def test_drop_ends_a_subscription_without_a_notify():
+    # load-status 4.6.2 / 4.7.4: authorization withdrawn, no NOTIFY.
+    n = notifier()
+    tag, _ = established(n)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    out = n.drop(sid, "unauthorized")
+    assert notifies(out) == [] and events(out, SubscriptionTerminated)[0].reason == "unauthorized"
+    assert not n.subscriptions and n._per_source == {}
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 1.0))
+    assert resp.status == 481

@@ -393,6 +393,15 @@ class Notifier:
             self._end(sub, reason, now, out, retry_after=retry_after)
         return out
 
+    def drop(self, id: SubscriptionId, reason: str) -> list[NotifierOutput]:
+        """End a subscription without a NOTIFY (load-status 4.6.2 and 4.7.4:
+        its authorization was withdrawn); its next refresh gets 481."""
+        sub = self.subscriptions.get((id.call_id, id.local_tag))
+        out: list[NotifierOutput] = []
+        if sub is not None:
+            self._remove(sub, reason, out)
+        return out
+
     def get(self, id: SubscriptionId) -> Subscription | None:
         return self.subscriptions.get((id.call_id, id.local_tag))
 
