@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "load-status"
 #: Spec 8.3: a weight change of this much or more is significant.
 SIGNIFICANT_WEIGHT_STEP = 5
+#: What SIGHUP changes at once (spec 4.6.2: who may subscribe); the rest needs a restart.
+RELOADABLE_NOTIFIER_KEYS = ("trust", "users", "realm")
 #: Spec 4.7.4: how long a stopping agent waits for answers to its final requests.
 STOP_WAIT = 2.0
 #: How long the first status may wait for collectors that connect (AMI).
@@ -83,12 +85,16 @@ def is_significant(before: LoadStatus | None, after: LoadStatus) -> bool:
 
 
 class AgentService:
-    """The running agent. `config_path` is re-read on SIGHUP (None: no file)."""
+    """The running agent. `config_path` is re-read on SIGHUP (None: no file),
+    through `reread` when given: the command line's overrides must survive a
+    reload (`reread` applies them to the file's configuration again)."""
 
     def __init__(self, config: agent_config.Config, *, config_path: str | None = None,
-                 control_path: str | None = None) -> None:
+                 control_path: str | None = None,
+                 reread: Callable[[str], agent_config.Config] | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._reread = reread or agent_config.load
         self.control_path = control_path
         self.instance = new_instance()
         self.draining = False
@@ -341,25 +347,20 @@ class AgentService:
             return
         sdnotify.reloading()
         try:
-            new = agent_config.load(self.config_path)
+            new = self._reread(self.config_path)
         except agent_config.ConfigError as exc:
             log.error("reload: %s; keeping the running configuration", exc)
             sdnotify.ready("reload refused: configuration invalid")
             return
-        restart = [name for name, a, b in (
-            ("notifier.listen", self.config.notifier.listen, new.notifier.listen),
-            ("collectors", self.config.collectors, new.collectors),
-            ("publisher", self.config.publisher, new.publisher),
-            ("agent.node", self.config.agent.node, new.agent.node),
-        ) if a != b]
+        restart = _needs_restart(self.config, new)
         if restart:
             log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(restart))
-        applied = dataclasses.replace(self.config, scoring=new.scoring,
-                                      notifier=dataclasses.replace(self.config.notifier, trust=new.notifier.trust,
-                                                                   users=new.notifier.users, realm=new.notifier.realm),
-                                      agent=dataclasses.replace(self.config.agent, validity=new.agent.validity))
+        old_trust = self._trust
+        applied = dataclasses.replace(self.config, scoring=new.scoring, notifier=dataclasses.replace(
+            self.config.notifier, **{key: getattr(new.notifier, key) for key in RELOADABLE_NOTIFIER_KEYS}))
         self.config = applied
         self._apply_notifier_auth(applied)
+        self._withdraw(old_trust)
         if self.sampler is not None:
             self.sampler.config = applied
             self.sampler.scorer = Scorer(applied.scoring)
@@ -379,15 +380,8 @@ class AgentService:
             self._digest = None
 
     def _authorize(self, request: object, source: Destination, now: float) -> SipError | None:
-        try:
-            address = ipaddress.ip_address(source.host.strip("[]"))
-        except ValueError:
-            address = None
-        if address is not None and any(address in net for net in self._trust):
+        if _trusted(source, self._trust) or self._certified(source):
             return None
-        if (source.transport.upper() == "TLS" and self.config.notifier.tls_client_ca
-                and self.sip is not None and self.sip.peer_certificate(source)):
-            return None  # a client certificate verified against tls_client_ca
         if self._digest is not None:
             try:
                 self._digest.verify(request, now, self._users.get)  # type: ignore[arg-type]
@@ -395,6 +389,22 @@ class AgentService:
                 return refusal
             return None
         return SipError(403, "Forbidden (source not trusted)")
+
+    def _certified(self, source: Destination) -> bool:
+        """A TLS peer whose client certificate verified against tls_client_ca."""
+        return bool(source.transport.upper() == "TLS" and self.config.notifier.tls_client_ca
+                    and self.sip is not None and self.sip.peer_certificate(source))
+
+    def _withdraw(self, old_trust: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Spec 4.6.2: a subscription its source's trust admitted, which the new
+        trusted networks do not, ends without a NOTIFY. (One admitted by digest
+        is challenged again at its next refresh.)"""
+        if self.sip is None or self.notifier is None:
+            return
+        for sub in list(self.notifier.subscriptions.values()):
+            if _trusted(sub.source, old_trust) and not _trusted(sub.source, self._trust) \
+                    and not self._certified(sub.source):
+                self.sip.submit(self.notifier, self.notifier.drop(sub.id, "unauthorized"))
 
     # -- SIP plumbing --------------------------------------------------------------------------
 
@@ -433,6 +443,28 @@ class AgentService:
         return listening + (f"; publishing to {targets}" if targets else "")
 
 
+def _needs_restart(old: agent_config.Config, new: agent_config.Config) -> list[str]:
+    """The keys that differ and that only a restart applies. SIGHUP applies the
+    scoring thresholds and who may subscribe; not, say, the validity: the
+    notifier's heartbeats were derived from it at start."""
+    keys = []
+    for section in ("agent", "collectors", "notifier", "publisher"):
+        before, after = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(before):
+            live = section == "notifier" and f.name in RELOADABLE_NOTIFIER_KEYS
+            if not live and getattr(before, f.name) != getattr(after, f.name):
+                keys.append(f"{section}.{f.name}")
+    return keys
+
+
+def _trusted(source: Destination, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(source.host.strip("[]"))
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
 def _route_address(bound: str) -> str:
     """For a wildcard listener: the address the host would use towards the
     world, our Via's host when the route to a peer is unknown. Loopback when
@@ -442,10 +474,11 @@ def _route_address(bound: str) -> str:
 
 
 def run(config: agent_config.Config, *, config_path: str | None, control_path: str | None,
-        on_started: Callable[[AgentService], None] | None = None) -> int:
+        on_started: Callable[[AgentService], None] | None = None,
+        reread: Callable[[str], agent_config.Config] | None = None) -> int:
     """Run the agent in a fresh event loop (the `run` command)."""
     async def main() -> int:
-        service = AgentService(config, config_path=config_path, control_path=control_path)
+        service = AgentService(config, config_path=config_path, control_path=control_path, reread=reread)
         if on_started is not None:
             on_started(service)
         return await service.run()

@@ -28,6 +28,7 @@ from tests.agent_harness import (
     agent_config,
     fake_asterisk,
     seqs,
+    toml,
 )
 from tests.sipp_runner import free_port
 
@@ -261,3 +262,67 @@ def test_publication_heartbeats_keep_their_interval_whatever_the_sampling_interv
     numbers = seqs(bodies)
     assert all(a < b for a, b in zip(numbers, numbers[1:], strict=False))
     assert all(r.status.validity == 3 for r in bodies)
+
+
+def test_sighup_applies_who_may_subscribe_and_defers_the_rest_to_a_restart(tmp_path):
+    # Trust moves from 127.0.0.1 to 127.0.0.2: the subscription from
+    # 127.0.0.1 ends without a NOTIFY (spec 4.6.2), a new SUBSCRIBE from there
+    # gets 403, one from 127.0.0.2 is served. The validity (90 -> 3) and the
+    # rate are not applied (the heartbeats were derived from them at start):
+    # bodies keep validity 90, and the log names both keys.
+    async def main():
+        async with fake_asterisk() as ami:
+            port = free_port()
+            config = agent_config(ami.port, notifier={"trust": ["127.0.0.1/32"]}, **SLOW)
+            async with AgentProcess(tmp_path, config, "--listen", f"udp:127.0.0.1:{port}") as agent:
+                await agent.wait_measured()
+                old = await Watcher(("127.0.0.1", port)).open()
+                request, _, _ = await subscribed(old)
+                changed = agent_config(ami.port, notifier={"trust": ["127.0.0.2/32"], "max_rate": 5.0},
+                                       agent={"interval": 30.0, "validity": 3},
+                                       scoring={"unknown_capacity": 1.0})
+                agent.config_path.write_text(toml(changed))
+                mark = len(agent.lines)
+                agent.signal(signal.SIGHUP)
+                await agent.wait_log(r"reload: configuration .* applied", start=mark)
+                await agent.wait_log(r"ended: unauthorized", start=mark)
+                refused = await old.response(old.subscribe().call_id)
+                new = await Watcher(("127.0.0.1", port), host="127.0.0.2").open()
+                _, _, served = await subscribed(new)
+                body = await agent.status()
+                notifies_to_old = len(old.notifies(request.call_id))
+                old.close()
+                new.close()
+                return agent.lines[mark:], refused, served, body, notifies_to_old
+
+    lines, refused, served, body, notifies_to_old = run(main())
+    assert any("agent.validity, notifier.max_rate changed; that takes effect at the next restart" in line
+               for line in lines), lines
+    assert refused.status == 403
+    assert notifies_to_old == 1  # only the first: no final NOTIFY when authorization is withdrawn
+    assert served.status.validity == 90 and body["validity"] == 90
+
+
+def test_sighup_keeps_the_command_line_overrides(tmp_path):
+    # --trust and --listen on the command line replace the file's lists; a
+    # reload of the same file must not bring the file's lists back.
+    async def main():
+        async with fake_asterisk() as ami:
+            port = free_port()
+            config = agent_config(ami.port, notifier={"trust": ["127.0.0.3/32"]}, **SLOW)
+            async with AgentProcess(tmp_path, config, "--listen", f"udp:127.0.0.1:{port}",
+                                    "--trust", "127.0.0.2/32") as agent:
+                await agent.wait_measured()
+                watcher = await Watcher(("127.0.0.1", port), host="127.0.0.2").open()
+                request, _, _ = await subscribed(watcher)
+                mark = len(agent.lines)
+                agent.signal(signal.SIGHUP)
+                await agent.wait_log(r"reload: configuration .* applied", start=mark)
+                again = await watcher.response(watcher.subscribe(dialog=watcher.dialog(request.call_id)).call_id,
+                                               cseq=2)
+                watcher.close()
+                return agent.lines[mark:], again
+
+    lines, again = run(main())
+    assert not [line for line in lines if "changed" in line or "ended" in line], lines
+    assert again.status == 200  # the refresh from 127.0.0.2 is still authorized
