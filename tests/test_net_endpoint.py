@@ -116,13 +116,14 @@ def test_notify_answered_481_on_the_wire_ends_the_subscription():
     assert [o.reason for o in out if isinstance(o, SubscriptionTerminated)] == ["notify-rejected"]
 
 
-def test_transport_error_counts_as_503_and_the_subscription_goes_on():
+def test_transport_error_counts_as_503_without_retry_after_and_ends_the_subscription():
+    # RFC 3261 8.1.3.1: a 503; with no Retry-After a failed NOTIFY (load-status 4.7.3).
     n = notifier()
     ep = endpoint(n)
     notify = transmits(ep.receive(SUBSCRIBE, PROXY, 0.0))[1]
     out = ep.transport_error(notify.message, 0.1)
-    assert not [o for o in out if isinstance(o, SubscriptionTerminated)]
-    assert len(n.subscriptions) == 1
+    assert [(o.reason, o.status) for o in out if isinstance(o, SubscriptionTerminated)] == [("notify-failed", 503)]
+    assert not n.subscriptions
 
 
 def test_stray_response_is_dropped_and_counted():

@@ -184,7 +184,9 @@ def test_deactivated_makes_the_watcher_resubscribe_at_once():
     assert len(notifier.subscriptions) == 1
 
 
-def test_invalid_body_is_refused_with_400_and_the_subscription_goes_on():
+def test_invalid_body_is_refused_with_400_both_ends_end_it_and_it_comes_back_after_30_s():
+    # load-status 4.7.3 (the notifier ends it, logs status and reason) and 4.8
+    # (the subscriber considers it ended, subscribes again no sooner than 30 s).
     def decode(body):
         if body == b"bad":
             raise ValueError("capacity: 1.5 is above the maximum 1 (rule: maximum)")
@@ -198,8 +200,14 @@ def test_invalid_body_is_refused_with_400_and_the_subscription_goes_on():
     assert rejected.reason.startswith("capacity: 1.5")
     (failed,) = wire.of(NotifyFailed)
     assert (failed.status, failed.reason) == (400, rejected.reason)
-    change(wire, notifier, b"good")  # within the 0.5 s ceiling: goes out at 1.5 s
-    wire.run(2.0)
+    assert [e.reason for e in wire.of(SubscriptionTerminated)] == ["notify-failed"]
+    (ended,) = wire.of(SubscriptionEnded)
+    assert ended.status == 400 and ended.retry_at == wire.now + 30
+    change(wire, notifier, b"good")
+    wire.run(wire.now + 29)
+    assert len(wire.of(SubscriptionCreated)) == 1
+    wire.run(wire.now + 2)
+    assert len(wire.of(SubscriptionCreated)) == 2
     assert wire.of(NotificationReceived)[-1].body == b"good"
 
 

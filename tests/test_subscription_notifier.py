@@ -489,15 +489,37 @@ def test_notify_timing_out_ends_the_subscription():
     assert not n.subscriptions
 
 
-def test_other_notify_failures_are_reported_and_the_subscription_goes_on():
+@pytest.mark.parametrize("status", [400, 415, 489, 500, 503])
+def test_a_notify_failing_without_retry_after_ends_the_subscription_without_another(status):
+    # load-status 4.7.3 (RFC 6665 section 4.2.2 MUST), logged with its reason.
     n = notifier()
     first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
-    out = n.handle_response(make_response(first.request, 500), first.request, 0.1)
+    reply = make_response(first.request, status, "Invalid load-status body: weight (weight-hint)")
+    out = n.handle_response(reply, first.request, 0.1)
     (failed,) = events(out, NotifyFailed)
-    assert failed.status == 500
-    assert len(n.subscriptions) == 1
-    seen = drive(n, 5.0)
-    assert notifies([o for _, o in seen])  # the heartbeat still comes
+    assert (failed.status, failed.reason) == (status, "Invalid load-status body: weight (weight-hint)")
+    assert notifies(out) == []
+    assert events(out, SubscriptionTerminated)[0].reason == "notify-failed"
+    assert not n.subscriptions and n.next_timer() is None
+
+
+def test_a_notify_answered_with_retry_after_pauses_the_subscription_until_then():
+    # load-status 4.7.3 and 8.6: not a failure; no NOTIFY but the final one before it.
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    busy = make_response(first.request, 503, "Busy", headers=[("Retry-After", "12")])
+    out = n.handle_response(busy, first.request, 0.1)
+    assert events(out, NotifyFailed)[0].status == 503 and len(n.subscriptions) == 1
+    n.state_changed(b"news", 1.0)  # significant, but held
+    sent = [t for t, o in drive(n, 20.0) if isinstance(o, SendRequest)]
+    assert sent[0] == pytest.approx(12.1)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    n2 = notifier()
+    first = notifies(n2.handle_request(subscribe(), PROXY, 0.0))[0]
+    n2.handle_response(busy, first.request, 0.1)
+    (sid,) = [s.id for s in n2.subscriptions.values()]
+    (final,) = notifies(n2.terminate(sid, "probation", 1.0, retry_after=30))  # the final one is not held
+    assert state_of(final).startswith("terminated")
 
 
 def test_response_to_a_final_notify_is_ignored():

@@ -385,8 +385,13 @@ def test_invalid_body_gets_400_naming_member_and_rule():
 
 
 def test_reason_phrase_is_one_printable_line():
-    sub = active(subscriber(decode=lambda body: (_ for _ in ()).throw(ValueError("a\r\nb"))))
-    (resp,) = answers(sub.handle_request(notify(sub, 2), AGENT, 1.0))
+    def decode(body):
+        if body == b"bad":
+            raise ValueError("a\r\nb")
+        return body
+
+    sub = active(subscriber(decode=decode))
+    (resp,) = answers(sub.handle_request(notify(sub, 2, body=b"bad"), AGENT, 1.0))
     assert resp.reason == "a  b"
     resp.to_bytes()
 
@@ -395,6 +400,30 @@ def test_notify_with_another_content_type_gets_415():
     sub = active()
     (resp,) = answers(sub.handle_request(notify(sub, 2, content_type="text/plain"), AGENT, 1.0))
     assert resp.status == 415 and resp.header("Accept") == TYPE
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [(b'{"x":1}', TYPE, 400), (b'{"seq":1}', "text/plain", 415)])
+def test_a_refused_body_ends_the_subscription_and_a_new_one_follows_after_30_s_doubling(body, content_type, status):
+    # load-status 4.8: the notifier has ended it (4.7.3); no sooner than 30 s,
+    # doubling up to 600 s while the bodies keep failing; a good body resets.
+    sub = active()
+    out = sub.handle_request(notify(sub, 2, body=body, content_type=content_type), AGENT, 1.0)
+    (ended,) = events(out, SubscriptionEnded)
+    assert (ended.status, ended.retry_at) == (status, 31.0)
+    assert sub.handle_request(notify(sub, 3), AGENT, 2.0) is None  # the old dialog is gone
+    waits = []
+    for cseq in range(4, 10):
+        (again,) = sent(sub.handle_timer(sub.next_timer()))
+        now = sub.retry_at if sub.retry_at else sub.since
+        sub.handle_response(reply(again, 200), again, now)
+        out = sub.handle_request(notify(sub, cseq, body=body, content_type=content_type), AGENT, now)
+        (ended,) = events(out, SubscriptionEnded)
+        waits.append(ended.retry_at - now)
+    assert waits == [60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+    (again,) = sent(sub.handle_timer(sub.next_timer()))
+    sub.handle_response(reply(again, 200), again, sub.since)
+    sub.handle_request(notify(sub, 20), AGENT, sub.since)  # a good body
+    assert sub.body_failures == 0
 
 
 def test_notify_without_body_is_accepted():

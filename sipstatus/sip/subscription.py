@@ -112,8 +112,10 @@ class SubscriptionTerminated:
 
     ``reason``: ``timeout`` (not refreshed), ``unsubscribed`` (Expires: 0),
     ``replaced`` (a new SUBSCRIBE from the same watcher), ``notify-rejected``
-    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer), or
-    the reason given to :meth:`Notifier.terminate`.
+    (a NOTIFY was answered 481), ``notify-timeout`` (408 or no answer),
+    ``notify-failed`` (another error without Retry-After, load-status
+    4.7.3), ``unauthorized`` (:meth:`Notifier.drop`), or the reason given
+    to :meth:`Notifier.terminate`.
     """
 
     id: SubscriptionId
@@ -132,7 +134,9 @@ class SubscriptionRejected:
 
 @dataclass(frozen=True, slots=True)
 class NotifyFailed:
-    """A NOTIFY got an error other than 481/408; the subscription goes on."""
+    """A NOTIFY got an error other than 481/408 (load-status 4.7.3). With
+    Retry-After the subscription goes on, its NOTIFYs paused until then;
+    without, it ends: a SubscriptionTerminated ``notify-failed`` follows."""
 
     id: SubscriptionId
     status: int
@@ -265,6 +269,9 @@ class Subscription:
     #: retry-after, reason for SubscriptionTerminated). The final NOTIFY goes
     #: once no NOTIFY is in flight (spec 4.7.2) and the absolute limit allows.
     ending: tuple[str, int | None, str] | None = None
+    #: No NOTIFY but the final one before this time: the subscriber answered
+    #: with Retry-After (spec 4.7.3, 8.6).
+    held_until: float = -math.inf
 
     def destination(self) -> Destination | None:
         """Where NOTIFYs go: the subscriber's connection when it came over a
@@ -433,14 +440,27 @@ class Notifier:
             return []  # the final NOTIFY of an ended subscription, or stale
         sub.in_flight = None
         out: list[NotifierOutput] = []
-        if response.status == 481:
+        status = response.status
+        if status == 481:
             # RFC 6665 section 4.2.2: the subscriber has no such subscription.
             self._remove(sub, "notify-rejected", out, status=481)
-        elif response.status == 408:
+        elif status == 408:
             self._remove(sub, "notify-timeout", out, status=408)
+        elif status >= 300:
+            out.append(NotifyFailed(sub.id, status, response.reason or ""))
+            try:
+                retry_after = response.retry_after
+            except SipError:
+                retry_after = None
+            if retry_after is None:
+                # load-status 4.7.3 (RFC 6665 section 4.2.2, MUST): a failed
+                # NOTIFY ends the subscription, without a further NOTIFY.
+                self._remove(sub, "notify-failed", out, status=status)
+            else:
+                # Not a failure: nothing but the final NOTIFY until Retry-After.
+                sub.held_until = now + retry_after.seconds
+                self._service(sub, now, out)
         else:
-            if response.status >= 300:
-                out.append(NotifyFailed(sub.id, response.status, response.reason or ""))
             self._service(sub, now, out)
         return out
 
@@ -631,7 +651,11 @@ class Notifier:
     # -- sending NOTIFY ------------------------------------------------------------------
 
     def _next_notify(self, sub: Subscription) -> float:
-        """When this subscription's next NOTIFY is due (ignoring one in flight)."""
+        """When this subscription's next NOTIFY is due (ignoring one in flight):
+        as the rates allow, and not before a Retry-After has passed."""
+        return max(self._paced(sub), sub.held_until)
+
+    def _paced(self, sub: Subscription) -> float:
         if sub.last_sent is None:
             return -math.inf
         if sub.owed:
@@ -782,6 +806,11 @@ MIN_LIFETIME = 30.0
 # and a new one can be made before the notifier's state goes; a third of
 # the duration for short subscriptions.
 REFRESH_MARGIN = 40.0
+# load-status 4.8: after a NOTIFY refused for its body (400, 415) the
+# subscription is over at both ends; a new one no sooner than 30 s later,
+# doubling up to 600 s while the bodies keep failing.
+BODY_RETRY_BASE = 30.0
+BODY_RETRY_MAX = 600.0
 
 
 def refresh_delay(expires: float) -> float:
@@ -852,7 +881,9 @@ class NotificationReceived:
 
 @dataclass(frozen=True, slots=True)
 class NotificationRejected:
-    """A NOTIFY whose body did not decode; answered 400 with ``reason``."""
+    """A NOTIFY whose body did not decode (answered 400 with ``reason``) or
+    was of another type (415). The subscription ends (load-status 4.8); a
+    SubscriptionEnded with the time of the next attempt follows."""
 
     subscriber: Subscriber
     reason: str
@@ -900,6 +931,7 @@ class Subscriber:
         "target", "config", "destination", "key", "event_id", "state", "expires",
         "call_id", "local_tag", "local_cseq", "dialog", "expires_at", "refresh_at",
         "notify_deadline", "retry_at", "failures", "pending", "stopping", "last_state", "since",
+        "body_failures",
     )
 
     def __init__(self, target: str, config: SubscriberConfig, *,
@@ -925,6 +957,7 @@ class Subscriber:
         self.stopping = False
         self.last_state: str | None = None
         self.since = 0.0  # when the current subscription was started
+        self.body_failures = 0  # NOTIFYs refused in a row for their body (spec 4.8)
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.target} {self.state}>"
@@ -1189,20 +1222,30 @@ class Subscriber:
         self.notify_deadline = None
         self.last_state = state.state
         value: object = None
-        rejected: str | None = None
+        rejected: tuple[int, str, list[tuple[str, str]]] | None = None
         if request.body:
             if request.content_type != self.config.accept.lower():
-                raise SipError(415, f"expected {self.config.accept}",
-                               [("Accept", self.config.accept)])
-            if self.config.decode is not None:
+                rejected = (415, f"expected {self.config.accept}", [("Accept", self.config.accept)])
+            elif self.config.decode is not None:
                 try:
                     value = self.config.decode(request.body)
                 except ValueError as error:
-                    rejected = _safe_reason(str(error))
+                    rejected = (400, _safe_reason(str(error)), [])
         if rejected is not None:
-            out.append(SendResponse(make_response(request, 400, rejected)))
-            out.append(NotificationRejected(self, rejected))
+            status, reason, headers = rejected
+            out.append(SendResponse(make_response(request, status, reason, headers=headers)))
+            out.append(NotificationRejected(self, reason))
+            if state.state != "terminated" and not self.stopping:
+                # load-status 4.8: the notifier ends the subscription on this
+                # answer (4.7.3); so do we, and subscribe again no sooner than
+                # 30 s later, doubling while the bodies keep failing.
+                self.body_failures += 1
+                wait = min(BODY_RETRY_MAX, BODY_RETRY_BASE * 2 ** min(self.body_failures - 1, 30))
+                self._resubscribe_later(now, wait, "notify-rejected", status, out)
+                return
         else:
+            if request.body:
+                self.body_failures = 0
             out.append(SendResponse(make_response(request, 200)))
             out.append(NotificationReceived(self, state.state, request.body, value))
         if state.state == "terminated":
