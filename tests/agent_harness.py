@@ -319,10 +319,11 @@ class Watcher(asyncio.DatagramProtocol):
     """A proxy's view of the agent, over UDP, with nothing hidden.
 
     `answer` is the status each NOTIFY gets (None: no answer at all, as from
-    a proxy that vanished).
+    a proxy that vanished), or a function of the NOTIFY giving the response.
     """
 
-    def __init__(self, agent: tuple[str, int], host: str = "127.0.0.1", answer: int | None = 200) -> None:
+    def __init__(self, agent: tuple[str, int], host: str = "127.0.0.1",
+                 answer: int | None | Callable[[Request], Response | None] = 200) -> None:
         self.agent = agent
         self.host = host
         self.answer = answer
@@ -355,7 +356,9 @@ class Watcher(asyncio.DatagramProtocol):
         self.received.append(Received(message, now, (addr[0], addr[1])))
         if isinstance(message, Request) and message.method == "NOTIFY" and self.answer is not None:
             assert self.transport is not None
-            self.transport.sendto(make_response(message, self.answer).to_bytes(), addr)
+            reply = self.answer(message) if callable(self.answer) else make_response(message, self.answer)
+            if reply is not None:
+                self.transport.sendto(reply.to_bytes(), addr)
         if isinstance(message, Response) and message.call_id in self.dialogs and 200 <= message.status < 300:
             to = message.to_addr
             if to is not None and to.tag and message.cseq and message.cseq.method == "SUBSCRIBE":

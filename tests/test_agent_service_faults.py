@@ -238,6 +238,58 @@ def test_a_notify_answered_481_ends_the_subscription_at_once(tmp_path):
     assert total == rejected
 
 
+def test_a_notify_refused_for_its_body_ends_the_subscription_and_is_logged_with_the_reason(tmp_path):
+    # Spec 4.7.3: a 400 without Retry-After is a failed NOTIFY: the
+    # subscription ends without a further NOTIFY; the log names status and
+    # reason (how an operator finds what the proxy disliked).
+    reason = "Invalid load-status body: weight (weight-hint)"
+
+    async def main():
+        async with fake_asterisk() as ami:
+            agent, _, (watcher, other) = await agent_with_watchers(tmp_path, ami, "127.0.0.1", "127.0.0.2")
+            try:
+                request = watcher.subscribe()
+                await watcher.notify(request.call_id, count=2, timeout=10)
+                watcher.answer = lambda notify: make_response(notify, 400, reason)
+                refused = len(watcher.notifies(request.call_id)) + 1
+                await watcher.notify(request.call_id, count=refused, timeout=10)
+                await agent.wait_log(r"ended: notify-failed", timeout=10)
+                served = other.subscribe()
+                await other.notify(served.call_id, count=5, timeout=30)  # five heartbeat periods
+                return len(watcher.notifies(request.call_id)), refused, agent.lines
+            finally:
+                watcher.close()
+                other.close()
+                await agent.kill()
+
+    total, refused, lines = run(main())
+    assert total == refused
+    assert any(f"failed: 400 {reason}" in line for line in lines)
+
+
+def test_a_notify_answered_503_with_retry_after_pauses_the_notifies_until_then(tmp_path):
+    # Spec 4.7.3 and 8.6: not a failure; no NOTIFY before Retry-After has passed.
+    async def main():
+        async with fake_asterisk() as ami:
+            agent, _, (watcher,) = await agent_with_watchers(tmp_path, ami, "127.0.0.1")
+            try:
+                request = watcher.subscribe()
+                await watcher.notify(request.call_id, count=2, timeout=10)
+                busy = len(watcher.notifies(request.call_id)) + 1
+                watcher.answer = lambda notify: make_response(notify, 503, "Busy", headers=[("Retry-After", "6")])
+                answered = await watcher.notify(request.call_id, count=busy, timeout=10)
+                watcher.answer = 200
+                resumed = await watcher.notify(request.call_id, count=busy + 1, timeout=20)
+                return answered, resumed
+            finally:
+                watcher.close()
+                await agent.kill()
+
+    answered, resumed = run(main())
+    assert resumed.at - answered.at >= 6 - 0.05  # heartbeats are 1 s apart otherwise
+    assert resumed.state == "active"
+
+
 def test_a_proxy_that_stops_answering_loses_its_subscription_after_timer_f(tmp_path):
     # A vanished proxy: the NOTIFY is retransmitted (UDP) for 64*T1 = 32 s,
     # then the subscription ends (spec 4.7.3) and nothing more is sent to it.
