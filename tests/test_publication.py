@@ -182,8 +182,9 @@ def test_challenge_is_answered_once_through_the_authorizer():
     (retry,) = sent(pub.handle_response(make_response(req, 401), req, 0.1))
     assert retry.header("Authorization") == "Digest x" and retry.body == b"b"
     out = pub.handle_response(make_response(retry, 401), retry, 0.2)
-    assert events(out, PublicationFailed)[0].retry_at is None
-    assert pub.next_timer() is None
+    # Credentials refused: a refusal (load-status 5.7), tried again after 60 s.
+    assert events(out, PublicationFailed)[0].retry_at == 60.2
+    assert pub.next_timer() == 60.2
 
 
 def test_failure_backs_off_then_publishes_the_latest_body():
@@ -191,24 +192,56 @@ def test_failure_backs_off_then_publishes_the_latest_body():
     (req,) = sent(pub.publish(b"b1", 0.0))
     out = pub.handle_response(make_response(req, 503), req, 1.0)
     (failed,) = events(out, PublicationFailed)
-    assert failed.retry_at == 3.0
+    assert failed.retry_at == 6.0  # load-status 5.7: 5 s without Retry-After
     pub.publish(b"b2", 2.0)
     ((when, o),) = [(t, o) for t, o in run(pub, 10.0) if isinstance(o, SendRequest)]
-    assert when == 3.0 and o.request.body == b"b2"
+    assert when == 6.0 and o.request.body == b"b2"
 
 
-def test_failures_double_the_wait():
+def waits_after(status: int, times: int = 5, headers=()) -> list[float]:
     pub = publisher()
     (req,) = sent(pub.publish(b"b", 0.0))
     waits = []
     now = 0.0
-    for _ in range(3):
-        out = pub.handle_response(make_response(req, 408), req, now)
+    for _ in range(times):
+        out = pub.handle_response(make_response(req, status, headers=list(headers)), req, now)
         retry_at = events(out, PublicationFailed)[0].retry_at
         waits.append(retry_at - now)
         (req,) = sent(pub.handle_timer(retry_at))
         now = retry_at
-    assert waits == [2.0, 4.0, 8.0]
+    return waits
+
+
+@pytest.mark.parametrize("status", [500, 503, 504])
+def test_server_errors_wait_5_s_doubling_up_to_60(status):
+    # load-status 5.7
+    assert waits_after(status) == [5.0, 10.0, 20.0, 40.0, 60.0]
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 415, 489])
+def test_refusals_wait_60_s_doubling_up_to_600(status):
+    assert waits_after(status) == [60.0, 120.0, 240.0, 480.0, 600.0]
+
+
+def test_retry_after_is_the_wait_each_time():
+    assert waits_after(503, 3, [("Retry-After", "7")]) == [7.0, 7.0, 7.0]
+
+
+def test_waits_are_stretched_at_random_never_shortened():
+    pub = publisher(random=lambda: 0.0)
+    (req,) = sent(pub.publish(b"b", 0.0))
+    out = pub.handle_response(make_response(req, 500), req, 0.0)
+    assert events(out, PublicationFailed)[0].retry_at == pytest.approx(6.0)
+
+
+def test_no_response_waits_for_the_next_publish_with_the_newest_body():
+    # load-status 5.7: Timer F -> the next heartbeat carries the newest body.
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b1", 0.0))
+    out = pub.handle_response(make_response(req, 408), req, 32.0)
+    assert events(out, PublicationFailed)[0].retry_at is None and pub.next_timer() is None
+    (again,) = sent(pub.publish(b"b2", 33.0))
+    assert again.body == b"b2"
 
 
 def test_failed_refresh_is_retried_as_a_refresh():

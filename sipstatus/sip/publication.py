@@ -30,8 +30,6 @@ from .errors import SipError, bad_request
 from .identifiers import IdGenerator
 from .message import Request, Response, error_response, make_response
 from .subscription import (
-    BACKOFF_BASE,
-    BACKOFF_MAX,
     DEFAULT_EXPIRES,
     MAX_EXPIRES,
     MAX_FORWARDS,
@@ -40,7 +38,6 @@ from .subscription import (
     ClientAuthorizer,
     SendRequest,
     SendResponse,
-    backoff,
     refresh_delay,
 )
 from .transaction import Destination
@@ -48,6 +45,16 @@ from .transaction import Destination
 # The least time between two PUBLISHes carrying bodies: the default rate
 # ceiling of the package (2/s), as for NOTIFY.
 DEFAULT_MIN_INTERVAL = 0.5
+# load-status 5.7: after a 500 or 503 without Retry-After (and other server
+# errors) wait 5 s, doubling up to 60 s while it repeats; after a refusal
+# (400, 403, 404, 415, 489, credentials refused, ...) no sooner than 60 s,
+# doubling up to 600 s. Waits are stretched by up to a fifth at random, never
+# shortened, so that agents that failed together do not retry together.
+SERVER_ERROR_RETRY = 5.0
+SERVER_ERROR_RETRY_MAX = 60.0
+REFUSED_RETRY = 60.0
+REFUSED_RETRY_MAX = 600.0
+JITTER = 0.2
 # Entity tags: 64 random bits are unguessable enough for a tag that is only
 # valid together with the publication's Request-URI and lifetime.
 ETAG_OCTETS = 8
@@ -67,7 +74,9 @@ class Published:
 
 @dataclass(frozen=True, slots=True)
 class PublicationFailed:
-    """A PUBLISH failed; ``retry_at`` None means the publisher gave up."""
+    """A PUBLISH failed. ``retry_at``: when the publisher tries again; None
+    after no response at all (Timer F): at the next ``publish()``, the
+    heartbeat (load-status 5.7), or never for a failed removal."""
 
     publisher: Publisher
     status: int
@@ -99,7 +108,8 @@ class Publisher:
 
     __slots__ = (
         "target", "package", "content_type", "local_uri", "destination", "authorize",
-        "expires", "min_interval", "random", "backoff_base", "backoff_max", "call_id",
+        "expires", "min_interval", "random", "backoff_base", "backoff_max", "refused_base",
+        "refused_max", "call_id",
         "local_tag", "cseq", "etag", "expires_at", "body", "dirty", "removing", "pending",
         "pending_kind", "last_sent", "send_at", "refresh_at", "retry_at", "failures", "key",
     )
@@ -117,8 +127,10 @@ class Publisher:
         min_interval: float = DEFAULT_MIN_INTERVAL,
         ids: IdGenerator | None = None,
         random: Callable[[], float] = _random.random,
-        backoff_base: float = BACKOFF_BASE,
-        backoff_max: float = BACKOFF_MAX,
+        backoff_base: float = SERVER_ERROR_RETRY,
+        backoff_max: float = SERVER_ERROR_RETRY_MAX,
+        refused_base: float = REFUSED_RETRY,
+        refused_max: float = REFUSED_RETRY_MAX,
         key: object = None,
     ) -> None:
         ids = ids or IdGenerator()
@@ -133,6 +145,8 @@ class Publisher:
         self.random = random
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.refused_base = refused_base
+        self.refused_max = refused_max
         self.key = key
         # One Call-ID and a rising CSeq for all our PUBLISHes, as for
         # REGISTER (RFC 3903 leaves it open; it eases reading traces).
@@ -323,26 +337,31 @@ class Publisher:
             out.append(PublicationFailed(self, response.status, response.reason or "", None))
             out.append(Unpublished(self))
             return
-        if response.status in (401, 407):
-            # Credentials refused: retrying cannot help; publish() starts again.
-            self.dirty = False
-            self.retry_at = self.refresh_at = None
-            out.append(PublicationFailed(self, response.status, response.reason or "", None))
-            return
+        status = response.status
         if kind in (INITIAL, MODIFY):
-            self.dirty = True
+            self.dirty = status != 408
+            if status == 408:
+                # No response (Timer F): the newest body goes with the next
+                # publish(), the heartbeat (load-status 5.7), not at once.
+                self.retry_at = None
+                out.append(PublicationFailed(self, status, response.reason or "", None))
+                return
         elif kind == REFRESH:
-            self.refresh_at = now  # due again after the backoff
+            self.refresh_at = now  # due again after the wait
         self.failures += 1
-        wait = backoff(self.failures, self.random, self.backoff_base, self.backoff_max)
         try:
             retry_after = response.retry_after
         except SipError:
             retry_after = None
-        if retry_after is not None:
-            wait = max(wait, float(retry_after.seconds))
+        if status >= 500 and retry_after is not None:
+            wait = float(retry_after.seconds)
+        else:
+            base, cap = ((self.backoff_base, self.backoff_max) if 500 <= status < 600
+                         else (self.refused_base, self.refused_max))
+            wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+            wait *= 1 + JITTER * (1 - self.random())
         self.retry_at = now + wait
-        out.append(PublicationFailed(self, response.status, response.reason or "", self.retry_at))
+        out.append(PublicationFailed(self, status, response.reason or "", self.retry_at))
 
     # -- timers --------------------------------------------------------------------------------
 
