@@ -432,7 +432,10 @@ class AgentService:
         elif isinstance(event, Published):
             log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
         elif isinstance(event, PublicationFailed):
-            retry = "giving up" if event.retry_at is None else "will retry"
+            if event.retry_at is not None:
+                retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"
+            else:
+                retry = "not retried" if event.publisher.removing else "will retry with the next heartbeat"
             log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
         elif isinstance(event, Unpublished):
             log.info("publication at %s removed", event.publisher.target)
