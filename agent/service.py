@@ -263,8 +263,8 @@ class AgentService:
             self._announced = status
         now = self.sip.now()
         self.sip.submit(self.notifier, self.notifier.state_changed(b"", now, significant))
-        if self.publishers and (significant or now - self._last_published >= self.heartbeat):
-            self._publish(now)
+        if self.publishers and significant:
+            self._publish(now)  # heartbeats: the loop's own timer
 
     def _publish(self, now: float) -> None:
         """The current status to every compositor, each body with a fresh seq."""
