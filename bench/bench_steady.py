@@ -143,6 +143,7 @@ def main() -> None:
         f"agent CPU: {r['cpu']:.2f} s (user {r['user']:.2f}, system {r['system']:.2f}) = "
         f"{100 * r['cpu'] / r['wall']:.2f} % of one core",
         f"agent RSS MiB: first {mib[0]:.1f}, last {mib[-1]:.1f}, highest {max(mib):.1f} ({len(mib)} samples, every 5 s)",
+        "agent RSS MiB every 30 s: " + " ".join(f"{x:.1f}" for x in mib[::6]),
         f"NOTIFYs received: {r['notifies']} = {r['notifies'] / r['wall']:.1f}/s "
         f"({r['notifies'] / r['wall'] / args.subscribers:.2f}/s per subscription); states {r['states']}",
         f"agent threads: {r['threads']}",
