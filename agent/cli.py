@@ -77,9 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """`run`: the configuration (file, then command-line overrides), then the service."""
+    def reread(path: str) -> Config:
+        # SIGHUP reads the file again; the command line still overrides it.
+        return apply_overrides(load(path), listen=args.listen, trust=args.trust, publish=args.publish)
+
     try:
-        config = load(args.config) if args.config else Config()
-        config = apply_overrides(config, listen=args.listen, trust=args.trust, publish=args.publish)
+        config = reread(args.config) if args.config else apply_overrides(
+            Config(), listen=args.listen, trust=args.trust, publish=args.publish)
     except ConfigError as exc:
         print(f"sipstatus-agent: {args.config + ': ' if args.config else ''}{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -88,7 +92,8 @@ def run_command(args: argparse.Namespace) -> int:
     from .service import run
 
     try:
-        return run(config, config_path=args.config, control_path=args.control or default_socket_path())
+        return run(config, config_path=args.config, control_path=args.control or default_socket_path(),
+                   reread=reread)
     except (OSError, ValueError, ControlError, ssl.SSLError) as exc:
         print(f"sipstatus-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -420,6 +420,16 @@ def _check_relations(config: Config) -> None:
         raise ConfigError("notifier.max_expires", f"must be at least default_expires ({n.default_expires}), got {n.max_expires}")
     if n.heartbeat and n.heartbeat < 1 / n.max_rate:
         raise ConfigError("notifier.heartbeat", f"must be at least 1/max_rate ({1 / n.max_rate:g} s), got {n.heartbeat:g}")
+    # Spec 7.2 and 8.2: a heartbeat at least every validity/3 seconds, so that
+    # one lost heartbeat does not make the node stale; the heartbeat cannot be
+    # shorter than the interval the rate ceiling allows.
+    third = config.agent.validity / 3
+    if n.heartbeat > third:
+        raise ConfigError("notifier.heartbeat", f"must be at most agent.validity / 3 ({third:g} s), got {n.heartbeat:g}")
+    for key, rate in (("notifier.max_rate", n.max_rate), ("publisher.max_rate", config.publisher.max_rate)):
+        if 1 / rate > third * (1 + 1e-9):
+            raise ConfigError(key, f"must be at least 3 / agent.validity ({3 / config.agent.validity:g}/s) "
+                                   f"for a heartbeat every validity / 3 s, got {rate:g}")
     tls = [a for a in n.listen if a.lower().startswith("tls:")]
     if tls and not (n.tls_certificate and n.tls_key):
         raise ConfigError("notifier.tls_certificate", f"a TLS listener ({tls[0]}) needs tls_certificate and tls_key")

@@ -31,14 +31,13 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable
 
 from sipstatus import codec
 from sipstatus.net.endpoint import Endpoint
-from sipstatus.net.service import SipService
+from sipstatus.net.service import SipService, route_source
 from sipstatus.sip.digest import DigestClient, DigestServer
 from sipstatus.sip.errors import SipError
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
@@ -64,6 +63,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "load-status"
 #: Spec 8.3: a weight change of this much or more is significant.
 SIGNIFICANT_WEIGHT_STEP = 5
+#: What SIGHUP changes at once (spec 4.6.2: who may subscribe); the rest needs a restart.
+RELOADABLE_NOTIFIER_KEYS = ("trust", "users", "realm")
 #: Spec 4.7.4: how long a stopping agent waits for answers to its final requests.
 STOP_WAIT = 2.0
 #: How long the first status may wait for collectors that connect (AMI).
@@ -84,12 +85,16 @@ def is_significant(before: LoadStatus | None, after: LoadStatus) -> bool:
 
 
 class AgentService:
-    """The running agent. `config_path` is re-read on SIGHUP (None: no file)."""
+    """The running agent. `config_path` is re-read on SIGHUP (None: no file),
+    through `reread` when given: the command line's overrides must survive a
+    reload (`reread` applies them to the file's configuration again)."""
 
     def __init__(self, config: agent_config.Config, *, config_path: str | None = None,
-                 control_path: str | None = None) -> None:
+                 control_path: str | None = None,
+                 reread: Callable[[str], agent_config.Config] | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._reread = reread or agent_config.load
         self.control_path = control_path
         self.instance = new_instance()
         self.draining = False
@@ -136,7 +141,7 @@ class AgentService:
         """Serve until SIGTERM/SIGINT; returns the exit status."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.start()
@@ -180,6 +185,7 @@ class AgentService:
             busy_retry_after=60,
             heartbeat=self.heartbeat,
             max_rate=cfg.notifier.max_rate,
+            lowest_max_rate=3 / cfg.agent.validity,  # spec 8.2
             produce=lambda now: self.render(),
         )
         p = cfg.publisher
@@ -253,7 +259,7 @@ class AgentService:
         now = self.sip.now()
         self.sip.submit(self.notifier, self.notifier.state_changed(None, now, significant))
         # Publishers send their heartbeats themselves (a fresh body every
-        # `heartbeat` s, spec 5.2.2); a significant change goes at once.
+        # `heartbeat` s, spec 5.2.2, on their own timer); a significant change goes at once.
         if significant:
             for publisher in self.publishers:
                 self.sip.submit(publisher, publisher.publish(None, now))
@@ -284,8 +290,9 @@ class AgentService:
         return codec.to_wire(dataclasses.replace(status, seq=self._seq, instance=self.instance))
 
     def stop(self) -> None:
-        """Ask `run` to stop (as SIGTERM does)."""
+        """Ask `run` to stop (as SIGTERM does): at once, not at the next sample."""
         self._stop.set()
+        self._wake.set()
 
     async def shutdown(self) -> None:
         """Final NOTIFYs and removed publications, answers awaited at most STOP_WAIT s."""
@@ -299,11 +306,22 @@ class AgentService:
                 self.sip.submit(publisher, publisher.remove(now))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_WAIT
-            while self.endpoint is not None and self.endpoint.outstanding and loop.time() < deadline:
+            # A final NOTIFY waits for the answer to one in flight (spec 4.7.2):
+            # the notifier holds it (`closing`) until it is out.
+            while self._unfinished() and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            if self.endpoint is not None and self.endpoint.outstanding:
-                log.warning("stopping with %d requests unanswered", self.endpoint.outstanding)
+            if self._unfinished():
+                log.warning("stopping with %d requests unanswered and %d final NOTIFYs unsent",
+                            self.endpoint.outstanding if self.endpoint else 0, self.notifier.closing)
         await self._close()
+
+    def _unfinished(self) -> bool:
+        """Requests unanswered, final NOTIFYs unsent, or removals not yet sent:
+        a removal right after a PUBLISH waits for the 100 ms of spec 8.1."""
+        return bool((self.endpoint is not None and self.endpoint.outstanding)
+                    or (self.notifier is not None and (self.notifier.closing or self.notifier.subscriptions))
+                    or any(p.removing and (p.etag is not None or p.pending is not None or p.queued is not None)
+                           for p in self.publishers))
 
     async def _close(self) -> None:
         if self.control is not None:
@@ -324,25 +342,20 @@ class AgentService:
             return
         sdnotify.reloading()
         try:
-            new = agent_config.load(self.config_path)
+            new = self._reread(self.config_path)
         except agent_config.ConfigError as exc:
             log.error("reload: %s; keeping the running configuration", exc)
             sdnotify.ready("reload refused: configuration invalid")
             return
-        restart = [name for name, a, b in (
-            ("notifier.listen", self.config.notifier.listen, new.notifier.listen),
-            ("collectors", self.config.collectors, new.collectors),
-            ("publisher", self.config.publisher, new.publisher),
-            ("agent.node", self.config.agent.node, new.agent.node),
-        ) if a != b]
+        restart = _needs_restart(self.config, new)
         if restart:
             log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(restart))
-        applied = dataclasses.replace(self.config, scoring=new.scoring,
-                                      notifier=dataclasses.replace(self.config.notifier, trust=new.notifier.trust,
-                                                                   users=new.notifier.users, realm=new.notifier.realm),
-                                      agent=dataclasses.replace(self.config.agent, validity=new.agent.validity))
+        old_trust = self._trust
+        applied = dataclasses.replace(self.config, scoring=new.scoring, notifier=dataclasses.replace(
+            self.config.notifier, **{key: getattr(new.notifier, key) for key in RELOADABLE_NOTIFIER_KEYS}))
         self.config = applied
         self._apply_notifier_auth(applied)
+        self._withdraw(old_trust)
         if self.sampler is not None:
             self.sampler.config = applied
             self.sampler.scorer = Scorer(applied.scoring)
@@ -362,15 +375,8 @@ class AgentService:
             self._digest = None
 
     def _authorize(self, request: object, source: Destination, now: float) -> SipError | None:
-        try:
-            address = ipaddress.ip_address(source.host.strip("[]"))
-        except ValueError:
-            address = None
-        if address is not None and any(address in net for net in self._trust):
+        if _trusted(source, self._trust) or self._certified(source):
             return None
-        if (source.transport.upper() == "TLS" and self.config.notifier.tls_client_ca
-                and self.sip is not None and self.sip.peer_certificate(source)):
-            return None  # a client certificate verified against tls_client_ca
         if self._digest is not None:
             try:
                 self._digest.verify(request, now, self._users.get)  # type: ignore[arg-type]
@@ -378,6 +384,22 @@ class AgentService:
                 return refusal
             return None
         return SipError(403, "Forbidden (source not trusted)")
+
+    def _certified(self, source: Destination) -> bool:
+        """A TLS peer whose client certificate verified against tls_client_ca."""
+        return bool(source.transport.upper() == "TLS" and self.config.notifier.tls_client_ca
+                    and self.sip is not None and self.sip.peer_certificate(source))
+
+    def _withdraw(self, old_trust: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Spec 4.6.2: a subscription its source's trust admitted, which the new
+        trusted networks do not, ends without a NOTIFY. (One admitted by digest
+        is challenged again at its next refresh.)"""
+        if self.sip is None or self.notifier is None:
+            return
+        for sub in list(self.notifier.subscriptions.values()):
+            if _trusted(sub.source, old_trust) and not _trusted(sub.source, self._trust) \
+                    and not self._certified(sub.source):
+                self.sip.submit(self.notifier, self.notifier.drop(sub.id, "unauthorized"))
 
     # -- SIP plumbing --------------------------------------------------------------------------
 
@@ -389,12 +411,9 @@ class AgentService:
         return f"sip:{PACKAGE}@{host}:{port}{param}"
 
     def _local_for(self, transport: str, peer: str) -> tuple[str, int]:
-        assert self.endpoint is not None
+        assert self.endpoint is not None and self.sip is not None
         host, port = self.endpoint.local.get(transport) or next(iter(self.endpoint.local.values()))
-        bound = next((h for t, h, p in self.addresses if t == transport and p == port), host)
-        if ipaddress.ip_address(bound).is_unspecified:
-            host = _route_address(bound, peer.strip("[]"))
-        return host, port
+        return self.sip.local_host(transport, peer) or host, port
 
     def _on_sip_event(self, event: object) -> None:
         if isinstance(event, SubscriptionCreated):
@@ -408,7 +427,10 @@ class AgentService:
         elif isinstance(event, Published):
             log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
         elif isinstance(event, PublicationFailed):
-            retry = "giving up" if event.retry_at is None else "will retry"
+            if event.retry_at is not None:
+                retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"
+            else:
+                retry = "not retried" if event.publisher.removing else "will retry with the next heartbeat"
             log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
         elif isinstance(event, Unpublished):
             log.info("publication at %s removed", event.publisher.target)
@@ -419,24 +441,42 @@ class AgentService:
         return listening + (f"; publishing to {targets}" if targets else "")
 
 
-def _route_address(bound: str, peer: str | None = None) -> str:
-    """The local address the host would use towards `peer` (a routing-table
-    lookup: connecting a UDP socket sends nothing). Loopback when unknown."""
-    family = socket.AF_INET6 if ":" in bound else socket.AF_INET
-    target = peer or ("2001:db8::1" if family == socket.AF_INET6 else _ROUTE_PROBE)
+def _needs_restart(old: agent_config.Config, new: agent_config.Config) -> list[str]:
+    """The keys that differ and that only a restart applies. SIGHUP applies the
+    scoring thresholds and who may subscribe; not, say, the validity: the
+    notifier's heartbeats were derived from it at start."""
+    keys = []
+    for section in ("agent", "collectors", "notifier", "publisher"):
+        before, after = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(before):
+            live = section == "notifier" and f.name in RELOADABLE_NOTIFIER_KEYS
+            if not live and getattr(before, f.name) != getattr(after, f.name):
+                keys.append(f"{section}.{f.name}")
+    return keys
+
+
+def _trusted(source: Destination, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((target, 9))
-            return sock.getsockname()[0]
-    except OSError:
-        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        address = ipaddress.ip_address(source.host.strip("[]"))
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def _route_address(bound: str) -> str:
+    """For a wildcard listener: the address the host would use towards the
+    world, our Via's host when the route to a peer is unknown. Loopback when
+    there is no route at all."""
+    v6 = ":" in bound
+    return route_source("2001:db8::1" if v6 else _ROUTE_PROBE) or ("::1" if v6 else "127.0.0.1")
 
 
 def run(config: agent_config.Config, *, config_path: str | None, control_path: str | None,
-        on_started: Callable[[AgentService], None] | None = None) -> int:
+        on_started: Callable[[AgentService], None] | None = None,
+        reread: Callable[[str], agent_config.Config] | None = None) -> int:
     """Run the agent in a fresh event loop (the `run` command)."""
     async def main() -> int:
-        service = AgentService(config, config_path=config_path, control_path=control_path)
+        service = AgentService(config, config_path=config_path, control_path=control_path, reread=reread)
         if on_started is not None:
             on_started(service)
         return await service.run()

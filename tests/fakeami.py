@@ -222,6 +222,8 @@ class FakeAmi:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._sessions: set[_Session] = set()
+        self.logged_in = asyncio.Event()  # set when a client has logged in
         self._login_ok = Transcript.load("login_ok")
         self._login_fail = Transcript.load("login_fail")
         self._draining = Transcript.load("corestatus_during_graceful_shutdown")
@@ -250,6 +252,15 @@ class FakeAmi:
             await self._server.wait_closed()
             self._server = None
 
+    async def emit(self, raw: bytes) -> int:
+        """Write one recorded event (its exact bytes, from a transcript) to
+        every logged-in connection now; returns how many got it. Tests use
+        it to make a channel appear or go at a moment of their choosing."""
+        sessions = [s for s in self._sessions if s.logged_in]
+        for session in sessions:
+            await session.send(raw)
+        return len(sessions)
+
     async def drop_all(self) -> None:
         """Close every open connection (EOF to the client), as a crash would."""
         for w in list(self._writers):
@@ -266,12 +277,14 @@ class FakeAmi:
         actions: list[list[tuple[str, str]]] = []
         self.received.append(actions)
         session = _Session(self, scenario, reader, writer, actions)
+        self._sessions.add(session)
         try:
             await session.run()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             session.cancel_stream()
+            self._sessions.discard(session)
             writer.close()
             self._writers.discard(writer)
             self._tasks.discard(task)
@@ -369,6 +382,7 @@ class _Session:
             return False  # login_fail.txt: the server closes right after
         await self.send(with_action_id(self.server._login_ok.messages[0].raw, action_id))
         self.logged_in = True
+        self.server.logged_in.set()
         if self.s.garbage:
             await self.send(self.s.garbage)
         if self.s.stream is not None and self.s.stream_after is None:

@@ -197,3 +197,25 @@ def test_any_subset_of_collectors_gives_a_valid_body(enabled):
         return status
 
     jsonschema.validate(json.loads(codec.encode(run(main()))), SCHEMA)
+
+
+def test_event_driven_collectors_report_changes_by_their_collector_name():
+    # The service re-reads only the collectors named in a change report
+    # (Sampler.sample(only=...)); a description instead of the name made
+    # every AMI channel event re-read nothing.
+    async def main():
+        async with FakeAmi(Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"},
+                                    stream="event_stream", stream_after="CoreShowChannels")) as server:
+            changes = []
+            cfg = from_dict({"collectors": {"enabled": ["asterisk"], "asterisk": {
+                "port": server.port, "secret": "secret", "auth": "plain"}}})
+            sampler = Sampler(cfg, build_collectors(cfg, on_change=changes.append))
+            await sampler.start()
+            await server.streamed.wait()
+            ami = sampler.collectors[0]
+            await eventually(lambda: ami.client.events_received == server.events_sent, what="every event read")
+            await sampler.stop()
+            return changes
+
+    changes = run(main())
+    assert changes and set(changes) == {"asterisk"}

@@ -51,6 +51,12 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
         ('[notifier]\nlisten = ["tls:127.0.0.1:5071"]', "notifier.tls_certificate: a TLS listener (tls:127.0.0.1:5071) needs tls_certificate and tls_key"),
         ('[notifier]\ntrust = ["10.0.0.0/33"]', 'notifier.trust: "10.0.0.0/33" is not an IP network (CIDR, e.g. 192.0.2.0/24 or 2001:db8::/32)'),
         ("[notifier]\nmax_rate = 20", "notifier.max_rate: must be a number above 0 and at most 10, got 20"),
+        ("[agent]\nvalidity = 5\n[notifier]\nheartbeat = 2.0",  # main's default validity is 15
+         "notifier.heartbeat: must be at most agent.validity / 3 (1.66667 s), got 2"),
+        ("[agent]\nvalidity = 15\n[notifier]\nmax_rate = 0.1",
+         "notifier.max_rate: must be at least 3 / agent.validity (0.2/s) for a heartbeat every validity / 3 s, got 0.1"),
+        ("[agent]\nvalidity = 1\n[publisher]\nmax_rate = 2.0\n[notifier]\nmax_rate = 3.0",
+         "publisher.max_rate: must be at least 3 / agent.validity (3/s)"),
         ('[publisher]\ntargets = ["http://x"]', 'publisher.targets: "http://x" is not a sip: or sips: URI'),
         ('[publisher]\nusername = "a"', "publisher.password: username and password go together"),
         ("[collectors.asterisk]\nbackoff_initial = 10.0\nbackoff_max = 5.0", "collectors.asterisk.backoff_max: must be at least backoff_initial"),

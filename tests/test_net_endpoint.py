@@ -278,7 +278,18 @@ def test_publisher_response_reaches_it_through_the_endpoint():
 
 def test_ipv6_via_is_bracketed():
     ep = Endpoint([], local={"UDP": ("2001:db8::1", 5060)})
-    assert ep._via("UDP").startswith("SIP/2.0/UDP [2001:db8::1]:5060")
+    assert ep._via(Destination("UDP", "2001:db8::9", 5060)).startswith("SIP/2.0/UDP [2001:db8::1]:5060")
+
+
+def test_via_names_the_address_the_io_layer_gives_for_each_peer():
+    # A multi-homed host on a wildcard listener is known by another address
+    # on each network (the I/O layer's routing-table lookup).
+    ep = Endpoint([], local={"UDP": ("0.0.0.0", 5070)})
+    routes = {"192.0.2.10": "192.0.2.11", "198.51.100.10": "198.51.100.11"}
+    ep.local_for = lambda transport, peer: routes.get(peer)
+    assert ep._via(Destination("UDP", "192.0.2.10", 5060)).startswith("SIP/2.0/UDP 192.0.2.11:5070;")
+    assert ep._via(Destination("UDP", "198.51.100.10", 5060)).startswith("SIP/2.0/UDP 198.51.100.11:5070;")
+    assert ep._via(Destination("UDP", "203.0.113.1", 5060)).startswith("SIP/2.0/UDP 0.0.0.0:5070;")  # unknown
 
 
 def test_request_uri_with_another_scheme_cannot_be_resolved():

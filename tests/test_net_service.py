@@ -418,3 +418,20 @@ def test_tls_server_requiring_a_client_certificate_refuses_one_without(pki):
             await a.service.close()
 
     asyncio.run(go())
+
+
+def test_a_wildcard_listener_gives_each_peer_the_address_it_is_reached_on():
+    async def main():
+        service = SipService(Endpoint([]))
+        await service.listen("UDP", "0.0.0.0", 0)
+        wildcard = (service.local_host("UDP", "127.0.0.2"), service.endpoint.local_for("UDP", "127.0.0.2"))
+        await service.close()
+        bound = SipService(Endpoint([]))
+        await bound.listen("UDP", "127.0.0.1", 0)
+        one_address = (bound.local_host("UDP", "127.0.0.2"), bound.endpoint.local_for)
+        await bound.close()
+        return wildcard, one_address
+
+    wildcard, one_address = asyncio.run(main())
+    assert wildcard == ("127.0.0.1", "127.0.0.1")  # the route to 127.0.0.2 leaves from 127.0.0.1
+    assert one_address == (None, None)

@@ -31,6 +31,7 @@ AGENT = Destination("UDP", "192.0.2.1", 5060)
 
 def publisher(**kw) -> Publisher:
     kw.setdefault("ids", IdGenerator(random.Random(4).randbytes))
+    kw.setdefault("random", lambda: 1.0)  # no jitter: exact waits
     return Publisher("sip:node1@proxy.example", "load-status", TYPE, "sip:agent@192.0.2.1",
                      destination=PROXY, **kw)
 
@@ -618,3 +619,52 @@ def test_remove_then_publish_again_starts_fresh(status):
     pub.handle_response(make_response(req, status), req, 1.1)
     (again,) = sent(pub.publish(b"b9", 2.0))
     assert again.sip_if_match is None
+
+
+# -- ported from agent-service ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 415, 489])
+def test_refusals_wait_60_s_doubling_up_to_600(status):
+    assert waits_after(status) == [60.0, 120.0, 240.0, 480.0, 600.0]
+
+
+def test_retry_after_is_the_wait_each_time():
+    assert waits_after(503, 3, [("Retry-After", "7")]) == [7.0, 7.0, 7.0]
+
+
+def test_waits_are_stretched_at_random_never_shortened():
+    pub = publisher(random=lambda: 0.0)
+    (req,) = sent(pub.publish(b"b", 0.0))
+    out = pub.handle_response(make_response(req, 500), req, 0.0)
+    assert events(out, PublicationFailed)[0].retry_at == pytest.approx(6.0)
+
+
+def waits_after(status: int, times: int = 5, headers=()) -> list[float]:
+    pub = publisher()
+    (req,) = sent(pub.publish(b"b", 0.0))
+    waits = []
+    now = 0.0
+    for _ in range(times):
+        out = pub.handle_response(make_response(req, status, headers=list(headers)), req, now)
+        retry_at = events(out, PublicationFailed)[0].retry_at
+        waits.append(retry_at - now)
+        (req,) = sent(pub.handle_timer(retry_at))
+        now = retry_at
+    return waits
+
+
+def test_no_response_waits_for_the_next_heartbeat_with_the_newest_body():
+    # load-status 5.7: Timer F -> the next heartbeat carries the newest body.
+    # (agent-service's test used a publisher without heartbeat, which waited
+    # for the next publish(); main's retries those after 5 s, and the agent's
+    # publishers have a heartbeat: checked here with one.)
+    bodies = iter([b"b1", b"b2", b"b3"])
+    pub = publisher(produce=lambda now: next(bodies), heartbeat=5.0)
+    (req,) = sent(pub.publish(None, 0.0))
+    assert req.body == b"b1"
+    out = pub.handle_response(make_response(req, 408), req, 3.0)
+    assert events(out, PublicationFailed)[0].retry_at == pytest.approx(5.0)
+    assert pub.next_timer() == pytest.approx(5.0)
+    (again,) = sent(pub.handle_timer(5.0))
+    assert again.body == b"b2"

@@ -148,6 +148,31 @@ def test_client_timer_k_absorbs_response_retransmissions_then_terminates():
     assert tl.stray_responses == 1
 
 
+def test_answered_client_transactions_are_not_held_for_timer_f():
+    # NOTIFYs answered at once, 100 a second for 40 s (the heap's top is
+    # always a live timer). Each must be forgotten, request and all, soon
+    # after its Timer K (5 s), not kept for Timer F's 32 s: at 600 NOTIFY/s
+    # that was ~50 KiB of memory per subscription.
+    import gc
+    import weakref
+
+    tl = layer()
+    requests = []
+    for i in range(4000):
+        now = i / 100
+        request = notify(branch=f"z9hG4bK{i}")
+        tl.send_request(request, UDP_PEER, now=now)
+        tl.receive(make_response(request, 200), UDP_PEER, now=now)
+        requests.append(weakref.ref(request))
+        del request
+        run_until(tl, now)
+    gc.collect()
+    old = requests[: 4000 - 100 * int(T4 + 1)]  # answered more than 6 s ago
+    held = sum(r() is not None for r in old)
+    # Stale timers are allowed up to half the heap (~500 live K timers here).
+    assert held <= 600, held
+
+
 def test_client_timer_k_is_zero_over_a_reliable_transport():
     tl = layer()
     request = notify(transport="TCP")

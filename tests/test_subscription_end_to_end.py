@@ -250,3 +250,33 @@ def test_unsubscribe_ends_both_sides():
     assert wire.of(SubscriptionEnded)[0].reason == "unsubscribed"
     assert not notifier.subscriptions
     assert wire.nodes[WATCHER].next_timer() is None or wire.nodes[WATCHER].next_timer() > 10.0
+
+
+# -- ported from agent-service ------------------------------------------------
+
+
+def test_invalid_body_is_refused_with_400_both_ends_end_it_and_it_comes_back_after_30_s():
+    # load-status 4.7.3 (the notifier ends it, logs status and reason) and 4.8
+    # (the subscriber considers it ended, subscribes again no sooner than 30 s).
+    def decode(body):
+        if body == b"bad":
+            raise ValueError("capacity: 1.5 is above the maximum 1 (rule: maximum)")
+        return body
+
+    wire, notifier, pool, sub = setup(decode=decode)
+    start(wire, pool, sub)
+    wire.run(1.0)
+    change(wire, notifier, b"bad")
+    (rejected,) = wire.of(NotificationRejected)
+    assert "capacity: 1.5" in rejected.reason  # main prefixes "Invalid load-status body: "
+    (failed,) = wire.of(NotifyFailed)
+    assert (failed.status, failed.reason) == (400, rejected.reason)
+    assert [e.reason for e in wire.of(SubscriptionTerminated)] == ["notify-failed"]
+    (ended,) = wire.of(SubscriptionEnded)
+    assert ended.status == 400 and ended.retry_at == wire.now + 30
+    change(wire, notifier, b"good")
+    wire.run(wire.now + 29)
+    assert len(wire.of(SubscriptionCreated)) == 1
+    wire.run(wire.now + 2)
+    assert len(wire.of(SubscriptionCreated)) == 2
+    assert wire.of(NotificationReceived)[-1].body == b"good"

@@ -865,3 +865,162 @@ def test_a_final_notify_for_other_reasons_carries_no_body(reason):
     established(n, 0.0)
     (final,) = notifies(n.terminate_all(reason, 1.0))
     assert final.request.body == b"" and final.request.content_type is None
+
+
+# -- ported from agent-service ------------------------------------------------
+
+
+def test_200_to_subscribe_and_to_a_refresh_carry_allow_events():
+    # load-status 4.1 and 4.6.4 (SHOULD), RFC 6665 section 3.3.7.
+    n = notifier(other_packages=["presence"])
+    (ok,) = responses(n.handle_request(subscribe(), PROXY, 0.0))
+    assert ok.allow_events == ["load-status", "presence"]
+    out = n.handle_request(subscribe(to_tag=ok.to_addr.tag, cseq=2, expires=300), PROXY, 1.0)
+    assert responses(out)[0].allow_events == ["load-status", "presence"]
+
+
+def test_final_notify_waits_for_the_answer_to_the_notify_in_flight():
+    # Spec 4.7.2 and 8.6: one NOTIFY outstanding per subscription, the final
+    # one included, so NOTIFYs never overtake each other.
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (first,) = notifies(out)  # left unanswered for now
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.2)
+    assert [r.status for r in responses(out)] == [200] and notifies(out) == []
+    # main's Notifier reports the end at once; the final NOTIFY follows.
+    assert events(out, SubscriptionTerminated)[0].reason == "unsubscribed"
+    assert n.closing == 1
+    out = ok(n, first, 0.3)
+    (final,) = notifies(out)
+    assert state_of(final) == "terminated;reason=timeout"
+    assert not n.subscriptions and n.closing == 0
+
+
+def test_final_notify_keeps_the_absolute_100_ms_after_the_one_before():
+    # Spec 8.1: at least 100 ms between the starts of two NOTIFYs, the final
+    # one included; the ceiling (0.5 s here) does not delay it (8.6).
+    n = notifier()
+    tag, _ = established(n, 0.0)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=2, expires=0), PROXY, 0.05)
+    assert notifies(out) == []
+    seen = drive(n, 1.0)
+    assert [(t, state_of(o)) for t, o in seen if isinstance(o, SendRequest)] == [
+        (0.1, "terminated;reason=timeout")]
+
+
+@pytest.mark.parametrize(("status", "reason"), [(481, "notify-rejected"), (408, "notify-timeout")])
+def test_no_final_notify_when_the_one_in_flight_fails(status, reason):
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    assert notifies(n.terminate(sid, "probation", 0.2, retry_after=30)) == []
+    out = n.handle_response(make_response(first.request, status), first.request, 0.3)
+    assert notifies(out) == []  # the subscriber is gone: no final NOTIFY
+    # (main's Notifier reported the end, "probation", at terminate())
+    assert not n.subscriptions and n.closing == 0 and n.next_timer() is None
+
+
+def test_a_refresh_of_an_ending_subscription_gets_481():
+    n = notifier()
+    out = n.handle_request(subscribe(), PROXY, 0.0)
+    tag = responses(out)[0].to_addr.tag
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    n.terminate(sid, "probation", 0.2)  # waits for the first NOTIFY's answer
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.3))
+    assert resp.status == 481
+
+
+@pytest.mark.parametrize("status", [400, 415, 489, 500, 503])
+def test_a_notify_failing_without_retry_after_ends_the_subscription_without_another(status):
+    # load-status 4.7.3 (RFC 6665 section 4.2.2 MUST), logged with its reason.
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    reply = make_response(first.request, status, "Invalid load-status body: weight (weight-hint)")
+    out = n.handle_response(reply, first.request, 0.1)
+    (failed,) = events(out, NotifyFailed)
+    assert (failed.status, failed.reason) == (status, "Invalid load-status body: weight (weight-hint)")
+    assert notifies(out) == []
+    assert events(out, SubscriptionTerminated)[0].reason == "notify-failed"
+    assert not n.subscriptions and n.next_timer() is None
+
+
+def test_a_notify_answered_with_retry_after_pauses_the_subscription_until_then():
+    # load-status 4.7.3 and 8.6: not a failure; no NOTIFY but the final one before it.
+    n = notifier()
+    first = notifies(n.handle_request(subscribe(), PROXY, 0.0))[0]
+    busy = make_response(first.request, 503, "Busy", headers=[("Retry-After", "12")])
+    out = n.handle_response(busy, first.request, 0.1)
+    assert events(out, NotifyFailed)[0].status == 503 and len(n.subscriptions) == 1
+    n.state_changed(b"news", 1.0)  # significant, but held
+    sent = [t for t, o in drive(n, 20.0) if isinstance(o, SendRequest)]
+    assert sent[0] == pytest.approx(12.1)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    n2 = notifier()
+    first = notifies(n2.handle_request(subscribe(), PROXY, 0.0))[0]
+    n2.handle_response(busy, first.request, 0.1)
+    (sid,) = [s.id for s in n2.subscriptions.values()]
+    (final,) = notifies(n2.terminate(sid, "probation", 1.0, retry_after=30))  # the final one is not held
+    assert state_of(final).startswith("terminated")
+
+
+def test_refresh_notify_is_not_delayed_by_the_ceiling_only_by_the_absolute_limit():
+    # Spec 4.6.4 and 8.6: the NOTIFY answering a SUBSCRIBE is not delayed by
+    # the ceiling (0.5 s here); the 100 ms of 8.1 still hold.
+    n = notifier()
+    tag, _ = established(n)
+    (send,) = notifies(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 0.2))
+    assert state_of(send).startswith("active")
+    ok(n, send, 0.2)
+    out = n.handle_request(subscribe(to_tag=tag, cseq=3), PROXY, 0.25)
+    assert notifies(out) == []
+    assert [t for t, o in drive(n, 0.5) if isinstance(o, SendRequest)] == [0.30000000000000004]
+
+
+def test_authorization_comes_before_the_rate_parameters():
+    # An unauthorized party learns nothing but the package name (4.6.1).
+    n = notifier(authorize=lambda request, source, now: SipError(403, "Forbidden"))
+    bad_rate = subscribe(event="load-status;max-rate=fast")
+    (resp,) = responses(n.handle_request(bad_rate, PROXY, 0.0))
+    assert resp.status == 403
+
+
+def test_an_unknown_dialog_gets_481_before_authorization():
+    n = notifier(authorize=lambda request, source, now: SipError(403, "Forbidden"))
+    (resp,) = responses(n.handle_request(subscribe(to_tag="nosuch", cseq=2), PROXY, 0.0))
+    assert resp.status == 481
+
+
+def test_the_duration_is_checked_before_accept():
+    n = notifier()
+    request = subscribe(expires=30, extra=[("Accept", "text/plain")])
+    (resp,) = responses(n.handle_request(request, PROXY, 0.0))
+    assert resp.status == 423
+
+
+def test_a_max_rate_below_the_lowest_honoured_is_raised_and_echoed():
+    # load-status 8.2: one NOTIFY every 100 s would leave the node stale at
+    # the proxy (validity 15 s, heartbeat 5 s): max-rate is raised to 3/validity.
+    n = notifier(heartbeat=5.0, lowest_max_rate=0.2)
+    _, first = established(n, event="load-status;max-rate=0.01")
+    assert state_of(first) == "active;expires=600;max-rate=0.2"
+    sent = [t for t, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert sent == [5.0, 10.0, 15.0]
+
+
+def test_the_lowest_max_rate_honoured_defaults_to_the_heartbeat_rate():
+    n = notifier(heartbeat=5.0)
+    _, first = established(n, event="load-status;max-rate=0.05")
+    assert state_of(first).endswith(";max-rate=0.2")
+
+
+def test_drop_with_a_reason_and_the_refresh_that_follows_gets_481():
+    # load-status 4.6.2 / 4.7.4: authorization withdrawn, no NOTIFY (agent-service).
+    n = notifier()
+    tag, _ = established(n)
+    (sid,) = [s.id for s in n.subscriptions.values()]
+    out = n.drop(sid, "unauthorized")
+    assert notifies(out) == [] and events(out, SubscriptionTerminated)[0].reason == "unauthorized"
+    assert not n.subscriptions and n._per_source == {}
+    (resp,) = responses(n.handle_request(subscribe(to_tag=tag, cseq=2), PROXY, 1.0))
+    assert resp.status == 481

@@ -629,3 +629,30 @@ def test_pool_discard_forgets_the_subscriber():
     pool.discard(sub)
     assert pool.next_timer() is None
     assert pool.handle_request(notify(sub, 1), AGENT, 0.0) is None
+
+
+# -- ported from agent-service ------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [(b'{"x":1}', TYPE, 400), (b'{"seq":1}', "text/plain", 415)])
+def test_a_refused_body_ends_the_subscription_and_a_new_one_follows_after_30_s_doubling(body, content_type, status):
+    # load-status 4.8: the notifier has ended it (4.7.3); no sooner than 30 s,
+    # doubling up to 600 s while the bodies keep failing; a good body resets.
+    sub = active()
+    out = sub.handle_request(notify(sub, 2, body=body, content_type=content_type), AGENT, 1.0)
+    (ended,) = events(out, SubscriptionEnded)
+    assert (ended.status, ended.retry_at) == (status, 31.0)
+    assert sub.handle_request(notify(sub, 3), AGENT, 2.0) is None  # the old dialog is gone
+    waits = []
+    for cseq in range(4, 10):
+        (again,) = sent(sub.handle_timer(sub.next_timer()))
+        now = sub.retry_at if sub.retry_at else sub.since
+        sub.handle_response(reply(again, 200), again, now)
+        out = sub.handle_request(notify(sub, cseq, body=body, content_type=content_type), AGENT, now)
+        (ended,) = events(out, SubscriptionEnded)
+        waits.append(ended.retry_at - now)
+    assert waits == [60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+    (again,) = sent(sub.handle_timer(sub.next_timer()))
+    sub.handle_response(reply(again, 200), again, sub.since)
+    sub.handle_request(notify(sub, 20), AGENT, sub.since)  # a good body
+    assert sub.bad_notifies == 0  # main: bad_notifies (theirs: body_failures)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..config import Config
 from .interface import Collector, OnChange
 
+log = logging.getLogger(__name__)
+
 
 def build_collectors(config: Config, on_change: OnChange | None = None) -> list[Collector]:
-    """The enabled collectors, in the configured order. `on_change` goes to
-    the event-driven ones (asterisk: channels; probe: failures). Raises ConfigError (e.g. an unreadable
-    manager.conf)."""
+    """The enabled collectors, in the configured order. The event-driven ones
+    (asterisk: channels; probe: failures) call `on_change(name)` with their
+    collector name when they see a change, so that the caller can re-read
+    just that collector (`Sampler.sample(only=...)`). Raises ConfigError
+    (e.g. an unreadable manager.conf)."""
     c = config.collectors
     out: list[Collector] = []
     for name in c.enabled:
@@ -20,11 +26,11 @@ def build_collectors(config: Config, on_change: OnChange | None = None) -> list[
         elif name == "asterisk":
             from .asterisk import AsteriskCollector
 
-            out.append(AsteriskCollector(c.asterisk, on_change=on_change))
+            out.append(AsteriskCollector(c.asterisk, on_change=_reporting(on_change, name)))
         elif name == "probe":
             from .probe import ProbeCollector
 
-            out.append(ProbeCollector(c.probe, on_change=on_change))
+            out.append(ProbeCollector(c.probe, on_change=_reporting(on_change, name)))
         elif name == "network":
             from .network import NetworkCollector
 
@@ -32,3 +38,16 @@ def build_collectors(config: Config, on_change: OnChange | None = None) -> list[
         else:  # config validation lists the names; this is a bug if reached
             raise ValueError(f"collectors.enabled: no collector named {name!r}")
     return out
+
+
+def _reporting(on_change: OnChange | None, name: str) -> OnChange | None:
+    """A collector describes its change ("channel SIP/... appeared"); the
+    caller needs to know which collector changed: its name."""
+    if on_change is None:
+        return None
+
+    def changed(what: str) -> None:
+        log.debug("%s: %s", name, what)
+        on_change(name)
+
+    return changed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,6 +100,11 @@ class Endpoint:
     ) -> None:
         self.users: list[TransactionUser] = list(users)
         self.local: dict[str, tuple[str, int]] = dict(local or {})
+        #: ``local_for(transport, peer_host)``: our host in a request to that
+        #: peer, or None for ``local``'s. The I/O layer sets it for wildcard
+        #: listeners: a multi-homed host is known by another address on each
+        #: network, and a Via naming the wrong one (or 0.0.0.0) misleads.
+        self.local_for: Callable[[str, str], str | None] | None = None
         self.transactions = transactions or TransactionLayer()
         self.methods = frozenset(methods)
         self.allow_events = list(allow_events)
@@ -209,8 +214,11 @@ class Endpoint:
         self._resolving[token] = (user, request)
         out.append(Resolve(token, uri))
 
-    def _via(self, transport: str) -> str:
+    def _via(self, destination: Destination) -> str:
+        transport = destination.transport.upper()
         host, port = self.local.get(transport) or self.local.get("UDP") or ("invalid", 5060)
+        if self.local_for is not None:
+            host = self.local_for(transport, destination.host) or host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         # RFC 3581: ask for rport so responses come back through NAT.
@@ -220,12 +228,12 @@ class Endpoint:
                out: list[object]) -> None:
         request = client.request
         request.remove_header("Via")  # ours alone: stamped for this transport
-        request.prepend_header("Via", self._via(destination.transport.upper()))
+        request.prepend_header("Via", self._via(destination))
         if destination.transport.upper() == "UDP" \
                 and len(request.to_bytes()) + len(";branch=z9hG4bK") + 32 > UDP_REQUEST_LIMIT:
             destination = Destination("TCP", destination.host, destination.port)
             request.remove_header("Via")
-            request.prepend_header("Via", self._via("TCP"))
+            request.prepend_header("Via", self._via(destination))
         try:
             events = self.transactions.send_request(request, destination, now)
         except ValueError:

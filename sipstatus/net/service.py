@@ -11,6 +11,7 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
@@ -30,10 +31,35 @@ STREAM_TRANSPORTS = ("TCP", "TLS")
 MAX_TRACKED = 64
 # A stream connection we opened waits this long for the TCP/TLS handshake.
 CONNECT_TIMEOUT = 10.0
+# Our address towards a peer (wildcard listeners) is looked up in the routing
+# table at most this often per peer; routes change rarely, requests often.
+ROUTE_CACHE_SECONDS = 10.0
+ROUTE_CACHE_SIZE = 4096
 
 
 def _host_key(host: str) -> str:
     return host.strip("[]").lower()
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a name: bound to what it resolves to
+
+
+def route_source(peer: str) -> str | None:
+    """The local address this host sends from towards ``peer`` (an IP
+    address): a routing-table lookup (connecting a UDP socket sends nothing).
+    None when there is no route."""
+    peer = peer.strip("[]")
+    family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((peer, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
 
 
 class _Stream(asyncio.Protocol):
@@ -134,6 +160,8 @@ class SipService:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._wildcards: set[str] = set()  # transports listening on 0.0.0.0 or ::
+        self._routes: dict[str, tuple[str | None, float]] = {}  # peer -> (our address, until)
         self.send_errors = 0
         self.cut_off = 0
         self.closed = False
@@ -149,7 +177,8 @@ class SipService:
         """Listen on ``host:port`` (0: any free port); returns the bound address.
 
         ``advertise`` is the host our Via carries for this transport when
-        ``host`` is a wildcard address.
+        ``host`` is a wildcard address and the routing table knows no better
+        for a peer (see :meth:`local_host`).
         """
         transport = transport.upper()
         if transport == "UDP":
@@ -169,7 +198,26 @@ class SipService:
         else:
             raise ValueError(f"transport {transport} not supported")
         self.endpoint.local.setdefault(transport, (advertise or bound[0], bound[1]))
+        if _is_wildcard(host):
+            self._wildcards.add(transport)
+            self.endpoint.local_for = self.local_host
         return bound[0], bound[1]
+
+    def local_host(self, transport: str, peer: str) -> str | None:
+        """Our address as ``peer`` should know it on a wildcard listener of
+        ``transport`` (the routing table's choice, cached a few seconds);
+        None for a listener bound to one address, or without a route."""
+        if transport.upper() not in self._wildcards:
+            return None
+        now = self.now()
+        cached = self._routes.get(peer)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        host = route_source(peer)
+        self._routes[peer] = (host, now + ROUTE_CACHE_SECONDS)
+        return host
 
     async def close(self) -> None:
         self.closed = True  # connections lost from here on are ours to drop

@@ -23,6 +23,7 @@ import heapq
 import itertools
 import math
 import os
+import random as _random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -90,6 +91,9 @@ INITIAL, MODIFY, REFRESH, REMOVE = "initial", "modify", "refresh", "remove"
 # Spec 5.7: waits after failures, doubling while they repeat.
 SERVER_ERROR_WAIT = (5.0, 60.0)  # 5xx (Retry-After wins), no response without heartbeat
 CLIENT_ERROR_WAIT = (60.0, 600.0)  # 400, 403, 404, 415, 489, refused credentials
+# Those waits are stretched by up to a fifth at random, never shortened, so
+# that agents that failed together do not retry together.
+JITTER = 0.2
 
 
 class Publisher:
@@ -110,7 +114,7 @@ class Publisher:
         "target", "package", "content_type", "local_uri", "destination", "authorize",
         "produce", "heartbeat", "expires", "ceiling", "call_id", "local_tag", "cseq", "etag",
         "expires_at", "body", "dirty", "removing", "pending", "pending_kind", "queued",
-        "last_start", "last_body", "refresh_at", "retry_at", "failures", "key",
+        "last_start", "last_body", "refresh_at", "retry_at", "failures", "key", "random",
     )
 
     def __init__(
@@ -128,6 +132,7 @@ class Publisher:
         min_interval: float = DEFAULT_CEILING,
         ids: IdGenerator | None = None,
         key: object = None,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         if heartbeat is not None and produce is None:
             raise ValueError("a heartbeat needs a producer of fresh bodies")
@@ -143,6 +148,7 @@ class Publisher:
         self.expires = expires
         self.ceiling = max(min_interval, ABSOLUTE_INTERVAL)  # C of spec 8.7
         self.key = key
+        self.random = random  # the jitter of the waits after failures
         # Spec 5.1: one Call-ID and From-tag for the publication, CSeq + 1 each.
         self.call_id = ids.call_id()
         self.local_tag = ids.tag()
@@ -380,12 +386,16 @@ class Publisher:
             base, cap = CLIENT_ERROR_WAIT if 400 <= status < 500 and status != 408 \
                 else SERVER_ERROR_WAIT
             wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+            wait *= 1 + JITTER * (1 - self.random())
             try:
                 retry_after = response.retry_after
             except SipError:
                 retry_after = None
             if retry_after is not None:
-                wait = float(retry_after.seconds)
+                # 5xx: the Retry-After is the wait; a refusal (4xx) still
+                # waits no sooner than its 60 s doubling.
+                wait = float(retry_after.seconds) if status >= 500 \
+                    else max(wait, float(retry_after.seconds))
         self.retry_at = now + wait
         out.append(PublicationFailed(self, status, response.reason or "", self.retry_at))
 

@@ -360,6 +360,7 @@ class Notifier:
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
+        lowest_max_rate: float | None = None,
         ids: IdGenerator | None = None,
         body_source: Callable[[], bytes | None] | None = None,
     ) -> None:
@@ -386,6 +387,10 @@ class Notifier:
         self.heartbeat = heartbeat
         self.max_rate = max_rate
         self.max_rate_limit = max_rate_limit
+        # Spec 8.2: the lowest max-rate honoured (3/validity; by default the
+        # heartbeat's rate); a subscriber's lower max-rate is raised to it.
+        self.lowest_max_rate = min(max_rate_limit, lowest_max_rate if lowest_max_rate is not None
+                                   else 1 / heartbeat)
         self.ids = ids or IdGenerator()
         self.subscriptions: dict[tuple[str, str], Subscription] = {}  # (call_id, local_tag)
         self._closing: dict[tuple[str, str], Subscription] = {}  # final NOTIFY not yet sent
@@ -445,12 +450,13 @@ class Notifier:
             self._end(sub, reason, now, out, retry_after=retry_after)
         return out
 
-    def drop(self, id: SubscriptionId) -> list[NotifierOutput]:
-        """End a subscription without a NOTIFY (authorization withdrawn, 4.6.2)."""
+    def drop(self, id: SubscriptionId, reason: str = "deauthorized") -> list[NotifierOutput]:
+        """End a subscription without a NOTIFY (authorization withdrawn, 4.6.2
+        and 4.7.4); its next refresh gets 481."""
         sub = self.subscriptions.get((id.call_id, id.local_tag))
         out: list[NotifierOutput] = []
         if sub is not None:
-            self._remove(sub, "deauthorized", out)
+            self._remove(sub, reason, out)
         return out
 
     def get(self, id: SubscriptionId) -> Subscription | None:
@@ -587,7 +593,7 @@ class Notifier:
         echo = ""
         if max_rate is not None:
             # Between 3/validity (slower would let the node go stale) and 10/s.
-            max_rate = min(max(max_rate, 1 / self.heartbeat), self.max_rate_limit)
+            max_rate = min(max(max_rate, self.lowest_max_rate), self.max_rate_limit)
             ceiling = 1 / max_rate
             echo += f";max-rate={format_rate(max_rate)}"
         else:
@@ -611,8 +617,9 @@ class Notifier:
 
     def _ok(self, request: Request, expires: int, contact: str,
             to_tag: str | None = None) -> SendResponse:
+        # Spec 4.1 (SHOULD), RFC 6665 section 3.3.7: every package we serve.
         headers = [("Expires", str(expires)), ("Contact", f"<{contact}>"),
-                   ("Allow-Events", self.package)]
+                   ("Allow-Events", ", ".join([self.package, *self.other_packages]))]
         return SendResponse(make_response(request, 200, to_tag=to_tag, headers=headers,
                                           record_route=to_tag is not None))
 

@@ -200,13 +200,29 @@ class TransactionLayer:
         self.malformed = 0
         self.retransmissions_absorbed = 0
         self._heap: list[tuple[float, int, _Transaction, str]] = []
+        self._stale = 0  # heap entries of timers cancelled or replaced
         self._seq = itertools.count()
 
     # -- timers ------------------------------------------------------------------------
 
     def _set_timer(self, txn: _Transaction, name: str, when: float) -> None:
+        if name in txn.timers:
+            self._stale += 1
         txn.timers[name] = when
         heapq.heappush(self._heap, (when, next(self._seq), txn, name))
+
+    def _cancel_timers(self, txn: _Transaction, *names: str) -> None:
+        """Stop ``names`` (all timers if none). Their heap entries stay until
+        due, holding the transaction and its request: a transaction answered
+        at once would live for Timer F's 32 s instead of Timer K's 5 s. When
+        such entries make up half the heap, it is rebuilt without them."""
+        for name in names or list(txn.timers):
+            if txn.timers.pop(name, None) is not None:
+                self._stale += 1
+        if self._stale > 64 and 2 * self._stale > len(self._heap):
+            self._heap = [entry for entry in self._heap if self._live(entry)]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def _live(self, entry: tuple[float, int, _Transaction, str]) -> bool:
         when, _, txn, name = entry
@@ -217,6 +233,7 @@ class TransactionLayer:
         heap = self._heap
         while heap and not self._live(heap[0]):
             heapq.heappop(heap)
+            self._stale = max(0, self._stale - 1)
         return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> list[Event]:
@@ -226,6 +243,7 @@ class TransactionLayer:
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if not self._live(entry):
+                self._stale = max(0, self._stale - 1)
                 continue
             when, _, txn, name = entry
             del txn.timers[name]
@@ -237,8 +255,8 @@ class TransactionLayer:
         return events
 
     def _terminate(self, txn: _Transaction) -> None:
+        self._cancel_timers(txn)
         txn.state = State.TERMINATED
-        txn.timers.clear()
         if isinstance(txn, ClientTransaction):
             self.clients.pop(txn.key, None)
         elif isinstance(txn, ServerTransaction):
@@ -306,8 +324,7 @@ class TransactionLayer:
                 txn.state = State.PROCEEDING
             return [ResponseReceived(response, txn.request)]
         txn.state = State.COMPLETED
-        txn.timers.pop("E", None)
-        txn.timers.pop("F", None)
+        self._cancel_timers(txn, "E", "F")
         if txn.reliable:
             self._terminate(txn)  # timer K is zero on reliable transports
         else:
