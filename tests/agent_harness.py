@@ -24,6 +24,7 @@ import json
 import re
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +33,12 @@ from pathlib import Path
 import psutil
 
 from sipstatus import codec
+from sipstatus.net.endpoint import Endpoint
+from sipstatus.net.service import SipService
 from sipstatus.sip import Request, Response, SipError, parse_message
 from sipstatus.sip.message import make_response
+from sipstatus.sip.subscription import Subscriber, SubscriberConfig, SubscriberPool
+from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus
 from tests.fakeami import FakeAmi, Scenario, Transcript
 
@@ -290,6 +295,23 @@ class OptionsResponder(asyncio.DatagramProtocol):
 # -- a raw UDP watcher -------------------------------------------------------------------
 
 
+async def wait_on(arrived: asyncio.Event, predicate: Callable[[], object], timeout: float, what: str,
+                  received: list[Received]) -> object:
+    """Wait until `predicate()` is truthy, checking it whenever `arrived` is
+    set (a message came); its value. AssertionError with the last messages."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        left = deadline - loop.time()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; got: "
+                                 + "; ".join(r.message.start_line() for r in received[-10:]))
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), left)
+    return value
+
+
 @dataclass
 class Received:
     message: Request | Response
@@ -375,19 +397,7 @@ class Watcher(asyncio.DatagramProtocol):
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a message") -> object:
         """Wait until `predicate()` is truthy (checked on each arrival); its value."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; got: "
-                                     + "; ".join(r.message.start_line() for r in self.received[-10:]))
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
+        return await wait_on(self._arrived, predicate, timeout, what, self.received)
 
     async def response(self, call_id: str, timeout: float = 10.0, cseq: int | None = None) -> Response:
         def final() -> Response | None:
@@ -492,16 +502,33 @@ class Compositor(asyncio.DatagramProtocol):
         self._arrived.set()
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a PUBLISH") -> object:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (value := predicate()):
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-        return value
+        return await wait_on(self._arrived, predicate, timeout, what, self.received)
+
+
+# -- many subscriptions with the library (benchmarks) ----------------------------------
+
+
+async def subscriber_pool(agent_port: int, count: int, on_event: Callable[[object], None], *,
+                          rcvbuf: int | None = None) -> tuple[SipService, SubscriberPool]:
+    """`count` library Subscribers in one SubscriberPool on one UDP socket of
+    127.0.0.1, subscribed to the agent at 127.0.0.1:`agent_port`; each has its
+    own Event id (spec 4.2.1) so that none replaces another, and its index as
+    `key`. `rcvbuf`: the socket's receive buffer (SO_RCVBUF), for bursts."""
+    pool = SubscriberPool()
+    service = SipService(Endpoint([pool]), on_event=on_event)
+    _, local = await service.listen("UDP", "127.0.0.1", 0)
+    if rcvbuf is not None:
+        service._udp[socket.AF_INET].get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    config = SubscriberConfig(package="load-status", accept=codec.MEDIA_TYPE, local_uri="sip:bench@127.0.0.1",
+                              contact=f"sip:bench@127.0.0.1:{local}", decode=codec.decode)
+    target = Destination("UDP", "127.0.0.1", agent_port)
+    for i in range(count):
+        subscriber = Subscriber(f"sip:load-status@127.0.0.1:{agent_port}", config, key=i,
+                                destination=target, event_id=str(i))
+        service.submit(pool, pool.add(subscriber, service.now()))
+        if i % 50 == 49:
+            await asyncio.sleep(0)  # let answers in
+    return service, pool
 
 
 # -- the fake Asterisk ---------------------------------------------------------------
