@@ -100,7 +100,7 @@ async def measure(seconds: float, subscribers: int) -> dict:
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return {"wall": t1 - t0, "cpu": cpu, "user": cpu1.user - cpu0.user, "system": cpu1.system - cpu0.system,
             "rss": rss, "notifies": n1 - n0, "states": states, "threads": threads,
-            "ami_events": events, "probes": responder.received}
+            "ami_events": events, "probes": len(responder.received)}
 
 
 def main() -> None:
