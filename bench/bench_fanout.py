@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -40,26 +39,19 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from sipstatus import codec  # noqa: E402
-from sipstatus.net.endpoint import Endpoint  # noqa: E402
-from sipstatus.net.service import SipService  # noqa: E402
-from sipstatus.sip.subscription import (  # noqa: E402
-    NotificationReceived,
-    Subscribed,
-    Subscriber,
-    SubscriberConfig,
-    SubscriberPool,
+from agent.collectors.probe import nearest_rank  # noqa: E402
+from sipstatus.sip.subscription import NotificationReceived, Subscribed  # noqa: E402
+from tests.agent_harness import (  # noqa: E402
+    AgentProcess,
+    ChannelEvents,
+    agent_config,
+    fake_asterisk,
+    subscriber_pool,
 )
-from sipstatus.sip.transaction import Destination  # noqa: E402
-from tests.agent_harness import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
 from tests.sipp_runner import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "fanout.txt"
 RCVBUF = 4 * 2**20  # net.core.rmem_max here
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    return ordered[max(0, -(-len(ordered) * p // 100) - 1)]
 
 
 def cpu_of(times: psutil._common.pcputimes) -> float:
@@ -96,24 +88,10 @@ async def measure(subscribers: int, changes: int, hold: float) -> dict:
                 process = agent.ps()
                 await asyncio.sleep(2.0)
                 rss_before = process.memory_info().rss
-                pool = SubscriberPool()
-                service = SipService(Endpoint([pool]), on_event=on_event)
-                _, local = await service.listen("UDP", "127.0.0.1", 0)
+                started = loop.time()
                 # One socket for 1,000 subscriptions takes 1,000 NOTIFYs in a burst:
                 # a proxy watching that many nodes gives its socket room for them.
-                sock = service._udp[socket.AF_INET].get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-                sub_config = SubscriberConfig(package="load-status", accept=codec.MEDIA_TYPE,
-                                              local_uri="sip:bench@127.0.0.1", contact=f"sip:bench@127.0.0.1:{local}",
-                                              decode=codec.decode)
-                target = Destination("UDP", "127.0.0.1", port)
-                started = loop.time()
-                for i in range(subscribers):
-                    subscriber = Subscriber(f"sip:load-status@127.0.0.1:{port}", sub_config, key=i,
-                                            destination=target, event_id=str(i))
-                    service.submit(pool, pool.add(subscriber, service.now()))
-                    if i % 50 == 49:
-                        await asyncio.sleep(0)  # let answers in
+                service, pool = await subscriber_pool(port, subscribers, on_event, rcvbuf=RCVBUF)
                 while len(calls_seen) < subscribers:
                     if loop.time() - started > 120:
                         raise RuntimeError(f"only {len(calls_seen)} of {subscribers} subscriptions got a NOTIFY")
@@ -182,10 +160,10 @@ def main() -> None:
     if complete:
         lines += [
             "time from the AMI event until ... (ms, over the changes: p50 / max)",
-            f"  the first subscriber has it:  {percentile(firsts, 50):8.1f} / {firsts[-1]:8.1f}",
-            f"  half of them have it:         {percentile(halves, 50):8.1f} / {halves[-1]:8.1f}",
-            f"  all {n} have it:            {percentile(lasts, 50):8.1f} / {lasts[-1]:8.1f}",
-            f"per NOTIFY, all changes pooled: p50 {percentile(per_notify, 50):.1f} ms, p99 {percentile(per_notify, 99):.1f} ms",
+            f"  the first subscriber has it:  {nearest_rank(firsts, 50):8.1f} / {firsts[-1]:8.1f}",
+            f"  half of them have it:         {nearest_rank(halves, 50):8.1f} / {halves[-1]:8.1f}",
+            f"  all {n} have it:            {nearest_rank(lasts, 50):8.1f} / {lasts[-1]:8.1f}",
+            f"per NOTIFY, all changes pooled: p50 {nearest_rank(per_notify, 50):.1f} ms, p99 {nearest_rank(per_notify, 99):.1f} ms",
         ]
     text = "\n".join(lines) + "\n"
     print(text, end="")

@@ -35,15 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+from agent.collectors.probe import nearest_rank  # noqa: E402
 from tests.agent_harness import AgentProcess, ChannelEvents, Watcher, agent_config, fake_asterisk  # noqa: E402
 from tests.sipp_runner import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "reaction.txt"
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest rank."""
-    return ordered[max(0, -(-len(ordered) * p // 100) - 1)]
 
 
 async def measure(changes: int) -> dict:
@@ -109,7 +105,7 @@ def main() -> None:
         "setup: real agent process (UDP 127.0.0.1), fake AMI + raw UDP watcher in the bench process;",
         "       notifier.max_rate 10, validity 60 (heartbeat 20 s), interval 30 s; next change >= 120 ms after the NOTIFY",
         f"changes: {args.changes} (alternating Newchannel / Hangup from event_stream.txt), measured {len(ms)}, lost {r['lost']}",
-        f"latency ms: p50 {percentile(ms, 50):.2f}  p90 {percentile(ms, 90):.2f}  p99 {percentile(ms, 99):.2f}  "
+        f"latency ms: p50 {nearest_rank(ms, 50):.2f}  p90 {nearest_rank(ms, 90):.2f}  p99 {nearest_rank(ms, 99):.2f}  "
         f"min {ms[0]:.2f}  max {ms[-1]:.2f}",
         f"NOTIFYs received: {r['notifies']} over {r['wall']:.1f} s",
         f"agent CPU during the run: {r['cpu']:.2f} s = {100 * r['cpu'] / r['wall']:.1f} % of one core "

@@ -33,18 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sipstatus import codec  # noqa: E402
-from sipstatus.net.endpoint import Endpoint  # noqa: E402
-from sipstatus.net.service import SipService  # noqa: E402
-from sipstatus.sip.subscription import (  # noqa: E402
-    NotificationReceived,
-    Subscribed,
-    Subscriber,
-    SubscriberConfig,
-    SubscriberPool,
-)
-from sipstatus.sip.transaction import Destination  # noqa: E402
-from tests.agent_harness import AgentProcess, OptionsResponder  # noqa: E402
+from sipstatus.sip.subscription import NotificationReceived, Subscribed  # noqa: E402
+from tests.agent_harness import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
 from tests.fakeami import FakeAmi, Scenario  # noqa: E402
 from tests.sipp_runner import free_port  # noqa: E402
 
@@ -86,17 +76,7 @@ async def measure(seconds: float, subscribers: int) -> dict:
                 async with AgentProcess(Path(tmp), config, "--listen", f"udp:127.0.0.1:{port}") as agent:
                     await agent.wait_measured()
                     process = agent.ps()
-                    pool = SubscriberPool()
-                    service = SipService(Endpoint([pool]), on_event=on_event)
-                    _, local = await service.listen("UDP", "127.0.0.1", 0)
-                    sub_config = SubscriberConfig(package="load-status", accept=codec.MEDIA_TYPE,
-                                                  local_uri="sip:bench@127.0.0.1",
-                                                  contact=f"sip:bench@127.0.0.1:{local}", decode=codec.decode)
-                    for i in range(subscribers):
-                        subscriber = Subscriber(f"sip:load-status@127.0.0.1:{port}", sub_config, key=i,
-                                                destination=Destination("UDP", "127.0.0.1", port),
-                                                event_id=str(i))
-                        service.submit(pool, pool.add(subscriber, service.now()))
+                    service, pool = await subscriber_pool(port, subscribers, on_event)
                     await asyncio.sleep(5.0)  # settle
                     if len(subscribed) != subscribers:
                         raise RuntimeError(f"only {len(subscribed)} of {subscribers} subscriptions accepted")
@@ -120,7 +100,7 @@ async def measure(seconds: float, subscribers: int) -> dict:
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return {"wall": t1 - t0, "cpu": cpu, "user": cpu1.user - cpu0.user, "system": cpu1.system - cpu0.system,
             "rss": rss, "notifies": n1 - n0, "states": states, "threads": threads,
-            "ami_events": events, "probes": responder.received}
+            "ami_events": events, "probes": len(responder.received)}
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import json
 import re
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +33,12 @@ from pathlib import Path
 import psutil
 
 from sipstatus import codec
+from sipstatus.net.endpoint import Endpoint
+from sipstatus.net.service import SipService
 from sipstatus.sip import Request, Response, SipError, parse_message
 from sipstatus.sip.message import make_response
+from sipstatus.sip.subscription import Subscriber, SubscriberConfig, SubscriberPool
+from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus
 from tests.fakeami import FakeAmi, Scenario, Transcript
 
@@ -252,42 +257,24 @@ class AgentProcess:
         return psutil.Process(self.pid)
 
 
-# -- the probe's far end -------------------------------------------------------------
+# -- SIP peers on a UDP socket ------------------------------------------------------------
 
 
-class OptionsResponder(asyncio.DatagramProtocol):
-    """Answers every OPTIONS with 200 while `answering` is true."""
-
-    def __init__(self) -> None:
-        self.answering = True
-        self.received = 0
-        self.transport: asyncio.DatagramTransport | None = None
-        self.port = 0
-
-    async def open(self, host: str = "127.0.0.1") -> OptionsResponder:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
-        self.transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
-        return self
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        self.received += 1
-        if not self.answering or self.transport is None:
-            return
-        try:
-            request = parse_message(data)
-        except SipError:
-            return
-        if isinstance(request, Request) and request.method == "OPTIONS":
-            self.transport.sendto(make_response(request, 200).to_bytes(), addr)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-# -- a raw UDP watcher -------------------------------------------------------------------
+async def wait_on(arrived: asyncio.Event, predicate: Callable[[], object], timeout: float, what: str,
+                  received: list[Received]) -> object:
+    """Wait until `predicate()` is truthy, checking it whenever `arrived` is
+    set (a message came); its value. AssertionError with the last messages."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        left = deadline - loop.time()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; got: "
+                                 + "; ".join(r.message.start_line() for r in received[-10:]))
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), left)
+    return value
 
 
 @dataclass
@@ -306,35 +293,19 @@ class Received:
         return (self.message.header("Subscription-State") or "").split(";")[0].strip()
 
 
-@dataclass
-class Dialog:
-    call_id: str
-    from_tag: str
-    to_tag: str | None = None
-    cseq: int = 1
-    user: str = "proxy"
+class SipPeer(asyncio.DatagramProtocol):
+    """One UDP socket that speaks SIP: it records every message `accepts`
+    lets in, with its time of arrival, and answers each request with
+    `reply(request)` (None: no answer)."""
 
-
-class Watcher(asyncio.DatagramProtocol):
-    """A proxy's view of the agent, over UDP, with nothing hidden.
-
-    `answer` is the status each NOTIFY gets (None: no answer at all, as from
-    a proxy that vanished), or a function of the NOTIFY giving the response.
-    """
-
-    def __init__(self, agent: tuple[str, int], host: str = "127.0.0.1",
-                 answer: int | None | Callable[[Request], Response | None] = 200) -> None:
-        self.agent = agent
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.answer = answer
         self.received: list[Received] = []
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self._arrived = asyncio.Event()
-        self._ids = itertools.count(1)
-        self.dialogs: dict[str, Dialog] = {}
 
-    async def open(self) -> Watcher:
+    async def open(self) -> SipPeer:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
         self.transport = transport
@@ -345,25 +316,85 @@ class Watcher(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    # -- receiving --
-
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
         try:
             message = parse_message(data)
         except SipError:
             return
-        now = asyncio.get_running_loop().time()
-        self.received.append(Received(message, now, (addr[0], addr[1])))
-        if isinstance(message, Request) and message.method == "NOTIFY" and self.answer is not None:
-            assert self.transport is not None
-            reply = self.answer(message) if callable(self.answer) else make_response(message, self.answer)
-            if reply is not None:
+        if not self.accepts(message):
+            return
+        self.received.append(Received(message, asyncio.get_running_loop().time(), (addr[0], addr[1])))
+        if isinstance(message, Request):
+            reply = self.reply(message)
+            if reply is not None and self.transport is not None:
                 self.transport.sendto(reply.to_bytes(), addr)
-        if isinstance(message, Response) and message.call_id in self.dialogs and 200 <= message.status < 300:
-            to = message.to_addr
-            if to is not None and to.tag and message.cseq and message.cseq.method == "SUBSCRIBE":
-                self.dialogs[message.call_id].to_tag = to.tag
+        else:
+            self.response_received(message)
         self._arrived.set()
+
+    def accepts(self, message: Request | Response) -> bool:
+        return True
+
+    def reply(self, request: Request) -> Response | None:
+        return None
+
+    def response_received(self, response: Response) -> None:
+        pass
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a message") -> object:
+        """Wait until `predicate()` is truthy (checked on each arrival); its value."""
+        return await wait_on(self._arrived, predicate, timeout, what, self.received)
+
+
+class OptionsResponder(SipPeer):
+    """The probe's far end: answers every OPTIONS with 200 while `answering` is true."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering = True
+
+    def accepts(self, message: Request | Response) -> bool:
+        return isinstance(message, Request) and message.method == "OPTIONS"
+
+    def reply(self, request: Request) -> Response | None:
+        return make_response(request, 200) if self.answering else None
+
+
+@dataclass
+class Dialog:
+    call_id: str
+    from_tag: str
+    to_tag: str | None = None
+    cseq: int = 1
+    user: str = "proxy"
+
+
+class Watcher(SipPeer):
+    """A proxy's view of the agent, over UDP, with nothing hidden.
+
+    `answer` is the status each NOTIFY gets (None: no answer at all, as from
+    a proxy that vanished), or a function of the NOTIFY giving the response.
+    """
+
+    def __init__(self, agent: tuple[str, int], host: str = "127.0.0.1",
+                 answer: int | None | Callable[[Request], Response | None] = 200) -> None:
+        super().__init__(host)
+        self.agent = agent
+        self.answer = answer
+        self.dialogs: dict[str, Dialog] = {}
+
+    # -- receiving --
+
+    def reply(self, request: Request) -> Response | None:
+        if request.method != "NOTIFY" or self.answer is None:
+            return None
+        return self.answer(request) if callable(self.answer) else make_response(request, self.answer)
+
+    def response_received(self, response: Response) -> None:
+        to = response.to_addr
+        if response.call_id in self.dialogs and 200 <= response.status < 300 and to is not None and to.tag \
+                and response.cseq and response.cseq.method == "SUBSCRIBE":
+            self.dialogs[response.call_id].to_tag = to.tag
 
     def notifies(self, call_id: str | None = None) -> list[Received]:
         return [r for r in self.received if isinstance(r.message, Request) and r.message.method == "NOTIFY"
@@ -372,22 +403,6 @@ class Watcher(asyncio.DatagramProtocol):
     def responses(self, call_id: str | None = None) -> list[Received]:
         return [r for r in self.received if isinstance(r.message, Response)
                 and (call_id is None or r.message.call_id == call_id)]
-
-    async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a message") -> object:
-        """Wait until `predicate()` is truthy (checked on each arrival); its value."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; got: "
-                                     + "; ".join(r.message.start_line() for r in self.received[-10:]))
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
 
     async def response(self, call_id: str, timeout: float = 10.0, cseq: int | None = None) -> Response:
         def final() -> Response | None:
@@ -450,58 +465,50 @@ def seqs(notifies: list[Received]) -> list[int]:
     return [r.status.seq for r in notifies if r.message.body]
 
 
-class Compositor(asyncio.DatagramProtocol):
+class Compositor(SipPeer):
     """A UDP compositor that records every PUBLISH and answers it with
     `answer(request)` (None: no answer). The default grants 600 s with a
     new entity tag each time, as RFC 3903 requires."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.received: list[Received] = []
+        super().__init__(host)
         self.answer: Callable[[Request], Response | None] = self.grant
-        self.transport: asyncio.DatagramTransport | None = None
-        self.port = 0
         self._tags = itertools.count(1)
-        self._arrived = asyncio.Event()
 
     def grant(self, request: Request) -> Response:
         return make_response(request, 200, headers=[("SIP-ETag", f"e{next(self._tags)}"), ("Expires", "600")])
 
-    async def open(self) -> Compositor:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, 0))
-        self.transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
-        return self
+    def accepts(self, message: Request | Response) -> bool:
+        return isinstance(message, Request) and message.method == "PUBLISH"
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def reply(self, request: Request) -> Response | None:
+        return self.answer(request)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        try:
-            message = parse_message(data)
-        except SipError:
-            return
-        if not isinstance(message, Request) or message.method != "PUBLISH":
-            return
-        self.received.append(Received(message, asyncio.get_running_loop().time(), (addr[0], addr[1])))
-        response = self.answer(message)
-        if response is not None and self.transport is not None:
-            self.transport.sendto(response.to_bytes(), addr)
-        self._arrived.set()
 
-    async def wait_for(self, predicate: Callable[[], object], timeout: float, what: str = "a PUBLISH") -> object:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (value := predicate()):
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-        return value
+# -- many subscriptions with the library (benchmarks) ----------------------------------
+
+
+async def subscriber_pool(agent_port: int, count: int, on_event: Callable[[object], None], *,
+                          rcvbuf: int | None = None) -> tuple[SipService, SubscriberPool]:
+    """`count` library Subscribers in one SubscriberPool on one UDP socket of
+    127.0.0.1, subscribed to the agent at 127.0.0.1:`agent_port`; each has its
+    own Event id (spec 4.2.1) so that none replaces another, and its index as
+    `key`. `rcvbuf`: the socket's receive buffer (SO_RCVBUF), for bursts."""
+    pool = SubscriberPool()
+    service = SipService(Endpoint([pool]), on_event=on_event)
+    _, local = await service.listen("UDP", "127.0.0.1", 0)
+    if rcvbuf is not None:
+        service._udp[socket.AF_INET].get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    config = SubscriberConfig(package="load-status", accept=codec.MEDIA_TYPE, local_uri="sip:bench@127.0.0.1",
+                              contact=f"sip:bench@127.0.0.1:{local}", decode=codec.decode)
+    target = Destination("UDP", "127.0.0.1", agent_port)
+    for i in range(count):
+        subscriber = Subscriber(f"sip:load-status@127.0.0.1:{agent_port}", config, key=i,
+                                destination=target, event_id=str(i))
+        service.submit(pool, pool.add(subscriber, service.now()))
+        if i % 50 == 49:
+            await asyncio.sleep(0)  # let answers in
+    return service, pool
 
 
 # -- the fake Asterisk ---------------------------------------------------------------
