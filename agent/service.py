@@ -17,9 +17,15 @@ One asyncio task owns the loop (`AgentService.run`):
 - SIGTERM (or SIGINT): a final NOTIFY `terminated;reason=probation` with a
   `down` body to every subscriber, publications removed (Expires: 0), at
   most `STOP_WAIT` seconds for their answers, exit 0 (spec 4.7.4);
-- SIGHUP: the configuration file is read again; what can change at run time
-  (scoring thresholds, trusted networks, digest users) is applied, a broken
-  file is logged and the running configuration kept.
+- SIGHUP: the configuration file is read again (the command line's
+  --listen/--trust/--publish still override it); what can change at run time
+  (scoring thresholds, trusted networks, digest users) is applied, other
+  changed keys are named as needing a restart, subscriptions the new trust
+  no longer admits end without a NOTIFY (spec 4.6.2); a broken file is
+  logged and the running configuration kept.
+
+Publishers send their own heartbeats (a fresh body every `heartbeat` s,
+Publisher(produce=..., heartbeat=...)); `_take` publishes significant changes.
 """
 
 from __future__ import annotations
