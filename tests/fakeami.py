@@ -1,5 +1,5 @@
 """A fake AMI server that replays the real Asterisk 20.20.1 transcripts in
-<repo>/../shared/fixtures/ami/ over a real TCP socket.
+tests/data/ami/ over a real TCP socket.
 
 It invents no AMI behaviour: every byte it sends comes from a transcript
 (with the ActionID rewritten to the client's), except three answers that no
@@ -22,32 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: Where shared/ is looked for: $SIPSTATUS_SHARED, then <repo>/../shared (the
-#: main checkout), then shared/ beside any further ancestor (a git worktree
-#: such as <top>/wt/agent sits one level deeper than the main checkout).
-CANDIDATES = [Path(p) for p in filter(None, [os.environ.get("SIPSTATUS_SHARED")])] + [
-    parent / "shared" for parent in REPO.parents
-]
+#: The recorded transcripts, kept in the repository (README.txt there says how
+#: they were recorded).
+AMI_DIR = Path(__file__).resolve().parent / "data" / "ami"
 
 CRLF = b"\r\n"
 
 
 def ami_dir() -> Path:
-    """The transcripts directory, or a clear error saying where it was looked for."""
-    for shared in CANDIDATES:
-        if (shared / "fixtures" / "ami" / "README.txt").is_file():
-            return shared / "fixtures" / "ami"
-    looked = ", ".join(str(c / "fixtures" / "ami") for c in CANDIDATES)
-    raise FileNotFoundError(
-        "AMI transcripts not found: the AMI tests replay the real Asterisk transcripts in "
-        f"<repo>/../shared/fixtures/ami/ (set SIPSTATUS_SHARED to the shared/ folder); looked in {looked}"
-    )
+    """The transcripts directory, or a clear error naming where it should be."""
+    if (AMI_DIR / "README.txt").is_file():
+        return AMI_DIR
+    raise FileNotFoundError(f"AMI transcripts not found: expected them in {AMI_DIR} (part of the repository)")
 
 
 def parse_block(raw: bytes) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""RFC 4475 torture tests, every file of ../shared/conformance/rfc4475/.
+"""RFC 4475 torture tests, every file of tests/data/rfc4475/.
 
 Each message is read as raw bytes and handled as one UDP datagram.  The facts
 asserted are those of EXPECTATIONS.tsv; where the RFC allows a choice, the
@@ -10,7 +10,6 @@ through ``parse_message`` and then ``validate_response`` (the UAC checks).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -21,29 +20,9 @@ from sipstatus.sip.uri import AbsoluteUri
 from sipstatus.sip.validation import check_max_forwards, check_request, validate_response
 
 
-def _find_corpus() -> Path:
-    """The corpus in shared/, beside the repository (or an ancestor of it).
-
-    In a clone, shared/ is the repository's sibling; from a git worktree it
-    is a sibling of an ancestor.  SIPSTATUS_SHARED overrides both.
-    """
-    tried = []
-    env = os.environ.get("SIPSTATUS_SHARED")
-    candidates = [Path(env)] if env else []
-    repo = Path(__file__).resolve().parents[1]
-    candidates += [p / "shared" for p in repo.parents]
-    for shared in candidates:
-        corpus = shared / "conformance" / "rfc4475"
-        tried.append(str(corpus))
-        if (corpus / "EXPECTATIONS.tsv").is_file():
-            return corpus
-    raise FileNotFoundError(
-        "RFC 4475 corpus not found; clone shared/ beside the repository or set "
-        "SIPSTATUS_SHARED. Looked in: " + ", ".join(tried)
-    )
-
-
-CORPUS = _find_corpus()
+#: The RFC's own messages, extracted from its text; bytes exact (see
+#: tests/data/rfc4475/README.md and SHA256SUMS there).
+CORPUS = Path(__file__).resolve().parent / "data" / "rfc4475"
 EXPECTATIONS = {
     row["file"]: row
     for row in (

@@ -3,7 +3,7 @@ asyncio client with one connection, login, ActionID correlation, list
 actions, unsolicited events and reconnection with capped exponential backoff.
 
 Wire facts this follows, from the Asterisk 20.20.1 transcripts in
-shared/fixtures/ami/ (README.txt there) and Asterisk's AMI documentation:
+tests/data/ami/ (README.txt there) and Asterisk's AMI documentation:
   - The server speaks first with one banner line, "Asterisk Call
     Manager/9.0.0" + CRLF, and no blank line after it (login_ok.txt).
   - A message is "Key: value" lines ending in CRLF, closed by an empty line.

@@ -1,6 +1,6 @@
 """Call quality from Asterisk's RTCPSent / RTCPReceived AMI events.
 
-What the events carry (Asterisk 20.20.1, shared/fixtures/ami/rtcp_events.txt):
+What the events carry (Asterisk 20.20.1, tests/data/ami/rtcp_events.txt):
   - RTCPSent is the report Asterisk sent about the stream it RECEIVES from
     the peer (its report block's SourceSSRC is the peer's SSRC): direction
     "rx" here. RTCPReceived is the peer's report about the stream Asterisk
