@@ -19,7 +19,6 @@ from sipstatus.sip.transaction import Destination, RequestReceived, SendMessage,
 from sipstatus.sip.uri import AbsoluteUri
 from sipstatus.sip.validation import check_max_forwards, check_request, validate_response
 
-
 #: The RFC's own messages, extracted from its text; bytes exact (see
 #: tests/data/rfc4475/README.md and SHA256SUMS there).
 CORPUS = Path(__file__).resolve().parent / "data" / "rfc4475"
