@@ -254,7 +254,7 @@ def test_notify_follows_the_record_route_of_the_subscribe():
     assert resp.header_values("Record-Route") == ["<sip:p1.example;lr>", "<sip:192.0.2.50;lr>"]
     assert send.request.header_values("Route") == ["<sip:p1.example;lr>", "<sip:192.0.2.50;lr>"]
     assert send.request.uri == "sip:watcher@192.0.2.10:5060"
-    assert send.destination is None  # p1.example: resolve per RFC 3263
+    assert send.destination == PROXY  # the source, not p1.example (spec 4.6.2)
 
 
 def test_notify_to_a_strict_router_puts_it_in_the_request_uri():
@@ -262,7 +262,7 @@ def test_notify_to_a_strict_router_puts_it_in_the_request_uri():
     (send,) = notifies(notifier().handle_request(req, PROXY, 0.0))
     assert send.request.uri == "sip:192.0.2.50"
     assert send.request.header_values("Route") == ["<sip:watcher@192.0.2.10:5060>"]
-    assert send.destination == Destination("UDP", "192.0.2.50", 5060)
+    assert send.destination == PROXY  # the source, not 192.0.2.50 (spec 4.6.2)
 
 
 def test_notify_over_tcp_reuses_the_subscribers_connection():
@@ -829,11 +829,43 @@ def test_challenged_notify_without_credentials_ends_the_subscription():
     assert events(out, SubscriptionTerminated)[0].reason == "notify-failed"
 
 
-def test_contact_matches_source_helper():
-    from sipstatus.sip.subscription import contact_matches_source
+# -- where NOTIFYs go (spec 4.6.2: the source, never a third party) ---------------------------
 
-    assert contact_matches_source(subscribe(), PROXY)
-    assert not contact_matches_source(subscribe(contact="sip:victim@203.0.113.9"), PROXY)
+
+def test_notify_goes_to_the_source_not_to_a_contact_naming_another_host():
+    victim = "sip:victim@203.0.113.9:5060"
+    (send,) = notifies(notifier().handle_request(subscribe(contact=victim), PROXY, 0.0))
+    assert send.request.uri == victim  # the dialog's remote target, as RFC 3261 says
+    assert send.destination == PROXY
+
+
+def test_notify_goes_to_the_source_port_not_the_contact_port():
+    contact = "sip:watcher@192.0.2.10:5999"
+    (send,) = notifies(notifier().handle_request(subscribe(contact=contact), PROXY, 0.0))
+    assert send.destination == PROXY
+
+
+def test_notify_goes_to_the_source_not_to_a_record_route_naming_another_host():
+    req = subscribe(extra=[("Record-Route", "<sip:203.0.113.9;lr>")])
+    (send,) = notifies(notifier().handle_request(req, PROXY, 0.0))
+    assert send.request.header_values("Route") == ["<sip:203.0.113.9;lr>"]
+    assert send.destination == PROXY
+
+
+def test_heartbeat_notifies_keep_going_to_the_source():
+    n = notifier()
+    established(n, 0.0, contact="sip:victim@203.0.113.9:5060")
+    later = [o for _, o in drive(n, 16.0) if isinstance(o, SendRequest)]
+    assert later and {s.destination for s in later} == {PROXY}
+
+
+def test_refresh_from_a_new_source_port_moves_the_notifies_there():
+    n = notifier()
+    to_tag, _ = established(n, 0.0)
+    moved = Destination("UDP", PROXY.host, 5999)
+    out = n.handle_request(subscribe(to_tag=to_tag, cseq=2), moved, 1.0)
+    (send,) = notifies(out)
+    assert send.destination == moved
 
 
 # -- the agent's body_source ---------------------------------------------------------------

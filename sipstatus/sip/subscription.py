@@ -259,21 +259,6 @@ def format_rate(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def contact_matches_source(request: Request, source: Destination) -> bool:
-    """Whether the Contact host of ``request`` is its source address.
-
-    Spec 4.6.2: unless digest or a TLS client certificate authorized a
-    subscription, NOTIFYs SHOULD go only to such a Contact, so that a
-    forged SUBSCRIBE from a trusted network cannot aim them at a third
-    party.  For authorization hooks.
-    """
-    contacts = request.contacts
-    if len(contacts) != 1 or not isinstance(contacts[0].uri, SipUri):
-        return False
-    host = contacts[0].uri.host.strip("[]").lower()
-    return host == source.host.strip("[]").lower()
-
-
 @dataclass(frozen=True, slots=True)
 class Rates:
     """The rates applied to one subscription (spec 8.2)."""
@@ -308,16 +293,15 @@ class Subscription:
     ending: tuple[str, int | None] | None = None  # final NOTIFY owed: reason, retry-after
     timer: float | None = None
 
-    def destination(self) -> Destination | None:
-        """Where NOTIFYs go: the subscriber's connection when it came over a
-        reliable transport and no proxy is in the path (the connection is the
-        only way back through NAT), else the next hop by its URI."""
-        if self.source.reliable and not self.dialog.route_set:
-            return self.source
-        uri = parse_uri(self.dialog.next_hop())
-        if not isinstance(uri, SipUri):
-            return None
-        return direct_destination(uri, self.source.transport)
+    def destination(self) -> Destination:
+        """Where NOTIFYs go: the source address, port and transport of the
+        SUBSCRIBE that created or last refreshed the subscription, whatever
+        its Contact and Record-Route name (spec 4.6.2).  Those shape the
+        NOTIFY (Request-URI, Route) but never aim it: a SUBSCRIBE naming a
+        third party's address would otherwise reflect NOTIFYs at it.  Over
+        TCP and TLS the source is the subscriber's connection, the only way
+        back through NAT."""
+        return self.source
 
 
 class Notifier:
@@ -675,10 +659,9 @@ class Notifier:
         # RFC 3261 section 12.2.2 (CSeq order, 500) and the target refresh
         # of RFC 6665 section 4.1.2.2.
         sub.dialog.receive_request(request)
-        if source.reliable:
-            # A watcher that reconnected refreshes on its new connection: the
-            # NOTIFYs follow it (the old one may be gone).
-            self._move(sub, source)
+        # Spec 4.6.2: NOTIFYs follow the latest authorized SUBSCRIBE's source
+        # (a watcher that reconnected, or whose NAT binding changed).
+        self._move(sub, source)
         out.append(self._ok(request, expires, sub.contact))
         sub.rates = rates  # RFC 6446: a refresh may change the rates
         if expires == 0:
