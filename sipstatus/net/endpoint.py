@@ -38,6 +38,12 @@ from ..sip.validation import SIPSTATUS_METHODS, check_request
 
 log = logging.getLogger(__name__)
 
+# A flood of bad messages must not flood the log (2,000 datagrams once wrote
+# 1.1 MB of tracebacks): one line per bad message, at most this many lines
+# per window, then one line saying how many more there were.
+BAD_MESSAGE_LOG_BURST = 10
+BAD_MESSAGE_LOG_WINDOW = 60.0
+
 # RFC 3261 section 18.1.1 (spec 4.14): a request larger than this, with the
 # path MTU unknown, goes over a congestion-controlled transport, not UDP.
 UDP_REQUEST_LIMIT = 1300
@@ -72,6 +78,46 @@ class Resolve:
 
     token: int
     uri: SipUri
+
+
+class LogLimit:
+    """At most ``burst`` lines per ``window`` seconds of the caller's clock;
+    the first line after a window that dropped some says how many."""
+
+    def __init__(self, burst: int = BAD_MESSAGE_LOG_BURST,
+                 window: float = BAD_MESSAGE_LOG_WINDOW) -> None:
+        self.burst = burst
+        self.window = window
+        self._start = -window
+        self._lines = 0
+        self.suppressed = 0  # in the current window
+        self.suppressed_total = 0
+
+    def log(self, logger: logging.Logger, level: int, now: float, message: str,
+            *args: object) -> None:
+        if now - self._start >= self.window:
+            if self.suppressed:
+                logger.log(level, "%d more such lines left out in the last %.0f s",
+                           self.suppressed, now - self._start)
+            self._start, self._lines, self.suppressed = now, 0, 0
+        if self._lines < self.burst:
+            self._lines += 1
+            logger.log(level, message, *args)
+        else:
+            self.suppressed += 1
+            self.suppressed_total += 1
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for an unexpected exception: its type, text and where it was
+    raised (file:line), in place of a traceback."""
+    frame = None
+    tb = error.__traceback__
+    while tb is not None:
+        frame, tb = tb, tb.tb_next
+    where = "" if frame is None else \
+        f" at {frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}"
+    return f"{type(error).__name__}: {error}{where}"
 
 
 @dataclass(slots=True, eq=False)
@@ -113,6 +159,7 @@ class Endpoint:
         self._tokens = itertools.count(1)
         self.internal_errors = 0
         self.unhandled_requests = 0
+        self.bad_message_log = LogLimit()
 
     # -- counters --------------------------------------------------------------------------
 
@@ -132,13 +179,23 @@ class Endpoint:
     # -- input -------------------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Destination, now: float) -> list[object]:
-        """One datagram, or one message framed from a stream."""
+        """One datagram, or one message framed from a stream.
+
+        A message that does not parse is answered (or dropped) by the
+        transaction layer and logged in one line, rate-limited; so is a
+        failure of ours on it, never with a traceback.
+        """
+        malformed = self.transactions.malformed
         try:
             events = self.transactions.receive_datagram(data, source, now)
-        except Exception:  # noqa: BLE001 - the process keeps serving
-            log.exception("transaction layer failed on a message from %s", source)
+        except Exception as error:  # noqa: BLE001 - the process keeps serving
             self.internal_errors += 1
+            self.bad_message_log.log(log, logging.ERROR, now, "internal error on a message from %s: %s",
+                                     source, describe_failure(error))
             return []
+        if self.transactions.malformed > malformed:
+            self.bad_message_log.log(log, logging.WARNING, now, "bad message from %s: %s",
+                                     source, self.transactions.last_malformed)
         return self._transaction_events(events, now)
 
     def submit(self, user: TransactionUser, outputs: Iterable[object], now: float) -> list[object]:
@@ -332,9 +389,10 @@ class Endpoint:
                            [("Allow", ", ".join(sorted(self.methods)))])
         except SipError as error:
             return self._reply(error_response(request, error), now)
-        except Exception:  # noqa: BLE001
-            log.exception("failed on a %s from %s", request.method, source)
+        except Exception as error:  # noqa: BLE001
             self.internal_errors += 1
+            self.bad_message_log.log(log, logging.ERROR, now, "internal error on a %s from %s: %s",
+                                     request.method, source, describe_failure(error))
             return self._reply(make_response(request, 500, "internal error"), now)
 
     def _reply(self, response: Response, now: float) -> list[object]:

@@ -316,7 +316,9 @@ class DigestServer:
     def _nonce_time(self, nonce: str) -> float | None:
         """The issue time of one of our nonces; None if it is not ours."""
         stamp, dot, mac = nonce.rpartition(".")
-        if not dot or not hmac.compare_digest(mac, self._sign(stamp)):
+        # compare_digest refuses str with non-ASCII characters (TypeError):
+        # compare the bytes, whatever the peer sent.
+        if not dot or not hmac.compare_digest(_text(mac), _text(self._sign(stamp))):
             return None
         try:
             return int(stamp.partition(".")[0], 16) / 1000
@@ -376,7 +378,7 @@ class DigestServer:
             password=password, method=request.method, uri=params["uri"], nonce=nonce,
             nc=nc_text, cnonce=params["cnonce"], qop=qop,
         )
-        if not hmac.compare_digest(expected, params["response"].lower()):
+        if not hmac.compare_digest(_text(expected), _text(params["response"].lower())):
             raise self._refuse("unknown user or wrong password", now)
         # The digest is right: from here on a refusal says stale=true, so the
         # client retries with a fresh nonce without asking its user.

@@ -219,7 +219,12 @@ class Message:
     @property
     def top_via(self) -> Via | None:
         value = self.header("Via")
-        return None if value is None else parse_via_list(value)[0]
+        if value is None:
+            return None
+        vias = parse_via_list(value)
+        if not vias:
+            raise bad_request("empty Via header field")  # Via = 1#via-parm
+        return vias[0]
 
     @property
     def contacts(self) -> list[NameAddr]:

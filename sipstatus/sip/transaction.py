@@ -180,8 +180,9 @@ class TransactionLayer:
 
     ``stray_responses`` counts responses that matched no client transaction
     (section 17.1.3: dropped); ``malformed`` counts received datagrams that
-    did not parse; ``retransmissions_absorbed`` counts requests and
-    responses recognised as retransmissions.
+    did not parse (``last_malformed`` says why the latest one did not);
+    ``retransmissions_absorbed`` counts requests and responses recognised
+    as retransmissions.
     """
 
     def __init__(
@@ -198,6 +199,7 @@ class TransactionLayer:
         self.servers: dict[ServerKey, ServerTransaction] = {}
         self.stray_responses = 0
         self.malformed = 0
+        self.last_malformed: str | None = None
         self.retransmissions_absorbed = 0
         self._heap: list[tuple[float, int, _Transaction, str]] = []
         self._stale = 0  # heap entries of timers cancelled or replaced
@@ -348,18 +350,22 @@ class TransactionLayer:
         """
         try:
             message = parse_message(data)
+            return self.receive(message, source, now)
         except SipError as error:
+            # From the parser, or from a header field read lazily while
+            # matching (a bad Via or CSeq): the same stateless answer.
             self.malformed += 1
+            self.last_malformed = error.reason
             reply = salvage_error_response(data, error)
             if reply is None:
                 return []
             return [SendMessage(reply.to_bytes(), source, reply)]
-        return self.receive(message, source, now)
 
     def _receive_request(self, request: Request, source: Destination, now: float) -> list[Event]:
         via = request.top_via
         if via is None or request.cseq is None:
             self.malformed += 1
+            self.last_malformed = "no Via" if via is None else "no CSeq"
             return []
         _stamp_via(request, source)
         if via.branch == MAGIC_COOKIE:

@@ -43,7 +43,10 @@ def unescape(text: str) -> str:
         return text
     if _BAD_ESCAPE.search(text):
         raise bad_request(f"bad % escape in URI component {text!r}")
-    return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+    # The text came from bytes by surrogateescape: back to those bytes before
+    # unquoting (unquote_to_bytes would encode a str strictly and fail).
+    raw = unquote_to_bytes(text.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def escape(text: str, safe: frozenset[str]) -> str:
