@@ -6,6 +6,13 @@ are cut into messages by the core's ``StreamFramer``; a peer whose stream
 cannot be framed (endless header, huge Content-Length) is answered when
 possible and disconnected.  Nothing raised by a message escapes into the
 event loop.
+
+Connections peers open to us are bounded before anything is authenticated
+(:class:`StreamLimits`): so many in all and per source address, closed when
+idle, when a message takes too long to arrive whole, or when a TLS
+handshake takes too long.  A refused peer is closed at once (a FIN, no
+reset); UDP, outgoing connections and the process's other descriptors are
+not touched by the caps.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import resource
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 from ..sip.errors import SipError
 from ..sip.message import MAX_HEADER_BYTES, Request, StreamFramer, salvage_error_response
 from ..sip.transaction import Destination
-from .endpoint import Endpoint, Resolve, TransactionUser, Transmit
+from .endpoint import Endpoint, LogLimit, Resolve, TransactionUser, Transmit
 from .resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,57 @@ CONNECT_TIMEOUT = 10.0
 # table at most this often per peer; routes change rarely, requests often.
 ROUTE_CACHE_SECONDS = 10.0
 ROUTE_CACHE_SIZE = 4096
+# File descriptors kept free of incoming connections for everything else the
+# process holds (UDP sockets, AMI, the control socket, /proc reads, logs).
+FD_RESERVE = 64
+# A receive buffer that holds a burst of SUBSCRIBEs up to the caps (256
+# subscriptions, about 600 octets each) rather than Linux's default 208 KiB,
+# which lost bursts above ~170 requests while the loop was busy.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds on the TCP and TLS connections peers open to us.
+
+    Precedents: Kamailio's tcp_connection_lifetime and OpenSIPS's
+    tcp_connection_lifetime are 120 s (idle); Kamailio waits 20 s
+    (tcp_msg_read_timeout) and OpenSIPS 4 s (tcp_max_msg_time) for a
+    message to arrive whole; asyncio waits 60 s for a TLS handshake.  The
+    connection caps follow the subscription caps (spec 4.6.2: 256 in all,
+    16 per source): a connection per subscription, twice over.
+    """
+
+    #: Incoming connections held at once, in all and per source address.
+    max_connections: int = 512
+    max_per_source: int = 32
+    #: Seconds without a byte either way before an incoming connection is closed
+    #: (RFC 5626 CRLF keep-alives count).
+    idle_timeout: float = 120.0
+    #: Seconds a message may take from its first octet to its last.
+    message_timeout: float = 10.0
+    #: Seconds a TLS client has to complete its handshake.
+    handshake_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_per_source < 1:
+            raise ValueError("connection caps must be at least 1")
+        if min(self.idle_timeout, self.message_timeout, self.handshake_timeout) <= 0:
+            raise ValueError("stream timeouts must be positive")
+
+
+def fit_to_descriptors(limits: StreamLimits, reserve: int = FD_RESERVE) -> StreamLimits:
+    """``limits`` with the connection cap lowered, if need be, to what the
+    process's descriptor limit (RLIMIT_NOFILE) leaves after ``reserve``:
+    connections must never take the descriptors the rest needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft - reserve:
+        return limits
+    fitted = max(1, soft - reserve)
+    log.warning("connection cap lowered from %d to %d: the descriptor limit is %d "
+                "(LimitNOFILE= in the unit, ulimit -n)", limits.max_connections, fitted, soft)
+    return replace(limits, max_connections=fitted,
+                   max_per_source=min(limits.max_per_source, fitted))
 
 
 def _host_key(host: str) -> str:
@@ -63,15 +123,29 @@ def route_source(peer: str) -> str | None:
 
 
 class _Stream(asyncio.Protocol):
-    """One TCP or TLS connection, in either direction."""
+    """One TCP or TLS connection, in either direction.
 
-    def __init__(self, service: SipService, transport_name: str) -> None:
+    An incoming one (``server_ssl`` for TLS) is admitted under the service's
+    caps first; a TLS one then does its handshake (``loop.start_tls``, so
+    that the caps apply before it and its timeout bounds it) and is known to
+    the service once it is done.
+    """
+
+    def __init__(self, service: SipService, transport_name: str, *, inbound: bool = False,
+                 server_ssl: ssl.SSLContext | None = None) -> None:
         self.service = service
         self.name = transport_name
+        self.inbound = inbound
+        self.server_ssl = server_ssl
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Destination | None = None
         self.certificate: dict | None = None
+        self.admitted = False
+        self.handshaking = False
+        self._early = bytearray()  # app data that came before start_tls returned
+        self.last_activity = service.now()
+        self.message_started: float | None = None  # first octet of an unfinished message
         # Requests written here whose transactions may still wait: if the
         # connection drops, the transaction layer hears of it (RFC 3261 18.4).
         self.requests: list[object] = []
@@ -81,11 +155,54 @@ class _Stream(asyncio.Protocol):
         self.transport = transport
         address = transport.get_extra_info("peername")
         self.peer = Destination(self.name, address[0], address[1])
+        if self.inbound:
+            if not self.service._admit(self):
+                transport.close()  # a FIN once nothing is buffered: a clean close
+                return
+            self.admitted = True
+            if self.server_ssl is not None:
+                transport.pause_reading()  # the ClientHello is start_tls's to read
+                self.handshaking = True
+                self.service._spawn(self._handshake(transport, self.server_ssl))
+                return
         self.certificate = transport.get_extra_info("peercert")
         self.service._connections[self.peer] = self
 
+    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        service = self.service
+        try:
+            tls = await service.loop.start_tls(
+                raw, self, context, server_side=True,
+                ssl_handshake_timeout=service.limits.handshake_timeout)
+        except (OSError, ssl.SSLError, TimeoutError) as error:
+            service.handshakes_failed += 1
+            service._refusal_log.log(log, logging.INFO, service.now(),
+                                     "TLS handshake with %s failed: %s", self.peer,
+                                     error or type(error).__name__)
+            raw.abort()
+            self._forget()  # asyncio tells no connection_lost for a failed handshake
+            return
+        if tls is None or service.closed:
+            raw.abort()
+            self._forget()
+            return
+        assert isinstance(tls, asyncio.Transport) and self.peer is not None
+        self.transport = tls
+        self.handshaking = False
+        self.last_activity = service.now()
+        self.certificate = tls.get_extra_info("peercert")
+        service._connections[self.peer] = self
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.data_received(early)
+
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
+        if self.handshaking:
+            self._early += data  # decrypted, but start_tls has not returned yet
+            return
+        now = self.service.now()
+        self.last_activity = now
         pings = self.framer.pings
         try:
             messages = self.framer.feed(data)
@@ -101,16 +218,37 @@ class _Stream(asyncio.Protocol):
             return
         if self.framer.pings > pings:
             self.transport.write(b"\r\n" * (self.framer.pings - pings))  # RFC 5626 pong
+        if not self.framer.partial:
+            self.message_started = None
+        elif messages or self.message_started is None:
+            self.message_started = now  # a new message began in this read
         for message in messages:
             self.service._receive(message, self.peer)
 
     def send(self, item: Transmit) -> None:
         assert self.transport is not None
+        self.last_activity = self.service.now()
         self.transport.write(item.data)
         if isinstance(item.message, Request):
             self.requests = [*self.requests[-(MAX_TRACKED - 1):], item.message]
 
+    def expired(self, now: float) -> str | None:
+        """Why this incoming connection must close now, if it must."""
+        limits = self.service.limits
+        if self.message_started is not None \
+                and now - self.message_started >= limits.message_timeout:
+            return f"a message unfinished after {limits.message_timeout:g} s"
+        if now - self.last_activity >= limits.idle_timeout:
+            return f"idle for {limits.idle_timeout:g} s"
+        return None
+
+    def _forget(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.service._release(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
         connections = self.service._connections
         for key in [k for k, v in connections.items() if v is self]:
             del connections[key]
@@ -146,8 +284,12 @@ class SipService:
         resolver: Resolver | None = None,
         on_event: Callable[[object], None] | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        limits: StreamLimits | None = None,
+        udp_receive_buffer: int = UDP_RECEIVE_BUFFER,
     ) -> None:
         self.endpoint = endpoint
+        self.limits = fit_to_descriptors(limits or StreamLimits())
+        self.udp_receive_buffer = udp_receive_buffer
         self.resolver = resolver or Resolver()
         self.on_event = on_event or (lambda event: None)
         self.client_ssl = client_ssl
@@ -162,8 +304,15 @@ class SipService:
         self._tasks: set[asyncio.Task] = set()
         self._wildcards: set[str] = set()  # transports listening on 0.0.0.0 or ::
         self._routes: dict[str, tuple[str | None, float]] = {}  # peer -> (our address, until)
+        self._inbound: set[_Stream] = set()  # admitted incoming connections
+        self._per_source: dict[str, int] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._refusal_log = LogLimit()
         self.send_errors = 0
         self.cut_off = 0
+        self.refused = 0  # incoming connections refused at a cap
+        self.timed_out = 0  # incoming connections closed idle or slow
+        self.handshakes_failed = 0
         self.closed = False
 
     def now(self) -> float:
@@ -186,15 +335,19 @@ class SipService:
             udp, _ = await self.loop.create_datagram_endpoint(
                 lambda: _Datagram(self), local_addr=(host, port), family=family)
             self._udp[family] = udp
+            self._size_receive_buffer(udp.get_extra_info("socket"))
             bound = udp.get_extra_info("sockname")
         elif transport in STREAM_TRANSPORTS:
             if transport == "TLS" and ssl_context is None:
                 raise ValueError("TLS needs a server ssl_context")
+            # TLS is started per connection (see _Stream), after admission.
+            context = ssl_context if transport == "TLS" else None
             server = await self.loop.create_server(
-                lambda: _Stream(self, transport), host, port,
-                ssl=ssl_context if transport == "TLS" else None)
+                lambda: _Stream(self, transport, inbound=True, server_ssl=context), host, port)
             self._servers.append(server)
             bound = server.sockets[0].getsockname()
+            if self._sweeper is None:
+                self._sweeper = self.loop.create_task(self._sweep())
         else:
             raise ValueError(f"transport {transport} not supported")
         self.endpoint.local.setdefault(transport, (advertise or bound[0], bound[1]))
@@ -202,6 +355,71 @@ class SipService:
             self._wildcards.add(transport)
             self.endpoint.local_for = self.local_host
         return bound[0], bound[1]
+
+    def _size_receive_buffer(self, sock: socket.socket | None) -> None:
+        """Ask for ``udp_receive_buffer`` octets; the kernel caps the request
+        at net.core.rmem_max (then only root's SO_RCVBUFFORCE gets more)."""
+        if sock is None or self.udp_receive_buffer <= 0:
+            return
+        for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, self.udp_receive_buffer)
+                return
+            except OSError:
+                continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN
+
+    # -- incoming connections under the caps -------------------------------------------------
+
+    @property
+    def inbound_connections(self) -> int:
+        return len(self._inbound)
+
+    def _admit(self, stream: _Stream) -> bool:
+        assert stream.peer is not None
+        host = _host_key(stream.peer.host)
+        limits = self.limits
+        if self.closed:
+            return False
+        if len(self._inbound) >= limits.max_connections:
+            why = f"{limits.max_connections} connections held in all"
+        elif self._per_source.get(host, 0) >= limits.max_per_source:
+            why = f"{limits.max_per_source} connections held from {host}"
+        else:
+            self._inbound.add(stream)
+            self._per_source[host] = self._per_source.get(host, 0) + 1
+            return True
+        self.refused += 1
+        self._refusal_log.log(log, logging.WARNING, self.now(),
+                              "refused a %s connection from %s: %s", stream.name, stream.peer, why)
+        return False
+
+    def _release(self, stream: _Stream) -> None:
+        assert stream.peer is not None
+        self._inbound.discard(stream)
+        host = _host_key(stream.peer.host)
+        left = self._per_source.get(host, 1) - 1
+        if left > 0:
+            self._per_source[host] = left
+        else:
+            self._per_source.pop(host, None)
+
+    async def _sweep(self) -> None:
+        """Close incoming connections that are idle or slow to finish a message."""
+        limits = self.limits
+        period = max(0.05, min(limits.idle_timeout, limits.message_timeout) / 10)
+        while not self.closed:
+            await asyncio.sleep(period)
+            now = self.now()
+            for stream in list(self._inbound):
+                why = stream.expired(now)
+                if why is None or stream.transport is None:
+                    continue
+                self.timed_out += 1
+                self._refusal_log.log(log, logging.INFO, now, "closing %s: %s", stream.peer, why)
+                stream.transport.close()
+                stream._forget()  # its descriptor is freed as it closes
 
     def local_host(self, transport: str, peer: str) -> str | None:
         """Our address as ``peer`` should know it on a wildcard listener of
@@ -223,13 +441,15 @@ class SipService:
         self.closed = True  # connections lost from here on are ours to drop
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in list(self._tasks):
             task.cancel()
         for udp in self._udp.values():
             udp.close()
         for server in self._servers:
             server.close()
-        for stream in list(self._connections.values()):
+        for stream in {*self._connections.values(), *self._inbound}:
             if stream.transport is not None:
                 stream.transport.close()
         for server in self._servers:

@@ -593,6 +593,12 @@ class StreamFramer:
         """Octets received but not yet returned as a message."""
         return len(self._buffer)
 
+    @property
+    def partial(self) -> bool:
+        """Whether a message has begun and not yet ended (octets other than
+        the CR and LF allowed between messages are buffered)."""
+        return bool(self._buffer.strip(b"\r\n"))
+
     def feed(self, data: bytes) -> list[bytes]:
         if self._error is not None:
             raise self._error
