@@ -307,9 +307,32 @@ class NotifierConfig:
     #: CA (PEM) that signs the proxies' client certificates; a proxy with a
     #: certificate verified against it may subscribe over TLS. "" = none.
     tls_client_ca: str = _opt("", text(None, "a file path"))
+    #: Digest algorithms offered, strongest first (spec 4.6.2: SHA-256 is a
+    #: MUST; MD5 only for peers, such as SIPp, that have nothing else).
+    digest_algorithms: tuple[str, ...] = _opt(("SHA-256", "MD5"), names(("SHA-256", "MD5"), "digest algorithms"))
+    #: Wrong digest credentials from one source address within
+    #: auth_failure_window seconds before that source gets 403 for
+    #: auth_lockout seconds (spec 4.6.2); 0 = never.
+    auth_failure_limit: int = _opt(5, integer(0, 1_000_000))
+    auth_failure_window: float = _opt(600.0, number(1.0, 86_400.0))
+    auth_lockout: float = _opt(60.0, number(1.0, 86_400.0))
     #: Caps (spec 4.6.2): beyond them a new subscription gets 503 + Retry-After.
     max_subscriptions: int = _opt(256, integer(1, 100_000))
     max_per_source: int = _opt(16, integer(1, 100_000))
+    #: TCP and TLS connections proxies open to the agent, held at once in all
+    #: and per source address; one beyond is closed at once. The unit's
+    #: LimitNOFILE= leaves room for them (the cap is lowered to fit the limit).
+    max_connections: int = _opt(512, integer(1, 1_000_000))
+    max_connections_per_source: int = _opt(32, integer(1, 1_000_000))
+    #: Seconds before a TCP/TLS connection with no traffic either way is closed.
+    idle_timeout: float = _opt(120.0, number(1.0, 86_400.0))
+    #: Seconds a SIP message may take to arrive whole over TCP/TLS.
+    message_timeout: float = _opt(10.0, number(0.1, 3600.0))
+    #: Seconds a TLS client has to complete its handshake.
+    tls_handshake_timeout: float = _opt(10.0, number(0.1, 3600.0))
+    #: Receive buffer asked for each UDP socket, octets (the kernel caps it
+    #: at net.core.rmem_max unless the agent runs as root); 0 = the kernel's default.
+    udp_receive_buffer: int = _opt(4 * 1024 * 1024, integer(0, 1 << 30))
     #: NOTIFYs per second per subscription at most (spec 8: default 2, absolute 10).
     max_rate: float = _opt(2.0, number(0.0, 10.0, lo_open=True))
     #: Seconds between NOTIFYs without a change at most; 0 = validity / 3.
@@ -430,6 +453,10 @@ def _check_relations(config: Config) -> None:
         if 1 / rate > third * (1 + 1e-9):
             raise ConfigError(key, f"must be at least 3 / agent.validity ({3 / config.agent.validity:g}/s) "
                                    f"for a heartbeat every validity / 3 s, got {rate:g}")
+    if "SHA-256" not in n.digest_algorithms:
+        raise ConfigError("notifier.digest_algorithms", f"must offer SHA-256 (spec 4.6.2), got {_show(list(n.digest_algorithms))}")
+    if n.max_connections_per_source > n.max_connections:
+        raise ConfigError("notifier.max_connections_per_source", f"must be at most max_connections ({n.max_connections}), got {n.max_connections_per_source}")
     tls = [a for a in n.listen if a.lower().startswith("tls:")]
     if tls and not (n.tls_certificate and n.tls_key):
         raise ConfigError("notifier.tls_certificate", f"a TLS listener ({tls[0]}) needs tls_certificate and tls_key")

@@ -43,8 +43,8 @@ from collections.abc import Callable
 
 from sipstatus import codec
 from sipstatus.net.endpoint import Endpoint
-from sipstatus.net.service import SipService, route_source
-from sipstatus.sip.digest import DigestClient, DigestServer
+from sipstatus.net.service import SipService, StreamLimits, route_source
+from sipstatus.sip.digest import DigestClient, DigestServer, FailedAttempts, WrongCredentials
 from sipstatus.sip.errors import SipError
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.subscription import (
@@ -120,6 +120,7 @@ class AgentService:
         self._trust: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._users: dict[str, str] = {}
         self._digest: DigestServer | None = None
+        self._failures = FailedAttempts()
         self._apply_notifier_auth(config)
 
     # -- bodies -----------------------------------------------------------------------
@@ -205,7 +206,11 @@ class AgentService:
         ]
         users = [self.notifier, *self.publishers]
         self.endpoint = Endpoint(users, allow_events=[PACKAGE])
-        self.sip = SipService(self.endpoint, on_event=self._on_sip_event)
+        n = cfg.notifier
+        self.sip = SipService(self.endpoint, on_event=self._on_sip_event, limits=StreamLimits(
+            max_connections=n.max_connections, max_per_source=n.max_connections_per_source,
+            idle_timeout=n.idle_timeout, message_timeout=n.message_timeout,
+            handshake_timeout=n.tls_handshake_timeout), udp_receive_buffer=n.udp_receive_buffer)
         listens = [agent_config.parse_listen(a) for a in cfg.notifier.listen]
         if not listens and self.publishers:
             # Publishing only: a socket to send from and hear answers on.
@@ -374,9 +379,12 @@ class AgentService:
         n = cfg.notifier
         self._trust = [ipaddress.ip_network(net, strict=False) for net in n.trust]
         self._users = dict(n.users)
+        self._failures = FailedAttempts(n.auth_failure_limit, n.auth_failure_window, n.auth_lockout)
         if self._users:
-            if self._digest is None or self._digest.realm != (n.realm or cfg.node):
-                self._digest = DigestServer(n.realm or cfg.node, os.urandom(32))
+            if self._digest is None or self._digest.realm != (n.realm or cfg.node) \
+                    or self._digest.algorithms != list(n.digest_algorithms):
+                self._digest = DigestServer(n.realm or cfg.node, os.urandom(32),
+                                            algorithms=n.digest_algorithms)
         else:
             self._digest = None
 
@@ -384,10 +392,18 @@ class AgentService:
         if _trusted(source, self._trust) or self._certified(source):
             return None
         if self._digest is not None:
+            host = source.host.lower()
+            if self._failures.blocked(host, now):
+                # Spec 4.6.2: 403 rather than a new challenge after repeated failures.
+                return SipError(403, "Forbidden (too many failed authentications, retry later)")
             try:
                 self._digest.verify(request, now, self._users.get)  # type: ignore[arg-type]
+            except WrongCredentials as refusal:
+                self._failures.failed(host, now)
+                return refusal
             except SipError as refusal:
                 return refusal
+            self._failures.succeeded(host)
             return None
         return SipError(403, "Forbidden (source not trusted)")
 

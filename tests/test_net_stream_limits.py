@@ -280,3 +280,39 @@ def test_tls_still_answers_under_the_caps(pki):  # noqa: F811
             await svc.close()
 
     asyncio.run(run())
+
+
+# -- UDP -----------------------------------------------------------------------------------------
+
+
+def _udp_buffer(svc: SipService) -> int:
+    (udp,) = svc._udp.values()
+    return udp.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def test_a_udp_socket_gets_a_receive_buffer_larger_than_the_kernels_default():
+    default = int(open("/proc/sys/net/core/rmem_default").read())
+
+    async def run():
+        svc = SipService(Endpoint([]), udp_receive_buffer=4 * 1024 * 1024)
+        await svc.listen("UDP", "127.0.0.1", 0)
+        try:
+            return _udp_buffer(svc)
+        finally:
+            await svc.close()
+
+    assert asyncio.run(run()) > default
+
+
+def test_a_udp_receive_buffer_of_zero_keeps_the_kernels_default():
+    default = int(open("/proc/sys/net/core/rmem_default").read())
+
+    async def run():
+        svc = SipService(Endpoint([]), udp_receive_buffer=0)
+        await svc.listen("UDP", "127.0.0.1", 0)
+        try:
+            return _udp_buffer(svc)
+        finally:
+            await svc.close()
+
+    assert asyncio.run(run()) == default

@@ -44,6 +44,13 @@ NONCE_LIFETIME = 300.0
 NONCE_TRACKING_LIMIT = 4096
 # Nonces whose counts the client remembers (one per realm in practice).
 CLIENT_NONCE_LIMIT = 64
+# Failed attempts (a wrong password or an unknown user) from one source
+# before it is refused outright for a while (spec 4.6.2 allows 403 then):
+# fail2ban's default is 5 in 10 minutes; Asterisk has no such limit.
+FAILURE_LIMIT = 5
+FAILURE_WINDOW = 600.0
+FAILURE_LOCKOUT = 60.0
+FAILURE_SOURCES_TRACKED = 4096
 
 
 def _hash(algorithm: str) -> Callable[[bytes], str]:
@@ -261,6 +268,53 @@ def _drop_top_branch(request: Request) -> None:
 # -- server ----------------------------------------------------------------------
 
 
+class WrongCredentials(SipError):
+    """Credentials for our realm and nonce whose digest is wrong, or of an
+    unknown user: what a password guesser gets (401/407 with a challenge)."""
+
+
+class FailedAttempts:
+    """Throttles password guessing per source (sans-I/O: the caller gives the time).
+
+    After ``limit`` wrong credentials from one source within ``window``
+    seconds, :meth:`blocked` says so for ``lockout`` seconds; a success
+    forgets that source's failures.  At most ``max_sources`` sources are
+    remembered (the oldest forgotten first), so a flood of sources costs
+    bounded memory.  ``limit`` 0 turns it off.
+    """
+
+    def __init__(self, limit: int = FAILURE_LIMIT, window: float = FAILURE_WINDOW,
+                 lockout: float = FAILURE_LOCKOUT,
+                 max_sources: int = FAILURE_SOURCES_TRACKED) -> None:
+        self.limit = limit
+        self.window = window
+        self.lockout = lockout
+        self.max_sources = max_sources
+        # source -> (failures, first failure of the window, blocked until)
+        self._sources: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+
+    def blocked(self, source: str, now: float) -> bool:
+        entry = self._sources.get(source)
+        return entry is not None and now < entry[2]
+
+    def failed(self, source: str, now: float) -> None:
+        if self.limit <= 0:
+            return
+        count, since, until = self._sources.get(source, (0, now, -float("inf")))
+        if now - since > self.window:
+            count, since = 0, now
+        count += 1
+        if count >= self.limit:
+            until, count, since = now + self.lockout, 0, now
+        self._sources[source] = (count, since, until)
+        self._sources.move_to_end(source)
+        while len(self._sources) > self.max_sources:
+            self._sources.popitem(last=False)
+
+    def succeeded(self, source: str) -> None:
+        self._sources.pop(source, None)
+
+
 class DigestServer:
     """Challenges and verifies requests for one realm, keeping no per-challenge state.
 
@@ -339,6 +393,9 @@ class DigestServer:
     def _refuse(self, why: str, now: float, *, stale: bool = False) -> SipError:
         return SipError(self.status, why, self.challenge(now, stale=stale))
 
+    def _wrong(self, now: float) -> WrongCredentials:
+        return WrongCredentials(self.status, "unknown user or wrong password", self.challenge(now))
+
     def verify(self, request: Request, now: float,
                password_for: Callable[[str], str | None]) -> str:
         """The authenticated username, or SipError (401/407 with a challenge, or 400)."""
@@ -372,14 +429,14 @@ class DigestServer:
             raise self._refuse("nonce not issued here", now)
         password = password_for(params["username"])
         if password is None:
-            raise self._refuse("unknown user or wrong password", now)
+            raise self._wrong(now)
         expected = digest_response(
             algorithm=algorithm, username=params["username"], realm=self.realm,
             password=password, method=request.method, uri=params["uri"], nonce=nonce,
             nc=nc_text, cnonce=params["cnonce"], qop=qop,
         )
         if not hmac.compare_digest(_text(expected), _text(params["response"].lower())):
-            raise self._refuse("unknown user or wrong password", now)
+            raise self._wrong(now)
         # The digest is right: from here on a refusal says stale=true, so the
         # client retries with a fresh nonce without asking its user.
         if not issued <= now < issued + self.nonce_lifetime:
