@@ -262,3 +262,33 @@ def test_the_first_line_after_a_quiet_window_counts_what_was_left_out(caplog):
         ep.receive(bad, SOURCES[0], ep.bad_message_log.window + 1)
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("sipstatus")]
     assert f"{50 - ep.bad_message_log.burst} more such lines left out" in messages[-2]
+
+
+def test_a_second_final_answer_to_one_request_is_one_log_line_not_a_traceback(caplog):
+    # transaction.py refuses it (ValueError); the endpoint must not let that
+    # become a traceback per message.
+    from sipstatus.sip.message import make_response
+    from sipstatus.sip.subscription import SendResponse
+
+    class AnswersTwice:
+        def handle_request(self, request, source, now):
+            return [SendResponse(make_response(request, 200)), SendResponse(make_response(request, 500))]
+
+        def handle_response(self, response, request, now):
+            return []
+
+        def next_timer(self):
+            return None
+
+        def handle_timer(self, now):
+            return []
+
+    ep = Endpoint([AnswersTwice()])
+    data = (b"NOTIFY sip:w@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKtwice\r\n"
+            + NOTIFY_HEAD + b"Event: load-status\r\nSubscription-State: active\r\n\r\n")
+    with caplog.at_level(logging.DEBUG, logger="sipstatus"):
+        out = ep.receive(data, SOURCES[0], 0.0)
+    assert [t.data.split(b"\r\n", 1)[0] for t in out] == [b"SIP/2.0 200 OK"]
+    assert ep.internal_errors == 1
+    (record,) = [r for r in caplog.records if r.name.startswith("sipstatus")]
+    assert record.exc_info is None and "ValueError: a final response was already sent" in record.getMessage()

@@ -209,9 +209,10 @@ class Endpoint:
                     out.extend(self._transmits(self.transactions.send_response(item.response, now)))
                 else:
                     out.append(item)  # an event for the application
-            except Exception:  # noqa: BLE001
-                log.exception("could not send %r", item)
+            except Exception as error:  # noqa: BLE001
                 self.internal_errors += 1
+                self.bad_message_log.log(log, logging.ERROR, now, "could not send a %s: %s",
+                                         type(item).__name__, describe_failure(error))
         return out
 
     def targets_resolved(self, token: int, targets: Sequence[Destination],
@@ -293,9 +294,10 @@ class Endpoint:
             request.prepend_header("Via", self._via(destination))
         try:
             events = self.transactions.send_request(request, destination, now)
-        except ValueError:
-            log.exception("could not start a transaction for %s", request.method)
+        except ValueError as error:
             self.internal_errors += 1
+            self.bad_message_log.log(log, logging.ERROR, now, "could not start a transaction for %s: %s",
+                                     request.method, describe_failure(error))
             return
         self._clients[client_key(request)] = client
         out.extend(self._transaction_events(events, now))
@@ -358,9 +360,10 @@ class Endpoint:
                 now: float) -> list[object]:
         try:
             outputs = user.handle_response(response, request, now)
-        except Exception:  # noqa: BLE001
-            log.exception("%r failed on a %d", user, response.status)
+        except Exception as error:  # noqa: BLE001
             self.internal_errors += 1
+            self.bad_message_log.log(log, logging.ERROR, now, "%r failed on a %d: %s", user,
+                                     response.status, describe_failure(error))
             return []
         return self.submit(user, outputs, now)
 
