@@ -208,7 +208,8 @@ class _Stream(asyncio.Protocol):
             messages = self.framer.feed(data)
         except SipError as error:
             self.service.cut_off += 1
-            log.warning("closing %s: %s", self.peer, error.reason)
+            self.service._refusal_log.log(log, logging.WARNING, now, "closing %s: %s",
+                                          self.peer, error.reason)
             # The framer keeps what it could not frame; its head may still
             # address an answer (a 413 for a huge Content-Length).
             reply = salvage_error_response(bytes(self.framer._buffer[:MAX_HEADER_BYTES]), error)
