@@ -367,9 +367,14 @@ class SipService:
                 continue
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, self.udp_receive_buffer)
-                return
+                break
             except OSError:
                 continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN
+        # Linux reports twice what it grants (the other half is its bookkeeping).
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if granted < self.udp_receive_buffer:
+            log.warning("UDP receive buffer: %d bytes granted of %d asked "
+                        "(raise net.core.rmem_max for the rest)", granted, self.udp_receive_buffer)
 
     # -- incoming connections under the caps -------------------------------------------------
 
