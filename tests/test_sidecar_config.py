@@ -121,7 +121,7 @@ def test_flags_add_agents_and_override_the_file():
 
 
 @pytest.mark.parametrize("flags, message", [
-    ({"agents": ["ast1"]}, "--agent: agent 'ast1': expected NODE=SIP-URI"),
+    ({"agents": ["ast1"]}, "--agent: agent 'ast1': expected SIP-URI or NODE=SIP-URI"),
     ({"agents": ["ast1=sip:192.0.2.1", "ast1=sip:192.0.2.2"]}, "--agent: node 'ast1' is given twice"),
     ({"listen": ["udp:127.0.0.1"]}, "--listen: listen address 'udp:127.0.0.1': expected udp:HOST:PORT"),
     ({"kamailio_rpc": "/run/kamailio.sock"}, "--kamailio-rpc: expected unix:PATH or fifo:PATH"),
