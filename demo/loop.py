@@ -227,6 +227,8 @@ def screen(recording: Recording, watcher: Watcher, weights: dict[str, int], phas
         f"sipstatus demo   {time.strftime('%H:%M:%S')}   +{now - start:.0f} s   "
         f"phase {index}/4: {title} ({left:.0f} s left)",
         f"  {what}",
+        "  real: the agents, the sidecar, Kamailio (its sidecar example), SIPp calls and nodes",
+        "  recorded: what each agent reads from Asterisk (AMI transcripts replayed by tests/fakeami.py)",
         "",
         watchview.render_table(watcher.rows(), policy=watcher.policy.name),
         "",
@@ -277,7 +279,7 @@ async def run(phase_seconds: float, plot_path: Path, json_path: Path | None, liv
         total = phase_seconds * len(phases)
         caller = Caller(pool.kam.port, int(RATE * (total + 30)), workdir, rate=RATE,  # type: ignore[union-attr]
                         timeout=total + 60).start()
-        start = time.time()
+        start = recording.start = time.time()
         out.write(f"calls: a SIPp caller at {RATE:g} calls/s through Kamailio\n")
         out.flush()
         for index, (name, title, what) in enumerate(phases, 1):
@@ -343,6 +345,7 @@ async def _act(name: str, pool: Pool, recording: Recording, out: TextIO, hogs: i
         pool.start_hog(hogs)
         _event(recording, f"hog: {hogs} busy process(es) started", out, live)
     elif name == "drain":
+        recording.drain_started = time.time()
         await asyncio.to_thread(pool.agents[DRAINED].ctl, "drain")
         recording.drain_at = time.time()
         _event(recording, f"`sipstatus-agent drain` on {DRAINED}", out, live)

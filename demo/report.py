@@ -56,8 +56,11 @@ class Recording:
     phases: list[Phase] = field(default_factory=list)
     #: (time, text) of what the script did.
     events: list[tuple[float, str]] = field(default_factory=list)
+    #: When the calls began (times in the summary are counted from it).
+    start: float = 0.0
     drained: str = ""
-    drain_at: float | None = None  # `sipstatus-agent drain` returned (the agent drains on the request)
+    drain_started: float | None = None  # `sipstatus-agent drain` was run
+    drain_at: float | None = None  # it returned (the agent drains on the request, before)
     killed: str = ""
     kill_at: float | None = None
     validity: int = 0
@@ -198,8 +201,15 @@ def kill_result(recording: Recording) -> KillResult:
 # -- the summary --------------------------------------------------------------------------------
 
 
-def _secs(value: float | None) -> str:
-    return "never" if value is None else f"{value:+.2f} s"
+def _at(recording: Recording, offset: float | None, base: float | None) -> str:
+    """`offset` seconds after `base`, as a time since the calls began."""
+    if offset is None or base is None:
+        return "never"
+    return f"+{base + offset - recording.start:.2f} s"
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" + ("" if n == 1 else "s")
 
 
 def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResult, kill: KillResult,
@@ -207,7 +217,9 @@ def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResu
     """The one-screen summary."""
     total = sum(len(v) for v in recording.calls.values())
     lines = [f"sipstatus demo: summary — {total} calls reached the nodes"
-             + (f", {recording.failed} refused (503: no node took calls)" if recording.failed else ""),
+             + (f", {_calls(recording.failed)} got no answer from a node (Kamailio answers 503 while "
+                "no node takes calls)" if recording.failed else ""),
+             "times are counted from the first call",
              "",
              f"calls per node against the weights Kamailio held at each call (tolerance {SIGMAS:g} sigma + 1 call):",
              f"  {'phase':<10} {'node':<6} {'calls':>6} {'expected':>9} {'':>9}  {'share':>6} {'of weight':>9}"]
@@ -219,14 +231,18 @@ def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResu
                          f"{'± ' + format(n.bound, '.1f'):>9}  {100 * n.calls / counted:>5.1f}% "
                          f"{100 * n.expected / counted:>8.1f}%  {mark}")
         if ps.left_out:
-            lines.append(f"  {'':<10} ({ps.left_out} calls left out: made while Kamailio's weights changed)")
+            lines.append(f"  {'':<10} ({_calls(ps.left_out)} left out: made while Kamailio's weights changed)")
     lines += [
         "",
-        f"drain  {drain.node}: weight 0 in Kamailio {_secs(drain.seen_after)} from `sipstatus-agent drain` "
-        f"returning; its last call {_secs(drain.last_call_after)}; calls after the proxy had it: {drain.late}"
-        f"  {'ok' if drain.ok else 'FAILED'}",
-        f"kill   {kill.node}: agent SIGKILLed; weight 0 in Kamailio {_secs(kill.out_after)} later "
-        f"(validity {kill.validity} s); its last call {_secs(kill.last_call_after)}; "
+        f"drain  {drain.node}: `sipstatus-agent drain` ran from {_at(recording, 0, recording.drain_started)} "
+        f"to {_at(recording, 0, recording.drain_at)}; weight 0 in Kamailio at "
+        f"{_at(recording, drain.seen_after, recording.drain_at)}; its last call "
+        f"{_at(recording, drain.last_call_after, recording.drain_at)}; calls after Kamailio had the drain: "
+        f"{drain.late}  {'ok' if drain.ok else 'FAILED'}",
+        f"kill   {kill.node}: agent SIGKILLed at {_at(recording, 0, recording.kill_at)}; weight 0 in Kamailio "
+        f"at {_at(recording, kill.out_after, recording.kill_at)}"
+        + ("" if kill.out_after is None else f", {kill.out_after:.2f} s later (validity {kill.validity} s)")
+        + f"; its last call {_at(recording, kill.last_call_after, recording.kill_at)}; "
         f"calls after it was out: {kill.late}  {'ok' if kill.ok else 'FAILED'}",
     ]
     if plot is not None:
