@@ -1,4 +1,5 @@
-"""The main job, on any machine: `./dev demo`.
+"""The one-agent demo, on any machine: `./dev demo --single` (`./dev demo`
+runs the whole loop: demo/loop.py).
 
 Starts a real `sipstatus-agent run` (default configuration, listening on a
 free loopback port), subscribes to it with the library's subscriber the way

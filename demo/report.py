@@ -165,9 +165,10 @@ class DrainResult:
 def drain_result(recording: Recording) -> DrainResult:
     node, at = recording.drained, recording.drain_at
     assert at is not None, "the drain did not happen"
-    # The agent drained when it got the request, a little before the command
-    # returned: look from a second earlier (weights only fall to 0 here).
-    seen = recording.weight_seen(node, 0, at - 1.0)
+    # The agent drained when it got the request, before the command returned:
+    # Kamailio may have had the drain since the command started, not before.
+    started = recording.drain_started if recording.drain_started is not None else at
+    seen = recording.weight_seen(node, 0, started)
     times = recording.calls.get(node, [])
     late = 0 if seen is None else sum(1 for t in times if t > seen + IN_FLIGHT)
     return DrainResult(node, None if seen is None else seen - at,

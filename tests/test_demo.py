@@ -137,7 +137,7 @@ def test_calls_while_the_weights_changed_between_two_readings_are_left_out():
 
 def test_the_drain_counts_calls_after_the_proxy_had_weight_0_allowing_for_one_in_flight():
     polls = [(9.0, {"a": 50}), (10.1, {"a": 0})]
-    rec = Recording(nodes=["a"], polls=polls, drained="a", drain_at=10.0,
+    rec = Recording(nodes=["a"], polls=polls, drained="a", drain_started=9.8, drain_at=10.0,
                     calls={"a": [9.5, 10.2, 10.3, 11.0]})
     result = report.drain_result(rec)
     assert result.seen_after == pytest.approx(0.1) and result.late == 1 and not result.ok
