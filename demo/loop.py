@@ -252,6 +252,12 @@ async def run(phase_seconds: float, plot_path: Path, json_path: Path | None, liv
     phases = script(phase_seconds, hogs)
     workdir = Path(tempfile.mkdtemp(prefix="sipstatus-demo-"))
     recording = Recording(nodes=list(NODES), validity=VALIDITY, rate=RATE, drained=DRAINED, killed=KILLED)
+    # Ctrl-C or SIGTERM: stop where we are and take every process down with us.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
     pool = Pool(workdir)
     keep = False
     watcher: Watcher | None = None
@@ -323,6 +329,10 @@ async def run(phase_seconds: float, plot_path: Path, json_path: Path | None, liv
         keep = True
         out.write(f"something did not hold: the processes' logs are in {workdir}\n")
         return 1
+    except asyncio.CancelledError:
+        keep = True
+        out.write(f"\nstopped; the processes' logs are in {workdir}\n")
+        return 130
     except BaseException:
         keep = True
         out.write(f"\nthe demo stopped; the processes' logs are in {workdir}\n")
