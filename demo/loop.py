@@ -1,4 +1,4 @@
-"""`./dev demo`: the whole loop on this machine, with real parts, in about a minute.
+"""`./dev demo`: the whole loop on this machine, with real parts, in a minute or so.
 
     3 sipstatus agents ──NOTIFY──> sipstatus sidecar ──JSON-RPC──> Kamailio ──INVITE──> 3 SIPp nodes
          ^ AMI                        (weights)                      ^ SIPp caller, 30 calls/s
@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -226,7 +227,7 @@ def screen(recording: Recording, watcher: Watcher, weights: dict[str, int], phas
     return "\n".join([
         f"sipstatus demo   {time.strftime('%H:%M:%S')}   +{now - start:.0f} s   "
         f"phase {index}/4: {title} ({left:.0f} s left)",
-        f"  {what}",
+        textwrap.fill(what, 100, initial_indent="  ", subsequent_indent="  "),
         "  real: the agents, the sidecar, Kamailio (its sidecar example), SIPp calls and nodes",
         "  recorded: what each agent reads from Asterisk (AMI transcripts replayed by tests/fakeami.py)",
         "",

@@ -218,9 +218,8 @@ def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResu
     """The one-screen summary."""
     total = sum(len(v) for v in recording.calls.values())
     lines = [f"sipstatus demo: summary — {total} calls reached the nodes"
-             + (f", {_calls(recording.failed)} got no answer from a node (Kamailio answers 503 while "
-                "no node takes calls)" if recording.failed else ""),
-             "times are counted from the first call",
+             + (f"; {_calls(recording.failed)} got no answer from a node\n  (Kamailio answers 503 while no "
+                "node takes calls)" if recording.failed else ""),
              "",
              f"calls per node against the weights Kamailio held at each call (tolerance {SIGMAS:g} sigma + 1 call):",
              f"  {'phase':<10} {'node':<6} {'calls':>6} {'expected':>9} {'':>9}  {'share':>6} {'of weight':>9}"]
@@ -235,15 +234,16 @@ def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResu
             lines.append(f"  {'':<10} ({_calls(ps.left_out)} left out: made while Kamailio's weights changed)")
     lines += [
         "",
+        "(times from the first call)",
         f"drain  {drain.node}: `sipstatus-agent drain` ran from {_at(recording, 0, recording.drain_started)} "
         f"to {_at(recording, 0, recording.drain_at)}; weight 0 in Kamailio at "
-        f"{_at(recording, drain.seen_after, recording.drain_at)}; its last call "
-        f"{_at(recording, drain.last_call_after, recording.drain_at)}; calls after Kamailio had the drain: "
-        f"{drain.late}  {'ok' if drain.ok else 'FAILED'}",
+        f"{_at(recording, drain.seen_after, recording.drain_at)}",
+        f"       its last call {_at(recording, drain.last_call_after, recording.drain_at)}; "
+        f"calls after Kamailio had the drain: {drain.late}  {'ok' if drain.ok else 'FAILED'}",
         f"kill   {kill.node}: agent SIGKILLed at {_at(recording, 0, recording.kill_at)}; weight 0 in Kamailio "
         f"at {_at(recording, kill.out_after, recording.kill_at)}"
-        + ("" if kill.out_after is None else f", {kill.out_after:.2f} s later (validity {kill.validity} s)")
-        + f"; its last call {_at(recording, kill.last_call_after, recording.kill_at)}; "
+        + ("" if kill.out_after is None else f", {kill.out_after:.2f} s later (validity {kill.validity} s)"),
+        f"       its last call {_at(recording, kill.last_call_after, recording.kill_at)}; "
         f"calls after it was out: {kill.late}  {'ok' if kill.ok else 'FAILED'}",
     ]
     if plot is not None:
