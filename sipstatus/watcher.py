@@ -531,9 +531,9 @@ class Watcher:
         self._link[key] = text
         if self._misnamed.get(key) != reported:
             self._misnamed[key] = reported
-            log.warning("%s: the agent at %s reports node %r; its reports are not used: %s "
-                        "(a name given to an agent guards against one agent reporting for another node)",
-                        key, sub.target, reported, text)
+            log.warning("%s (agent %s): %s. Its reports are not used until the names match: the name "
+                        "given to an agent guards against one agent's load counted as another node's",
+                        key, sub.target, text)
 
     # -- what is known ------------------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ def test_a_name_the_agent_does_not_report_is_explained_not_refused(tmp_path):
     assert node["node"] == "ast1" and node["state"] == "unknown"
     assert node["link"].startswith("the agent calls itself 'host-7', not 'ast1': name it host-7 here ")
     assert "agent.node = \"ast1\"" in node["link"]
-    assert "its reports are not used" in result.stderr and "400" not in result.stderr
+    assert "Its reports are not used until the names match" in result.stderr and "400" not in result.stderr
 
 
 def test_watch_without_agents_or_listen_names_what_is_missing():
