@@ -217,7 +217,8 @@ def summary(recording: Recording, splits: Sequence[PhaseSplit], drain: DrainResu
             plot: Path | None) -> str:
     """The one-screen summary."""
     total = sum(len(v) for v in recording.calls.values())
-    lines = [f"sipstatus demo: summary — {total} calls reached the nodes"
+    placed = "" if recording.placed is None else f"SIPp placed {recording.placed} calls; "
+    lines = [f"sipstatus demo: summary — {placed}{total} reached the nodes"
              + (f"; {_calls(recording.failed)} got no answer from a node\n  (Kamailio answers 503 while no "
                 "node takes calls)" if recording.failed else ""),
              "",

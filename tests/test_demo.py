@@ -4,7 +4,6 @@ too. The summary's arithmetic (demo/report.py) is checked on its own."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_single_demo_shows_notifies_a_drain_and_the_final_notify():
-    result = subprocess.run([sys.executable, "-m", "agent.demo", "--seconds", "3"], cwd=ROOT,
+    result = subprocess.run([str(ROOT / "dev"), "demo", "--single", "--seconds", "3"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
