@@ -145,7 +145,7 @@ async def _relay(stream: asyncio.StreamReader | None, out) -> None:  # noqa: ANN
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="./dev demo --single", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to watch (default 15)")
     args = parser.parse_args(argv)
     return asyncio.run(demo(args.seconds))

@@ -122,8 +122,7 @@ class Pool:
             self.uas[name] = SippNode(name, self.workdir, scenario=UAS, log=True)
             self.uas[name].start()
         say.write(f"  SIPp nodes   {', '.join(f'{n} udp:{u.port}' for n, u in self.uas.items())}\n")
-        self.kam = start_example(EXAMPLES / "sidecar" / "kamailio.cfg", self.workdir, list(self.uas.values()),
-                                 {"DS_PING_INTERVAL": 0})
+        self.kam = start_example(EXAMPLES / "sidecar" / "kamailio.cfg", self.workdir, list(self.uas.values()))
         say.write(f"  Kamailio     udp:127.0.0.1:{self.kam.port}, "
                   "packaging/examples/kamailio/sidecar/kamailio.cfg as shipped\n")
         for name, spec in NODES.items():
@@ -131,14 +130,22 @@ class Pool:
             self.agents[name] = Agent(name, self.workdir, ami_port=port, probe=self.uas[name].uri,
                                       max_calls=spec.max_calls, validity=VALIDITY,
                                       collectors=spec.collectors)
-        threads = [threading.Thread(target=a.start) for a in self.agents.values()]
+        errors: list[Exception] = []
+
+        def start(agent: Agent) -> None:
+            try:
+                agent.start()
+            except Exception as err:  # noqa: BLE001 - raised below, in this thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=start, args=(a,)) for a in self.agents.values()]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        if errors:
+            raise errors[0]
         for name, agent in self.agents.items():
-            if agent.proc is None or agent.proc.poll() is not None:
-                raise RuntimeError(f"agent {name} did not start:\n{agent.log_tail()}")
             say.write(f"  agent {name}   {agent.uri}, reads a fake Asterisk (recorded AMI): "
                       f"{NODES[name].what}\n")
         self.sidecar = Sidecar(self.kam, {n: a.uri for n, a in self.agents.items()}, self.workdir)
