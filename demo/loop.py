@@ -287,8 +287,9 @@ async def run(phase_seconds: float, plot_path: Path, json_path: Path | None, liv
         poller = Poller(pool.rpc(), recording)
         poller.start()
         if not await _until(lambda: len(poller.latest) == len(NODES), 30):
-            out.write(f"Kamailio never got a weight for every node: {poller.latest}\n"
-                      f"sidecar log:\n{pool.sidecar.log_tail() if pool.sidecar else ''}\n")
+            keep = True
+            out.write(f"Kamailio never got a weight for every node: {poller.latest}; the processes' "
+                      f"logs are in {workdir}\nsidecar log:\n{pool.sidecar.log_tail() if pool.sidecar else ''}\n")
             return 1
         total = phase_seconds * len(phases)
         caller = Caller(pool.kam.port, int(RATE * (total + 30)), workdir, rate=RATE,  # type: ignore[union-attr]
