@@ -22,6 +22,7 @@ import json
 import logging
 import ssl
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -31,7 +32,7 @@ from sipstatus.status import LoadStatus
 from . import __version__
 from .collectors.registry import build_collectors
 from .config import Config, ConfigError, listen_addresses, load, networks, sip_uris
-from .control import ControlError, default_socket_path, request
+from .control import ControlError, answer, default_socket_path
 from .sampler import Sampler
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -121,18 +122,51 @@ def apply_overrides(config: Config, *, listen: Sequence[str] | None = None, trus
 
 def control_command(command: str, path: str, as_json: bool, out: TextIO | None = None,
                     err: TextIO | None = None) -> int:
-    """`status`, `drain`, `undrain`: ask the running agent, print its status."""
+    """`status`, `drain`, `undrain`: ask the running agent, print its status
+    and the operator's drain flag (--json: the status body alone)."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        body = request(path, command)
+        reply = answer(path, command)
     except ControlError as exc:
         print(f"sipstatus-agent {command}: {exc}", file=err)
         return EXIT_FAILURE
+    body = reply["status"]
     if as_json:
         print(json.dumps(body, separators=(",", ":")), file=out)
-    else:
-        print(render(codec.from_wire(body)), file=out)
+        return EXIT_OK
+    status = codec.from_wire(body)
+    print(render(status), file=out)
+    drain = reply.get("drain")
+    if isinstance(drain, dict):
+        print(drain_line(status, drain), file=out)
     return EXIT_OK
+
+
+def drain_line(status: LoadStatus, drain: dict, now: float | None = None) -> str:
+    """The operator's drain flag as `status` shows it, whatever the state:
+    a node drained while down stays out when it recovers."""
+    if not drain.get("on"):
+        return "drain     off"
+    since = drain.get("since")
+    when = ""
+    if isinstance(since, int | float):
+        age = max(0.0, (time.time() if now is None else now) - since)
+        when = f" since {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(since))} ({_duration(age)} ago)"
+    if status.state.value == "down":  # rule 1 of agent/scoring.py comes before draining
+        effect = "the node is down now and stays out (draining) when it recovers, until `sipstatus-agent undrain`"
+    else:
+        effect = "no new calls until `sipstatus-agent undrain`"
+    return f"drain     on{when}: {effect}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def check_config(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:

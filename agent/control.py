@@ -4,11 +4,15 @@ A UNIX stream socket (mode 0660, in the agent's runtime directory) that
 speaks one JSON object per line each way:
 
     -> {"command": "drain"}
-    <- {"ok": true, "status": {...the current load-status body...}}
+    <- {"ok": true, "status": {...the current load-status body...},
+        "drain": {"on": true, "since": 1795440683.25}}
     <- {"ok": false, "error": "unknown command 'foo' (expected status, drain, undrain)"}
 
-`sipstatus-agent status|drain|undrain` are its clients, so an operator or a
-deploy script can read the node's status or take it out of rotation.
+`drain` is the operator's flag, whatever the state (a node that is `down`
+with the flag on stays out when it recovers); `since` is when it was set
+(Unix time), null when off. `sipstatus-agent status|drain|undrain` are its
+clients, so an operator or a deploy script can read the node's status or take
+it out of rotation.
 
 Where it is (:func:`default_socket_path`, the same for the agent and its
 clients): under the packaged unit, /run/sipstatus-agent/control
@@ -47,6 +51,8 @@ MAX_REQUEST_OCTETS = 4096
 COMMANDS = ("status", "drain", "undrain")
 
 Handler = Callable[[str], Awaitable[dict[str, Any]]]
+#: Members added to every successful answer (the operator's drain flag).
+Details = Callable[[], dict[str, Any]]
 
 
 def default_socket_path(environ: dict[str, str] | None = None) -> str:
@@ -113,11 +119,13 @@ class ControlError(Exception):
 
 class ControlServer:
     """Serves the control socket; `handler(command)` returns the status body
-    (as a JSON object) after carrying the command out."""
+    (as a JSON object) after carrying the command out; `details()` gives
+    further members of the answer."""
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, details: Details | None = None) -> None:
         self.path = path
         self._handler = handler
+        self._details = details
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -165,7 +173,8 @@ class ControlServer:
         if command not in COMMANDS:
             return {"ok": False, "error": f"unknown command {command!r} (expected {', '.join(COMMANDS)})"}
         try:
-            return {"ok": True, "status": await self._handler(command)}
+            reply = {"ok": True, "status": await self._handler(command)}
+            return reply | (self._details() if self._details is not None else {})
         except Exception as err:  # noqa: BLE001 - reported to the client, the agent goes on
             return {"ok": False, "error": f"{command} failed: {err}"}
 
@@ -184,6 +193,14 @@ def request(path: str, command: str, timeout: float = 5.0,
     back. The peer must run as one of ``trusted`` (default:
     :func:`trusted_uids`), checked before anything is sent. Raises
     ControlError with a reason an operator can act on."""
+    return answer(path, command, timeout, trusted)["status"]
+
+
+def answer(path: str, command: str, timeout: float = 5.0,
+           trusted: set[int] | None = None) -> dict[str, Any]:
+    """Send `command` to the agent at `path`; its whole answer (`status`,
+    and `drain` from agents that report it). The peer must run as one of
+    ``trusted`` (default: :func:`trusted_uids`). Raises ControlError."""
     trusted = trusted_uids() if trusted is None else trusted
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -218,7 +235,7 @@ def request(path: str, command: str, timeout: float = 5.0,
         raise ControlError(f"{path}: the agent's answer is not JSON: {data[:80]!r}") from None
     if not reply.get("ok"):
         raise ControlError(f"agent refused {command}: {reply.get('error', 'no reason given')}")
-    return reply["status"]
+    return reply
 
 
 def _is_live_socket(path: str) -> bool:

@@ -1,4 +1,5 @@
-"""The main job, on any machine: `./dev demo`.
+"""The one-agent demo, on any machine: `./dev demo --single` (`./dev demo`
+runs the whole loop: demo/loop.py).
 
 Starts a real `sipstatus-agent run` (default configuration, listening on a
 free loopback port), subscribes to it with the library's subscriber the way
@@ -144,7 +145,7 @@ async def _relay(stream: asyncio.StreamReader | None, out) -> None:  # noqa: ANN
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="./dev demo --single", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to watch (default 15)")
     args = parser.parse_args(argv)
     return asyncio.run(demo(args.seconds))

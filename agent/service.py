@@ -104,6 +104,7 @@ class AgentService:
         self.control_path = control_path
         self.instance = new_instance()
         self.draining = False
+        self.draining_since: float | None = None  # Unix time the operator drained
         self.status: LoadStatus | None = None  # the latest scored status
         self._announced: LoadStatus | None = None  # the last significant one
         self._seq = 0
@@ -168,7 +169,8 @@ class AgentService:
         self.sampler = Sampler(cfg, build_collectors(cfg, on_change=self._on_change), instance=self.instance)
         try:
             await self._start_sip()
-            self.control = ControlServer(self.control_path, self._control) if self.control_path else None
+            self.control = ControlServer(self.control_path, self._control, self._drain_flag) \
+                if self.control_path else None
             if self.control is not None:
                 await self.control.start()
             await self.sampler.start()
@@ -286,6 +288,7 @@ class AgentService:
         assert self.sampler is not None
         if draining != self.draining:
             log.info("%s by the operator", "draining" if draining else "undrained")
+            self.draining_since = time.time() if draining else None
         self.draining = draining
         self._take(self.sampler.sample(draining, only=()))
         assert self.status is not None
@@ -299,6 +302,9 @@ class AgentService:
         else:
             status = self.status or self._placeholder("starting")
         return codec.to_wire(dataclasses.replace(status, seq=self._seq, instance=self.instance))
+
+    def _drain_flag(self) -> dict:
+        return {"drain": {"on": self.draining, "since": self.draining_since}}
 
     def stop(self) -> None:
         """Ask `run` to stop (as SIGTERM does): at once, not at the next sample."""

@@ -4,7 +4,7 @@
                                 and print it readably; exit 1 naming the member
                                 and the rule when it is invalid
     sipstatus watch ...         a live view of the pool: subscribe to agents
-                                (--agent NODE=URI, --config FILE) and/or take
+                                (--agent [NODE=]URI, --config FILE) and/or take
                                 PUBLISH (--listen); --json, --once
     sipstatus sidecar ...       follow the agents and push weights into Kamailio
                                 (--kamailio-rpc, --kamailio-list-file); see
@@ -116,7 +116,7 @@ def _watch(args: argparse.Namespace) -> int:
     config = _watch_settings(args, _config(args))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="sipstatus watch: %(message)s")
     if not config.agents and not config.compositor.enabled:
-        raise ConfigError("--agent", "nothing to watch: give --agent NODE=URI, a --config with "
+        raise ConfigError("--agent", "nothing to watch: give --agent SIP-URI, a --config with "
                           "[agents], or --listen to take PUBLISH")
     return asyncio.run(_watch_main(args, config))
 
@@ -179,8 +179,9 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 def _add_watcher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="sidecar TOML file (packaging/examples/sidecar.toml)")
-    p.add_argument("--agent", action="append", metavar="NODE=SIP-URI",
-                   help="an agent to subscribe to, e.g. ast1=sip:192.0.2.21:5070 (repeatable)")
+    p.add_argument("--agent", action="append", metavar="[NODE=]SIP-URI",
+                   help="an agent to subscribe to, e.g. sip:192.0.2.21:5070 (named by what it reports) "
+                        "or ast1=sip:192.0.2.21:5070 (its reports must name node ast1); repeatable")
     p.add_argument("--listen", action="append", metavar="URI",
                    help="where NOTIFY and PUBLISH come in, e.g. udp:127.0.0.1:5080 (repeatable)")
     p.add_argument("--policy", choices=sorted(POLICIES), help="weight policy (default free-slots)")

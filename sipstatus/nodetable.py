@@ -84,6 +84,11 @@ class NodeTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def add(self, node: str) -> None:
+        """Make `node` a configured member (an agent named by its first
+        report); one that auto-joined stays, and becomes configured."""
+        self._entries.setdefault(node, _Entry()).configured = True
+
     def update(self, status: LoadStatus, now: float) -> Outcome:
         """Take a decoded status received at `now`."""
         entry = self._entries.get(status.node)

@@ -125,7 +125,7 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         known = {a.node for a in agents}
         agents += [a for a in found if a.node not in known]
     if not agents and not config.compositor.enabled and not config.compositor.auto_join:
-        raise ValueError("nothing to follow: give agents (--agent NODE=URI, [agents], "
+        raise ValueError("nothing to follow: give agents (--agent [NODE=]URI, [agents], "
                          "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
     views = [sink for sink in (opensips_sink(config),) if sink is not None]
     watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),

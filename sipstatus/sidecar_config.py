@@ -281,7 +281,7 @@ class SidecarConfig:
             raise ConfigError("sip.min_rate", f"{self.sip.min_rate:g} is above sip.max_rate {self.sip.max_rate:g}")
         if self.opensips.mi_url and not (self.opensips.lb_group or self.opensips.ds_set):
             raise ConfigError("opensips.lb_group", "with opensips.mi_url, give an lb_group, a ds_set, or both")
-        clash = set(self.compositor.nodes) & {a.node for a in self.agents}
+        clash = set(self.compositor.nodes) & {a.node for a in self.agents if a.node}
         if clash:
             raise ConfigError("compositor.nodes", f"{', '.join(sorted(clash))} also listed in [agents]")
         return self
@@ -358,11 +358,12 @@ def with_flags(config: SidecarConfig, *, agents: list[str] | None = None, listen
                 extra.append(parse_agent(text_))
             except ValueError as err:
                 raise ConfigError("--agent", str(err)) from None
-        known = {a.node for a in config.agents}
+        known = {a.key for a in config.agents}
         for agent in extra:
-            if agent.node in known:
-                raise ConfigError("--agent", f"node {agent.node!r} is given twice")
-            known.add(agent.node)
+            if agent.key in known:
+                what = f"node {agent.node!r}" if agent.node else f"agent {agent.uri}"
+                raise ConfigError("--agent", f"{what} is given twice")
+            known.add(agent.key)
         config = dataclasses.replace(config, agents=config.agents + tuple(extra))
     if listen:
         for text_ in listen:

@@ -69,6 +69,8 @@ from .status import LoadStatus
 log = logging.getLogger(__name__)
 
 PACKAGE = "load-status"
+#: A node name (spec section 6.4).
+NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 #: The port an agent listens on when the URI does not say (packaging/agent.toml).
 DEFAULT_AGENT_PORT = 5070
 #: Seconds after start during which nothing is pushed to the sinks until
@@ -89,17 +91,29 @@ SINK_RETRY_MAX = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Agent:
-    """An agent to subscribe to: the node it reports and its SIP URI."""
+    """An agent to subscribe to: the node it reports and its SIP URI.
 
-    node: str
+    `node` None: the agent is named by its first valid report (`--agent
+    sip:HOST:PORT`). A node given (`--agent ast1=sip:HOST:PORT`) is a
+    check as well as a name: a report for another node on that subscription
+    is not used (spec section 4.8 step 6), so that an agent configured with
+    the wrong name cannot pass its load off as another node's.
+    """
+
+    node: str | None
     uri: str
 
     def __post_init__(self) -> None:
         uri = parse_agent_uri(self.uri)
-        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?", self.node):
+        if self.node is not None and not NODE_NAME.fullmatch(self.node):
             raise ValueError(f"agent node {self.node!r}: must be 1 to 64 of A-Z a-z 0-9 . _ : - "
                              "(spec section 6.4), starting and ending with a letter or digit")
         object.__setattr__(self, "uri", str(uri))
+
+    @property
+    def key(self) -> str:
+        """How the watcher knows it: the node, or the URI until it is named."""
+        return self.node if self.node is not None else self.uri
 
 
 def parse_agent_uri(text: str) -> SipUri:
@@ -114,11 +128,22 @@ def parse_agent_uri(text: str) -> SipUri:
 
 
 def parse_agent(text: str) -> Agent:
-    """`NODE=SIP-URI` (the `--agent` flag) as an Agent."""
+    """`SIP-URI` or `NODE=SIP-URI` (the `--agent` flag) as an Agent."""
+    if re.match(r"(?i)\s*sips?:", text):
+        return Agent(None, text.strip())  # named by its first report
     node, sep, uri = text.partition("=")
     if not sep or not node or not uri:
-        raise ValueError(f"agent {text!r}: expected NODE=SIP-URI, e.g. ast1=sip:192.0.2.21:5070")
+        raise ValueError(f"agent {text!r}: expected SIP-URI or NODE=SIP-URI, e.g. sip:192.0.2.21:5070 "
+                         "or ast1=sip:192.0.2.21:5070")
     return Agent(node.strip(), uri.strip())
+
+
+def misnamed(expected: str, reported: str, uri: str) -> str:
+    """What an operator reads when the agent at `uri`, followed as node
+    `expected`, reports node `reported`: both ways to fix it."""
+    return (f"the agent calls itself {reported!r}, not {expected!r}: name it {reported} here "
+            f"(--agent {reported}={uri}, or the URI alone), or set agent.node = \"{expected}\" "
+            "in its agent.toml and reload it")
 
 
 def agents_from_destinations(destinations: Iterable[DispatcherDestination],
@@ -315,15 +340,17 @@ class Watcher:
         resolver: Resolver | None = None,
     ) -> None:
         self.config = config or WatcherConfig()
+        #: By key: the node, or the URI of an agent not named yet.
         self.agents: dict[str, Agent] = {}
         for agent in agents:
-            if agent.node in self.agents:
-                raise ValueError(f"node {agent.node!r} is given twice ({self.agents[agent.node].uri} "
-                                 f"and {agent.uri})")
-            self.agents[agent.node] = agent
+            if agent.key in self.agents:
+                what = f"node {agent.node!r}" if agent.node else f"agent {agent.uri}"
+                raise ValueError(f"{what} is given twice ({self.agents[agent.key].uri} and {agent.uri})")
+            self.agents[agent.key] = agent
         self.policy: WeightPolicy = policy or FreeSlotsPolicy()
         self.damper = WeightDamper(min_step=self.config.damper_step)
-        configured = [*self.agents, *(n for n in nodes if n not in self.agents)]
+        named = [a.node for a in self.agents.values() if a.node is not None]
+        configured = [*named, *(n for n in nodes if n not in named)]
         self.table = NodeTable(configured, auto_join=self.config.auto_join)
         self.on_change = on_change
         self.resolver = resolver
@@ -339,7 +366,7 @@ class Watcher:
         self.subscribers: dict[str, Subscriber] = {}
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
-        self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0}
+        self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0, "misnamed": 0}
         resync = self.config.sink_resync
         self._sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
                        for sink in sinks]
@@ -348,6 +375,7 @@ class Watcher:
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
+        self._misnamed: dict[str, str] = {}  # key -> the node its agent reports instead
         self._answered: set[str] = set()  # agents that sent a body or whose subscription failed
         self._revived: set[str] = set()  # stale nodes subscribed to afresh (once per staleness)
         self._weights: dict[str, int] = {}
@@ -438,10 +466,9 @@ class Watcher:
 
     def _follow(self, agent: Agent, config: SubscriberConfig, now: float) -> None:
         uri = parse_agent_uri(agent.uri)
-        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.node,
-                         check=self._node_check(agent.node))
-        self.subscribers[agent.node] = sub
-        self._link[agent.node] = "subscribing"
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.key)
+        self.subscribers[agent.key] = sub
+        self._link[agent.key] = "subscribing" if agent.node else "subscribing (named by its first report)"
         assert self.service is not None
         self.service.submit(self.pool, self.pool.add(sub, now))
 
@@ -454,13 +481,59 @@ class Watcher:
             self._last_refusal = str(err)
             raise
 
-    def _node_check(self, node: str) -> Callable[[object], None]:
-        def check(status: object) -> None:
-            # Spec 4.8 step 6: a body about another node on this subscription.
-            if isinstance(status, LoadStatus) and status.node != node:
-                self._last_refusal = f"a body for node {status.node!r} on the subscription to {node!r}"
-                raise StatusError("node", "subscription", self._last_refusal)
-        return check
+    def _node_of(self, sub: Subscriber, status: LoadStatus) -> str | None:
+        """The node a report on `sub` may be applied to, or None.
+
+        Spec 4.8 step 6: a report for another node than the subscription's
+        is not applied. It is answered 200 all the same, and the subscription
+        stands: a name that does not match is a configuration error on one
+        side, which a new subscription cannot mend, and a 400 would end the
+        subscription (4.7.3), again after every re-subscription. Once either
+        side is fixed, the next report applies. An agent followed without a
+        name takes the one of its first valid report."""
+        key = sub.key
+        agent = self.agents.get(key)
+        if agent is not None and agent.node is None:
+            return self._name(agent, sub, status.node)
+        if status.node == key:
+            if self._misnamed.pop(key, None) is not None:
+                log.warning("node %s: the agent at %s now reports %s: its reports are used again",
+                            key, sub.target, key)
+                self._link[key] = "active"
+            return key
+        self._report_misnamed(key, sub, status.node, misnamed(key, status.node, sub.target))
+        return None
+
+    def _name(self, agent: Agent, sub: Subscriber, node: str) -> str | None:
+        """Name an agent followed by its URI after its first valid report."""
+        key = agent.key
+        if node in self.table or node in self.agents:
+            other = self.agents.get(node)
+            taken = f"the agent at {other.uri}" if other is not None else "a node that publishes"
+            self._report_misnamed(key, sub, node, f"the agent calls itself {node!r}, which is already "
+                                  f"the node of {taken}: give one of them another agent.node")
+            return None
+        del self.agents[key]
+        self.agents[node] = Agent(node, agent.uri)
+        self.subscribers[node] = self.subscribers.pop(key)
+        sub.key = node
+        self._link.pop(key, None)
+        self._misnamed.pop(key, None)
+        if key in self._answered:
+            self._answered.discard(key)
+            self._answered.add(node)
+        self.table.add(node)
+        log.info("the agent at %s is node %s (named by its report)", agent.uri, node)
+        return node
+
+    def _report_misnamed(self, key: str, sub: Subscriber, reported: str, text: str) -> None:
+        self.counters["misnamed"] += 1
+        self._link[key] = text
+        if self._misnamed.get(key) != reported:
+            self._misnamed[key] = reported
+            log.warning("%s (agent %s): %s. Its reports are not used until the names match: the name "
+                        "given to an agent guards against one agent's load counted as another node's",
+                        key, sub.target, text)
 
     # -- what is known ------------------------------------------------------------------------------
 
@@ -476,6 +549,10 @@ class Watcher:
             rows.append(node_row(view, weights.get(view.node) if known else None,
                                  pushed.get(view.node), now, self._source.get(view.node),
                                  self._link_text(view.node, now)))
+        for key, agent in self.agents.items():
+            if agent.node is None:  # not named yet: shown by its URI
+                rows.append(node_row(NodeView(key, None, None, False), None, None, now, None,
+                                     self._link_text(key, now)))
         return sorted(rows, key=lambda r: r.node)
 
     def weights(self) -> dict[str, int]:
@@ -490,7 +567,7 @@ class Watcher:
     def settled(self) -> bool:
         """Whether every agent has answered one way or another: a status
         accepted, or its subscription failed, refused or ended."""
-        return all(node in self._answered for node in self.agents)
+        return all(key in self._answered for key in self.agents)
 
     async def updates(self) -> AsyncIterator[list[NodeRow]]:
         """Snapshots of `rows()`, one after each change (changes made while the
@@ -533,13 +610,18 @@ class Watcher:
             self._answered.add(event.subscriber.key)
         if isinstance(event, NotificationReceived):
             node = event.subscriber.key
-            self._link[node] = "active" if event.state != "terminated" else "terminated"
-            if isinstance(event.value, LoadStatus):
-                self._report(event.value, now, "notify")
+            status = event.value if isinstance(event.value, LoadStatus) else None
+            if status is not None:
+                node = self._node_of(event.subscriber, status)
+            if node is not None:
+                self._link[node] = "active" if event.state != "terminated" else "terminated"
+                if status is not None:
+                    self._report(status, now, "notify")
         elif isinstance(event, NotificationRejected):
             self._notify_rejected(event.subscriber, event.reason, now)
         elif isinstance(event, Subscribed):
-            self._link[event.subscriber.key] = "active"
+            if event.subscriber.key not in self._misnamed:  # that says more
+                self._link[event.subscriber.key] = "active"
             log.info("subscribed to %s (%s) for %d s", event.subscriber.key, event.subscriber.target,
                      event.expires)
         elif isinstance(event, SubscriptionEnded):
@@ -677,7 +759,8 @@ class Watcher:
         if not self._sinks and not self._view_sinks:
             return
         if self._pushed is None and now < self._started_at + self.config.startup_grace \
-                and not all(self.table.view(n, now).status is not None for n in self.agents):
+                and not all(n in self.table and self.table.view(n, now).status is not None
+                            for n in self.agents):
             return  # start-up grace: see the module docstring
         departed_views = [NodeView(n, None, None, False) for n in (self._pushed or {})
                           if n not in self.table]

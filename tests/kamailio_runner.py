@@ -892,12 +892,15 @@ class Agent:
       to each of `publish`; both at the spec's ceiling of 10 per second, so
       that a drain goes out at once.
 
-    `start` waits until the agent answers on its control socket with a
-    measured status. `ctl` runs `sipstatus-agent <command> --control`.
+    `collectors` adds others (`./dev demo` gives one node "host", so that a
+    CPU hog counts against it). `start` waits until the agent answers on its
+    control socket with a measured status. `ctl` runs `sipstatus-agent
+    <command> --control`.
     """
 
     def __init__(self, node: str, workdir: Path, *, ami_port: int, probe: str, max_calls: int = 0,
-                 validity: int = 3, publish: Sequence[str] = (), interval: float = 1.0) -> None:
+                 validity: int = 3, publish: Sequence[str] = (), interval: float = 1.0,
+                 collectors: Sequence[str] = ("asterisk", "probe")) -> None:
         self.node = node
         self.dir = workdir / f"agent-{node}-{secrets.token_hex(2)}"
         self.dir.mkdir(parents=True)
@@ -910,7 +913,7 @@ class Agent:
             "[agent]\n"
             f'node = "{node}"\nvalidity = {validity}\ninterval = {interval}\nsample_gap = 0.2\n'
             "[collectors]\n"
-            'enabled = ["asterisk", "probe"]\n'
+            f"enabled = {json.dumps(list(collectors))}\n"
             "[collectors.asterisk]\n"
             f'port = {ami_port}\nsecret = "secret"\nmax_calls = {max_calls}\n'
             "[collectors.probe]\n"

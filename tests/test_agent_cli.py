@@ -1,18 +1,23 @@
 """The sipstatus-agent command line."""
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from agent import cli
-from sipstatus import __version__
+from sipstatus import __version__, codec
+from sipstatus.status import State
+from tests.agent_harness import AgentProcess, OptionsResponder, agent_config
 from tests.fakeami import FakeAmi, Scenario
+from tests.sipp_runner import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "spec" / "load-status.schema.json").read_text())
@@ -112,3 +117,74 @@ def test_sample_with_a_bad_config_exits_2(tmp_path):
     path.write_text("[collectors.probe]\ntarget = \"tel:123\"\n")
     result = agent("sample", "--config", str(path))
     assert result.returncode == 2 and "collectors.probe.target" in result.stderr
+
+
+# -- the operator's drain flag --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drained_while_down(tmp_path_factory):
+    """An agent whose SIP probe goes unanswered (its node is down), drained;
+    then the probe answers again. What `drain` and `status` printed on the
+    way, the status after the recovery, and what `undrain` printed."""
+
+    async def main(tmp):
+        responder = await OptionsResponder().open()
+        responder.answering = False
+        config = agent_config(None, probe_port=responder.port)
+        async with AgentProcess(tmp, config, "--listen", f"udp:127.0.0.1:{free_port()}") as proc:
+            await until_state(proc, "down")
+            drained = await proc.command("drain")
+            status_down = await proc.command("status")
+            responder.answering = True
+            recovered = await until_state(proc, "draining")
+            status_back = await proc.command("status")
+            undrained = await proc.command("undrain")
+        responder.close()
+        return drained, status_down, recovered, status_back, undrained
+
+    return asyncio.run(asyncio.wait_for(main(tmp_path_factory.mktemp("drain")), 120))
+
+
+async def until_state(proc, state, timeout=30.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (body := await proc.status())["state"] != state:
+        assert loop.time() < deadline, f"the agent never reported {state}: {body}\n{proc.log()}"
+        await asyncio.sleep(0.1)
+    return body
+
+
+def drain_line_of(printed):
+    return next(x for x in printed.splitlines() if x.startswith("drain "))
+
+
+def test_drain_on_a_down_node_says_it_stays_out_when_it_recovers(drained_while_down):
+    drained, _, recovered, _, undrained = drained_while_down
+    assert "state     down" in drained
+    line = drain_line_of(drained)
+    assert line.startswith("drain     on since ")
+    assert line.endswith(": the node is down now and stays out (draining) when it recovers, "
+                         "until `sipstatus-agent undrain`")
+    # It did: once the probe is answered the node is draining, not active.
+    assert recovered["state"] == "draining" and recovered["weight"] == 0
+    assert drain_line_of(undrained) == "drain     off"
+
+
+def test_status_shows_the_drain_flag_and_since_when_whatever_the_state(drained_while_down):
+    drained, status_down, _, status_back, _ = drained_while_down
+    since = drain_line_of(drained).split(" (")[0]  # "drain     on since <time>"
+    assert "state     down" in status_down and drain_line_of(status_down).startswith(since + " (")
+    assert "state     draining" in status_back and drain_line_of(status_back).startswith(since + " (")
+    assert drain_line_of(status_back).endswith(": no new calls until `sipstatus-agent undrain`")
+
+
+def test_the_drain_line_gives_the_time_and_age_of_the_flag():
+    status = codec.from_wire(json.loads((REPO / "spec/vectors/body/valid-typical.json").read_text()))
+    since = 1_795_440_000.0
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+    assert cli.drain_line(dataclasses.replace(status, state=State.DOWN), {"on": True, "since": since},
+                          now=since + 150) == (
+        f"drain     on since {stamp} (2 min ago): the node is down now and stays out (draining) "
+        "when it recovers, until `sipstatus-agent undrain`")
+    assert cli.drain_line(status, {"on": False, "since": None}) == "drain     off"

@@ -100,3 +100,10 @@ def test_forget_makes_a_configured_node_unknown():
 
 def test_a_node_never_heard_from_accepts_no_calls():
     assert not NodeTable(["ast1"]).view("ast1", 0.0).accepts_calls
+
+
+def test_an_added_node_is_a_configured_member_that_stays_when_stale():
+    table = NodeTable()
+    table.add("ast1")
+    assert table.update(status(validity=10), now=1.0) is Outcome.ACCEPTED
+    assert table.expire(now=11.0) == ["ast1"] and "ast1" in table

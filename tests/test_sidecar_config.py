@@ -120,8 +120,15 @@ def test_flags_add_agents_and_override_the_file():
     assert got.discover.dispatcher_group == 2
 
 
+def test_an_agent_flag_without_a_name_leaves_the_node_to_its_first_report():
+    got = with_flags(SidecarConfig(), agents=["sip:192.0.2.1:5070", "ast2=sip:192.0.2.2:5070"])
+    assert [(a.node, a.uri) for a in got.agents] == [(None, "sip:192.0.2.1:5070"),
+                                                      ("ast2", "sip:192.0.2.2:5070")]
+
+
 @pytest.mark.parametrize("flags, message", [
-    ({"agents": ["ast1"]}, "--agent: agent 'ast1': expected NODE=SIP-URI"),
+    ({"agents": ["ast1"]}, "--agent: agent 'ast1': expected SIP-URI or NODE=SIP-URI"),
+    ({"agents": ["sip:192.0.2.1", "sip:192.0.2.1"]}, "--agent: agent sip:192.0.2.1 is given twice"),
     ({"agents": ["ast1=sip:192.0.2.1", "ast1=sip:192.0.2.2"]}, "--agent: node 'ast1' is given twice"),
     ({"listen": ["udp:127.0.0.1"]}, "--listen: listen address 'udp:127.0.0.1': expected udp:HOST:PORT"),
     ({"kamailio_rpc": "/run/kamailio.sock"}, "--kamailio-rpc: expected unix:PATH or fifo:PATH"),

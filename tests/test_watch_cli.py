@@ -3,7 +3,9 @@ agents served by another process over UDP on the loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -118,6 +120,51 @@ def test_watch_takes_publish_from_any_node_when_listening():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def readme_watch_example() -> list[str]:
+    """The README's `sipstatus watch ... --once --json` line, as arguments."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("sipstatus watch ") and "--once --json" in x]
+    return shlex.split(line.split("#")[0])[2:]
+
+
+def test_the_readme_watch_example_works_against_a_default_configured_agent(tmp_path):
+    from agent.config import host_node_name
+    from tests.agent_harness import AgentProcess
+    from tests.sipp_runner import free_port
+
+    async def main():
+        port = free_port()
+        # Nothing configured but where it listens (the default, port 5070, may be taken here).
+        async with AgentProcess(tmp_path, {}, "--listen", f"udp:127.0.0.1:{port}"):
+            args = [a.replace("sip:192.0.2.21:5070", f"sip:127.0.0.1:{port}") for a in readme_watch_example()]
+            return await asyncio.to_thread(watch, *args, "--timeout", "20")
+
+    result = asyncio.run(main())
+    assert result.returncode == 0, result.stderr
+    (node,) = json.loads(result.stdout)["nodes"]
+    # Named by what the agent reports: this host's name (agent.node unset).
+    assert node["node"] == host_node_name() and node["state"] != "unknown" and node["link"] == "active"
+    assert result.stderr == ""
+
+
+def test_a_name_the_agent_does_not_report_is_explained_not_refused(tmp_path):
+    from tests.agent_harness import AgentProcess
+    from tests.sipp_runner import free_port
+
+    async def main():
+        port = free_port()
+        async with AgentProcess(tmp_path, {"agent": {"node": "host-7"}}, "--listen", f"udp:127.0.0.1:{port}"):
+            return await asyncio.to_thread(watch, "--once", "--json", f"--agent=ast1=sip:127.0.0.1:{port}")
+
+    result = asyncio.run(main())
+    assert result.returncode == 0, result.stderr
+    (node,) = json.loads(result.stdout)["nodes"]
+    assert node["node"] == "ast1" and node["state"] == "unknown"
+    assert node["link"].startswith("the agent calls itself 'host-7', not 'ast1': name it host-7 here ")
+    assert "agent.node = \"ast1\"" in node["link"]
+    assert "Its reports are not used until the names match" in result.stderr and "400" not in result.stderr
 
 
 def test_watch_without_agents_or_listen_names_what_is_missing():

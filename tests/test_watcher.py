@@ -306,20 +306,71 @@ def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later(monkeyp
     run(main())
 
 
-def test_a_body_for_another_node_is_refused_on_a_subscription():
+def test_an_agent_given_without_a_name_is_named_by_its_first_report():
     async def main():
-        agent = await FakeAgent("ast1").start()
-        watcher = await started([agent])
+        agent = await FakeAgent("host-7", capacity=0.5, limit=100).start()
+        watcher = Watcher([Agent(None, agent.uri)])
+        await watcher.start()
         try:
-            await until(watcher, lambda w: row_of(w, "ast1").state == "active", "the first body")
-            agent.send(status_for("ast9"))
-            await until(watcher, lambda w: w.counters["rejected"] == 1, "the refusal")
-            assert "ast9" not in watcher.table
-            assert row_of(watcher, "ast1").link.startswith(
-                "refused a body: Invalid load-status body: node (subscription)")
+            (row,) = watcher.rows()
+            assert row.node == agent.uri and row.state == "unknown"
+            await until(watcher, lambda w: w.weights() == {"host-7": 100}, "the first report")
+            (row,) = watcher.rows()
+            assert row.node == "host-7" and row.state == "active" and row.link == "active"
+            assert row.capacity == 0.5
+            assert list(watcher.agents) == ["host-7"] and watcher.settled()
+            agent.set(capacity=0.4)  # later reports apply to the node it named
+            await until(watcher, lambda w: row_of(w, "host-7").capacity == 0.4, "the next report")
         finally:
             await watcher.close()
             await agent.stop()
+
+    run(main())
+
+
+def test_a_report_for_another_node_is_not_used_and_the_link_says_how_to_fix_either_side():
+    async def main():
+        agent = await FakeAgent("host-7", validity=1).start()  # heartbeats every 1/3 s
+        watcher = Watcher([Agent("ast1", agent.uri)])
+        await watcher.start()
+        try:
+            await until(watcher, lambda w: w.counters["misnamed"] >= 4, "several reports")
+            row = row_of(watcher, "ast1")
+            assert row.state == "unknown" and row.weight is None and "host-7" not in watcher.table
+            assert row.link == (f"the agent calls itself 'host-7', not 'ast1': name it host-7 here "
+                                f"(--agent host-7={agent.uri}, or the URI alone), or set "
+                                f'agent.node = "ast1" in its agent.toml and reload it')
+            # The subscription stands: no refusal, no new SUBSCRIBE, nothing in a loop.
+            assert agent.subscriptions == 1 and watcher.counters["rejected"] == 0
+            events = [agent.events.get_nowait() for _ in range(agent.events.qsize())]
+            assert not any(isinstance(e, SubscriptionTerminated) for e in events)
+            agent.set(node="ast1")  # the agent's side fixed (agent.node, reload)
+            await until(watcher, lambda w: row_of(w, "ast1").state == "active", "the fixed report")
+            assert row_of(watcher, "ast1").link == "active" and agent.subscriptions == 1
+        finally:
+            await watcher.close()
+            await agent.stop()
+
+    run(main())
+
+
+def test_an_unnamed_agent_reporting_a_node_already_followed_is_not_used():
+    async def main():
+        first = await FakeAgent("ast1").start()
+        second = await FakeAgent("ast1").start()
+        watcher = Watcher([Agent("ast1", first.uri), Agent(None, second.uri)])
+        await watcher.start()
+        try:
+            await until(watcher, lambda w: w.counters["misnamed"] >= 1
+                        and row_of(w, "ast1").state == "active", "both reports")
+            row = row_of(watcher, second.uri)
+            assert row.state == "unknown"
+            assert row.link == (f"the agent calls itself 'ast1', which is already the node of the "
+                                f"agent at {first.uri}: give one of them another agent.node")
+        finally:
+            await watcher.close()
+            await first.stop()
+            await second.stop()
 
     run(main())
 
