@@ -1,8 +1,8 @@
 """The conformance kit (`sipstatus conform`) against real implementations and broken ones.
 
 It must pass the agent (a real `sipstatus-agent run` process), the library's
-notifier, compositor and subscriber, and the Kamailio native example
-compositor (the real Kamailio from Debian); and it must fail peers that
+notifier, compositor and subscriber, and the Kamailio native and KEMI example
+compositors (the real Kamailio from Debian); and it must fail peers that
 break one rule on purpose, naming that rule.
 """
 
@@ -26,7 +26,7 @@ from tests.conform_peers import (
     notifier,
     subscriber,
 )
-from tests.kamailio_runner import EXAMPLES, have_tools, start_example
+from tests.kamailio_runner import EXAMPLES, ROOT, have_tools, start_example
 from tests.sipp_runner import free_port
 
 
@@ -96,6 +96,20 @@ class PoolNode:
                     "kamailio-extra-modules, sip-tester, iproute2")
 def test_the_kamailio_native_example_passes_as_compositor(tmp_path: Path):
     kam = start_example(EXAMPLES / "native" / "kamailio.cfg", tmp_path, [PoolNode("ast1", free_port())])
+    try:
+        report = conform.run("compositor", f"sip:127.0.0.1:{kam.port}", node="ast1")
+    finally:
+        kam.stop()
+    assert report.ok, failures(report)
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not have_tools("app_python3"), reason="needs Debian packages kamailio, "
+                    "kamailio-python3-modules, sip-tester, iproute2")
+def test_the_kamailio_kemi_example_passes_as_compositor(tmp_path: Path):
+    kemi = EXAMPLES / "kemi"
+    kam = start_example(kemi / "kamailio.cfg", tmp_path, [PoolNode("ast1", free_port())],
+                        {"KEMI_SCRIPT": f'"{kemi / "sipstatus_kemi.py"}"'}, {"SIPSTATUS_PATH": str(ROOT)})
     try:
         report = conform.run("compositor", f"sip:127.0.0.1:{kam.port}", node="ast1")
     finally:

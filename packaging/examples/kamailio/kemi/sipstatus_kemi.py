@@ -282,7 +282,8 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
                 return
             status, text = taken
             if node is not None and status.node != node:
-                KSR.tm.t_reply(400, "node: differs from the node of this publication")
+                # Spec 5.5 step 10, reason phrase of 6.6.
+                KSR.tm.t_reply(400, "Invalid load-status body: node (publication)")
                 return
             if not self.store(status, text):
                 return
