@@ -111,6 +111,24 @@ def test_a_subscriber_never_stops_on_a_response_while_configured():
         (req,) = sent(sub.handle_timer(sub.next_timer()))
 
 
+def test_a_refresh_answered_480_ends_the_subscription_and_backs_off():
+    # RFC 6665 section 4.1.2.2 ends a refreshed subscription on 480.
+    sub = active()
+    ((_, refresh),) = [(t, o) for t, o in run_subscriber(sub, 480.0) if hasattr(o, "request")]
+    out = sub.handle_response(make_response(refresh.request, 480), refresh.request, 481.0)
+    (ended,) = events(out, SubscriptionEnded)
+    assert (ended.status, ended.retry_at) == (480, 483.0) and sub.state == WAITING
+
+
+def test_a_refresh_answered_500_is_retried_while_the_subscription_stands():
+    sub = active()
+    ((_, refresh),) = [(t, o) for t, o in run_subscriber(sub, 480.0) if hasattr(o, "request")]
+    out = sub.handle_response(make_response(refresh.request, 500), refresh.request, 481.0)
+    assert events(out, SubscriptionEnded) == [] and sub.state == ACTIVE
+    (again,) = sent(sub.handle_timer(483.0))
+    assert again.to_addr.tag is not None
+
+
 def test_a_refresh_answered_481_subscribes_anew_at_once():
     sub = active()
     ((_, refresh),) = [(t, o) for t, o in run_subscriber(sub, 480.0) if hasattr(o, "request")]

@@ -1237,12 +1237,13 @@ class Subscriber:
                                     status, out)
             return
         # RFC 6665 section 4.1.2.2: other failures leave the subscription as
-        # it was until it expires; try the refresh again before that.
+        # it was until it expires; try the refresh again before that.  A 480
+        # is the exception there: the subscription is over (spec 4.15).
         self.failures += 1
         wait = backoff(self.failures, self.config.random, self.config.backoff_base,
                        self.config.backoff_max)
         assert self.expires_at is not None
-        if now + wait < self.expires_at:
+        if status != 480 and now + wait < self.expires_at:
             self.refresh_at = now + wait
         else:
             self._resubscribe_later(now, wait, "refresh-failed", status, out)
