@@ -14,6 +14,8 @@ from .report import Report
 #: How long the first NOTIFY may take after the 200 (spec 4.6.4 says "at
 #: once"; this allows for a loaded machine).
 FIRST_NOTIFY_WAIT = 5.0
+#: How late a heartbeat may arrive and still pass 8.5 (network and load).
+HEARTBEAT_SLACK = 2.0
 
 
 @dataclass
@@ -120,9 +122,10 @@ class NotifierCheck:
         check("6", "the NOTIFY body is valid", first_value is not None, why)
         validity = getattr(first_value, "validity", 15)
         # 8.5, 4.7.2, 7.1: a heartbeat within validity/3, a fresh body.
-        heartbeat = self.notify_of(sub.call_id, validity / 3 + 2.0, after=self.peer.inbox.index(first) + 1)
+        # (2 s of slack: the kit, or the machine, may be busy.)
+        heartbeat = self.notify_of(sub.call_id, validity / 3 + 3.0, after=self.peer.inbox.index(first) + 1)
         check("8.5", f"a heartbeat NOTIFY follows within validity/3 ({validity / 3:g} s)",
-              heartbeat is not None and heartbeat.at - first.at <= validity / 3 + 1.0,
+              heartbeat is not None and heartbeat.at - first.at <= validity / 3 + HEARTBEAT_SLACK,
               "none" if heartbeat is None else f"after {heartbeat.at - first.at:.1f} s")
         if heartbeat is not None:
             a, b = _seq_instance(first), _seq_instance(heartbeat)
