@@ -70,6 +70,9 @@ class CompositorCheck:
         stale = self.publish(if_match=tag1)
         check("5.4", "a replaced entity tag gets 412",
               stale is not None and stale.status == 412, status_of(stale))
+        both = self.publish(if_match=tag1, expires=30)
+        check("5.5", "a replaced entity tag with Expires: 30 gets 412 (step 5 comes before step 6)",
+              both is not None and both.status == 412, status_of(both))
         current = tag3
         brief = self.publish(if_match=current, expires=30)
         check("5.3", "Expires: 30 gets 423 with Min-Expires: 60",
