@@ -177,6 +177,15 @@ def _sidecar(args: argparse.Namespace) -> int:
     return asyncio.run(sidecar.run(config))
 
 
+def _conform(args: argparse.Namespace) -> int:
+    from . import conform
+
+    report = conform.run(args.role, args.target, node=args.node, resource=args.resource,
+                         local=args.local, wait=args.wait, echo=lambda line: print(line, flush=True))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def _add_watcher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="sidecar TOML file (packaging/examples/sidecar.toml)")
     p.add_argument("--agent", action="append", metavar="[NODE=]SIP-URI",
@@ -220,6 +229,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--check-config", action="store_true", help="check the configuration and exit")
     p.set_defaults(run=_sidecar)
+
+    p = sub.add_parser("conform", help="check an implementation of load-status against the spec, "
+                                       "playing the other side (PASS/FAIL per rule)")
+    p.add_argument("role", choices=["notifier", "compositor", "subscriber"],
+                   help="the role of the implementation under test")
+    p.add_argument("target", metavar="sip:HOST:PORT",
+                   help="notifier, compositor: its address; subscriber: where the kit listens")
+    p.add_argument("--node", default="ast1.example.com",
+                   help="node name in the bodies the kit sends (compositor: one of its pool)")
+    p.add_argument("--resource", metavar="URI",
+                   help="compositor: the Request-URI of PUBLISH (default sip:load-status@HOST:PORT)")
+    p.add_argument("--local", metavar="HOST", help="the kit's own address (default 127.0.0.1)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="subscriber: how long to wait for its first SUBSCRIBE (default 60)")
+    p.set_defaults(run=_conform)
 
     args = parser.parse_args(argv)
     try:

@@ -270,6 +270,11 @@ def from_wire(obj: object) -> LoadStatus:
     for name in REQUIRED:
         if obj.get(name) is None:
             raise StatusError(name, "required", "required member is missing or null")
+    if isinstance(obj["version"], float):
+        # Spec 6.1: version is the JSON integer 1, written without fraction
+        # or exponent; 1.0 is not version 1 (unlike other integer members).
+        raise StatusError("version", "type", f"must be the JSON integer {FORMAT_VERSION}, "
+                          f"written without fraction or exponent, got {obj['version']!r}")
     version = VERSION.check("version", obj["version"])
     if version != FORMAT_VERSION:
         raise StatusError("version", "const", f"version {version} is not supported (this receiver reads version {FORMAT_VERSION})")

@@ -117,10 +117,13 @@ def test_node_accepts_names_and_addresses():
         assert decode(encode(status(node=node))).node == node
 
 
-def test_an_integral_version_number_is_version_1():
+def test_version_written_with_a_fraction_breaks_rule_type():
+    # Spec 6.1 (the codec read 1.0 as version 1, against the text).
     body = json.loads(encode(status()))
     body["version"] = 1.0
-    assert decode(json.dumps(body)) == status()
+    with pytest.raises(StatusError) as err:
+        decode(json.dumps(body))
+    assert (err.value.member, err.value.rule) == ("version", "type")
 
 
 def test_the_reason_phrase_of_a_400_names_member_and_rule_as_the_spec_says():

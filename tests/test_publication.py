@@ -629,8 +629,11 @@ def test_refusals_wait_60_s_doubling_up_to_600(status):
     assert waits_after(status) == [60.0, 120.0, 240.0, 480.0, 600.0]
 
 
-def test_retry_after_is_the_wait_each_time():
-    assert waits_after(503, 3, [("Retry-After", "7")]) == [7.0, 7.0, 7.0]
+def test_retry_after_is_waited_and_the_doubling_still_grows_behind_it():
+    # Spec 5.7: the longer of Retry-After and 5 s doubling (it was "Retry-After
+    # each time", which let a compositor saying "Retry-After: 7" draw one
+    # PUBLISH every 7 s forever).
+    assert waits_after(503, 3, [("Retry-After", "7")]) == [7.0, 10.0, 20.0]
 
 
 def test_waits_are_stretched_at_random_never_shortened():

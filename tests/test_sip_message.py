@@ -335,8 +335,13 @@ def test_call_id_with_whitespace_is_400():
 
 
 def test_event_header_package_and_id():
-    event = request("Event: Load-Status;id=7").event
+    event = request("Event: load-status;id=7").event
     assert (event.package, event.id) == ("load-status", "7")
+
+
+def test_event_header_package_keeps_its_case():
+    # RFC 6665 section 8.2.1 compares the event type octet by octet (spec 4.1).
+    assert request("Event: Load-Status").event.package == "Load-Status"
 
 
 def test_subscription_state_with_params():

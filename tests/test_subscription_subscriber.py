@@ -189,13 +189,14 @@ def test_423_without_a_larger_min_expires_backs_off():
 
 
 @pytest.mark.parametrize("status", [489, 403, 404])
-def test_refusals_are_reported_and_not_retried(status):
+def test_refusals_are_reported_and_retried_after_60_s(status):
+    # Spec 4.15 (it was "never retried" before the rule was written down).
     sub = subscriber()
     (req,) = sent(sub.start(0.0))
     out = sub.handle_response(reply(req, status), req, 0.1)
     (ended,) = events(out, SubscriptionEnded)
-    assert (ended.status, ended.retry_at) == (status, None)
-    assert sub.state == STOPPED and sub.next_timer() is None
+    assert (ended.status, ended.retry_at) == (status, 60.1)
+    assert sub.state == WAITING and sub.next_timer() == 60.1
 
 
 def test_challenge_is_answered_once_through_the_authorizer():
@@ -221,11 +222,11 @@ def test_challenge_is_answered_once_through_the_authorizer():
     assert calls == [401, 401]
 
 
-def test_challenge_without_an_authorizer_gives_up():
+def test_challenge_without_an_authorizer_is_a_refusal():
     sub = subscriber()
     (req,) = sent(sub.start(0.0))
     out = sub.handle_response(reply(req, 407), req, 0.1)
-    assert events(out, SubscriptionEnded)[0].retry_at is None
+    assert events(out, SubscriptionEnded)[0].retry_at == 60.1  # spec 4.15
 
 
 def test_timeout_retries_with_exponential_backoff():
@@ -342,12 +343,12 @@ def test_refresh_failure_too_close_to_expiry_resubscribes_later():
     assert events(out, SubscriptionEnded)[0].retry_at == 601.0
 
 
-def test_refresh_refused_403_gives_up():
+def test_refresh_refused_403_ends_the_subscription_and_waits_60_s():
     sub = active()
     ((_, refresh),) = [(t, o) for t, o in run(sub, 480.0) if isinstance(o, SendRequest)]
     out = sub.handle_response(make_response(refresh.request, 403), refresh.request, 481.0)
-    assert events(out, SubscriptionEnded)[0].retry_at is None
-    assert sub.state == STOPPED
+    assert events(out, SubscriptionEnded)[0].retry_at == 541.0  # spec 4.15
+    assert sub.state == WAITING
 
 
 def test_refresh_challenge_updates_the_dialog_cseq():

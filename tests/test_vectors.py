@@ -42,8 +42,9 @@ def test_codec_outcome(row):
     else:
         with pytest.raises(StatusError) as err:
             decode(data)
-        assert (err.value.member or "-", err.value.rule) == (row["member"], row["rule"])
-        assert row["member"] == "-" or str(err.value).startswith(row["member"] + ": ")
+        # Spec 6.6: "body" names an error of the whole body.
+        assert (err.value.member or "body", err.value.rule) == (row["member"], row["rule"])
+        assert row["member"] == "body" or str(err.value).startswith(row["member"] + ": ")
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])

@@ -391,8 +391,9 @@ def parse_cseq(value: str) -> CSeq:
 class EventHeader:
     """``Event: package[.template] *(;param)`` (RFC 6665 section 8.2.1).
 
-    ``package`` is compared case-insensitively by RFC 6665 section 8.2.1,
-    so it is stored lower-cased; ``id`` is the ``id`` parameter.
+    ``package`` is kept as written: RFC 6665 section 8.2.1 compares the
+    event type octet by octet (spec 4.1), so ``LOAD-STATUS`` is another
+    package; ``id`` is the ``id`` parameter.
     """
 
     package: str
@@ -411,7 +412,7 @@ def parse_event(value: str) -> EventHeader:
     package = package.strip()
     if not _TOKEN.fullmatch(package):
         raise bad_request(f"bad event package {package!r}")
-    return EventHeader(package.lower(), parse_params(semi + rest, "Event"))
+    return EventHeader(package, parse_params(semi + rest, "Event"))
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ class Publisher:
         "produce", "heartbeat", "expires", "ceiling", "call_id", "local_tag", "cseq", "etag",
         "expires_at", "body", "dirty", "removing", "pending", "pending_kind", "queued",
         "last_start", "last_body", "refresh_at", "retry_at", "failures", "key", "random",
+        "granted", "keep_alive",
     )
 
     def __init__(
@@ -166,6 +167,10 @@ class Publisher:
         self.refresh_at: float | None = None
         self.retry_at: float | None = None
         self.failures = 0
+        self.granted: int | None = None  # the Expires of the last 200
+        # Spec 5.7: waiting after a refused body, the publication is kept
+        # alive with bodiless refreshes (nothing is sent during a 5xx wait).
+        self.keep_alive = False
 
     def __repr__(self) -> str:
         return f"<Publisher {self.target} etag={self.etag}>"
@@ -263,8 +268,12 @@ class Publisher:
             return
         if self.retry_at is not None:
             if now < self.retry_at:
+                if self.keep_alive and self.refresh_at is not None and now >= self.refresh_at \
+                        and self.etag is not None and now >= self._earliest(False):
+                    self._start(self._request(REFRESH, now), REFRESH, now, out)
                 return
             self.retry_at = None
+            self.keep_alive = False
         heartbeat = self._heartbeat_due()
         if heartbeat is not None and now >= heartbeat:
             self.dirty = True
@@ -308,7 +317,9 @@ class Publisher:
 
     def _succeeded(self, response: Response, kind: str | None, now: float,
                    out: list[PublisherOutput]) -> None:
-        self.failures = 0
+        waiting = self.keep_alive and self.retry_at is not None
+        if not waiting:
+            self.failures = 0  # a refresh during a wait leaves its doubling alone
         if kind == REMOVE:
             self.etag = self.expires_at = self.refresh_at = None
             out.append(Unpublished(self))
@@ -327,7 +338,8 @@ class Publisher:
             return
         self.etag = etag
         self.expires_at = now + expires
-        if self.heartbeat is None:
+        self.granted = expires
+        if self.heartbeat is None or waiting:
             self.refresh_at = now + refresh_delay(expires)
         out.append(Published(self, etag, expires))
 
@@ -378,6 +390,14 @@ class Publisher:
         elif kind == REFRESH:
             self.refresh_at = now
         self.failures += 1
+        # Spec 5.7: a refused body (4xx) leaves the publication as it was
+        # (RFC 3903 section 6): keep it alive while waiting, on the schedule
+        # of its last grant.  A failed refresh, or a 5xx, ends that.
+        self.keep_alive = kind == MODIFY and 400 <= status < 500 and status != 408 \
+            and self.etag is not None and self.granted is not None
+        if self.keep_alive:
+            assert self.expires_at is not None and self.granted is not None
+            self.refresh_at = self.expires_at - self.granted + refresh_delay(self.granted)
         if status == 408 and self.heartbeat is not None:
             # Spec 5.7: no response: the newest body at the next heartbeat.
             self.dirty = self.dirty or kind == REFRESH
@@ -392,10 +412,10 @@ class Publisher:
             except SipError:
                 retry_after = None
             if retry_after is not None:
-                # 5xx: the Retry-After is the wait; a refusal (4xx) still
-                # waits no sooner than its 60 s doubling.
-                wait = float(retry_after.seconds) if status >= 500 \
-                    else max(wait, float(retry_after.seconds))
+                # Spec 5.7: the longer of Retry-After and the doubling, so a
+                # compositor that always says "Retry-After: 5" still sees
+                # the waits grow (5, 10, 20 ... 60 s).
+                wait = max(wait, float(retry_after.seconds))
         self.retry_at = now + wait
         out.append(PublicationFailed(self, status, response.reason or "", self.retry_at))
 
@@ -411,6 +431,8 @@ class Publisher:
         times: list[float] = []
         if self.retry_at is not None:
             times.append(self.retry_at)
+            if self.keep_alive and self.refresh_at is not None and self.etag is not None:
+                times.append(max(self.refresh_at, self._earliest(False)))
         else:
             if self.dirty and (self.body is not None or self.produce is not None):
                 times.append(self._earliest(True))

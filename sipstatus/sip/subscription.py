@@ -52,6 +52,10 @@ MAX_EXPIRES = 3600  # spec 4.4: never granted longer
 DEFAULT_MAX_RATE = 2.0  # spec 8.2: ceiling without max-rate (0.5 s apart)
 MAX_RATE_LIMIT = 10.0  # spec 8.1: 100 ms between NOTIFYs, whatever is asked
 DEFAULT_HEARTBEAT = 5.0  # spec 8.2: validity (15 s) / 3
+# Spec 8.2: the highest min-rate (and adaptive-min-rate) honoured.  The agent
+# measures about once a second; a faster floor would only repeat the same
+# measurements under new seq values.
+MAX_MIN_RATE = 1.0
 MAX_SUBSCRIPTIONS = 256  # spec 4.6.2 caps and their Retry-After
 MAX_PER_SOURCE = 16
 BUSY_RETRY_AFTER = 60
@@ -320,7 +324,7 @@ class Notifier:
     Rates (spec 8.2): NOTIFYs of one subscription start at least C apart
     (``1/max_rate`` without the subscriber's ``max-rate``; never under
     ``1/max_rate_limit``) and at most H apart (``heartbeat``, shortened by
-    the subscriber's ``min-rate``, never under C).  The immediate NOTIFY
+    the subscriber's ``min-rate``, at most ``max_min_rate``, never under C).  The immediate NOTIFY
     after a SUBSCRIBE and the final NOTIFY skip C but not the 100 ms
     absolute limit; there is never more than one NOTIFY outstanding.
     """
@@ -345,6 +349,7 @@ class Notifier:
         max_rate: float = DEFAULT_MAX_RATE,
         max_rate_limit: float = MAX_RATE_LIMIT,
         lowest_max_rate: float | None = None,
+        max_min_rate: float = MAX_MIN_RATE,
         ids: IdGenerator | None = None,
         body_source: Callable[[], bytes | None] | None = None,
     ) -> None:
@@ -371,6 +376,7 @@ class Notifier:
         self.heartbeat = heartbeat
         self.max_rate = max_rate
         self.max_rate_limit = max_rate_limit
+        self.max_min_rate = min(max_min_rate, max_rate_limit)  # spec 8.2
         # Spec 8.2: the lowest max-rate honoured (3/validity; by default the
         # heartbeat's rate); a subscriber's lower max-rate is raised to it.
         self.lowest_max_rate = min(max_rate_limit, lowest_max_rate if lowest_max_rate is not None
@@ -585,11 +591,13 @@ class Notifier:
         ceiling = max(ceiling, self.absolute_interval)
         heartbeat = self.heartbeat
         if min_rate is not None:
+            min_rate = min(min_rate, self.max_min_rate)
             if max_rate is not None:
                 min_rate = min(min_rate, max_rate)
             heartbeat = min(heartbeat, 1 / min_rate)
             echo += f";min-rate={format_rate(min_rate)}"
         if adaptive is not None:
+            adaptive = min(adaptive, self.max_min_rate)
             if max_rate is not None:
                 adaptive = min(adaptive, max_rate)
             echo += f";adaptive-min-rate={format_rate(adaptive)}"
@@ -824,9 +832,19 @@ class Notifier:
 #: text (member and rule) becomes the reason phrase of the 400.
 Decoder = Callable[[bytes], object]
 
-# Final responses to a SUBSCRIBE after which retrying cannot help (RFC 6665
-# section 4.1.2.1 and RFC 3261 section 21): report and stop.
-GIVE_UP = frozenset({400, 403, 404, 405, 406, 410, 415, 416, 420, 484, 489, 501, 603, 604, 606})
+# Spec 4.15: final responses to a SUBSCRIBE that refuse it (RFC 3261 section
+# 21: the same request will not succeed; RFC 6665 section 4.1.2.2 ends a
+# refreshed subscription on most of them).  A subscriber configured with the
+# node tries a new SUBSCRIBE later, slowly: an operator who fixes the agent
+# gets the node back without restarting the proxy.  Other 4xx codes count as
+# refusals too, except those with their own rule (401/407, 408, 423, 481)
+# and 480/486, which say "busy now".
+REFUSALS = frozenset({400, 403, 404, 405, 406, 410, 413, 414, 415, 416, 420, 421, 484,
+                      489, 501, 603, 604, 606})
+REFUSAL_WAIT = (60.0, 600.0)  # spec 4.15: no sooner than 60 s, doubling up to 600 s
+# Refusal waits are stretched by up to a fifth at random, never shortened, so
+# that proxies refused together do not come back together.
+REFUSAL_JITTER = 0.2
 # RFC 6665 section 4.1.3: what a terminated NOTIFY's reason asks of us.
 RESUBSCRIBE_AT_ONCE = frozenset({"deactivated", "timeout"})
 RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})
@@ -1194,17 +1212,21 @@ class Subscriber:
             return
         if self._retry_with(request, response, now, out):
             return
-        if status in GIVE_UP:
-            self.state = STOPPED
-            out.append(SubscriptionEnded(self, response.reason or "refresh refused", status, None))
+        if self._is_refusal(status):
+            # Spec 4.15: the refresh is refused: the subscription is over (RFC
+            # 6665 4.1.2.2); a new one after the refusal wait.
+            self.failures += 1
+            self._resubscribe_later(now, self._refusal_wait(), response.reason or "refresh refused",
+                                    status, out)
             return
         # RFC 6665 section 4.1.2.2: other failures leave the subscription as
-        # it was until it expires; try the refresh again before that.
+        # it was until it expires; try the refresh again before that.  A 480
+        # is the exception there: the subscription is over (spec 4.15).
         self.failures += 1
         wait = backoff(self.failures, self.config.random, self.config.backoff_base,
                        self.config.backoff_max)
         assert self.expires_at is not None
-        if now + wait < self.expires_at:
+        if status != 480 and now + wait < self.expires_at:
             self.refresh_at = now + wait
         else:
             self._resubscribe_later(now, wait, "refresh-failed", status, out)
@@ -1223,15 +1245,29 @@ class Subscriber:
         self.pending = None
         out.append(SubscriptionEnded(self, reason, status, None))
 
+    @staticmethod
+    def _is_refusal(status: int) -> bool:
+        """Spec 4.15: refused (credentials refused included), not failed."""
+        return status in REFUSALS or status in (401, 407) or (
+            400 <= status < 500 and status not in (408, 423, 480, 481, 486, 491))
+
+    def _refusal_wait(self) -> float:
+        base, cap = REFUSAL_WAIT
+        wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+        return wait * (1 + REFUSAL_JITTER * (1 - self.config.random()))
+
     def _failed(self, status: int, reason: str, now: float, out: list[SubscriberOutput],
                 response: Response | None = None) -> None:
-        if status in GIVE_UP or status in (401, 407) or self.stopping:
+        if self.stopping:
             self._finish(reason or "refused", status, out)
             return
         self.failures += 1
-        wait = backoff(self.failures, self.config.random, self.config.backoff_base,
-                       self.config.backoff_max)
-        if response is not None and status in (503, 500, 480, 486, 600):
+        if self._is_refusal(status):
+            wait = self._refusal_wait()
+        else:
+            wait = backoff(self.failures, self.config.random, self.config.backoff_base,
+                           self.config.backoff_max)
+        if response is not None:
             try:
                 retry_after = response.retry_after
             except SipError:

@@ -250,10 +250,8 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
                 KSR.tm.t_reply(400, "Bad Expires")
                 return
             expires = min(int(header), cfg.max_expires)
-        if 0 < expires < cfg.min_expires:
-            KSR.hdr.append_to_reply(f"Min-Expires: {cfg.min_expires}\r\n")
-            KSR.tm.t_reply(423, "Interval Too Brief")
-            return
+        # Spec 5.5 (RFC 3903 section 6): the entity tag (412, step 5) before
+        # the expiration (423, step 6), before the body (steps 7 to 9).
         old = KSR.hdr.get("SIP-If-Match")
         node = None
         if old is not None:
@@ -262,7 +260,11 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
             if node is None:
                 KSR.tm.t_reply(412, "Conditional Request Failed")
                 return
-        elif not self.has_body():
+        if 0 < expires < cfg.min_expires:
+            KSR.hdr.append_to_reply(f"Min-Expires: {cfg.min_expires}\r\n")
+            KSR.tm.t_reply(423, "Interval Too Brief")
+            return
+        if old is None and not self.has_body():
             KSR.tm.t_reply(400, "body: missing in an initial PUBLISH")
             return
 
@@ -282,7 +284,8 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
                 return
             status, text = taken
             if node is not None and status.node != node:
-                KSR.tm.t_reply(400, "node: differs from the node of this publication")
+                # Spec 5.5 step 10, reason phrase of 6.6.
+                KSR.tm.t_reply(400, "Invalid load-status body: node (publication)")
                 return
             if not self.store(status, text):
                 return
