@@ -19,6 +19,15 @@ from tests.test_packaging import Container, built, container, system  # noqa: F4
 pytestmark = pytest.mark.slow
 
 
+def test_the_units_descriptor_limit_leaves_room_beyond_the_connection_cap():
+    from agent.config import NotifierConfig
+    from sipstatus.net.service import FD_RESERVE
+    from tests.test_packaging import UNIT, unit_values
+
+    (limit,) = unit_values(UNIT.read_text(), "LimitNOFILE")
+    assert int(limit) >= NotifierConfig().max_connections + FD_RESERVE
+
+
 def as_user(box: Container, user: str | None, command: str):
     """Run `command` in the container as `user` (None: root), with its groups."""
     if user is not None:

@@ -424,7 +424,10 @@ class SipService:
                     continue
                 self.timed_out += 1
                 self._refusal_log.log(log, logging.INFO, now, "closing %s: %s", stream.peer, why)
-                stream.transport.close()
+                if stream.transport.get_write_buffer_size():
+                    stream.transport.abort()  # a peer that reads nothing would hold it open
+                else:
+                    stream.transport.close()
                 stream._forget()  # its descriptor is freed as it closes
 
     def local_host(self, transport: str, peer: str) -> str | None:
