@@ -13,7 +13,7 @@ repository and on opensips.org):
   `{"jsonrpc":"2.0","result":...,"id":...}`); the request rules are the MI
   core's, mi/mi.c `parse_mi_request()`: `params` must be an array or an
   object, anything else (null included) makes the request invalid (-32600,
-  "Invalid Request"; FIELD-NOTES saw the same on 3.5.9); a command is run by
+  "Invalid Request"; OpenSIPS 3.5.9 did so when tried); a command is run by
   the "recipe" whose parameter NAMES all match (`get_cmd_recipe()`), else
   -32602 "Invalid params" with `data` "Too few or too many parameters" or
   "Named parameters do not match"; an unknown method is -32601 "Method not
@@ -80,7 +80,7 @@ else by its URI host. A node with no destination, or with more than one in
 the sink's group, is never resized or switched: it is reported and logged.
 Only what changed since the last applied state is pushed; `refresh()` takes
 OpenSIPS's own view as the applied state, so sizes lost to an `lb_reload` or
-a restart (FIELD-NOTES) are put back on the next push. An MI error is
+a restart (seen on OpenSIPS 3.5.9) are put back on the next push. An MI error is
 reported with the method and params that caused it and the applied state is
 left as it was, so the next push tries again.
 """

@@ -362,11 +362,12 @@ class LiveNode:
         return path.read_text(errors="replace").splitlines() if path is not None and path.exists() else []
 
     def invites(self) -> list[tuple[float, str]]:
-        """(epoch time, Call-ID) of every INVITE this node received."""
+        """(epoch time, Call-ID) of every INVITE this node received ("+"
+        taken, "x" refused)."""
         out = []
         for line in self.lines():
             fields = line.split()
-            if len(fields) == 4 and fields[0] == "+":
+            if len(fields) == 4 and fields[0] in "+x":
                 out.append((float(fields[1]) + float(fields[2]) / 1e6, fields[3]))
         return out
 
