@@ -108,13 +108,17 @@ def _replace_cases(text: str, route: str, cases: str) -> str:
 
 
 def customize(text: str, *, port: int, dbtext: Path, pool: Sequence[PoolEntry],
-              agents: Sequence[tuple[str, str]] = (), expires: int | None = None) -> str:
+              agents: Sequence[tuple[str, str]] = (), expires: int | None = None,
+              modules: Path | None = None) -> str:
     """The example config with only what its CUSTOMIZE ME lines ask changed:
-    the socket, the db_url folder, this proxy's address, route[NODE_MAP]'s
-    cases (and route[AGENT]'s: node, SUBSCRIBE URI), the SUBSCRIBE Expires."""
+    the module path, the socket, the db_url folder, this proxy's address,
+    route[NODE_MAP]'s cases (and route[AGENT]'s: node, SUBSCRIBE URI), the
+    SUBSCRIBE Expires."""
     out = []
     for line in text.splitlines(keepends=True):
         if "CUSTOMIZE ME" in line:
+            if modules is not None:
+                line = re.sub(r'^mpath="[^"]*"', f'mpath="{modules}/"', line)
             line = re.sub(r"^socket=udp:[0-9.]+:\d+", f"socket=udp:{HOST}:{port}", line)
             line = line.replace("text:///etc/opensips/dbtext", f"text://{dbtext}")
             line = line.replace("@127.0.0.1:5060", f"@{HOST}:{port}")
@@ -412,7 +416,8 @@ class Pump:
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.thread.join(5)
 
 
 # -- calls --------------------------------------------------------------------------------------

@@ -369,3 +369,36 @@ def test_the_subscriber_refreshes_from_the_first_notify_of_a_subscription_only()
     guard = notify.rindex('if (!cache_fetch("local", "subok_$var(sub_node)", $var(ok_ci)) || $var(ok_ci) != $ci)', 0, confirm)
     assert notify.index('cache_store("local", "subdue_$var(sub_node)"', guard) < confirm
     assert "{param.value,expires}" in notify[guard:confirm]
+
+
+def test_the_real_tier_changes_only_the_customize_me_lines(config):
+    # tests/opensips_runner.customize() is how the real tier adapts a config;
+    # it must change nothing a reader is not told to change.
+    import difflib
+
+    from tests.opensips_runner import PoolEntry, customize
+
+    original = config.read_text()
+    changed = customize(original, port=45678, dbtext=Path("/tmp/x/dbtext"),
+                        pool=[PoolEntry("n1", 1, 40001), PoolEntry("n2", 2, 40002), PoolEntry("n3", 3, 40003)],
+                        agents=[("n1", "sip:load-status@127.0.0.1:41001")], expires=60)
+    blocks = route_blocks(original)
+    switches = "".join(blocks[name].split("switch ($param(1)) {", 1)[1] for name in ("NODE_MAP", "AGENT")
+                       if name in blocks)
+    removed = [line[1:] for line in difflib.unified_diff(original.splitlines(), changed.splitlines(), lineterm="", n=0)
+               if line.startswith("-") and not line.startswith("---")]
+    assert removed
+    for line in removed:
+        assert "CUSTOMIZE ME" in line or line in switches, line
+
+
+def test_no_expression_mixes_additive_and_multiplicative_operators(config):
+    # OpenSIPS 3.6.8 evaluates script expressions left to right, without
+    # precedence: "load + weight * limit / 100" gave ((load + weight) * limit)
+    # / 100, a capacity that shrank as calls came in. One operator kind per
+    # statement.
+    for number, line in enumerate(code_of(config).splitlines(), 1):
+        bare = without_strings(line)
+        if re.search(r"[^=!<>]=[^=]", bare):
+            right = re.split(r"[^=!<>]=[^=]", bare, maxsplit=1)[1]
+            assert not (re.search(r"\s[+-]\s", right) and re.search(r"\s[*/]\s", right)), f"line {number}: {line.strip()}"

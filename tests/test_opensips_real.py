@@ -70,6 +70,7 @@ from tests.opensips_runner import (
     customize,
     dbtext_tables,
     opensips_build,
+    readme_block,
     wait_for,
 )
 from tests.sipp_runner import free_port
@@ -147,7 +148,7 @@ def build_stack(way: str, workdir: Path, *, specs: dict[str, tuple[str, int, int
     config = "subscriber" if way == "subscriber" else "compositor"
     text = customize((EXAMPLES / config / "opensips.cfg").read_text(), port=port, dbtext=run / "dbtext", pool=pool,
                      agents=[(n.name, f"sip:load-status@{HOST}:{n.agent.port}") for n in nodes.values()],
-                     expires=expires)
+                     expires=expires, modules=prefix / "lib64" / "opensips" / "modules")
     text = add_mi_http(text, mi_port)
     dbtext_tables(run / "dbtext", pool)
     opensips = OpenSips(prefix, run, text, port, mi_port=mi_port)
@@ -204,6 +205,23 @@ def peak_calls(node: LiveNode, since: float = 0.0) -> int:
         elif fields and fields[0] == "-" and live > 0:
             live -= 1
     return peak
+
+
+# -- the README's tables -------------------------------------------------------------------------
+
+
+def test_the_readme_tables_are_the_ones_opensips_ships():
+    # The README gave the 3.2/3.3 dispatcher table (version 8, no probe_mode);
+    # OpenSIPS 3.6.8 refused to start with it. The column lines and versions
+    # must be the installed scripts/dbtext/opensips ones.
+    assert PREFIX is not None
+    shipped = PREFIX / "share" / "opensips" / "dbtext" / "opensips"
+    for table in ("load_balancer", "dispatcher"):
+        theirs = (shipped / table).read_text().splitlines()[0].split()
+        assert readme_block(f"`/etc/opensips/dbtext/{table}`").splitlines()[0].split() == theirs, table
+    versions = dict(line.split(":") for line in (shipped / "version").read_text().splitlines()[1:] if ":" in line)
+    ours = dict(line.split(":") for line in readme_block("`/etc/opensips/dbtext/version`").splitlines()[1:])
+    assert ours == {t: versions[t] for t in ours}
 
 
 # -- the tests, in each way -----------------------------------------------------------------------
@@ -360,7 +378,8 @@ def test_compositor_cpu_per_thousand_reports(tmp_path):
     pool = [PoolEntry(n.name, i, n.port) for i, n in enumerate(nodes, 1)]
     run = tmp_path / "opensips"
     text = add_mi_http(customize((EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,
-                                 dbtext=run / "dbtext", pool=pool), mi_port)
+                                 dbtext=run / "dbtext", pool=pool, modules=prefix / "lib64" / "opensips" / "modules"),
+                       mi_port)
     dbtext_tables(run / "dbtext", pool)
     opensips = OpenSips(prefix, run, text, port, mi_port=mi_port)
     opensips.start()

@@ -16,9 +16,10 @@ SOURCES=${SIPSTATUS_PEER_SOURCES:-$ROOT/../shared/peers}
 CACHE=${SIPSTATUS_PEER_CACHE:-/var/cache/sipstatus/peers}
 TARBALL=$SOURCES/opensips-$VERSION.tar.xz
 
-# What packaging/examples/opensips/*/opensips.cfg load, and the MI over HTTP.
+# What packaging/examples/opensips/*/opensips.cfg load, and the MI over HTTP
+# (their proto_udp is part of the core in 3.6: net/proto_udp).
 MODULES="cachedb_local db_text dialog dispatcher json load_balancer maxfwd
-mi_script proto_udp rr sipmsgops sl tm httpd mi_http"
+mi_script rr sipmsgops sl tm httpd mi_http"
 DEBS=(build-essential bison flex libssl-dev libjson-c-dev libmicrohttpd-dev
       pkg-config xz-utils)
 
