@@ -194,6 +194,12 @@ def invites_after(node: LiveNode, when: float) -> list[float]:
     return [t for t, _ in node.invites() if t > when]
 
 
+def disabled_after(stack: Stack, node: str, since: float) -> float:
+    """Seconds from `since` until lb_list shows `node` disabled (polled)."""
+    wait_for(lambda: not stack.lb_list()[node]["enabled"], 15, f"{node} disabled in load_balancer", period=0.02)
+    return round(time.time() - since, 3)
+
+
 def peak_calls(node: LiveNode, since: float = 0.0) -> int:
     """The most calls the node carried at once (from its INVITE/BYE log)."""
     live, peak = 0, 0
@@ -248,6 +254,7 @@ def test_a_drained_node_gets_no_call_after_the_drain(stack):
     time.sleep(3)
     node.agent.ctl("drain")
     drained = time.time()
+    stack.figures["drain_disabled_after_s"] = disabled_after(stack, "ast1", drained)
     try:
         counts = caller.wait()
         late = invites_after(node, drained)
@@ -263,37 +270,50 @@ def test_a_drained_node_gets_no_call_after_the_drain(stack):
 
 
 def test_a_killed_agents_node_is_out_within_its_validity(stack):
-    node = stack.nodes["ast3"]
+    # ast1, the roomiest node, gets the calls; its agent dies without a word.
+    node = stack.nodes["ast1"]
+    mark = len(stack.opensips.log())
     caller = stack.calls(150, rate=15, duration=0.3)
     time.sleep(2.5)
     node.agent.kill()
     killed = time.time()
+    stack.figures["sigkill_disabled_after_s"] = disabled_after(stack, "ast1", killed)
     counts = caller.wait()
     late = invites_after(node, killed)
-    stack.figures["sigkill_last_invite_after_s"] = round(max(late) - killed, 3) if late else 0.0
+    stack.figures["sigkill_last_invite_after_s"] = round(max(late) - killed, 3) if late else None
+    assert [t for t, _ in node.invites() if killed - 2.5 < t <= killed], "no call reached the node before the kill"
     assert [t - killed for t in late if t > killed + VALIDITY + 1.5] == []
     assert dict(counts.rejected) == {} and counts.missing == 0
-    node.agent.start()
+    if stack.way != "sidecar":
+        # the scripts' expiry timer (it could not list the nodes before: issue 13)
+        assert "no valid report from ast1: taken out" in stack.opensips.log()[mark:]
     back = time.time()
+    node.agent.start()
     wait_for(stack.sized, 40, "the node back after its agent restarted")
     stack.figures["agent_restart_back_s"] = round(time.time() - back, 2)
     stack.check_log()
 
 
 def test_an_agent_stopped_with_sigterm_takes_its_node_out_at_once(stack):
-    node = stack.nodes["ast3"]
+    # ast1's agent stops: its removal PUBLISH (refused with 415 before: issue
+    # 13), or its terminated NOTIFY, takes the node out at once.
+    node = stack.nodes["ast1"]
     caller = stack.calls(120, rate=15, duration=0.3)
     time.sleep(2.5)
+    mark = len(stack.opensips.log())
     stopped = time.time()
     node.agent.stop()
+    stack.figures["sigterm_disabled_after_s"] = disabled_after(stack, "ast1", stopped)
     counts = caller.wait()
     late = invites_after(node, stopped)
-    stack.figures["sigterm_last_invite_after_s"] = round(max(late) - stopped, 3) if late else 0.0
+    stack.figures["sigterm_last_invite_after_s"] = round(max(late) - stopped, 3) if late else None
+    assert [t for t, _ in node.invites() if stopped - 2.5 < t <= stopped], "no call reached the node before the stop"
     assert [t - stopped for t in late if t > stopped + 1.0] == []
     assert dict(counts.rejected) == {} and counts.missing == 0
+    assert "removed" in node.agent.log_tail(5) or stack.way != "compositor", node.agent.log_tail(5)
     # the removal is not followed by a "taken out" when the old validity runs out
     time.sleep(VALIDITY + 2)
-    assert [line for line in stack.opensips.log().splitlines() if "no valid report from ast3" in line] == []
+    assert "no valid report from ast1" not in stack.opensips.log()[mark:]
     node.agent.start()
     wait_for(stack.sized, 40, "the node back after its agent restarted")
     stack.check_log()
@@ -306,7 +326,6 @@ def test_after_an_opensips_restart_every_node_is_sized_again_within_seconds(stac
     stack.figures["opensips_restart_back_s"] = round(time.time() - restarted, 2)
     counts = stack.calls(60, rate=15, duration=0.3).wait()
     assert dict(counts.rejected) == {} and counts.missing == 0
-    assert set(counts.answered) == set(SPECS), counts.answered
     stack.check_log()
 
 
