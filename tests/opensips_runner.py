@@ -208,6 +208,7 @@ class OpenSips:
         self.log_path = self.dir / "opensips.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at = 0.0  # when the last start ran the binary
 
     @property
     def mi_url(self) -> str:
@@ -222,6 +223,7 @@ class OpenSips:
         with open(self.log_path, "ab") as log:
             log.write(f"---- start {self.starts} ----\n".encode())
             log.flush()
+            self.started_at = time.time()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -321,9 +321,9 @@ def test_an_agent_stopped_with_sigterm_takes_its_node_out_at_once(stack):
 
 def test_after_an_opensips_restart_every_node_is_sized_again_within_seconds(stack):
     stack.opensips.restart()
-    restarted = time.time()
     wait_for(stack.sized, 15, "every node sized again after the restart")
-    stack.figures["opensips_restart_back_s"] = round(time.time() - restarted, 2)
+    # from the new OpenSIPS process's start (it answers about 0.5 s later)
+    stack.figures["opensips_restart_back_s"] = round(time.time() - stack.opensips.started_at, 2)
     counts = stack.calls(60, rate=15, duration=0.3).wait()
     assert dict(counts.rejected) == {} and counts.missing == 0
     stack.check_log()
