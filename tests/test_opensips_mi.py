@@ -315,3 +315,19 @@ def test_the_sidecar_reads_the_load_before_every_push():
         sink.push([NodeView("ast1", second, 0.0, True)])
         max_, load = state.lb[0].resources["channels"]
         assert (max_, max_ - load) == (30, 20)  # 20 free, as the node says; not 10
+
+
+def test_a_notification_gets_202_and_an_answer_that_never_ends(osips):
+    # OpenSIPS 3.6.8 answers a JSON-RPC notification (no "id") with 202 and a
+    # chunked body it never finishes; MiClient always sends an id.
+    request = urllib.request.Request(osips.url, data=b'{"jsonrpc": "2.0", "method": "lb_list"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=2) as answer:
+        assert answer.status == 202
+        with pytest.raises(TimeoutError):
+            answer.read()
+
+
+def test_ds_list_destinations_carry_their_resolved_addresses(osips):
+    dests = MiClient(osips.url).call("ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"]
+    assert [d["resolved_addresses"] for d in dests[:2]] == [["10.0.0.1:5060"], ["10.0.0.2:5060"]]

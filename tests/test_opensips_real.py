@@ -418,3 +418,53 @@ def test_compositor_cpu_per_thousand_reports(tmp_path):
         assert opensips.alive() and opensips.problems() == []
     finally:
         opensips.stop()
+
+
+# -- the fake MI server follows the real one ----------------------------------------------------
+
+
+def test_the_fake_mi_server_answers_as_the_real_opensips(tmp_path):
+    # tests/fake_opensips_mi.py serves the fast unit tests; here the same
+    # requests go to a real OpenSIPS and to the fake holding the same
+    # destinations, and the answers must be equal.
+    from tests.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
+
+    assert PREFIX is not None
+    port, mi_port = free_udp_port(), free_port()
+    nodes = [Destinationless(f"ast{i}", free_udp_port()) for i in (1, 2)]
+    pool = [PoolEntry(n.name, i, n.port) for i, n in enumerate(nodes, 1)]
+    run = tmp_path / "opensips"
+    text = add_mi_http(customize((EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,
+                                 dbtext=run / "dbtext", pool=pool, modules=PREFIX / "lib64" / "opensips" / "modules"),
+                       mi_port)
+    dbtext_tables(run / "dbtext", pool)
+    fake = FakeOpenSips(lb=[LbDst(e.lb_id, 1, e.uri, {"channels": [100, 0]}, attrs=f"node={e.node}") for e in pool],
+                        ds={"default": {1: [DsDst(e.uri, attrs=f"node={e.node}", description=e.node) for e in pool]}})
+    requests = [
+        {"jsonrpc": "2.0", "method": "lb_list", "id": 1},
+        {"jsonrpc": "2.0", "method": "ds_list", "id": 2},
+        {"jsonrpc": "2.0", "method": "ds_list", "params": {"full": 1}, "id": 3},
+        {"jsonrpc": "2.0", "method": "lb_resize", "params": {"destination_id": 1, "resource": "channels", "size": 5},
+         "id": 4},
+        {"jsonrpc": "2.0", "method": "lb_status", "params": {"destination_id": 1, "new_status": 0}, "id": 5},
+        {"jsonrpc": "2.0", "method": "lb_list", "id": 6},
+        {"jsonrpc": "2.0", "method": "no_such_command", "id": 7},
+        {"jsonrpc": "2.0", "method": "lb_list", "params": None, "id": 8},
+    ]
+
+    def ask(url: str, request: dict) -> object:
+        http = urllib.request.Request(url, data=json.dumps(request).encode(), method="POST",
+                                      headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(http, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+
+    opensips = OpenSips(PREFIX, run, text, port, mi_port=mi_port)
+    opensips.start()
+    try:
+        real = [ask(opensips.mi_url, r) for r in requests]
+    finally:
+        opensips.stop()
+    with FakeMiServer(fake) as server:
+        imitation = [ask(server.url, r) for r in requests]
+    for request, theirs, ours in zip(requests, real, imitation, strict=True):
+        assert ours == theirs, request["method"]
