@@ -109,6 +109,7 @@ class AgentService:
         self._announced: LoadStatus | None = None  # the last significant one
         self._seq = 0
         self._changed: set[str] = set()
+        self._unremoved: Publisher | None = None  # the publisher whose removal just failed
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.sampler: Sampler | None = None
@@ -459,8 +460,11 @@ class AgentService:
                 retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"
             else:
                 retry = "not retried" if event.publisher.removing else "will retry with the next heartbeat"
+                if event.publisher.removing:
+                    self._unremoved = event.publisher
             log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
-        elif isinstance(event, Unpublished):
+        elif isinstance(event, Unpublished) and event.publisher is not self._unremoved:
+            # (after a failed removal the failure line above said what happened)
             log.info("publication at %s removed", event.publisher.target)
 
     def _describe_addresses(self) -> str:

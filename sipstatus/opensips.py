@@ -13,7 +13,7 @@ repository and on opensips.org):
   `{"jsonrpc":"2.0","result":...,"id":...}`); the request rules are the MI
   core's, mi/mi.c `parse_mi_request()`: `params` must be an array or an
   object, anything else (null included) makes the request invalid (-32600,
-  "Invalid Request"; FIELD-NOTES saw the same on 3.5.9); a command is run by
+  "Invalid Request"; OpenSIPS 3.5.9 did so when tried); a command is run by
   the "recipe" whose parameter NAMES all match (`get_cmd_recipe()`), else
   -32602 "Invalid params" with `data` "Too few or too many parameters" or
   "Named parameters do not match"; an unknown method is -32601 "Method not
@@ -55,14 +55,23 @@ largest free slot, `max - load`, where `load` is the calls OpenSIPS itself
 has on it (README "Overview"). The agent reports the node's own free
 fraction `capacity` and its channel `limit`, so the slots it has free are
 `capacity x limit` (FreeSlotsPolicy's measure; `default_limit` stands in for
-an unknown limit). Those free slots already exclude the calls OpenSIPS has
-there, so for OpenSIPS to see the same free slots:
+an unknown limit). Those free slots already exclude the calls the node had
+when it measured, OpenSIPS's among them, but not the calls OpenSIPS placed
+since (they are in its load, not yet in the report). So the load added back
+is the part of OpenSIPS's load the report has counted, which is at most the
+node's own call count `asterisk.calls`:
 
-    max = load (from lb_list, at refresh) + floor(capacity x limit)
+    max = min(load, asterisk.calls) + floor(capacity x limit)
 
-Between reports OpenSIPS counts the calls it adds itself (its load grows,
-its free slot shrinks), and the next report resets the base. The sidecar
-calls `refresh()` (lb_list, ds_list) when reports arrive, then `push()`.
+with `load` read from lb_list when the capacity is computed (`load` alone
+when the report has no call count). OpenSIPS's free slot `max - load` is
+then the reported free slots less the calls placed since the report.
+Adding a load read earlier (a minute before, say) counts the calls placed in
+between twice, once in the load and once in the smaller free slots: under a
+steady stream of calls, each node was offered about half its free slots and
+calls were refused while the pool was half empty (OpenSIPS 3.6.8, issue 13).
+The sidecar reads lb_list before every push (`refresh_loads()`) and ds_list
+every `refresh_interval`.
 
 A destination is a sipstatus node by its attributes, `node=NAME` in the
 `attrs` (load_balancer) or `attr` (dispatcher) string, a `;`-separated list
@@ -71,7 +80,7 @@ else by its URI host. A node with no destination, or with more than one in
 the sink's group, is never resized or switched: it is reported and logged.
 Only what changed since the last applied state is pushed; `refresh()` takes
 OpenSIPS's own view as the applied state, so sizes lost to an `lb_reload` or
-a restart (FIELD-NOTES) are put back on the next push. An MI error is
+a restart (seen on OpenSIPS 3.5.9) are put back on the next push. An MI error is
 reported with the method and params that caused it and the applied state is
 left as it was, so the next push tries again.
 """
@@ -251,14 +260,19 @@ def parse_ds_list(result: Mapping[str, Any]) -> list[DsDestination]:
 
 
 def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100) -> int:
-    """The load_balancer `max` for a node: the calls OpenSIPS already has on it
-    plus the slots the node reports free (capacity x limit, as FreeSlotsPolicy
-    counts them). 0 free slots for a node that takes no calls."""
+    """The load_balancer `max` for a node: the part of OpenSIPS's current
+    `load` that the report already counts (at most the node's own call count,
+    `asterisk.calls`; all of it when the report has none) plus the slots the
+    node reports free (capacity x limit, as FreeSlotsPolicy counts them).
+    0 free slots for a node that takes no calls."""
     if not view.accepts_calls:
         return load
     asterisk = view.status.asterisk
     limit = asterisk.limit if asterisk is not None and asterisk.limit is not None else default_limit
-    return load + math.floor(view.status.capacity * limit)
+    counted = load
+    if asterisk is not None and asterisk.calls is not None:
+        counted = min(load, asterisk.calls)
+    return counted + math.floor(view.status.capacity * limit)
 
 
 # -- pushing --------------------------------------------------------------------
@@ -300,6 +314,8 @@ class OpenSipsSink:
         self._lb: dict[str, LbDestination] = {}
         self._ds: dict[str, DsDestination] = {}
         self._ambiguous: set[str] = set()
+        self._ds_ambiguous: set[str] = set()
+        self._refreshed = False
         self._lb_applied: dict[str, _LbApplied] = {}
         self._ds_applied: dict[str, bool] = {}
 
@@ -308,26 +324,46 @@ class OpenSipsSink:
     def refresh(self) -> None:
         """Read the destinations and their state from OpenSIPS (lb_list,
         ds_list) and take that as the applied state. Raises MiError."""
-        lb: dict[str, list[LbDestination]] = {}
+        lb = self._read_lb()
         ds: dict[str, list[DsDestination]] = {}
-        if self.lb_group is not None:
-            for dst in parse_lb_list(self.mi.call("lb_list")):
-                if dst.group == self.lb_group:
-                    lb.setdefault(dst.node, []).append(dst)
         if self.ds_set is not None:
             for dst in parse_ds_list(self.mi.call("ds_list")):
                 if dst.partition == self.ds_partition and dst.set_id == self.ds_set:
                     ds.setdefault(dst.node, []).append(dst)
-        self._ambiguous = {n for n, d in lb.items() if len(d) > 1} | {n for n, d in ds.items() if len(d) > 1}
-        for node in sorted(self._ambiguous):
+        self._ds_ambiguous = {n for n, d in ds.items() if len(d) > 1}
+        self._ds = {n: d[0] for n, d in ds.items()}
+        self._ds_applied = {node: dst.active for node, dst in self._ds.items()}
+        self._take_lb(lb)
+
+    def refresh_loads(self) -> None:
+        """Read lb_list only: the current loads (for the capacities about to
+        be pushed), sizes and states. Raises MiError. Before the first
+        `refresh()` this is a full refresh."""
+        if not self._refreshed:
+            self.refresh()
+            return
+        self._take_lb(self._read_lb())
+
+    def _read_lb(self) -> dict[str, list[LbDestination]]:
+        lb: dict[str, list[LbDestination]] = {}
+        if self.lb_group is not None:
+            for dst in parse_lb_list(self.mi.call("lb_list")):
+                if dst.group == self.lb_group:
+                    lb.setdefault(dst.node, []).append(dst)
+        return lb
+
+    def _take_lb(self, lb: dict[str, list[LbDestination]]) -> None:
+        ambiguous = {n for n, d in lb.items() if len(d) > 1} | self._ds_ambiguous
+        for node in sorted(ambiguous - self._ambiguous):
             log.error("OpenSIPS has several destinations for node %s; it is left alone", node)
-        self._lb = {n: d[0] for n, d in lb.items() if n not in self._ambiguous}
-        self._ds = {n: d[0] for n, d in ds.items() if n not in self._ambiguous}
+        self._ambiguous = ambiguous
+        self._lb = {n: d[0] for n, d in lb.items() if n not in ambiguous}
+        self._ds = {n: d for n, d in self._ds.items() if n not in ambiguous}
         self._lb_applied = {}
         for node, dst in self._lb.items():
             res = dst.resources.get(self.resource)
             self._lb_applied[node] = _LbApplied(res.max if res else None, dst.enabled)
-        self._ds_applied = {node: dst.active for node, dst in self._ds.items()}
+        self._refreshed = True
 
     def lb_destination(self, node: str) -> LbDestination | None:
         return self._lb.get(node)

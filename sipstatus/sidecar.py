@@ -51,9 +51,11 @@ def kamailio_sink(config: SidecarConfig, rpc: JsonRpcClient) -> KamailioSink:
 
 
 class RefreshingOpenSips:
-    """OpenSipsSink as a view sink that re-reads lb_list/ds_list every
-    `interval` seconds before a push: a resize lost to lb_reload or an
-    OpenSIPS restart is then found and pushed again."""
+    """OpenSipsSink as a view sink. Before every push it reads lb_list: the
+    capacities pushed add back OpenSIPS's load as it is now (a load read
+    earlier counts the calls placed since twice: sipstatus.opensips), and a
+    resize lost to lb_reload or an OpenSIPS restart is found and pushed
+    again. ds_list is read every `interval` seconds."""
 
     def __init__(self, sink: OpenSipsSink, interval: float, clock: Callable[[], float]) -> None:
         self.sink, self.interval, self.clock = sink, interval, clock
@@ -61,9 +63,12 @@ class RefreshingOpenSips:
 
     def push(self, views: list[NodeView]) -> PushResult:
         now = self.clock()
+        # MiError: the watcher logs it and tries again
         if now - self._read_at >= self.interval:
-            self.sink.refresh()  # MiError: the watcher logs it and tries again
+            self.sink.refresh()
             self._read_at = now
+        else:
+            self.sink.refresh_loads()
         result = self.sink.push(views)
         if result.errors:
             raise MiError("push", None, "; ".join(map(str, result.errors)))

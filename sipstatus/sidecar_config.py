@@ -242,8 +242,9 @@ class OpenSipsSection:
     #: Dispatcher set switched on and off by ds_set_state; 0 = none.
     ds_set: int = _opt(0, integer(0, 2**31 - 1))
     ds_partition: str = _opt("default", text(r"[A-Za-z0-9_-]+", "a partition name"))
-    #: Seconds between readings of lb_list/ds_list (a resize is lost on lb_reload
-    #: or an OpenSIPS restart; the next reading finds it and it is pushed again).
+    #: Seconds between readings of ds_list (lb_list is read before every push:
+    #: the capacities add back OpenSIPS's current load, and a resize lost on
+    #: lb_reload or an OpenSIPS restart is found and pushed again).
     refresh_interval: float = _opt(60.0, number(1.0, 86_400.0))
     #: Seconds to wait for one MI answer.
     timeout: float = _opt(2.0, number(0.1, 60.0))

@@ -7,8 +7,10 @@ repository, 3.x sources and module READMEs):
 
 - transport: modules/mi_http README "Examples" (POST /mi, JSON-RPC body,
   200 with a JSON-RPC reply) and mi_http.c `mi_json_answer_to_connection()`:
-  405 if not POST, 400 if the body is empty, 202 and no body for a
-  notification (no "id"), 200 for any JSON-RPC reply, errors included;
+  405 if not POST, 400 if the body is empty, 200 for any JSON-RPC reply,
+  errors included. A notification (no "id") gets 202 and a chunked body
+  that never ends: what a real OpenSIPS 3.6.8 did (the client waits until
+  its timeout; FIELD-NOTES), so the fake holds the connection open;
 - request parsing and errors: mi/mi.c `parse_mi_request()` and
   `handle_mi_request()`, codes and messages from mi/mi.h: -32700 "Parse
   error", -32600 "Invalid Request" (jsonrpc not "2.0", method not a string,
@@ -26,7 +28,13 @@ repository, 3.x sources and module READMEs):
   `mi_lb_status()`, `mi_lb_status_1()`);
 - dispatcher (opensips.org dispatcher 3.x "Exported MI Functions"; recipes
   and shapes from dispatcher.c `mi_cmds[]`, `ds_mi_set()`, `ds_mi_list()`
-  and dispatch.c `ds_print_mi_list()`).
+  and dispatch.c `ds_print_mi_list()`); each destination also carries
+  `resolved_addresses`, ["host:port"], as a real OpenSIPS 3.6.8 answered.
+
+tests/test_opensips_real.py compares this fake's answers with a real
+OpenSIPS 3.6.8's for the same destinations (lb_list, ds_list with and
+without "full", wrong parameter names, an unknown method); an empty body
+(400) and a GET (405) were checked by hand against it.
 """
 
 from __future__ import annotations
@@ -176,6 +184,7 @@ class FakeOpenSips:
                             item["priority"] = d.priority
                             if d.description:
                                 item["description"] = d.description
+                        item["resolved_addresses"] = [_host_port(d.uri)]
                         items.append(item)
                     part["SETS"].append({"id": set_id, "Destinations": items})
             parts.append(part)
@@ -209,6 +218,14 @@ class FakeOpenSips:
                 d.state = new
                 return "OK"
         raise _MiFault(404, "destination not found")
+
+
+def _host_port(uri: str) -> str:
+    """"sip:10.0.0.1:5060" -> "10.0.0.1:5060" (5060 when the URI has no port).
+    Only IP literals were seen resolved on the real OpenSIPS; a host name is
+    left as it is here (OpenSIPS would list the addresses DNS gives it)."""
+    hostport = uri.split(":", 1)[1].split(";", 1)[0].rsplit("@", 1)[-1]
+    return hostport if ":" in hostport else f"{hostport}:5060"
 
 
 def _int_param(params: dict, name: str) -> int:
@@ -314,6 +331,7 @@ class FakeMiServer:
     def __init__(self, state: FakeOpenSips | None = None, *, root: str = "mi") -> None:
         self.state = state or FakeOpenSips()
         self.root = root
+        self.closing = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -327,6 +345,15 @@ class FakeMiServer:
                     self._send(400, None)
                     return
                 status, reply = handle(fake.state, body)
+                if status == 202:
+                    # OpenSIPS 3.6.8: 202, chunked, and the body never ends.
+                    self.send_response(202)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.flush()
+                    fake.closing.wait()
+                    return
                 self._send(status, reply)
 
             def do_GET(self) -> None:  # noqa: N802
@@ -356,6 +383,7 @@ class FakeMiServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()

@@ -127,7 +127,9 @@ CORE_PARAMS = frozenset("log_level xlog_level stderror_enabled syslog_enabled sy
 
 #: Transformations: {s.int}, as examples/templates/trunking.m4 (3.x) uses it
 #: ("$(var(size){s.int})"); Documentation/Script-Tran.
-TRANSFORMATIONS = frozenset({"s.int"})
+#: {param.value,name}: Documentation/Script-Tran "param.value"
+#: (transformations.c "param" class).
+TRANSFORMATIONS = frozenset({"s.int", "param.value"})
 
 #: MI commands called with mi() and the parameter names of each recipe.
 MI_COMMANDS: dict[str, tuple[str, list[frozenset[str]]]] = {
@@ -137,8 +139,10 @@ MI_COMMANDS: dict[str, tuple[str, list[frozenset[str]]]] = {
                   [frozenset({"destination_id"}), frozenset({"destination_id", "new_status"})]),
     "ds_set_state": ("dispatcher 3.x 'ds_set_state'; dispatcher.c mi_cmds[]",
                      [frozenset({"state", "group", "address"})]),
-    "cachedb_local:fetch_chunk": ("cachedb_local README 'Exported MI Functions'",
-                                  [frozenset({"glob"}), frozenset({"glob", "collection"})]),
+    # The MI name is cache_fetch_chunk (cachedb_local README "cache_fetch_chunk"):
+    # OpenSIPS 3.6.8 answers "Method not found" to cachedb_local:fetch_chunk.
+    "cache_fetch_chunk": ("cachedb_local README 'Exported MI Functions' 'cache_fetch_chunk'",
+                          [frozenset({"glob"}), frozenset({"glob", "collection"})]),
 }
 
 
@@ -188,7 +192,8 @@ def loaded_modules(code: str) -> list[str]:
 def route_blocks(code: str) -> dict[str, str]:
     """Body of every route[NAME], timer_route[NAME, N] and local_route/route block."""
     blocks = {}
-    for match in re.finditer(r'^(route|timer_route|local_route)\s*(?:\[([^\],]+)[^\]]*\])?\s*\{', code, re.M):
+    for match in re.finditer(r'^(route|timer_route|local_route|failure_route)\s*(?:\[([^\],]+)[^\]]*\])?\s*\{',
+                             code, re.M):
         depth, i = 0, match.end() - 1
         bare = without_strings(code)
         while True:
@@ -331,3 +336,69 @@ def test_the_subscriber_sends_subscribe_from_a_timer_with_headers_from_local_rou
     local = blocks["local_route"]
     for header in ("Event: load-status", "Expires: 600", "Accept: application/load-status+json", "Contact:"):
         assert f'append_hf("{header}' in local
+
+
+def test_every_mi_value_is_passed_as_a_string(config):
+    # mi_script takes a value's type from the NAME AVP's flags: an integer in
+    # the value AVP is read as a string pointer and crashed every UDP worker
+    # of OpenSIPS 3.6.8 (FIELD-NOTES). Values go in with pv_printf(..., "...").
+    code = code_of(config)
+    assert re.findall(r"\$avp\(mi_v\)\s*=", code) == []
+    assert re.findall(r'pv_printf\(\$avp\(mi_v\), "[^"]*"\)', code)
+
+
+def test_a_body_is_detected_by_content_length_not_has_body(config):
+    # has_body() is true for every UDP request, Content-Length 0 included
+    # (OpenSIPS 3.6.8): a removal PUBLISH would get 415.
+    routing = code_of(config).split("\nroute {", 1)[1]
+    assert "has_body()" not in routing
+    assert "$cl > 0" in routing and "$cl == 0" in routing
+
+
+def test_a_refused_or_unanswered_call_fails_over_to_another_node(config):
+    blocks = route_blocks(code_of(config))
+    assert 't_on_failure("NEXT_NODE")' in blocks["route"]
+    failover = blocks["NEXT_NODE"]
+    assert 't_check_status("408|480|486|5[0-9][0-9]")' in failover
+    assert "lb_next()" in failover and "lb_reset" not in failover
+
+
+def test_the_subscriber_refreshes_from_the_first_notify_of_a_subscription_only():
+    notify = route_blocks(code_of(ROOT / "packaging/examples/opensips/subscriber/opensips.cfg"))["NOTIFY"]
+    confirm = notify.index('cache_store("local", "subok_$var(sub_node)", "$ci")')
+    guard = notify.rindex('if (!cache_fetch("local", "subok_$var(sub_node)", $var(ok_ci)) || $var(ok_ci) != $ci)', 0, confirm)
+    assert notify.index('cache_store("local", "subdue_$var(sub_node)"', guard) < confirm
+    assert "{param.value,expires}" in notify[guard:confirm]
+
+
+def test_the_real_tier_changes_only_the_customize_me_lines(config):
+    # tests/opensips_runner.customize() is how the real tier adapts a config;
+    # it must change nothing a reader is not told to change.
+    import difflib
+
+    from tests.opensips_runner import PoolEntry, customize
+
+    original = config.read_text()
+    changed = customize(original, port=45678, dbtext=Path("/tmp/x/dbtext"),
+                        pool=[PoolEntry("n1", 1, 40001), PoolEntry("n2", 2, 40002), PoolEntry("n3", 3, 40003)],
+                        agents=[("n1", "sip:load-status@127.0.0.1:41001")], expires=60)
+    blocks = route_blocks(original)
+    switches = "".join(blocks[name].split("switch ($param(1)) {", 1)[1] for name in ("NODE_MAP", "AGENT")
+                       if name in blocks)
+    removed = [line[1:] for line in difflib.unified_diff(original.splitlines(), changed.splitlines(), lineterm="", n=0)
+               if line.startswith("-") and not line.startswith("---")]
+    assert removed
+    for line in removed:
+        assert "CUSTOMIZE ME" in line or line in switches, line
+
+
+def test_no_expression_mixes_additive_and_multiplicative_operators(config):
+    # OpenSIPS 3.6.8 evaluates script expressions left to right, without
+    # precedence: "load + weight * limit / 100" gave ((load + weight) * limit)
+    # / 100, a capacity that shrank as calls came in. One operator kind per
+    # statement.
+    for number, line in enumerate(code_of(config).splitlines(), 1):
+        bare = without_strings(line)
+        if re.search(r"[^=!<>]=[^=]", bare):
+            right = re.split(r"[^=!<>]=[^=]", bare, maxsplit=1)[1]
+            assert not (re.search(r"\s[+-]\s", right) and re.search(r"\s[*/]\s", right)), f"line {number}: {line.strip()}"

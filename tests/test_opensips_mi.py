@@ -280,3 +280,54 @@ def test_a_dispatcher_set_in_a_named_partition_is_addressed_with_it(osips):
     result = sink.push([view("ast1", 0.0)])  # no room: no calls
     assert result.applied == [("ds_set_state", {"state": "i", "group": "edge:5", "address": "sip:10.0.0.1:5060"})]
     assert osips.state.ds["edge"][5][0].state == "Inactive"
+
+
+def test_the_load_added_back_is_at_most_the_calls_the_node_counted():
+    # OpenSIPS has 15 calls on the node; the report (taken when it had 10 of
+    # them) says 20 slots free. The 5 calls placed since are in the load and
+    # not yet in the report: max = 10 + 20, so OpenSIPS sees 15 free (20 less
+    # the 5), not 20 (the 5 offered again).
+    s = LoadStatus("n", "i", 1, 15, State.ACTIVE, 0.4, asterisk=Asterisk(calls=10, limit=50))
+    assert lb_capacity(NodeView("n", s, 0.0, True), 15) == 30
+    # calls the node has from elsewhere are not OpenSIPS's: its own load counts
+    s = LoadStatus("n", "i", 1, 15, State.ACTIVE, 0.4, asterisk=Asterisk(calls=25, limit=50))
+    assert lb_capacity(NodeView("n", s, 0.0, True), 15) == 35
+    # unknown call count: all of OpenSIPS's load (unknown is not zero)
+    s = LoadStatus("n", "i", 1, 15, State.ACTIVE, 0.4, asterisk=Asterisk(calls=None, limit=50))
+    assert lb_capacity(NodeView("n", s, 0.0, True), 15) == 35
+
+
+def test_the_sidecar_reads_the_load_before_every_push():
+    # The sidecar pushed max = (the load read up to a minute before) + free
+    # slots: calls placed since were counted twice, once in OpenSIPS's load
+    # and once in the smaller free slots (issue 13). Here OpenSIPS places 10
+    # calls between two reports; the second push must see them.
+    from sipstatus.sidecar import RefreshingOpenSips
+
+    state = FakeOpenSips(lb=[LbDst(1, 1, "sip:10.0.0.1:5060", {"channels": [100, 0]}, attrs="node=ast1")])
+    with FakeMiServer(state) as server:
+        sink = RefreshingOpenSips(OpenSipsSink(MiClient(server.url), lb_group=1), interval=60.0, clock=lambda: 0.0)
+        first = LoadStatus("ast1", "i", 1, 15, State.ACTIVE, 1.0, asterisk=Asterisk(calls=0, limit=30))
+        sink.push([NodeView("ast1", first, 0.0, True)])
+        assert state.lb[0].resources["channels"] == [30, 0]
+        state.lb[0].resources["channels"][1] = 10  # OpenSIPS placed 10 calls
+        second = LoadStatus("ast1", "i", 2, 15, State.ACTIVE, 0.6667, asterisk=Asterisk(calls=10, limit=30))
+        sink.push([NodeView("ast1", second, 0.0, True)])
+        max_, load = state.lb[0].resources["channels"]
+        assert (max_, max_ - load) == (30, 20)  # 20 free, as the node says; not 10
+
+
+def test_a_notification_gets_202_and_an_answer_that_never_ends(osips):
+    # OpenSIPS 3.6.8 answers a JSON-RPC notification (no "id") with 202 and a
+    # chunked body it never finishes; MiClient always sends an id.
+    request = urllib.request.Request(osips.url, data=b'{"jsonrpc": "2.0", "method": "lb_list"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=2) as answer:
+        assert answer.status == 202
+        with pytest.raises(TimeoutError):
+            answer.read()
+
+
+def test_ds_list_destinations_carry_their_resolved_addresses(osips):
+    dests = MiClient(osips.url).call("ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"]
+    assert [d["resolved_addresses"] for d in dests[:2]] == [["10.0.0.1:5060"], ["10.0.0.2:5060"]]
