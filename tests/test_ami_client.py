@@ -106,7 +106,7 @@ def test_plain_login_succeeds_and_asks_only_for_the_event_classes_needed():
     client, login = run(main())
     assert client.banner == "Asterisk Call Manager/9.0.0"
     assert login["Action"] == "Login" and login["Username"] == "agent" and login["Secret"] == "secret"
-    assert login["Events"] == "system,call,reporting"
+    assert login["Events"] == "system,call,reporting,dialplan"  # dialplan: Newexten (who runs the dialplan)
 
 
 def test_failed_login_is_reported_with_asterisks_message_and_retried():
