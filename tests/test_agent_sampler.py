@@ -291,3 +291,9 @@ def test_the_settle_time_covers_the_probe_verdict_and_an_ami_login():
     assert Sampler(cfg, [probe]).settle_time == pytest.approx(2.0 * 4 + 1.5)
     assert Sampler(cfg, [ami]).settle_time == pytest.approx(8.0)
     assert Sampler(cfg, [Fixed("host", Reading())]).settle_time == pytest.approx(2.0)
+
+
+def test_the_probe_answering_again_wakes_the_ami_collector():
+    cfg = from_dict({"collectors": {"enabled": ["asterisk", "probe"]}})
+    ami, probe = build_collectors(cfg)
+    assert probe.on_recovered == ami.reachable_again

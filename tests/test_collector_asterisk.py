@@ -188,6 +188,53 @@ def test_graceful_shutdown_answers_mean_asterisk_is_stopping_not_stopped():
     assert "Asterisk is shutting down" in reading.error
 
 
+def test_a_graceful_stop_on_an_open_session_is_stopping_and_its_end_is_stopped():
+    # 22/ping_during_graceful_shutdown.txt: logged in before "core stop
+    # gracefully", the session stays open and every Ping is refused; when
+    # the calls have ended Asterisk exits and the session ends.
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, shutting_down_after=0.3,
+                            close_after=1.0)
+        server = FakeAmi(scenario)
+        await server.__aenter__()
+        collector = AsteriskCollector(config_for(server, ping_interval=0.1))
+        await collector.start()
+        await eventually(lambda: collector.client.stopping.value == "refusing", what="refusals")
+        stopping = collector.collect(collector.clock())
+        await server.close()  # Asterisk exited: reconnections are refused
+        await eventually(lambda: collector.client.stopping.value == "stopped", what="the end of the session")
+        stopped = collector.collect(collector.clock())
+        await collector.stop()
+        return stopping, stopped
+
+    stopping, stopped = run(main())
+    assert stopping.link is AsteriskLink.STOPPING and stopping.asterisk.channels == 0
+    assert "Asterisk is shutting down" in stopping.error
+    assert stopped.link is AsteriskLink.SHUTTING_DOWN and stopped.asterisk is None
+
+
+def test_the_probe_answering_again_ends_stopped_and_the_backoff():
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_core_stop_now",
+                            stream_after="CoreShowChannels")
+        async with FakeAmi([scenario, Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"})]) as server:
+            collector = AsteriskCollector(AsteriskConfig(host=server.host, port=server.port, username="agent",
+                                                         secret="secret", auth="plain", backoff_initial=60.0,
+                                                         backoff_max=60.0, connect_timeout=1.0))
+            await collector.start()
+            await eventually(lambda: collector.client.backoffs, what="the backoff after the Shutdown")
+            stopped = collector.collect(collector.clock())
+            collector.reachable_again()
+            await eventually(lambda: collector.table.synced and server.connections == 2, what="a new session at once")
+            back = collector.collect(collector.clock())
+            await collector.stop()
+            return stopped, back
+
+    stopped, back = run(main())
+    assert stopped.link is AsteriskLink.SHUTTING_DOWN
+    assert back.link is AsteriskLink.UP and (back.asterisk.channels, back.asterisk.calls) == (0, 0)
+
+
 def test_rtcp_events_fill_quality_over_the_session():
     async def main():
         scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="rtcp_events", stream_after="CoreShowChannels")
