@@ -80,6 +80,7 @@ class Asterisk:
         self.process: subprocess.Popen[bytes] | None = None
         self.agent_secret = "agent-secret"
         self.tester_secret = "tester-secret"
+        self._consoles: list[subprocess.Popen[bytes]] = []
         self._write_config()
 
     # -- configuration ------------------------------------------------------------
@@ -251,6 +252,14 @@ quiet = yes
             raise RuntimeError(f"asterisk -rx {command!r}: exit {done.returncode}: {done.stderr.strip()}{done.stdout.strip()}")
         return done.stdout
 
+    def cli_nowait(self, command: str) -> subprocess.Popen[bytes]:
+        """`asterisk -rx COMMAND` without waiting for it: a stop command's
+        remote console may only return when Asterisk goes away."""
+        process = subprocess.Popen([self.binary, "-C", str(self.conf), "-rx", command],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._consoles.append(process)
+        return process
+
     async def acli(self, command: str, timeout: float = 20.0) -> str:
         """`cli` without blocking the event loop."""
         return await asyncio.to_thread(self.cli, command, timeout)
@@ -288,6 +297,11 @@ quiet = yes
 
     def kill(self) -> None:
         """Stop it whatever its state (a SIGSTOPped one too)."""
+        for console in self._consoles:
+            if console.poll() is None:
+                console.kill()
+            console.wait(5)
+        self._consoles.clear()
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

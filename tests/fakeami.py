@@ -86,7 +86,11 @@ class Transcript:
 
     @classmethod
     def load(cls, name: str) -> Transcript:
-        base = ami_dir()
+        """`name` is a file of tests/data/ami without ".txt", or of one of
+        its folders ("22/login_ping_coresettings": Asterisk 22's), each
+        folder with its own sent/ and meta/."""
+        folder, _, name = name.rpartition("/")
+        base = ami_dir() / folder
         data = (base / f"{name}.txt").read_bytes()
         banner_end = data.index(CRLF) + 2
         recv_times = _chunk_times(base / "meta" / f"{name}.chunks.txt")
@@ -104,7 +108,8 @@ class Transcript:
         meta = (base / "meta" / f"{name}.chunks.txt").read_text()
         # The server closed on its own (a shutdown), not in answer to Logoff.
         after_logoff = bool(messages) and messages[-1].get("Response") == "Goodbye"
-        return cls(name, data[:banner_end], messages, sent, "EOF (peer closed)" in meta and not after_logoff)
+        return cls(f"{folder}/{name}" if folder else name, data[:banner_end], messages, sent,
+                   "EOF (peer closed)" in meta and not after_logoff)
 
     def action_id_of(self, action: str) -> str:
         """The ActionID the recording client used for `action`."""
@@ -123,7 +128,8 @@ class Transcript:
         return [m for m in self.messages if m.get("Event") is not None and m.get("ActionID") is None]
 
     def wallclock_start(self) -> str:
-        head = (ami_dir() / "meta" / f"{self.name}.chunks.txt").read_text().splitlines()[0]
+        folder, _, name = self.name.rpartition("/")
+        head = (ami_dir() / folder / "meta" / f"{name}.chunks.txt").read_text().splitlines()[0]
         return head.split("=", 1)[1]
 
 

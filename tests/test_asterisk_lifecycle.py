@@ -48,7 +48,7 @@ def test_core_stop_gracefully_is_draining_within_2s_then_down_when_asterisk_exit
         async with LiveNode(tmp_path) as node:
             await echo_calls(node, 2, hold=8)
             asked = node.now()
-            await node.asterisk.acli("core stop gracefully")
+            node.asterisk.cli_nowait("core stop gracefully")
             draining = await node.first(state_is("draining"), after=asked, timeout=15.0, what="draining")
             refused = await Calls(node.asterisk, "echo", 1, hold=1, tmp=node.tmp).start()
             node.calls.append(refused)
@@ -75,7 +75,7 @@ def test_core_stop_now_is_down_within_2s(tmp_path):
         async with LiveNode(tmp_path) as node:
             await echo_calls(node, 1, hold=30)
             asked = node.now()
-            await node.asterisk.acli("core stop now")
+            node.asterisk.cli_nowait("core stop now")
             down = await node.first(state_is("down"), after=asked, timeout=15.0, what="down")
             await node.asterisk.wait_exit(30.0)
             return asked, down
@@ -93,7 +93,7 @@ def test_after_a_restart_the_node_is_active_with_known_counts_within_2s_of_fully
     # is long enough (12 s) for the backoff to have grown past 4 s.
     async def main():
         async with LiveNode(tmp_path) as node:
-            await node.asterisk.acli("core stop now")
+            node.asterisk.cli_nowait("core stop now")
             await node.asterisk.wait_exit(30.0)
             await node.first(state_is("down"), after=node.now() - 5.0, timeout=15.0, what="down")
             await asyncio.sleep(12.0)

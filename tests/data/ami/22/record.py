@@ -212,7 +212,7 @@ async def main() -> None:
             await asyncio.to_thread(wait_counts, ast, (2, 2))
             stop.pump(0.5)
             stop.chunks.append((stop.t(), "note", 0, "core stop gracefully"))
-            ast.cli("core stop gracefully")
+            ast.cli_nowait("core stop gracefully")
             for i in range(1, 40):
                 if stop.eof:
                     break
