@@ -4,9 +4,9 @@
 the exact upstream tarball and caches it; this module finds that build and
 runs it from a scratch directory with a configuration the test writes:
 
-- chan_pjsip on a free UDP port of 127.0.0.1 (an `anonymous` endpoint takes
-  every call into the context `test`; an endpoint `loop` dials Asterisk
-  itself, for two-leg calls);
+- chan_pjsip on a free UDP port of 127.0.0.1 (the endpoint `callers`,
+  identified by the address 127.0.0.1, takes every call into the context
+  `test`; the endpoint `loop` dials Asterisk itself, for two-leg calls);
 - AMI on a free TCP port, with the user `agent` holding exactly the
   permissions packaging/agent.toml documents (read
   system,call,reporting,dialplan; write system,reporting) and, for the
@@ -144,7 +144,7 @@ type = transport
 protocol = udp
 bind = 127.0.0.1:{self.sip_port}
 
-[anonymous]
+[callers]
 type = endpoint
 transport = transport-udp
 context = test
@@ -154,6 +154,11 @@ direct_media = no
 rtp_symmetric = yes
 media_address = 127.0.0.1
 bind_rtp_to_media_address = yes
+
+[callers]
+type = identify
+endpoint = callers
+match = 127.0.0.1
 
 [loop]
 type = aor
@@ -268,7 +273,7 @@ quiet = yes
         """(channels, calls) as "core show channels count" prints them."""
         text = self.cli("core show channels count")
         channels = re.search(r"(\d+) active channels?", text)
-        calls = re.search(r"(\d+) active calls?", text)
+        calls = re.search(r"(\d+)(?: of \d+ max)? active calls?", text)  # "3 of 10 max active calls" with maxcalls
         if not channels or not calls:
             raise AssertionError(f"core show channels count: unexpected output {text!r}")
         return int(channels.group(1)), int(calls.group(1))
@@ -347,6 +352,7 @@ class Calls:
         self.process: asyncio.subprocess.Process | None = None
         self.stat = tmp / f"sipp-{exten}-{free_port()}.csv"
         self.errors = self.stat.with_suffix(".err")
+        self.log = self.stat.with_suffix(".log")
 
     async def start(self) -> Calls:
         sipp = shutil.which("sipp")
@@ -358,6 +364,7 @@ class Calls:
             "-r", f"{self.rate:g}", "-rp", "1000", "-d", str(int(self.hold * 1000)),
             "-cp", str(control), "-ci", "127.0.0.1", "-mp", str(media), "-nostdin",
             "-trace_stat", "-stf", str(self.stat), "-fd", "1", "-trace_err", "-error_file", str(self.errors),
+            "-trace_logs", "-log_file", str(self.log),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         return self
 
@@ -376,6 +383,13 @@ class Calls:
                 self.process.kill()
                 await self.process.wait()
         return self.statistics()
+
+    @property
+    def refused(self) -> int:
+        """Calls Asterisk answered 503 (at its call limit, or stopping)."""
+        if not self.log.exists():
+            return 0
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if "refused 503" in line)
 
     def statistics(self) -> dict[str, int]:
         if not self.stat.exists():
