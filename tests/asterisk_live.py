@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,34 @@ class LiveNode:
             seen = [f"{r.at - after:+.2f}s {describe(r.status)}" for r in self.notifies()[-8:]]
             raise AssertionError(f"{exc}\nlast NOTIFYs: {seen}\nagent log:\n{self.agent.log()[-4000:]}") from None
 
+    async def control_status(self) -> dict:
+        """The agent's current status body over its control socket (the
+        protocol of agent/control.py, spoken directly: polling through the
+        `sipstatus-agent status` command would cost a process per look)."""
+        reader, writer = await asyncio.open_unix_connection(self.agent.control)
+        try:
+            writer.write(b'{"command": "status"}\n')
+            await writer.drain()
+            answer = json.loads(await asyncio.wait_for(reader.readline(), 10.0))
+        finally:
+            writer.close()
+        assert answer.get("ok"), answer
+        return answer["status"]
+
+    async def control_until(self, predicate: Callable[[dict], bool], timeout: float, what: str) -> tuple[float, dict]:
+        """Poll the control socket every 50 ms until the status body
+        satisfies `predicate`; (loop time seen, body)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            body = await self.control_status()
+            if predicate(body):
+                return loop.time(), body
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {body}\n"
+                                     f"agent log:\n{self.agent.log()[-4000:]}")
+            await asyncio.sleep(0.05)
+
     async def counts_equal_asterisks(self, timeout: float = 20.0) -> tuple[tuple[int, int], LoadStatus]:
         """Asterisk's (channels, calls) from "core show channels count" and
         the first NOTIFY after that with the same figures."""
@@ -126,6 +155,11 @@ class LiveNode:
 def counts(status: LoadStatus) -> tuple[int | None, int | None]:
     a = status.asterisk
     return (a.channels, a.calls) if a is not None else (None, None)
+
+
+def body_counts(body: dict) -> tuple[int | None, int | None]:
+    a = body.get("asterisk") or {}
+    return a.get("channels"), a.get("calls")
 
 
 def describe(status: LoadStatus) -> str:

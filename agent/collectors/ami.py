@@ -73,6 +73,11 @@ class Stopping(StrEnum):
     STOPPED = "stopped"
 
 
+#: Seconds after `AmiClient.retry_now()` during which failed attempts are
+#: retried without the backoff doubling.
+RETRY_WINDOW = 10.0
+
+
 class AmiError(Exception):
     """Anything that went wrong talking to AMI; the text names what."""
 
@@ -306,6 +311,7 @@ class AmiClient:
         self._sleep = sleep
         self._retry = asyncio.Event()
         self._failures = 0
+        self._fast_until = 0.0
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -359,14 +365,17 @@ class AmiClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def retry_now(self) -> None:
+    def retry_now(self, window: float = RETRY_WINDOW) -> None:
         """Asterisk is reachable again (its SIP stack answers after a silence):
         what it said about stopping is over, and the next attempt to connect
-        goes now, with the backoff started afresh."""
+        goes now; for `window` seconds more, failed attempts are retried
+        after `backoff_initial` without doubling (a booting Asterisk may
+        answer SIP before its AMI listens)."""
         if self.stopping is Stopping.STOPPED:
             self._set_stopping(Stopping.NO)
         if not self.connected:
             self._failures = 0
+            self._fast_until = asyncio.get_running_loop().time() + window
             self._retry.set()
 
     async def action(self, action: str, fields: Mapping[str, str] | None = None, timeout: float | None = None) -> AmiResponse:
@@ -440,7 +449,7 @@ class AmiClient:
             self._went_down(reason)
             if self._stopping:
                 break
-            if self._logged_in:
+            if self._logged_in or asyncio.get_running_loop().time() < self._fast_until:
                 self._failures = 0  # a session that got as far as a Login resets the backoff
             delay = min(self.backoff_max, self.backoff_initial * (2**self._failures))
             self._failures += 1
