@@ -76,6 +76,10 @@ class Stopping(StrEnum):
 #: Seconds after `AmiClient.retry_now()` during which failed attempts are
 #: retried without the backoff doubling.
 RETRY_WINDOW = 10.0
+#: The same after Asterisk has stopped (a restart usually follows within
+#: seconds: systemd, an operator's `core restart`); later the SIP probe's
+#: recovery still cuts the backoff short.
+STOPPED_WINDOW = 60.0
 
 
 class AmiError(Exception):
@@ -605,6 +609,8 @@ class AmiClient:
         if stopping is not self.stopping:
             log.debug("AMI %s: stopping %s -> %s", self.address, self.stopping.value, stopping.value)
             self.stopping = stopping
+            if stopping is Stopping.STOPPED:
+                self._fast_until = asyncio.get_running_loop().time() + STOPPED_WINDOW
             if self.on_shutdown is not None:
                 self.on_shutdown()
 
