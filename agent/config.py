@@ -165,6 +165,11 @@ class AsteriskConfig:
     action_timeout: float = _opt(5.0, number(0.1, 120.0))
     backoff_initial: float = _opt(0.5, number(0.01, 60.0))
     backoff_max: float = _opt(30.0, number(0.01, 3600.0))
+    #: Seconds between Pings while logged in (a graceful stop and a stalled
+    #: session are noticed through them); 0 = no Pings.
+    ping_interval: float = _opt(1.0, number(0.0, 60.0))
+    #: Seconds a Ping may go unanswered before the session is reopened.
+    ping_timeout: float = _opt(2.5, number(0.1, 60.0))
 
 
 @dataclass(frozen=True)

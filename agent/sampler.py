@@ -5,6 +5,15 @@ returns the `LoadStatus`: the piece the service loop (issue 5) and the
 Failures are contained here: a collector that raises is caught, its fields
 are unknown for that sample, and each distinct failure is logged once (when
 it first appears, and again when it clears), not every second.
+
+Readiness: a node is not `active` (nor `overloaded` or `draining`) before
+every enabled collector has reported once: until then its state is `down`
+with the reason "starting: waiting for ...". A collector with a `reported`
+attribute (the SIP probe: answered once; AMI: channels listed, or an
+attempt failed) has reported when it says so; any other when it has
+collected once. After the settle time (`settle_time`: long enough for the
+probe to reach its own verdict) the missing ones are unknown, as the
+scoring rules treat unknown figures. Once ready, the sampler stays ready.
 """
 
 from __future__ import annotations
@@ -17,13 +26,17 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from sipstatus import codec
-from sipstatus.status import LoadStatus
+from sipstatus.status import LoadStatus, State
 
 from .collectors.interface import Collector, Reading, merge
 from .config import Config
-from .scoring import Score, Scorer
+from .scoring import Score, Scorer, reason_text
 
 log = logging.getLogger(__name__)
+
+
+#: The shortest settle time, seconds (see `Sampler.settle_time`).
+MIN_SETTLE = 2.0
 
 
 def new_instance() -> str:
@@ -55,8 +68,45 @@ class Sampler:
         self.last_reading: Reading | None = None
         self._readings: dict[str, Reading] = {}  # each collector's last reading
         self.last_score: Score | None = None
+        #: Every collector has reported once, or the settle time has passed.
+        self.ready = False
+        self._started: float | None = None
+
+    @property
+    def settle_time(self) -> float:
+        """Seconds after start() before collectors that have not reported
+        are taken as unknown: long enough for the probe's own verdict (down
+        after `probe_down_after` unanswered probes) and for an AMI login
+        to be answered or to fail."""
+        c = self.config.collectors
+        names = {x.name for x in self.collectors}
+        wait = [MIN_SETTLE]
+        if "probe" in names:
+            wait.append(c.probe.interval * self.config.scoring.probe_down_after + c.probe.timeout)
+        if "asterisk" in names:
+            wait.append(c.asterisk.connect_timeout + c.asterisk.action_timeout)
+        return max(wait)
+
+    def waiting_for(self, now: float) -> list[str]:
+        """The collectors that keep the node `starting` (empty when ready)."""
+        if self.ready:
+            return []
+        missing = [c.name for c in self.collectors if not self._has_reported(c)]
+        if missing and (self._started is None or now - self._started < self.settle_time):
+            return missing
+        if missing:
+            log.info("not reported within %.1f s of start: %s (unknown)", self.settle_time, ", ".join(missing))
+        self.ready = True
+        return []
+
+    def _has_reported(self, c: Collector) -> bool:
+        reported = getattr(c, "reported", None)
+        if reported is not None:
+            return bool(reported)
+        return c.name in self._readings
 
     async def start(self) -> None:
+        self._started = self.clock()
         for c in self.collectors:
             try:
                 await c.start()
@@ -95,6 +145,9 @@ class Sampler:
         """One LoadStatus: measure (`only` some collectors, see `measure`), score, number it."""
         reading = self.measure(now, only)
         score = self.scorer.score(reading, draining)
+        waiting = self.waiting_for(self.clock() if now is None else now)
+        if waiting and score.state is not State.DOWN:
+            score = Score(State.DOWN, 0.0, reason_text("starting: waiting for " + ", ".join(waiting)))
         self.last_score = score
         status = LoadStatus(
             node=self.node,
@@ -144,10 +197,11 @@ class Sampler:
             log.info("collector %s: working again", name)
 
     async def wait_settled(self, timeout: float) -> None:
-        """Give collectors that connect somewhere (AMI) up to `timeout`
-        seconds to have either data or a reason for having none."""
-        tasks = [asyncio.ensure_future(c.settled()) for c in self.collectors if hasattr(c, "settled")]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
+        """Give collectors that connect somewhere (AMI, the SIP probe) up to
+        `timeout` seconds to have either data or a reason for having none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if all(getattr(c, "reported", True) for c in self.collectors):
+                return
+            await asyncio.sleep(0.02)

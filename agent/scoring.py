@@ -6,13 +6,15 @@ the scorer's memory of which overload triggers are on (for hysteresis), and
 returns a `Score`. No clock, no I/O.
 
 Rules, in order of precedence:
-  1. down: Asterisk said it is stopping (Shutdown event or "Asterisk is
-     shutting down" answers); or `probe_down_after` SIP probes in a row went
+  1. down: Asterisk has stopped (a Shutdown event, or the AMI session of a
+     stopping Asterisk ended); or `probe_down_after` SIP probes in a row went
      unanswered (whatever AMI says: a node whose SIP stack does not answer
      cannot take calls); or AMI is unreachable AND no process named
      `asterisk` runs. AMI unreachable alone is not down: Asterisk's figures
      are unknown, which caps the capacity (rule 4), nothing more.
-  2. draining: the operator drains the node.
+  2. draining: the operator drains the node, or Asterisk is stopping
+     gracefully (it answers actions "Asterisk is shutting down": new calls
+     are refused with 503, the calls in progress go on).
   3. overloaded: any hard threshold is past (CPU, calls at the limit, new
      calls per second, MOS below its floor over enough streams, available
      memory, load average at Asterisk's own CoreMaxLoadAvg, at which
@@ -80,6 +82,8 @@ class Scorer:
         capacity, capped_by = combine(rooms, self.config.unknown_capacity)
         if draining:
             return Score(State.DRAINING, capacity, "draining")
+        if r.link is AsteriskLink.STOPPING:
+            return Score(State.DRAINING, capacity, "asterisk stopping gracefully")
         if self.on:
             return Score(State.OVERLOADED, capacity, reason_text("overloaded: " + ", ".join(self._describe(r))))
         reason = None

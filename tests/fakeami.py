@@ -86,7 +86,11 @@ class Transcript:
 
     @classmethod
     def load(cls, name: str) -> Transcript:
-        base = ami_dir()
+        """`name` is a file of tests/data/ami without ".txt", or of one of
+        its folders ("22/login_ping_coresettings": Asterisk 22's), each
+        folder with its own sent/ and meta/."""
+        folder, _, name = name.rpartition("/")
+        base = ami_dir() / folder
         data = (base / f"{name}.txt").read_bytes()
         banner_end = data.index(CRLF) + 2
         recv_times = _chunk_times(base / "meta" / f"{name}.chunks.txt")
@@ -104,7 +108,8 @@ class Transcript:
         meta = (base / "meta" / f"{name}.chunks.txt").read_text()
         # The server closed on its own (a shutdown), not in answer to Logoff.
         after_logoff = bool(messages) and messages[-1].get("Response") == "Goodbye"
-        return cls(name, data[:banner_end], messages, sent, "EOF (peer closed)" in meta and not after_logoff)
+        return cls(f"{folder}/{name}" if folder else name, data[:banner_end], messages, sent,
+                   "EOF (peer closed)" in meta and not after_logoff)
 
     def action_id_of(self, action: str) -> str:
         """The ActionID the recording client used for `action`."""
@@ -123,7 +128,8 @@ class Transcript:
         return [m for m in self.messages if m.get("Event") is not None and m.get("ActionID") is None]
 
     def wallclock_start(self) -> str:
-        head = (ami_dir() / "meta" / f"{self.name}.chunks.txt").read_text().splitlines()[0]
+        folder, _, name = self.name.rpartition("/")
+        head = (ami_dir() / folder / "meta" / f"{name}.chunks.txt").read_text().splitlines()[0]
         return head.split("=", 1)[1]
 
 
@@ -193,6 +199,12 @@ class Scenario:
     drop_during: frozenset[str] = frozenset()
     #: Close the connection right after the banner.
     close_after_banner: bool = False
+    #: From this many seconds after the Login on, every action is refused
+    #: "Asterisk is shutting down" on the open session (a `core stop
+    #: gracefully` while logged in: 22/ping_during_graceful_shutdown.txt).
+    shutting_down_after: float | None = None
+    #: Close the connection this many seconds after the Login (Asterisk exits).
+    close_after: float | None = None
 
 
 class FakeAmi:
@@ -289,12 +301,15 @@ class _Session:
         self.writer = writer
         self.actions = actions
         self.logged_in = False
+        self.logged_in_at: float | None = None
         self.challenge: str | None = None
         self.stream_task: asyncio.Task[None] | None = None
+        self.close_task: asyncio.Task[None] | None = None
 
     def cancel_stream(self) -> None:
-        if self.stream_task is not None:
-            self.stream_task.cancel()
+        for task in (self.stream_task, self.close_task):
+            if task is not None:
+                task.cancel()
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -321,7 +336,7 @@ class _Session:
         """Answer one action; False when the connection must end."""
         action = field_of(pairs, "Action") or ""
         action_id = field_of(pairs, "ActionID") or ""
-        if self.s.shutting_down:
+        if self.s.shutting_down or self._refusing():
             await self.send(with_action_id(self.server._draining.messages[0].raw, action_id))
             return True
         name = action.lower()
@@ -360,6 +375,15 @@ class _Session:
             self.start_stream()
         return True
 
+    def _refusing(self) -> bool:
+        after = self.s.shutting_down_after
+        return (after is not None and self.logged_in_at is not None
+                and asyncio.get_running_loop().time() - self.logged_in_at >= after)
+
+    async def _close_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.writer.close()
+
     async def login(self, pairs: list[tuple[str, str]], action_id: str) -> bool:
         user = field_of(pairs, "Username")
         if (field_of(pairs, "AuthType") or "plain").lower() == "md5":
@@ -373,7 +397,10 @@ class _Session:
             return False  # login_fail.txt: the server closes right after
         await self.send(with_action_id(self.server._login_ok.messages[0].raw, action_id))
         self.logged_in = True
+        self.logged_in_at = asyncio.get_running_loop().time()
         self.server.logged_in.set()
+        if self.s.close_after is not None:
+            self.close_task = asyncio.get_running_loop().create_task(self._close_later(self.s.close_after))
         if self.s.garbage:
             await self.send(self.s.garbage)
         if self.s.stream is not None and self.s.stream_after is None:

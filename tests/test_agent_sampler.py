@@ -14,7 +14,7 @@ from agent.collectors.registry import build_collectors
 from agent.config import Config, from_dict
 from agent.sampler import Sampler
 from sipstatus import codec
-from sipstatus.status import Asterisk, Cpu, Quality, State
+from sipstatus.status import Asterisk, Cpu, Probe, Quality, State
 from tests.fakeami import FakeAmi, Scenario, eventually
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "spec" / "load-status.schema.json").read_text())
@@ -219,3 +219,81 @@ def test_event_driven_collectors_report_changes_by_their_collector_name():
 
     changes = run(main())
     assert changes and set(changes) == {"asterisk"}
+
+
+# -- readiness: no active before every collector has reported once ------------------
+
+
+class Reporting(Fixed):
+    """A collector that says when it has reported (as the probe and AMI do)."""
+
+    reported = False
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def ready_sampler(*collectors, cfg=None):
+    clock = Clock()
+    sampler = Sampler(cfg or Config(), list(collectors), clock=clock)
+    run(sampler.start())
+    return sampler, clock
+
+
+def test_a_node_whose_probe_has_not_reported_is_down_starting_not_active():
+    probe = Reporting("probe", Reading(probe=Probe(samples=0, timeouts=0), probe_failures_in_row=0))
+    ami = Fixed("asterisk", Reading(asterisk=Asterisk(channels=0, calls=0), link=AsteriskLink.UP))
+    sampler, _ = ready_sampler(probe, ami)
+    status = sampler.sample()
+    assert status.state is State.DOWN and status.reason == "starting: waiting for probe" and status.weight == 0
+    assert status.asterisk.channels == 0  # what is known is still in the body
+    probe.reported = True
+    assert sampler.sample().state is State.ACTIVE
+
+
+def test_once_ready_the_sampler_stays_ready():
+    probe = Reporting("probe", Reading(probe=Probe(samples=1, timeouts=0, p50=1.0, p95=1.0, max=1.0)))
+    sampler, _ = ready_sampler(probe)
+    probe.reported = True
+    sampler.sample()
+    probe.reported = False  # a collector that "forgets" does not make the node start again
+    assert sampler.sample().state is State.ACTIVE
+
+
+def test_after_the_settle_time_the_missing_collectors_are_unknown():
+    ami = Reporting("asterisk", Reading(link=AsteriskLink.UNREACHABLE))
+    probe = Reporting("probe", Reading(probe=Probe(samples=3, timeouts=0, p50=1.0, p95=1.0, max=1.0)))
+    probe.reported = True
+    sampler, clock = ready_sampler(probe, ami)
+    assert sampler.sample().state is State.DOWN
+    clock.now += sampler.settle_time
+    status = sampler.sample()
+    assert status.state is State.ACTIVE and status.capacity <= 0.5 and "asterisk" in status.reason
+
+
+def test_a_probe_verdict_within_the_settle_time_is_reported_as_it_is():
+    probe = Reporting("probe", Reading(probe=Probe(samples=0, timeouts=3), probe_failures_in_row=3))
+    sampler, _ = ready_sampler(probe)
+    assert sampler.sample().reason == "sip probe: 3 unanswered in a row"
+
+
+def test_the_settle_time_covers_the_probe_verdict_and_an_ami_login():
+    cfg = from_dict({"collectors": {"probe": {"interval": 2.0, "timeout": 1.5},
+                                    "asterisk": {"connect_timeout": 3.0, "action_timeout": 5.0}},
+                     "scoring": {"probe_down_after": 4}})
+    probe = Reporting("probe", Reading())
+    ami = Reporting("asterisk", Reading())
+    assert Sampler(cfg, [probe]).settle_time == pytest.approx(2.0 * 4 + 1.5)
+    assert Sampler(cfg, [ami]).settle_time == pytest.approx(8.0)
+    assert Sampler(cfg, [Fixed("host", Reading())]).settle_time == pytest.approx(2.0)
+
+
+def test_the_probe_answering_again_wakes_the_ami_collector():
+    cfg = from_dict({"collectors": {"enabled": ["asterisk", "probe"]}})
+    ami, probe = build_collectors(cfg)
+    assert probe.on_recovered == ami.reachable_again

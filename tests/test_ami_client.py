@@ -106,7 +106,7 @@ def test_plain_login_succeeds_and_asks_only_for_the_event_classes_needed():
     client, login = run(main())
     assert client.banner == "Asterisk Call Manager/9.0.0"
     assert login["Action"] == "Login" and login["Username"] == "agent" and login["Secret"] == "secret"
-    assert login["Events"] == "system,call,reporting"
+    assert login["Events"] == "system,call,reporting,dialplan"  # dialplan: Newexten (who runs the dialplan)
 
 
 def test_failed_login_is_reported_with_asterisks_message_and_retried():
@@ -328,3 +328,74 @@ def test_transcripts_are_where_the_fake_expects_them():
     t = Transcript.load("event_stream")
     assert t.banner == b"Asterisk Call Manager/9.0.0\r\n"
     assert len(t.events()) == 1 + 5 + 36 + 15 + 8 + 47 + 35 + 5 + 5 + 5  # as counted by grep
+
+
+# -- the periodic Ping (a graceful stop, a stalled session) ------------------------
+
+
+def test_a_stalled_session_is_found_out_by_the_ping_and_reopened():
+    # Connected, logged in, then silent: Asterisk answers nothing any more
+    # (no Ping answer). The Ping's timeout closes the session and a new
+    # one is opened, within ping_interval + ping_timeout.
+    async def main():
+        stalled = Scenario(ignore=frozenset({"Ping"}))
+        async with FakeAmi([stalled, Scenario()]) as server:
+            downs = []
+            client = client_for(server, ping_interval=0.1, ping_timeout=0.3, on_down=downs.append)
+            await client.start()
+            await eventually(lambda: server.connections == 2 and client.connected, timeout=10.0,
+                             what="a second session")
+            await eventually(lambda: client.pings >= 2, what="pings answered on the second session")
+            await client.stop()
+            return downs, server.received[0]
+
+    downs, first_actions = run(main())
+    assert "no answer to Ping within 0.3 s; closing the session" in downs[0]
+    assert [dict(a).get("Action") for a in first_actions][:2] == ["Login", "Ping"]
+
+
+def test_pings_answered_refusing_mean_asterisk_is_stopping_and_an_answer_ends_it():
+    # 22/ping_during_graceful_shutdown.txt: logged in before "core stop
+    # gracefully", the session stays open and every Ping is refused.
+    async def main():
+        async with FakeAmi(Scenario(shutting_down_after=0.3)) as server:
+            changes = []
+            client = client_for(server, ping_interval=0.1, on_shutdown=lambda: changes.append(client.stopping))
+            await client.start()
+            await eventually(lambda: client.stopping is ami.Stopping.REFUSING, what="refusing")
+            connected = client.connected
+            await client.stop()
+            return connected, changes
+
+    connected, changes = run(main())
+    assert connected  # still logged in: Asterisk runs, it takes no new work
+    assert changes == [ami.Stopping.REFUSING]
+
+
+def test_the_session_of_a_stopping_asterisk_ending_means_it_stopped():
+    async def main():
+        async with FakeAmi([Scenario(shutting_down_after=0.2, close_after=0.6), Scenario(shutting_down=True)]) as server:
+            client = client_for(server, ping_interval=0.1, backoff_initial=5.0, backoff_max=5.0)
+            await client.start()
+            await eventually(lambda: client.stopping is ami.Stopping.STOPPED, what="stopped")
+            await client.stop()
+            return client
+
+    assert run(main()).stopping is ami.Stopping.STOPPED
+
+
+def test_retry_now_ends_the_backoff_and_what_a_stopped_asterisk_said():
+    async def main():
+        async with FakeAmi([Scenario(stream="shutdown_core_stop_now"), Scenario()]) as server:
+            client = client_for(server, backoff_initial=60.0, backoff_max=60.0)
+            await client.start()
+            await eventually(lambda: client.backoffs, what="the first backoff")
+            stopped = client.stopping
+            client.retry_now()
+            await eventually(lambda: client.connected, what="a login without waiting 60 s")
+            await client.stop()
+            return stopped, client
+
+    stopped, client = run(main())
+    assert stopped is ami.Stopping.STOPPED
+    assert client.stopping is ami.Stopping.NO

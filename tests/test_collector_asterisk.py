@@ -166,12 +166,14 @@ def test_shutdown_event_is_reported_at_once_and_stays_until_asterisk_is_back():
         return reading, changes
 
     reading, changes = run(main())
-    assert "Asterisk is shutting down" in changes
+    assert "Asterisk stopping: stopped" in changes
     assert reading.link is AsteriskLink.SHUTTING_DOWN
     assert reading.asterisk is None
 
 
-def test_graceful_shutdown_answers_mark_shutting_down():
+def test_graceful_shutdown_answers_mean_asterisk_is_stopping_not_stopped():
+    # A Login refused "Asterisk is shutting down": it still runs, refusing
+    # new work (core stop gracefully), so the node drains; it is not down.
     async def main():
         async with FakeAmi(Scenario(shutting_down=True)) as server:
             collector = AsteriskCollector(config_for(server))
@@ -182,8 +184,55 @@ def test_graceful_shutdown_answers_mark_shutting_down():
             return reading
 
     reading = run(main())
-    assert reading.link is AsteriskLink.SHUTTING_DOWN
+    assert reading.link is AsteriskLink.STOPPING
     assert "Asterisk is shutting down" in reading.error
+
+
+def test_a_graceful_stop_on_an_open_session_is_stopping_and_its_end_is_stopped():
+    # 22/ping_during_graceful_shutdown.txt: logged in before "core stop
+    # gracefully", the session stays open and every Ping is refused; when
+    # the calls have ended Asterisk exits and the session ends.
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, shutting_down_after=0.3,
+                            close_after=1.0)
+        server = FakeAmi(scenario)
+        await server.__aenter__()
+        collector = AsteriskCollector(config_for(server, ping_interval=0.1))
+        await collector.start()
+        await eventually(lambda: collector.client.stopping.value == "refusing", what="refusals")
+        stopping = collector.collect(collector.clock())
+        await server.close()  # Asterisk exited: reconnections are refused
+        await eventually(lambda: collector.client.stopping.value == "stopped", what="the end of the session")
+        stopped = collector.collect(collector.clock())
+        await collector.stop()
+        return stopping, stopped
+
+    stopping, stopped = run(main())
+    assert stopping.link is AsteriskLink.STOPPING and stopping.asterisk.channels == 0
+    assert "Asterisk is shutting down" in stopping.error
+    assert stopped.link is AsteriskLink.SHUTTING_DOWN and stopped.asterisk is None
+
+
+def test_the_probe_answering_again_ends_stopped_and_the_backoff():
+    async def main():
+        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_core_stop_now",
+                            stream_after="CoreShowChannels")
+        async with FakeAmi([scenario, Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"})]) as server:
+            collector = AsteriskCollector(AsteriskConfig(host=server.host, port=server.port, username="agent",
+                                                         secret="secret", auth="plain", backoff_initial=60.0,
+                                                         backoff_max=60.0, connect_timeout=1.0))
+            await collector.start()
+            await eventually(lambda: collector.client.backoffs, what="the backoff after the Shutdown")
+            stopped = collector.collect(collector.clock())
+            collector.reachable_again()
+            await eventually(lambda: collector.table.synced and server.connections == 2, what="a new session at once")
+            back = collector.collect(collector.clock())
+            await collector.stop()
+            return stopped, back
+
+    stopped, back = run(main())
+    assert stopped.link is AsteriskLink.SHUTTING_DOWN
+    assert back.link is AsteriskLink.UP and (back.asterisk.channels, back.asterisk.calls) == (0, 0)
 
 
 def test_rtcp_events_fill_quality_over_the_session():
@@ -208,23 +257,44 @@ def test_rtcp_events_fill_quality_over_the_session():
 # -- CallTable, pure -------------------------------------------------------
 
 
-def test_call_table_groups_channels_by_linkedid():
+def test_call_table_counts_the_channels_that_run_the_dialplan():
     table = CallTable()
     table.reset(0.0)
     assert table.add("1.6", "1.6", 1.0) and table.add("1.7", "1.6", 1.0) and table.add("1.8", "1.8", 1.0)
+    assert (table.channels, table.calls) == (3, 0)  # no application yet: not in the PBX yet
+    assert table.application("1.6", "Dial", 1.1)
+    assert not table.application("1.7", "AppDial", 1.1)  # Dial()'s outbound leg runs no dialplan
+    assert table.application("1.8", "Echo", 1.2)
     assert (table.channels, table.calls) == (3, 2)
+    assert not table.application("1.6", "Dial", 1.3)  # a later priority changes nothing
     assert not table.add("1.7", "1.6", 1.5)  # a repeated Newchannel changes nothing
-    assert table.remove("1.6") and (table.channels, table.calls) == (2, 2)
+    assert table.remove("1.6") and (table.channels, table.calls) == (2, 1)
     assert table.remove("1.7") and (table.channels, table.calls) == (1, 1)
     assert not table.remove("9.9")
 
 
-def test_new_calls_per_second_counts_new_linkedids_in_the_window():
+def test_both_halves_of_a_local_channel_share_the_linkedid_but_only_the_second_is_a_call():
+    table = CallTable()
+    table.reset(0.0)
+    table.add("caller", "caller", 1.0)
+    table.application("caller", "Dial", 1.0)
+    table.add("local1", "caller", 1.0)  # Local/echo@test-0001;1: Dial()'s leg
+    table.add("local2", "caller", 1.0)  # Local/echo@test-0001;2: runs the dialplan
+    table.application("local1", "AppDial", 1.0)
+    table.application("local2", "Echo", 1.0)
+    assert (table.channels, table.calls) == (3, 2)
+
+
+def test_new_calls_per_second_counts_channels_entering_the_dialplan_in_the_window():
     table = CallTable(cps_window=10.0)
     table.reset(0.0)
     for i in range(20):
-        table.add(f"{i}.0", f"{i}.0", 10.25 + i * 0.5)  # 20 calls in (10, 20]
-        table.add(f"{i}.1", f"{i}.0", 10.25 + i * 0.5)  # their second legs are not new calls
+        t = 10.25 + i * 0.5  # 20 calls in (10, 20]
+        table.add(f"{i}.0", f"{i}.0", t)
+        table.application(f"{i}.0", "Dial", t)
+        table.add(f"{i}.1", f"{i}.0", t)
+        table.application(f"{i}.1", "AppDial", t)  # their second legs are not new calls
+        table.application(f"{i}.0", "Echo", t)  # nor is a later application
     assert table.cps(20.0) == pytest.approx(2.0)
     assert table.cps(25.0) == pytest.approx(10 / 10.0)  # calls started after t=15
     assert table.cps(40.0) == 0.0
@@ -233,8 +303,9 @@ def test_new_calls_per_second_counts_new_linkedids_in_the_window():
 def test_new_calls_per_second_right_after_login_uses_the_time_since():
     table = CallTable(cps_window=10.0)
     table.reset(100.0)
-    table.add("a", "a", 101.0)
-    table.add("b", "b", 101.5)
+    for uid, t in (("a", 101.0), ("b", 101.5)):
+        table.add(uid, uid, t)
+        table.application(uid, "Echo", t)
     assert table.cps(102.0) == pytest.approx(2 / 2.0)
     assert table.cps(100.2) == pytest.approx(2 / 1.0)  # never divides by less than 1 s
 
@@ -246,10 +317,34 @@ def test_sync_replays_events_that_crossed_the_list():
     table.add("stale-2", "stale-2", 0.5)
     table.begin_sync()
     table.add("new", "new", 1.0)  # created after the list was generated
+    table.application("new", "Echo", 1.0)
     table.remove("listed-2")  # hung up after the list was generated
-    assert table.end_sync([("listed-1", "L"), ("listed-2", "L")])
+    assert table.end_sync([("listed-1", "L", "Echo"), ("listed-2", "L", "AppDial")])
     assert (table.channels, table.calls) == (2, 2)  # listed-1 and new
     assert table.synced
+
+
+def test_the_list_says_which_channels_run_the_dialplan_by_their_application():
+    table = CallTable()
+    table.reset(0.0)
+    listed = [(m.get("Uniqueid"), m.get("Linkedid"), m.get("Application"))
+              for m in Transcript.load("coreshowchannels_b2b").answer_to("CoreShowChannels")
+              if m.get("Event") == "CoreShowChannel"]
+    table.begin_sync()
+    table.end_sync(listed)
+    assert (table.channels, table.calls) == command_counts("command_core_show_channels_count_b2b")
+
+
+def test_channels_running_an_application_without_newexten_events_are_named():
+    table = CallTable()
+    table.reset(0.0)
+    table.add("quiet", "quiet", 1.0)
+    table.add("young", "young", 9.0)
+    table.add("heard", "heard", 1.0)
+    table.application("heard", "Echo", 1.0)
+    listed = [("quiet", "quiet", "Echo"), ("young", "young", "Echo"), ("heard", "heard", "Echo"), ("old", "old", "Echo")]
+    # "young" may still have its Newexten on the way; "old" predates the session.
+    assert table.silent_channels(listed, now=10.0) == ["quiet"]
 
 
 def test_a_killed_asterisk_is_unreachable_not_shutting_down():

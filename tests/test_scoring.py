@@ -53,6 +53,7 @@ CFG = ScoringConfig()  # cpu_max 0.85, limit on calls, mos_min 3.0 over >= 3 str
         # down
         ("ami unreachable and no asterisk process", reading(link=AsteriskLink.UNREACHABLE, process=False), State.DOWN, 0.0),
         ("shutting down", reading(link=AsteriskLink.SHUTTING_DOWN), State.DOWN, 0.0),
+        ("stopping gracefully", reading(link=AsteriskLink.STOPPING), State.DRAINING, 0.8),
         ("probe unanswered 3 times", reading(probe_failures=3), State.DOWN, 0.0),
         ("probe unanswered twice", reading(probe_failures=2), State.ACTIVE, 0.8),
         ("probe disabled", reading(probe_failures=None), State.ACTIVE, 0.8),
@@ -71,6 +72,7 @@ def test_state_and_capacity_table(name, r, state, capacity):
         (reading(cpu=0.9), "overloaded: cpu 90%"),
         (reading(cpu=0.9, calls=100), "overloaded: cpu 90%, calls 100/100"),
         (reading(link=AsteriskLink.SHUTTING_DOWN), "asterisk is shutting down"),
+        (reading(link=AsteriskLink.STOPPING), "asterisk stopping gracefully"),
         (reading(probe_failures=4), "sip probe: 4 unanswered in a row"),
         (reading(cpu=None), "unknown: cpu"),
         (reading(link=AsteriskLink.UNREACHABLE), "unknown: asterisk"),
@@ -79,6 +81,11 @@ def test_state_and_capacity_table(name, r, state, capacity):
 )
 def test_reasons_say_why(r, reason):
     assert Scorer(CFG).score(r).reason == reason
+
+
+def test_a_gracefully_stopping_asterisk_drains_even_when_overloaded_but_a_probe_verdict_is_down():
+    assert Scorer(CFG).score(reading(cpu=0.99, link=AsteriskLink.STOPPING)).state is State.DRAINING
+    assert Scorer(CFG).score(reading(link=AsteriskLink.STOPPING, probe_failures=3)).state is State.DOWN
 
 
 def test_draining_wins_over_overloaded_but_not_over_down():

@@ -15,9 +15,13 @@ tests/data/ami/ (README.txt there) and Asterisk's AMI documentation:
   - A failed Login is answered "Response: Error / Message: Authentication
     failed" after about 1 s and the server closes the socket
     (login_fail.txt, meta/login_fail.chunks.txt).
-  - During a graceful shutdown every action, Login included, is answered
-    "Response: Error / Message: Asterisk is shutting down" and the socket
-    stays open (corestatus_during_graceful_shutdown.txt).
+  - During a graceful shutdown every action, Login and Ping included, is
+    answered "Response: Error / Message: Asterisk is shutting down" and the
+    socket stays open (corestatus_during_graceful_shutdown.txt; 22/
+    ping_during_graceful_shutdown.txt; manager.c process_message checks
+    ast_shutting_down() before any action). No event announces it, so a
+    periodic Ping is how a graceful stop is noticed, and how a connected but
+    silent (stalled) session is found out.
   - "Action: Challenge / AuthType: MD5" returns "Challenge: <n>"; the MD5
     Login sends "AuthType: MD5" and "Key: md5hex(challenge + secret)"
     (docs.asterisk.org, Asterisk 20 AMI_Actions/Challenge and /Login; not in
@@ -33,6 +37,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,28 @@ MAX_MESSAGE_OCTETS = 1024 * 1024
 #: The Message of the error Asterisk answers to every action while it stops
 #: gracefully (corestatus_during_graceful_shutdown.txt).
 SHUTTING_DOWN = "Asterisk is shutting down"
+
+
+class Stopping(StrEnum):
+    """What Asterisk has said about stopping, as far as this client knows."""
+
+    #: Nothing: it runs (or is unreachable for an unknown reason).
+    NO = "no"
+    #: It answers actions "Asterisk is shutting down": a stop is under way
+    #: (`core stop gracefully` waits for the calls to end; new calls are refused).
+    REFUSING = "refusing"
+    #: It has stopped: a Shutdown event, or the session ended while it was
+    #: refusing. Until it is reachable again.
+    STOPPED = "stopped"
+
+
+#: Seconds after `AmiClient.retry_now()` during which failed attempts are
+#: retried without the backoff doubling.
+RETRY_WINDOW = 10.0
+#: The same after Asterisk has stopped (a restart usually follows within
+#: seconds: systemd, an operator's `core restart`); later the SIP probe's
+#: recovery still cuts the backoff short.
+STOPPED_WINDOW = 60.0
 
 
 class AmiError(Exception):
@@ -235,8 +262,15 @@ class AmiClient:
       - `on_up()`: awaited after each successful Login (a good place for
         the actions that rebuild state);
       - `on_down(reason)`: each time the session ends or an attempt fails;
-      - `on_shutdown()`: Asterisk said it is stopping (Shutdown event, or
-        an action answered "Asterisk is shutting down").
+      - `on_shutdown()`: what Asterisk said about stopping changed
+        (`stopping`: an action answered "Asterisk is shutting down", a
+        Shutdown event, the end of a session of a stopping Asterisk, or the
+        end of all that).
+
+    While logged in, a Ping goes every `ping_interval` seconds (0: never):
+    it notices a graceful stop (answered "Asterisk is shutting down") and a
+    stalled session (no answer within `ping_timeout` s: the session is
+    closed and opened again).
     """
 
     def __init__(
@@ -247,7 +281,7 @@ class AmiClient:
         secret: str,
         *,
         auth: str = "plain",
-        events: str = "system,call,reporting",
+        events: str = "system,call,reporting,dialplan",
         on_event: Callable[[AmiMessage], None] | None = None,
         on_up: Callable[[], Awaitable[None]] | None = None,
         on_down: Callable[[str], None] | None = None,
@@ -256,6 +290,8 @@ class AmiClient:
         action_timeout: float = 5.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        ping_interval: float = 1.0,
+        ping_timeout: float = 2.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if auth not in ("plain", "md5"):
@@ -274,7 +310,12 @@ class AmiClient:
         self.action_timeout = action_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self._sleep = sleep
+        self._retry = asyncio.Event()
+        self._failures = 0
+        self._fast_until = 0.0
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -286,9 +327,8 @@ class AmiClient:
         self._read_task: asyncio.Task[None] | None = None
         #: True while logged in.
         self.connected = False
-        #: True from a Shutdown event or "Asterisk is shutting down" until the
-        #: next successful Login.
-        self.shutting_down = False
+        #: What Asterisk said about stopping (see `Stopping`).
+        self.stopping = Stopping.NO
         #: Why the last attempt or session ended; None while connected and
         #: before the first attempt has ended.
         self.last_error: str | None = None
@@ -300,6 +340,13 @@ class AmiClient:
         self.garbage_lines = 0
         #: Events handed to on_event, over all sessions.
         self.events_received = 0
+        #: Pings answered, over all sessions.
+        self.pings = 0
+
+    @property
+    def shutting_down(self) -> bool:
+        """Asterisk said it is stopping (refusing actions, or stopped)."""
+        return self.stopping is not Stopping.NO
 
     @property
     def address(self) -> str:
@@ -321,6 +368,19 @@ class AmiClient:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def retry_now(self, window: float = RETRY_WINDOW) -> None:
+        """Asterisk is reachable again (its SIP stack answers after a silence):
+        what it said about stopping is over, and the next attempt to connect
+        goes now; for `window` seconds more, failed attempts are retried
+        after `backoff_initial` without doubling (a booting Asterisk may
+        answer SIP before its AMI listens)."""
+        if self.stopping is Stopping.STOPPED:
+            self._set_stopping(Stopping.NO)
+        if not self.connected:
+            self._failures = 0
+            self._fast_until = asyncio.get_running_loop().time() + window
+            self._retry.set()
 
     async def action(self, action: str, fields: Mapping[str, str] | None = None, timeout: float | None = None) -> AmiResponse:
         """Send `action` and wait for its answer (all items, for list actions).
@@ -362,14 +422,16 @@ class AmiClient:
         if (answer.response.response or "").lower() == "error":
             message = answer.response.get("Message") or ""
             if message == SHUTTING_DOWN:
-                self._mark_shutting_down()
+                self._set_stopping(Stopping.REFUSING)
             raise AmiActionError(action, message)
+        if self.stopping is Stopping.REFUSING:
+            self._set_stopping(Stopping.NO)  # answered: the stop was called off
         return answer
 
     # -- the connection loop --
 
     async def _run(self) -> None:
-        failures = 0
+        self._failures = 0
         while not self._stopping:
             self._logged_in = False
             self._closed_because = None
@@ -391,12 +453,24 @@ class AmiClient:
             self._went_down(reason)
             if self._stopping:
                 break
-            if self._logged_in:
-                failures = 0  # a session that got as far as a Login resets the backoff
-            delay = min(self.backoff_max, self.backoff_initial * (2**failures))
-            failures += 1
+            if self._logged_in or asyncio.get_running_loop().time() < self._fast_until:
+                self._failures = 0  # a session that got as far as a Login resets the backoff
+            delay = min(self.backoff_max, self.backoff_initial * (2**self._failures))
+            self._failures += 1
             self.backoffs.append(delay)
-            await self._sleep(delay)
+            await self._wait_backoff(delay)
+
+    async def _wait_backoff(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if `retry_now()` is called."""
+        self._retry.clear()
+        sleep = asyncio.ensure_future(self._sleep(delay))
+        retry = asyncio.ensure_future(self._retry.wait())
+        try:
+            await asyncio.wait({sleep, retry}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, retry):
+                task.cancel()
+            await asyncio.gather(sleep, retry, return_exceptions=True)
 
     async def _session(self) -> None:
         """One connection: connect, read the banner, log in, read until EOF."""
@@ -415,7 +489,10 @@ class AmiClient:
                     raise AmiDisconnected(f"AMI {self.address}: closed before sending the banner")
                 raise AmiError(f"AMI {self.address}: no banner within {self.connect_timeout:g} s")
             self.banner = framer.banner
+            refusing = self.stopping is Stopping.REFUSING
             await self._login()
+            if refusing and self.stopping is Stopping.REFUSING:
+                self._set_stopping(Stopping.NO)  # it takes logins again: the stop was called off
             self._logged_in = True
             self.last_error = None
             log.debug("AMI %s: logged in as %s (%s)", self.address, self.username, self.banner)
@@ -424,12 +501,33 @@ class AmiClient:
                 self._tasks.add(up)  # a reference, or the task may be collected mid-flight
                 up.add_done_callback(self._tasks.discard)
                 up.add_done_callback(_log_task_failure)
-            await read_task
+            ping = loop.create_task(self._keepalive(), name=f"ami ping {self.address}")
+            try:
+                await read_task
+            finally:
+                ping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ping
         finally:
             if not read_task.done():
                 read_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await read_task
+
+    async def _keepalive(self) -> None:
+        """A Ping every `ping_interval` s while logged in (see the class doc).
+        No answer in `ping_timeout` s closes the session (in `_action`)."""
+        if self.ping_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            try:
+                await self._action("Ping", {}, self.ping_timeout)
+            except AmiActionError:
+                pass  # answered (an error, e.g. "Asterisk is shutting down"): alive
+            except AmiError:
+                return  # no answer (the session is being closed) or disconnected
+            self.pings += 1
 
     async def _login(self) -> None:
         fields: dict[str, str] = {"Username": self.username}
@@ -478,7 +576,8 @@ class AmiClient:
                     # Set here, before the events that came in the same read
                     # are dispatched (a Shutdown right after the Login counts).
                     self.connected = True
-                    self.shutting_down = False
+                    if self.stopping is Stopping.STOPPED:
+                        self._set_stopping(Stopping.NO)
                 if (message.get("EventList") or "").lower() != "start":
                     pending.future.set_result(pending.answer)
                 return
@@ -491,12 +590,14 @@ class AmiClient:
                 return
         if message.response is not None:
             if message.get("Message") == SHUTTING_DOWN:
-                self._mark_shutting_down()
+                self._set_stopping(Stopping.REFUSING)
             return  # an answer to an action nobody waits for any more
         if message.event is None:
             return  # neither Response nor Event: not AMI (garbage joined a line)
         if message.event == "Shutdown":
-            self._mark_shutting_down()
+            self._set_stopping(Stopping.STOPPED)
+        elif message.event == "FullyBooted" and self.stopping is Stopping.STOPPED:
+            self._set_stopping(Stopping.NO)
         self.events_received += 1
         if self.on_event is not None:
             try:
@@ -504,15 +605,22 @@ class AmiClient:
             except Exception:  # a consumer bug must not kill the session
                 log.exception("AMI %s: handler of event %s failed", self.address, message.event)
 
-    def _mark_shutting_down(self) -> None:
-        if not self.shutting_down:
-            self.shutting_down = True
+    def _set_stopping(self, stopping: Stopping) -> None:
+        if stopping is not self.stopping:
+            log.debug("AMI %s: stopping %s -> %s", self.address, self.stopping.value, stopping.value)
+            self.stopping = stopping
+            if stopping is Stopping.STOPPED:
+                self._fast_until = asyncio.get_running_loop().time() + STOPPED_WINDOW
             if self.on_shutdown is not None:
                 self.on_shutdown()
 
     def _went_down(self, reason: str) -> None:
         was_connected = self.connected
         self.connected = False
+        if self.stopping is Stopping.REFUSING and not reason.endswith(SHUTTING_DOWN):
+            # The session of a stopping Asterisk ended, and not because it
+            # refused our Login (then it still runs, refusing): it is gone.
+            self._set_stopping(Stopping.STOPPED)
         self.last_error = reason
         self._fail_pending(reason)
         if self.on_down is not None:

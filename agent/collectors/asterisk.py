@@ -2,22 +2,40 @@
 
 Counting, from the event stream so that a change is seen at once:
   - a channel lives from its Newchannel to its Hangup, keyed by Uniqueid;
-  - a call is a group of live channels sharing a Linkedid. In the B2BUA
-    capture (event_stream_b2b.txt) each caller makes three channels: the
-    inbound SIP/127.0.0.1-N and its Dial() leg SIP/127.0.0.1:5261-N share the
-    inbound channel's Linkedid (the Dial leg's Newchannel carries it), while
-    the looped-back PJSIP/anonymous-N starts its own Linkedid. Two callers:
-    6 channels, 4 Linkedids; "core show channels count" in the same capture
-    says "6 active channels / 4 active calls"
-    (command_core_show_channels_count_b2b.txt), and the plain capture 5 / 5.
-    Grouping by BridgeId would also give 4 here, but only after
-    BridgeEnter, while the Linkedid is known at Newchannel;
-  - never CoreCurrentCalls: it counts channels (corestatus_b2b.txt: 6).
-  - a new call (for calls per second) is a Newchannel whose Linkedid has no
-    live channel yet.
-The counts are checked against CoreShowChannels after every Login (until
-then they are unknown: channels that existed before the connection are not
-in the event stream) and every `reconcile_interval` seconds.
+  - a call is what Asterisk counts against `maxcalls`: a channel that runs
+    the dialplan. main/pbx.c increase_call_count() is called by
+    ast_pbx_start() and ast_pbx_run_args(), i.e. for every channel a PBX
+    thread runs (inbound channels, the `;2` half of a Local channel,
+    originated channels sent to an extension), and the count drops when
+    that thread ends; "core show channels count" prints it as "active
+    calls" (ast_active_calls()). A channel that Dial() (or Queue, or an
+    Originate) creates runs no dialplan: Asterisk gives it the placeholder
+    application AppDial (AppQueue, AppDial2). So a channel counts as a call
+    while the application of its latest Newexten event (class "dialplan";
+    Asterisk sends one whenever the application is first set) is not a
+    placeholder. In the B2BUA capture (event_stream_b2b.txt) each caller
+    makes three channels: the inbound SIP/127.0.0.1-N (Dial), its Dial()
+    leg SIP/127.0.0.1:5261-N (AppDial) and the looped-back
+    PJSIP/anonymous-N (Echo): 6 channels, 4 calls, as "core show channels
+    count" said (command_core_show_channels_count_b2b.txt). A Dial(Local/..)
+    call is two calls: the caller and the Local `;2` half both run the
+    dialplan (22/README.txt), and Asterisk refuses the next channel at
+    maxcalls counting both. A channel refused at the limit never runs the
+    dialplan, so it is never counted;
+  - never CoreCurrentCalls: it counts channels (corestatus_b2b.txt: 6);
+  - a new call (for calls per second) is a channel that starts running the
+    dialplan, as Asterisk's own "calls processed" counts them;
+  - ConfBridge's announcer channels (CBAnn/...) are internal: AMI shows them
+    neither as events nor in CoreShowChannels, so `channels` is lower than
+    "core show channels" by one per conference with announcements (they run
+    no dialplan: `calls` is not affected).
+The counts are checked against CoreShowChannels (whose items carry each
+channel's current Application) after every Login (until then they are
+unknown: channels that existed before the connection are not in the event
+stream) and every `reconcile_interval` seconds. The AMI user needs read
+"dialplan" for the Newexten events; a reconciliation that finds a channel
+announced on this session running an application with no Newexten ever
+received says it lacks that, and the calls are then unknown, not zero.
 
 The limit: CoreSettings' CoreMaxCalls (asterisk.conf maxcalls; 0 = none,
 then the config's max_calls, then unknown) and CoreMaxLoadAvg (maxload; 0 =
@@ -39,25 +57,50 @@ from dataclasses import dataclass, field
 from sipstatus.status import Asterisk
 
 from ..config import AsteriskConfig, ami_secret
-from .ami import AmiClient, AmiError, AmiMessage
+from .ami import SHUTTING_DOWN, AmiClient, AmiError, AmiMessage, Stopping
 from .interface import AsteriskLink, OnChange, Reading
 from .rtcp import RtcpTracker
 
 log = logging.getLogger(__name__)
 
 
+#: The applications Asterisk gives channels that run no dialplan: the
+#: outbound legs of Dial() and Queue() (apps/app_dial.c, apps/app_queue.c
+#: ast_channel_appl_set) and of main/dial.c (Originate, Page).
+OUTBOUND_LEG_APPLICATIONS = frozenset({"AppDial", "AppDial2", "AppQueue"})
+
+
+def runs_dialplan(application: str | None) -> bool:
+    """Whether a channel whose current application is this is in the PBX
+    (counted by Asterisk against maxcalls)."""
+    return bool(application) and application not in OUTBOUND_LEG_APPLICATIONS
+
+
+@dataclass(slots=True)
+class _Channel:
+    linkedid: str
+    #: When its Newchannel came (monotonic s); None when known from a list.
+    added: float | None = None
+    #: Its latest application runs the dialplan (see the module doc).
+    call: bool = False
+    #: Counted once as a new call (calls per second) already.
+    started: bool = False
+    #: A Newexten was received for it.
+    exten_seen: bool = False
+
+
 @dataclass(slots=True)
 class CallTable:
-    """Live channels (Uniqueid -> Linkedid) and the calls they make up."""
+    """Live channels (by Uniqueid) and which of them are calls."""
 
     cps_window: float = 10.0
     #: False until a CoreShowChannels list has been applied since the Login.
     synced: bool = False
-    _channels: dict[str, str] = field(default_factory=dict)
-    _calls: dict[str, int] = field(default_factory=dict)  # Linkedid -> live channels
+    _channels: dict[str, _Channel] = field(default_factory=dict)
+    _calls: int = 0
     _new_calls: deque[float] = field(default_factory=deque)
     _since: float | None = None
-    _during_sync: list[tuple[str, str, str]] | None = None
+    _during_sync: list[tuple[str, str, str, float]] | None = None
 
     @property
     def channels(self) -> int:
@@ -65,12 +108,12 @@ class CallTable:
 
     @property
     def calls(self) -> int:
-        return len(self._calls)
+        return self._calls
 
     def reset(self, now: float) -> None:
         """Forget everything (a new session starts at `now`)."""
         self._channels.clear()
-        self._calls.clear()
+        self._calls = 0
         self._new_calls.clear()
         self._since = now
         self.synced = False
@@ -79,55 +122,94 @@ class CallTable:
     def add(self, uniqueid: str, linkedid: str, now: float) -> bool:
         """A Newchannel. Returns whether the counts changed."""
         if self._during_sync is not None:
-            self._during_sync.append(("add", uniqueid, linkedid))
+            self._during_sync.append(("add", uniqueid, linkedid, now))
         if uniqueid in self._channels:
             return False
-        self._channels[uniqueid] = linkedid
-        if linkedid not in self._calls:
-            self._calls[linkedid] = 0
-            self._new_calls.append(now)
-        self._calls[linkedid] += 1
+        self._channels[uniqueid] = _Channel(linkedid, added=now)
+        return True
+
+    def application(self, uniqueid: str, application: str, now: float) -> bool:
+        """A Newexten: the channel's application is now `application`.
+        Returns whether the counts changed."""
+        if self._during_sync is not None:
+            self._during_sync.append(("app", uniqueid, application, now))
+        channel = self._channels.get(uniqueid)
+        if channel is None:
+            return False
+        channel.exten_seen = True
+        return self._set_call(channel, runs_dialplan(application), now)
+
+    def _set_call(self, channel: _Channel, call: bool, now: float | None) -> bool:
+        if call == channel.call:
+            return False
+        channel.call = call
+        self._calls += 1 if call else -1
+        if call and not channel.started:
+            channel.started = True
+            if now is not None:
+                self._new_calls.append(now)
         return True
 
     def remove(self, uniqueid: str) -> bool:
         """A Hangup. Returns whether the counts changed."""
         if self._during_sync is not None:
-            self._during_sync.append(("remove", uniqueid, ""))
-        linkedid = self._channels.pop(uniqueid, None)
-        if linkedid is None:
+            self._during_sync.append(("remove", uniqueid, "", 0.0))
+        channel = self._channels.pop(uniqueid, None)
+        if channel is None:
             return False
-        self._calls[linkedid] -= 1
-        if self._calls[linkedid] <= 0:
-            del self._calls[linkedid]
+        if channel.call:
+            self._calls -= 1
         return True
 
     def begin_sync(self) -> None:
         """A CoreShowChannels was sent: remember the events until it ends."""
         self._during_sync = []
 
-    def end_sync(self, listed: Iterable[tuple[str, str]]) -> bool:
-        """Replace the table with the listed (Uniqueid, Linkedid) pairs, then
-        replay the events that arrived while the list was being sent (adding
-        and removing by Uniqueid is idempotent, so an event already reflected
-        in the list changes nothing). Returns whether the counts changed."""
+    def end_sync(self, listed: Iterable[tuple[str, str, str]]) -> bool:
+        """Replace the table with the listed (Uniqueid, Linkedid, Application)
+        triples, then replay the events that arrived while the list was being
+        sent (each is idempotent, so an event already reflected in the list
+        changes nothing). A listed channel already known keeps what the
+        events said about it when the list shows no application. Returns
+        whether the counts changed."""
         before = (self.channels, self.calls)
         replay = self._during_sync or []
         self._during_sync = None
-        self._channels = dict(listed)
-        self._calls = {}
-        for linkedid in self._channels.values():
-            self._calls[linkedid] = self._calls.get(linkedid, 0) + 1
-        for op, uniqueid, linkedid in replay:
-            if op == "add" and uniqueid not in self._channels:
-                self._channels[uniqueid] = linkedid
-                self._calls[linkedid] = self._calls.get(linkedid, 0) + 1
-            elif op == "remove":
+        old = self._channels
+        self._channels = {}
+        self._calls = 0
+        for uniqueid, linkedid, application in listed:
+            known = old.get(uniqueid)
+            channel = _Channel(linkedid, added=known.added if known else None,
+                               started=known.started if known else True,
+                               exten_seen=known.exten_seen if known else False)
+            call = runs_dialplan(application) if application or known is None else known.call
+            self._channels[uniqueid] = channel
+            self._set_call(channel, call, None)
+        for op, uniqueid, value, now in replay:
+            if op == "add":
+                self.add(uniqueid, value, now)
+            elif op == "app":
+                self.application(uniqueid, value, now)
+            else:
                 self.remove(uniqueid)
         self.synced = True
         return before != (self.channels, self.calls)
 
     def abort_sync(self) -> None:
         self._during_sync = None
+
+    def silent_channels(self, listed: Iterable[tuple[str, str, str]], now: float, age: float = 5.0) -> list[str]:
+        """Of the listed channels, those announced by a Newchannel on this
+        session at least `age` s ago that run an application although no
+        Newexten came for them (call before `end_sync`)."""
+        out = []
+        for uniqueid, _, application in listed:
+            known = self._channels.get(uniqueid)
+            if (known is not None and not known.exten_seen and application and known.added is not None
+                    and now - known.added >= age):
+                out.append(uniqueid)
+        return out
 
     def cps(self, now: float) -> float | None:
         """New calls per second over the last `cps_window` seconds (or since
@@ -166,7 +248,12 @@ class AsteriskCollector:
             action_timeout=config.action_timeout,
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
         )
+        #: Why the calls are unknown although the channels are known (the
+        #: AMI user sends no Newexten events); None when they are counted.
+        self.calls_error: str | None = None
         self.max_calls: int | None = None  # CoreMaxCalls, when > 0
         self.max_load: float | None = None  # CoreMaxLoadAvg, when > 0
         self.settings_error: str | None = None
@@ -190,16 +277,29 @@ class AsteriskCollector:
 
     def collect(self, now: float) -> Reading:
         client = self.client
+        if client.stopping is Stopping.STOPPED:
+            return Reading(link=AsteriskLink.SHUTTING_DOWN, error=client.last_error)
+        stopping = client.stopping is Stopping.REFUSING
         if not client.connected:
-            link = AsteriskLink.SHUTTING_DOWN if client.shutting_down else AsteriskLink.UNREACHABLE
-            return Reading(link=link, error=client.last_error)
-        link = AsteriskLink.SHUTTING_DOWN if client.shutting_down else AsteriskLink.UP
+            if stopping:
+                return Reading(link=AsteriskLink.STOPPING, error=client.last_error or f"AMI {client.address}: {SHUTTING_DOWN}")
+            return Reading(link=AsteriskLink.UNREACHABLE, error=client.last_error)
+        link = AsteriskLink.STOPPING if stopping else AsteriskLink.UP
         limit = self.max_calls or self.config.max_calls or None
         if not self.table.synced:
             section = Asterisk(limit=limit)
+        elif self.calls_error is not None:
+            section = Asterisk(channels=self.table.channels, limit=limit)
         else:
             section = Asterisk(channels=self.table.channels, calls=self.table.calls, limit=limit, cps=self.table.cps(now))
-        return Reading(asterisk=section, quality=self.rtcp.quality(now), link=link, max_load=self.max_load)
+        error = self.calls_error or (f"AMI {client.address}: {SHUTTING_DOWN}" if stopping else None)
+        return Reading(asterisk=section, quality=self.rtcp.quality(now), link=link, max_load=self.max_load, error=error)
+
+    def reachable_again(self) -> None:
+        """Asterisk answers again (the SIP probe's first answer after a
+        silence): what it said about stopping is over, and AMI is tried at
+        once instead of at the end of the reconnection backoff."""
+        self.client.retry_now()
 
     # -- AMI callbacks --
 
@@ -209,6 +309,10 @@ class AsteriskCollector:
             uniqueid, linkedid = message.get("Uniqueid"), message.get("Linkedid")
             if uniqueid and linkedid and self.table.add(uniqueid, linkedid, self.clock()):
                 self._changed(f"channel {message.get('Channel')} appeared")
+        elif event == "Newexten":
+            uniqueid = message.get("Uniqueid")
+            if uniqueid and self.table.application(uniqueid, message.get("Application") or "", self.clock()):
+                self._changed(f"channel {message.get('Channel')} runs {message.get('Application')}")
         elif event == "Hangup":
             uniqueid = message.get("Uniqueid")
             if uniqueid:
@@ -219,10 +323,16 @@ class AsteriskCollector:
             self.rtcp.report(message.as_dict(), self.clock())
 
     async def _on_up(self) -> None:
+        self.calls_error = None
         self.table.reset(self.clock())
         self.rtcp.clear()
         await self._read_settings()
         await self.reconcile()
+
+    @property
+    def reported(self) -> bool:
+        """The counts are known, or an attempt has failed (the sampler's readiness)."""
+        return self._settled.is_set()
 
     async def settled(self) -> None:
         """Returns once the counts are known or an attempt has failed (for a
@@ -238,7 +348,7 @@ class AsteriskCollector:
             self._changed(f"AMI session lost: {reason}")
 
     def _on_shutdown(self) -> None:
-        self._changed("Asterisk is shutting down")
+        self._changed(f"Asterisk stopping: {self.client.stopping.value}")
 
     def _changed(self, what: str) -> None:
         if self.on_change is not None:
@@ -271,8 +381,17 @@ class AsteriskCollector:
                 self._settled.set()
                 log.debug("AMI: CoreShowChannels failed: %s", exc)
                 return False
-            listed = [(m.get("Uniqueid") or "", m.get("Linkedid") or "") for m in answer.items if m.event == "CoreShowChannel"]
-            if self.table.end_sync((u, linked) for u, linked in listed if u and linked):
+            listed = [(m.get("Uniqueid") or "", m.get("Linkedid") or "", m.get("Application") or "")
+                      for m in answer.items if m.event == "CoreShowChannel"]
+            listed = [item for item in listed if item[0] and item[1]]
+            silent = self.table.silent_channels(listed, self.clock())
+            if silent and self.calls_error is None:
+                self.calls_error = (f"AMI {self.client.address}: no Newexten events for channels that run the dialplan "
+                                    f"({len(silent)}, e.g. {silent[0]}): the AMI user {self.config.username!r} needs "
+                                    "read = dialplan in manager.conf; calls unknown")
+                log.warning("%s", self.calls_error)
+                self._changed("calls unknown")
+            if self.table.end_sync(listed):
                 self._changed("counts corrected by CoreShowChannels")
             self._settled.set()
             return True

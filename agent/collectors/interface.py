@@ -29,8 +29,12 @@ class AsteriskLink(StrEnum):
     UP = "up"
     #: No AMI session (refused, timed out, login rejected, dropped).
     UNREACHABLE = "unreachable"
-    #: Asterisk said it is stopping: a `Shutdown` event, or actions answered
-    #: "Asterisk is shutting down" (a graceful stop announces nothing else).
+    #: Asterisk is stopping and still runs: it answers actions "Asterisk is
+    #: shutting down" (`core stop gracefully`: new calls are refused, the
+    #: calls in progress go on; no event announces it).
+    STOPPING = "stopping"
+    #: Asterisk has stopped: a `Shutdown` event, or the AMI session of a
+    #: stopping Asterisk ended; until it is reachable again.
     SHUTTING_DOWN = "shutting-down"
 
 

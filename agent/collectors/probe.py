@@ -180,16 +180,21 @@ class ProbeCollector:
     name = "probe"
 
     def __init__(self, config: ProbeConfig, codec: OptionsCodec | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_change: OnChange | None = None) -> None:
+                 on_change: OnChange | None = None, on_recovered: Callable[[], None] | None = None) -> None:
         self.config = config
         #: Called with "probe" when a probe fails, and when an answer ends a
         #: run of failures: a hung Asterisk reaches the proxies at once.
         self.on_change = on_change
+        #: Called when an answer ends a run of failures (Asterisk answers
+        #: again: the AMI collector need not wait out its backoff).
+        self.on_recovered = on_recovered
         self.target = Target.parse(config.target)
         self.codec: OptionsCodec = codec or SipOptionsCodec()
         self.clock = clock
         self.stats = ProbeStats(window=config.window)
         self.last_error: str | None = None
+        #: An OPTIONS has been answered since start (the sampler's readiness).
+        self.reported = False
         self.unmatched = 0  # responses that answered no outstanding probe
         self._outstanding: dict[str, _Outstanding] = {}
         self._transport: asyncio.DatagramTransport | None = None
@@ -263,9 +268,13 @@ class ProbeCollector:
             outstanding.timer.cancel()
         now = self.clock()
         recovered = self.stats.failures_in_row > 0
+        first = not self.reported
+        self.reported = True
         self.stats.answered(now, (now - outstanding.sent) * 1000.0)
         self.last_error = None
-        if recovered and self.on_change is not None:
+        if recovered and self.on_recovered is not None:
+            self.on_recovered()
+        if (recovered or first) and self.on_change is not None:
             self.on_change("probe")
 
     def _timed_out(self, branch: str) -> None:

@@ -37,6 +37,12 @@ def build_collectors(config: Config, on_change: OnChange | None = None) -> list[
             out.append(NetworkCollector(c.network))
         else:  # config validation lists the names; this is a bug if reached
             raise ValueError(f"collectors.enabled: no collector named {name!r}")
+    ami = next((x for x in out if x.name == "asterisk"), None)
+    for probe in (x for x in out if x.name == "probe"):
+        if ami is not None:
+            # The probe answered again after a silence: Asterisk is back, so
+            # AMI is tried now rather than at the end of its backoff.
+            probe.on_recovered = ami.reachable_again  # type: ignore[attr-defined]
     return out
 
 

@@ -1,0 +1,151 @@
+"""The agent against a live Asterisk 22: channels and calls as Asterisk
+itself counts them, and its call limit (tests/peers/asterisk.sh builds it).
+
+Each test starts its own Asterisk, the agent daemon and a subscriber; the
+figures compared are those of the subscriber's NOTIFYs and Asterisk's own
+"core show channels count" (whose "active calls" is the count `maxcalls`
+is compared with: ast_active_calls() in main/pbx.c)."""
+
+import asyncio
+
+import pytest
+
+from tests.asterisk_live import PREFIX, WHY_NOT, LiveNode, counts, settle
+from tests.asterisk_runner import AsteriskConfig, Calls
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.skipif(PREFIX is None, reason=WHY_NOT or "")]
+
+
+def run(coro, timeout: float = 240.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def calls_up(node: LiveNode, exten: str, count: int, *, hold: float, expect: tuple[int, int]) -> Calls:
+    """Start `count` calls to `exten` and wait until Asterisk counts `expect`
+    (channels, calls)."""
+    calls = await Calls(node.asterisk, exten, count, hold=hold, tmp=node.tmp).start()
+    node.calls.append(calls)
+    await settle(lambda: _counts_are(node, expect), 30.0, f"Asterisk to count {expect}")
+    return calls
+
+
+async def _counts_are(node: LiveNode, expect: tuple[int, int]) -> bool:
+    return await node.asterisk.acounts() == expect
+
+
+def test_idle_asterisk_is_zero_channels_zero_calls_known_not_absent(tmp_path):
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            own, status = await node.counts_equal_asterisks()
+            return own, status
+
+    own, status = run(main())
+    assert own == (0, 0)
+    assert counts(status) == (0, 0) and status.state.value == "active"
+
+
+def test_plain_two_leg_and_local_calls_are_counted_as_asterisk_counts_them(tmp_path):
+    # 3 Echo calls (1 channel, 1 call each), 2 Dial() calls looping back
+    # into Asterisk (3 channels: caller, AppDial leg, looped-back callee in
+    # Echo; 2 calls) and 2 Dial(Local/echo@test) calls (3 channels: caller,
+    # Local ;1 as the Dial leg, Local ;2 running Echo; 2 calls).
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            seen = []
+            await calls_up(node, "echo", 3, hold=40, expect=(3, 3))
+            seen.append(await node.counts_equal_asterisks())
+            await calls_up(node, "dial", 2, hold=40, expect=(9, 7))
+            seen.append(await node.counts_equal_asterisks())
+            await calls_up(node, "local", 2, hold=40, expect=(15, 11))
+            seen.append(await node.counts_equal_asterisks())
+            return seen
+
+    seen = run(main())
+    for own, status in seen:
+        assert counts(status) == own
+
+
+def test_thirty_and_more_channels_are_counted_as_asterisk_counts_them(tmp_path):
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            await calls_up(node, "dial", 12, hold=40, expect=(36, 24))
+            return await node.counts_equal_asterisks()
+
+    own, status = run(main())
+    assert own == (36, 24) and counts(status) == own
+
+
+def test_every_call_ended_is_zero_again(tmp_path):
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            calls = await calls_up(node, "local", 3, hold=3, expect=(9, 6))
+            stats = await calls.finish()
+            await settle(lambda: _counts_are(node, (0, 0)), 20.0, "Asterisk to count no channel")
+            own, status = await node.counts_equal_asterisks()
+            return stats, own, status
+
+    stats, own, status = run(main())
+    assert stats.get("SuccessfulCall") == 3
+    assert own == (0, 0) and counts(status) == (0, 0)
+
+
+def test_at_maxcalls_with_local_channels_the_node_is_overloaded_as_asterisk_refuses_calls(tmp_path):
+    # The issue's defect 1: maxcalls = 10, 6 Echo calls and 2 Dial(Local/..)
+    # calls. Asterisk counts 10 calls (each Local ;2 half runs the dialplan)
+    # and refuses the next INVITE; the agent counted 8 Linkedids and said
+    # active. Now it counts 10 of 10: overloaded.
+    async def main():
+        async with LiveNode(tmp_path, AsteriskConfig(maxcalls=10)) as node:
+            await calls_up(node, "echo", 6, hold=40, expect=(6, 6))
+            await calls_up(node, "local", 2, hold=40, expect=(12, 10))
+            overloaded = await node.first(lambda s: s.state.value == "overloaded", after=node.now() - 5.0,
+                                          timeout=20.0, what="overloaded at Asterisk's limit")
+            refused = await Calls(node.asterisk, "echo", 1, hold=1, tmp=node.tmp).start()
+            node.calls.append(refused)
+            await refused.finish()
+            own = await node.asterisk.acounts()
+            return overloaded.status, refused.refused, own
+
+    status, refused, own = run(main())
+    assert own == (12, 10)
+    assert refused == 1  # Asterisk answered the 11th call 503
+    assert status.asterisk.limit == 10 and status.asterisk.calls == 10
+    assert status.weight == 0 and "calls 10/10" in status.reason
+
+
+def test_maxcalls_is_the_limit_in_the_body(tmp_path):
+    async def main():
+        async with LiveNode(tmp_path, AsteriskConfig(maxcalls=7)) as node:
+            received = await node.first(lambda s: s.state.value == "active", timeout=20.0, what="active")
+            return received.status
+
+    status = run(main())
+    assert status.asterisk.limit == 7 and status.asterisk.calls == 0
+
+
+def test_confbridge_calls_are_counted_and_its_announcer_channels_are_not_seen(tmp_path):
+    # ConfBridge's announcer (CBAnn/...) is an internal channel: AMI shows
+    # it neither in events nor in CoreShowChannels, so the agent's channels
+    # are fewer than "core show channels" by the announcers. It runs no
+    # dialplan: the calls, which the limit applies to, are equal.
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            calls = await Calls(node.asterisk, "conf", 3, hold=40, tmp=node.tmp).start()
+            node.calls.append(calls)
+            await settle(lambda: _calls_are(node, 3), 30.0, "3 calls in the conference")
+            await asyncio.sleep(1.0)
+            own = await node.asterisk.acounts()
+            listed = await node.asterisk.acli("core show channels concise")
+            status = await node.first(lambda s: s.asterisk is not None and s.asterisk.calls == own[1]
+                                      and s.asterisk.channels is not None, after=node.now() - 5.0, timeout=20.0,
+                                      what="the conference's calls")
+            return own, listed, status.status
+
+    own, listed, status = run(main())
+    announcers = sum(1 for line in listed.splitlines() if line.startswith("CBAnn/"))
+    assert status.asterisk.calls == own[1] == 3
+    assert status.asterisk.channels == own[0] - announcers == 3
+
+
+async def _calls_are(node: LiveNode, calls: int) -> bool:
+    return (await node.asterisk.acounts())[1] == calls
