@@ -178,9 +178,24 @@ def built() -> Path:
     return OUT
 
 
+#: What this module itself runs besides the packages under test (./dev test
+#: installs them up front; this is for a run of this file alone).
+TOOLS = {"systemd-nspawn": "systemd-container", "systemd-analyze": "systemd", "man": "man-db"}
+
+
+def install_tools() -> None:
+    """Installing a tool changes /etc too (systemd-container enables
+    machines.target), so every one is in place before the snapshot."""
+    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=APT_ENV, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def system(built):
-    """The packages installed with apt-get; purged again afterwards."""
+    """The packages installed with apt-get; purged again afterwards. /etc is
+    taken before, after every other package the module needs is installed."""
+    install_tools()
     purge()  # a leftover from an interrupted run
     before = {"etc": etc_files()}
     debs = sorted(glob.glob(str(built / "*.deb")))
@@ -433,9 +448,6 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(system):
-    if shutil.which("systemd-nspawn") is None:
-        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "systemd-container"],
-            env=APT_ENV, timeout=600)
     box = Container(Path(tempfile.mkdtemp(prefix="sipstatus-nspawn-", dir="/var/tmp")))
     try:
         box.boot()
