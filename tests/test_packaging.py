@@ -399,6 +399,16 @@ print("probe stopped", flush=True)
 """
 
 
+def in_chroot() -> bool:
+    """Whether this process's / differs from init's (./dev fresh-check runs
+    the suite in a chroot)."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root/")
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+
+
 class Container:
     """A systemd booted in a container whose root is an overlay of /."""
 
@@ -427,7 +437,8 @@ class Container:
                 self.init_pid = int(children[0])
                 return
             time.sleep(0.5)
-        pytest.skip("systemd-nspawn could not boot a container here: "
+        where = " (this runs in a chroot: / is not PID 1's root)" if in_chroot() else ""
+        pytest.skip(f"systemd-nspawn could not boot a container here{where}: "
                     + (self.base / "nspawn.log").read_text(errors="replace")[-600:])
 
     def sh(self, script: str, pid: int = 0) -> subprocess.CompletedProcess[str]:
