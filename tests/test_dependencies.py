@@ -5,6 +5,7 @@ that ./dev test runs with; ./dev newest runs the newest releases)."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import sys
 
@@ -75,3 +76,13 @@ def test_agent_version_and_check_config_need_no_extra(monkeypatch, capsys, tmp_p
     config = tmp_path / "agent.toml"
     config.write_text("")
     assert cli.main(["check-config", str(config)]) == cli.EXIT_OK
+
+
+def test_a_sample_carries_the_network_rates_with_the_installed_pyroute2(capsys, tmp_path):
+    """pyroute2 from 0.8 on runs asyncio inside every call; the collector
+    must still read the counters from within the agent's event loop."""
+    config = tmp_path / "agent.toml"
+    config.write_text('[collectors]\nenabled = ["network"]\n[collectors.network]\ninterfaces = ["lo"]\n')
+    assert cli.main(["sample", "--config", str(config), "--json"]) == cli.EXIT_OK
+    body = json.loads(capsys.readouterr().out)
+    assert body["network"]["rx_pps"] is not None and body["network"]["errors"] is not None
