@@ -2,6 +2,13 @@
 
 Debian builds it with dh-python / pybuild (see packaging/); the tests install
 it into a virtual environment with `pip install -e .`.
+
+`pip install sipstatus` gives the library and the `sipstatus` command (proxy
+side); `pip install 'sipstatus[agent]'` adds what `sipstatus-agent` needs.
+The ranges are the ones the tests prove: the low end is what Debian 12 ships
+(requirements.txt pins it, `./dev test`), the high end the newest releases
+(`./dev newest`), below the next series, which nothing has tested yet
+(pyroute2 changed its API within 0.x before).
 """
 
 import re
@@ -25,8 +32,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["sipstatus", "sipstatus.*", "agent", "agent.*"]),
     package_data={"sipstatus": ["load-status.schema.json"]},
-    install_requires=["dnspython>=2.3"],
-    extras_require={"agent": ["psutil>=5.9", "pyroute2>=0.7"]},
+    install_requires=["dnspython>=2.3.0,<3"],
+    extras_require={"agent": ["psutil>=5.9.4,<8", "pyroute2>=0.7.2,<0.10"]},
     entry_points={
         "console_scripts": [
             "sipstatus = sipstatus.cli:main",

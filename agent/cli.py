@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import ssl
@@ -36,6 +37,21 @@ from .control import ControlError, answer, default_socket_path
 from .sampler import Sampler
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+#: What the measuring commands import beyond the library (setup.py's extra
+#: "agent"; the Debian package sipstatus-agent depends on both).
+AGENT_DEPENDENCIES = ("psutil", "pyroute2")
+
+
+def missing_agent_dependencies() -> list[str]:
+    """Those of the agent's own dependencies that do not import here."""
+    missing = []
+    for module in AGENT_DEPENDENCIES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    return missing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return check_config(args.file)
+    missing = missing_agent_dependencies() if args.command in ("run", "sample") else []
+    if missing:
+        print(f"sipstatus-agent {args.command}: {' and '.join(missing)} not installed: the agent needs the "
+              "extra 'agent' (pip install 'sipstatus[agent]'; Debian: the sipstatus-agent package)",
+              file=sys.stderr)
+        return EXIT_FAILURE
     if args.command == "run":
         return run_command(args)
     if args.command in ("status", "drain", "undrain"):

@@ -173,14 +173,33 @@ def built() -> Path:
     if missing:
         pytest.skip(f"{', '.join(missing)} not in this tree yet: the agent package needs its "
                     "command line and conffile (branch agent-eyes)")
+    prebuilt = os.environ.get("SIPSTATUS_DEBS")
+    if prebuilt:  # packages built elsewhere (./dev fresh-check: on Debian 12, installed on 13)
+        assert glob.glob(f"{prebuilt}/*.deb"), f"SIPSTATUS_DEBS={prebuilt} holds no .deb"
+        return Path(prebuilt)
     result = subprocess.run(["./dev", "deb"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return OUT
 
 
+#: What this module itself runs besides the packages under test (./dev test
+#: installs them up front; this is for a run of this file alone).
+TOOLS = {"systemd-nspawn": "systemd-container", "systemd-analyze": "systemd", "man": "man-db"}
+
+
+def install_tools() -> None:
+    """Installing a tool changes /etc too (systemd-container enables
+    machines.target), so every one is in place before the snapshot."""
+    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=APT_ENV, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def system(built):
-    """The packages installed with apt-get; purged again afterwards."""
+    """The packages installed with apt-get; purged again afterwards. /etc is
+    taken before, after every other package the module needs is installed."""
+    install_tools()
     purge()  # a leftover from an interrupted run
     before = {"etc": etc_files()}
     debs = sorted(glob.glob(str(built / "*.deb")))
@@ -384,6 +403,16 @@ print("probe stopped", flush=True)
 """
 
 
+def in_chroot() -> bool:
+    """Whether this process's / differs from init's (./dev fresh-check runs
+    the suite in a chroot)."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root/")
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+
+
 class Container:
     """A systemd booted in a container whose root is an overlay of /."""
 
@@ -412,7 +441,8 @@ class Container:
                 self.init_pid = int(children[0])
                 return
             time.sleep(0.5)
-        pytest.skip("systemd-nspawn could not boot a container here: "
+        where = " (this runs in a chroot: / is not PID 1's root)" if in_chroot() else ""
+        pytest.skip(f"systemd-nspawn could not boot a container here{where}: "
                     + (self.base / "nspawn.log").read_text(errors="replace")[-600:])
 
     def sh(self, script: str, pid: int = 0) -> subprocess.CompletedProcess[str]:
@@ -433,9 +463,6 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(system):
-    if shutil.which("systemd-nspawn") is None:
-        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "systemd-container"],
-            env=APT_ENV, timeout=600)
     box = Container(Path(tempfile.mkdtemp(prefix="sipstatus-nspawn-", dir="/var/tmp")))
     try:
         box.boot()

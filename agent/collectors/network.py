@@ -6,11 +6,20 @@ when none are configured: packets and bits (octets * 8) received and sent,
 errors (rx + tx) and drops (rx + tx). A counter that went backwards (an
 interface re-created, a driver reset; the 64-bit counters do not wrap in
 practice) makes that metric unknown for the window rather than wrong.
+
+pyroute2's synchronous `IPRoute` is used from one worker thread of the
+collector, never from the agent's event loop: from 0.8 on it runs an asyncio
+loop of its own inside every call, which cannot start in a thread where a
+loop already runs ("This event loop is already running"). In the worker
+thread the same code works with 0.7 (plain sockets) and 0.8/0.9 (asyncio).
+The IPRoute is created, used and closed in that thread. A netlink dump takes
+well under a millisecond, so `collect()` simply waits for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +30,8 @@ from .interface import Reading
 
 IFF_UP = 0x1  # linux/if.h
 IFF_LOOPBACK = 0x8
+#: How long collect() waits for the netlink thread before it reports an error.
+NETLINK_TIMEOUT = 5.0
 
 #: IFLA_STATS64 members summed into each Network member.
 _SUMS = {
@@ -54,23 +65,43 @@ class NetworkCollector:
     def __init__(self, config: NetworkConfig, ipr_factory: Callable[[], Any] = _default_ipr) -> None:
         self.config = config
         self._factory = ipr_factory
-        self._ipr: Any = None
+        self._ipr: Any = None  # used in the worker thread only
+        self._worker: ThreadPoolExecutor | None = None
         self._before: tuple[float, dict[str, LinkCounters]] | None = None
 
     async def start(self) -> None:
-        self._ipr = self._factory()
+        self._in_worker(self._open)
 
     async def stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.submit(self._close).result(NETLINK_TIMEOUT)
+            worker.shutdown(wait=False)
+
+    def links(self) -> dict[str, LinkCounters]:
+        """Every link's counters now."""
+        return self._in_worker(self._dump)
+
+    def _in_worker(self, call: Callable[[], Any]) -> Any:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="sipstatus-netlink")
+        return self._worker.submit(call).result(NETLINK_TIMEOUT)
+
+    # -- run in the worker thread only --
+
+    def _open(self) -> Any:
+        if self._ipr is None:
+            self._ipr = self._factory()
+        return self._ipr
+
+    def _close(self) -> None:
         ipr, self._ipr = self._ipr, None
         if ipr is not None:
             ipr.close()
 
-    def links(self) -> dict[str, LinkCounters]:
-        """Every link's counters now."""
-        if self._ipr is None:
-            self._ipr = self._factory()
+    def _dump(self) -> dict[str, LinkCounters]:
         out = {}
-        for msg in self._ipr.get_links():
+        for msg in self._open().get_links():
             name = msg.get_attr("IFLA_IFNAME")
             stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
             if name is None or stats is None:
