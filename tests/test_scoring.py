@@ -26,7 +26,7 @@ def reading(cpu=0.17, calls=10, channels=None, limit=100, link=AsteriskLink.UP, 
     )
 
 
-CFG = ScoringConfig()  # cpu_max 0.85, limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
+CFG = ScoringConfig(cpu_max=0.85)  # limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
 
 
 @pytest.mark.parametrize(
