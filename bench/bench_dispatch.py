@@ -59,6 +59,7 @@ from bench.dispatchsim import (  # noqa: E402
     Ideal,
     LeastCalls,
     RoundRobin,
+    RunResult,
     Scenario,
     Sipstatus,
     StaticWeights,
@@ -71,14 +72,11 @@ from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelec
 SEEDS = 30
 RESULTS = ROOT / "bench" / "results"
 BASE = Scenario()
-#: (key, title, scenario): the models and holding-time distributions.
-VARIANTS = (
-    ("no-reject/lognormal", "without rejection, log-normal holding times", dataclasses.replace(BASE, reject=False)),
-    ("no-reject/exponential", "without rejection, exponential holding times",
-     dataclasses.replace(BASE, reject=False, hold="exponential")),
-    ("reject/lognormal", "rejecting, log-normal holding times", BASE),
-    ("reject/exponential", "rejecting, exponential holding times", dataclasses.replace(BASE, hold="exponential")),
-)
+#: The two models of a full node, and the holding-time distributions.
+MODELS = (("no-reject", "without rejection", False), ("reject", "rejecting", True))
+HOLDS = ("lognormal", "exponential")
+VARIANTS = tuple((f"{model}/{hold}", f"{title}, {hold} holding times", dataclasses.replace(BASE, reject=reject, hold=hold))
+                 for model, title, reject in MODELS for hold in HOLDS)
 SCENARIOS = {key: scenario for key, _, scenario in VARIANTS}
 
 #: The agent's shipped scoring defaults, and two others for comparison: the
@@ -88,10 +86,11 @@ DEFAULT = ScoringConfig()
 MATCHED = ScoringConfig(cpu_max=1.0)
 OLD = ScoringConfig(cpu_max=0.85)
 WATCH = HostConfig().cpu_watch_interval
+WATER_FILL = "sipstatus-water-fill (default)"
 
 
 def main_set() -> list[Callable[[], Dispatcher]]:
-    """Fresh dispatchers for one run, in the order of the table."""
+    """What proxies do today against the default policy, in the order of the table."""
     default = agent_scorer(DEFAULT)
     return [
         RoundRobin,
@@ -99,9 +98,18 @@ def main_set() -> list[Callable[[], Dispatcher]]:
         LeastCalls,
         lambda: FreeSwitchHeartbeat(20.0),
         lambda: FreeSwitchHeartbeat(1.0),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
+        Ideal,
+    ]
+
+
+def policies_set() -> list[Callable[[], Dispatcher]]:
+    """sipstatus's policies side by side, all with the agent's defaults."""
+    default = agent_scorer(DEFAULT)
+    return [
         lambda: Sipstatus(HeadroomPolicy(), default),
         lambda: Sipstatus(FreeSlotsPolicy(), default),
-        lambda: Sipstatus(WaterFillPolicy(), default, name="sipstatus-water-fill (default)"),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
         lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised (selector)"),
         Ideal,
     ]
@@ -110,10 +118,11 @@ def main_set() -> list[Callable[[], Dispatcher]]:
 def sensitivity_set() -> list[Callable[[], Dispatcher]]:
     """Side questions: the default policy without the CPU watch (a sample a
     second only), with the CPU threshold at 100% and at the old 85%; the
-    selector with its sent-call memory split over 8 proxy worker processes."""
+    selector at the old 85%, and with its sent-call memory split over 8
+    proxy worker processes."""
     default = agent_scorer(DEFAULT)
     return [
-        lambda: Sipstatus(WaterFillPolicy(), default, name="sipstatus-water-fill (default)"),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
         lambda: Sipstatus(WaterFillPolicy(), default, watch=None, name="sipstatus-water-fill, no cpu watch"),
         lambda: Sipstatus(WaterFillPolicy(), agent_scorer(MATCHED), name="sipstatus-water-fill, cpu_max 1"),
         lambda: Sipstatus(WaterFillPolicy(), agent_scorer(OLD), name="sipstatus-water-fill, cpu_max 0.85"),
@@ -123,51 +132,62 @@ def sensitivity_set() -> list[Callable[[], Dispatcher]]:
     ]
 
 
-SETS = {"main": main_set, "sensitivity": sensitivity_set}
+SETS = {"main": main_set, "policies": policies_set, "sensitivity": sensitivity_set}
 
 
 def run_seed(job: tuple[str, str, int]) -> list[dict]:
-    """Every dispatcher of a set on one seed's workload of one variant: a
-    summary per dispatcher."""
-    which, variant, seed = job
-    scenario = SCENARIOS[variant]
-    workload = make_workload(scenario, seed)
-    half = int(scenario.duration // 2)
+    """Every dispatcher of a set on one seed's workload with one holding-time
+    distribution, in both models: a summary per dispatcher and model.
+
+    Without rejection first: a run in which no call ever met a full node
+    (warm-up included) runs the very same events as the rejecting run, so
+    it stands for both; the others run again with rejection."""
+    which, hold, seed = job
+    no_reject = SCENARIOS[f"no-reject/{hold}"]
+    reject = SCENARIOS[f"reject/{hold}"]
+    workload = make_workload(no_reject, seed)
     rows = []
     for make in SETS[which]():
         dispatcher = make()
-        r = simulate(scenario, workload, dispatcher)
-        agents = getattr(dispatcher, "agents", None)
-        rows.append(
-            {
-                "variant": variant,
-                "dispatcher": r.dispatcher,
-                "seed": seed,
-                "offered": r.offered,
-                "p95": r.percentile(95),
-                "p95_before_hog": r.percentile(95, 0, half),
-                "p95_with_hog": r.percentile(95, half),
-                "peak": max(r.max_util),
-                "at_limit": r.at_limit,
-                "refused": r.refused,
-                "refused_with_room": r.refused_with_room,
-                "lost": r.lost,
-                "overload_time": r.overload_time,
-                # sipstatus only: reports per node per second, statuses that
-                # expired before the next report arrived, CPU jumps taken
-                "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / scenario.end if agents else None,
-                "expired": getattr(dispatcher, "expired", None),
-                "jumps": sum(a.jumps for a in agents) if agents else None,
-                # per-minute maxima of the first seed, for the plot
-                "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)]
-                if seed == 0
-                else None,
-            }
-        )
-    ideal = next(row for row in rows if row["dispatcher"] == "ideal")
-    for row in rows:
-        row["p95_ratio"] = row["p95"] / ideal["p95"]
+        r = simulate(no_reject, workload, dispatcher)
+        rows.append(summary_row(f"no-reject/{hold}", no_reject, r, dispatcher))
+        if r.at_limit_all:
+            dispatcher = make()
+            r = simulate(reject, workload, dispatcher)
+        rows.append(summary_row(f"reject/{hold}", reject, r, dispatcher))
+    for variant in (f"no-reject/{hold}", f"reject/{hold}"):
+        mine = [row for row in rows if row["variant"] == variant]
+        ideal = next(row for row in mine if row["dispatcher"] == "ideal")
+        for row in mine:
+            row["p95_ratio"] = row["p95"] / ideal["p95"]
     return rows
+
+
+def summary_row(variant: str, scenario: Scenario, r: RunResult, dispatcher: Dispatcher) -> dict:
+    half = int(scenario.duration // 2)
+    agents = getattr(dispatcher, "agents", None)
+    return {
+        "variant": variant,
+        "dispatcher": r.dispatcher,
+        "seed": r.seed,
+        "offered": r.offered,
+        "p95": r.percentile(95),
+        "p95_before_hog": r.percentile(95, 0, half),
+        "p95_with_hog": r.percentile(95, half),
+        "peak": max(r.max_util),
+        "at_limit": r.at_limit,
+        "refused": r.refused,
+        "refused_with_room": r.refused_with_room,
+        "lost": r.lost,
+        "overload_time": r.overload_time,
+        # sipstatus only: reports per node per second, statuses that expired
+        # before the next report arrived, CPU jumps taken
+        "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / scenario.end if agents else None,
+        "expired": getattr(dispatcher, "expired", None),
+        "jumps": sum(a.jumps for a in agents) if agents else None,
+        # per-minute maxima of the first seed, for the plot
+        "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)] if r.seed == 0 else None,
+    }
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -316,12 +336,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
     parser.add_argument("--replot", action="store_true", help="redraw dispatch.png from dispatch.json")
-    parser.add_argument("--variants", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
+    parser.add_argument("--rows", metavar="FILE", help="summarise the saved rows of an earlier run (*.rows.json)")
+    parser.add_argument("--holds", default=",".join(HOLDS), help="comma-separated: " + ", ".join(HOLDS))
     parser.add_argument(
         "--set",
         choices=SETS,
         default="main",
-        help="main: the comparison (dispatch.txt/.json/.png); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
+        help="main: today's proxies against the default (dispatch.txt/.json/.png); policies: sipstatus's "
+        "policies (dispatch.policies.txt/.json); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
     )
     args = parser.parse_args()
     titles = {key: title for key, title, _ in VARIANTS}
@@ -331,18 +353,28 @@ def main() -> None:
         summary = {n: {k: [v["mean"], v["ci95"]] for k, v in m.items()} for n, m in saved["summary"][key].items()}
         plot(summary, saved["seed0_minutes"][key], saved["seeds"], RESULTS / "dispatch.png", titles[key])
         return
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in SCENARIOS]
+    holds = [h for h in args.holds.split(",") if h]
+    unknown = [h for h in holds if h not in HOLDS]
     if unknown:
-        parser.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    jobs = [(args.set, variant, seed) for seed in range(args.seeds) for variant in variants]
+        parser.error(f"--holds: unknown {', '.join(unknown)}; known: {', '.join(HOLDS)}")
+    variants = [key for key, _, scenario in VARIANTS if scenario.hold in holds]
+    jobs = [(args.set, hold, seed) for seed in range(args.seeds) for hold in holds]
 
-    started = time.perf_counter()
-    with multiprocessing.Pool(args.jobs) as pool:
-        rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
-    elapsed = time.perf_counter() - started
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_seconds = cpu.ru_utime + cpu.ru_stime
+    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
+    if args.rows:
+        # Summarise the rows of an earlier run again (they are saved before the summary).
+        saved = json.loads(Path(args.rows).read_text())
+        rows, elapsed, cpu_seconds = saved["rows"], saved["wall_seconds"], saved["cpu_seconds"]
+    else:
+        started = time.perf_counter()
+        with multiprocessing.Pool(args.jobs) as pool:
+            rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
+        elapsed = time.perf_counter() - started
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = cpu.ru_utime + cpu.ru_stime
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{stem}.rows.json").write_text(
+            json.dumps({"wall_seconds": elapsed, "cpu_seconds": cpu_seconds, "rows": rows}) + "\n")
 
     names = [make().name for make in SETS[args.set]()]
     summaries = {v: summarise(rows, names, v) for v in variants}
@@ -393,7 +425,6 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     RESULTS.mkdir(exist_ok=True)
-    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
     (RESULTS / f"{stem}.txt").write_text(text)
     (RESULTS / f"{stem}.json").write_text(
         json.dumps(

@@ -368,6 +368,10 @@ class RunResult:
     refused: int = 0
     #: Of those, the calls refused while some node was below its limit.
     refused_with_room: int = 0
+    #: Calls sent to a node at or above its limit over the whole run, warm-up
+    #: included. While it is 0 the two models run the very same events, so a
+    #: run without rejection that ends with 0 is also the rejecting run.
+    at_limit_all: int = 0
     #: Seconds during which at least one node was above 100%.
     overload_time: float = 0.0
     #: The most loaded node's utilisation, sampled once a second.
@@ -510,6 +514,7 @@ class Simulation:
             return
         node = self.nodes[i]
         if node.at_limit:
+            self.result.at_limit_all += 1
             if measured:
                 self.result.at_limit += 1
             if self.scenario.reject:
