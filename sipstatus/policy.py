@@ -7,10 +7,13 @@ at the same free fraction do not have the same room. Two shapes of policy:
 - a `WeightPolicy` turns the pool into integer weights 0..100, for proxies
   that choose by weight (Kamailio dispatcher algorithm 11 `rweight`, the
   script-side weighted choice over an htable, OpenSIPS load_balancer
-  capacities);
+  capacities). `WaterFillPolicy` is the default (`DEFAULT_POLICY`): it
+  aims every node at the pool's utilisation level;
 - a `Selector` chooses the node for each call, and can correct what it knows
   for the calls it has itself sent since the last report (the proxy knows
-  about those before the agent reports them).
+  about those before the agent reports them). `LeastUtilisedSelector` is
+  water-filling one call at a time: each call goes to the node whose
+  projected utilisation is lowest.
 
 Every policy gives a node that does not accept calls (stale, draining,
 overloaded, down, or weight hint 0) weight 0 and never chooses it.
