@@ -1,15 +1,29 @@
 """Dispatch quality: sipstatus's weight policies against what proxies do today.
 
 Runs bench/dispatchsim.py over SEEDS seeds, every dispatcher on the same calls
-(common random numbers), and reports per dispatcher, mean and 95% confidence
+(common random numbers), in two models of a full node and with two
+holding-time distributions:
+
+- rejecting: a node at or above its limit rejects the call (it is lost);
+- without rejection: it takes the call and its utilisation goes above 100 %,
+  so a dispatcher's distance from the ideal shows in full (rejection caps
+  every node near 100 % and hides it);
+- holding times log-normal (sigma 1) and exponential, mean 180 s.
+
+Reports per model and distribution, per dispatcher, mean and 95% confidence
 interval across seeds:
 
 - p95 ratio: the 95th percentile over time of the most loaded node's
   utilisation, divided by the ideal dispatcher's on the same seed;
-- calls at limit: calls sent to a node at or above its limit (rejected);
-- lost: calls at limit plus calls the proxy refused (no node would take them);
+- calls at limit: calls sent to a node at or above its limit (rejected there,
+  or put on it in overload without rejection);
+- refused: calls the proxy refused (no node would take them); "with room":
+  of those, the ones refused while some node was below its limit;
 - overload time: seconds with any node above 100%;
 - peak: the highest utilisation of any node.
+
+Every sipstatus dispatcher runs with the agent's shipped defaults (scoring
+thresholds, CPU watch) unless its name says otherwise.
 
 Writes bench/results/dispatch.txt, .json and .png; with --set sensitivity,
 side questions to bench/results/dispatch.sensitivity.txt and .json.
@@ -19,6 +33,7 @@ Usage: bench/bench_dispatch.py [--seeds N] [--jobs N] [--set main|sensitivity]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -34,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.config import ScoringConfig  # noqa: E402
+from agent.config import HostConfig, ScoringConfig  # noqa: E402
 from bench.dispatchsim import (  # noqa: E402
     AGENT_SOURCE,
     Agent,
@@ -44,6 +59,7 @@ from bench.dispatchsim import (  # noqa: E402
     Ideal,
     LeastCalls,
     RoundRobin,
+    RunResult,
     Scenario,
     Sipstatus,
     StaticWeights,
@@ -51,90 +67,127 @@ from bench.dispatchsim import (  # noqa: E402
     make_workload,
     simulate,
 )
-from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector  # noqa: E402
+from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector, WaterFillPolicy  # noqa: E402
 
 SEEDS = 30
 RESULTS = ROOT / "bench" / "results"
-SCENARIO = Scenario()
+BASE = Scenario()
+#: The two models of a full node, and the holding-time distributions.
+MODELS = (("no-reject", "without rejection", False), ("reject", "rejecting", True))
+HOLDS = ("lognormal", "exponential")
+VARIANTS = tuple((f"{model}/{hold}", f"{title}, {hold} holding times", dataclasses.replace(BASE, reject=reject, hold=hold))
+                 for model, title, reject in MODELS for hold in HOLDS)
+SCENARIOS = {key: scenario for key, _, scenario in VARIANTS}
 
-
-#: The agent's scorer with its CPU threshold where the simulated nodes
-#: really fail (100% CPU), and with all its defaults (overloaded at 85% CPU).
-MATCHED = ScoringConfig(cpu_max=1.0)
+#: The agent's shipped scoring defaults, and two others for comparison: the
+#: CPU threshold where the simulated nodes really fail (100%), and the
+#: threshold shipped before (85%).
 DEFAULT = ScoringConfig()
-DEFAULT_TAG = f" (cpu_max {DEFAULT.cpu_max:g})"
+MATCHED = ScoringConfig(cpu_max=1.0)
+OLD = ScoringConfig(cpu_max=0.85)
+WATCH = HostConfig().cpu_watch_interval
+WATER_FILL = "sipstatus-water-fill (default)"
 
 
 def main_set() -> list[Callable[[], Dispatcher]]:
-    """Fresh dispatchers for one run, in the order of the table."""
-    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
+    """What proxies do today against the default policy, in the order of the table."""
+    default = agent_scorer(DEFAULT)
     return [
         RoundRobin,
         StaticWeights,
         LeastCalls,
         lambda: FreeSwitchHeartbeat(20.0),
         lambda: FreeSwitchHeartbeat(1.0),
-        lambda: Sipstatus(HeadroomPolicy(), matched),
-        lambda: Sipstatus(FreeSlotsPolicy(), matched),
-        lambda: Sipstatus(LeastUtilisedSelector(), matched),
-        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
+        Ideal,
+    ]
+
+
+def policies_set() -> list[Callable[[], Dispatcher]]:
+    """sipstatus's policies side by side, all with the agent's defaults."""
+    default = agent_scorer(DEFAULT)
+    return [
+        lambda: Sipstatus(HeadroomPolicy(), default),
+        lambda: Sipstatus(FreeSlotsPolicy(), default),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised (selector)"),
         Ideal,
     ]
 
 
 def sensitivity_set() -> list[Callable[[], Dispatcher]]:
-    """Side questions: every policy under the agent's default thresholds; the
-    selector with its sent-call memory split over 8 proxy worker processes."""
-    matched, default = agent_scorer(MATCHED), agent_scorer(DEFAULT)
+    """Side questions: the default policy without the CPU watch (a sample a
+    second only), with the CPU threshold at 100% and at the old 85%; the
+    selector at the old 85%, and with its sent-call memory split over 8
+    proxy worker processes."""
+    default = agent_scorer(DEFAULT)
     return [
-        lambda: Sipstatus(HeadroomPolicy(), default, name="sipstatus-headroom" + DEFAULT_TAG),
-        lambda: Sipstatus(FreeSlotsPolicy(), default, name="sipstatus-free-slots" + DEFAULT_TAG),
-        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised" + DEFAULT_TAG),
-        lambda: Sipstatus(LeastUtilisedSelector(), matched, name="sipstatus-least-utilised, 8 workers", workers=8),
+        lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
+        lambda: Sipstatus(WaterFillPolicy(), default, watch=None, name="sipstatus-water-fill, no cpu watch"),
+        lambda: Sipstatus(WaterFillPolicy(), agent_scorer(MATCHED), name="sipstatus-water-fill, cpu_max 1"),
+        lambda: Sipstatus(WaterFillPolicy(), agent_scorer(OLD), name="sipstatus-water-fill, cpu_max 0.85"),
+        lambda: Sipstatus(LeastUtilisedSelector(), agent_scorer(OLD), name="sipstatus-least-utilised, cpu_max 0.85"),
+        lambda: Sipstatus(LeastUtilisedSelector(), default, name="sipstatus-least-utilised, 8 workers", workers=8),
         Ideal,
     ]
 
 
-SETS = {"main": main_set, "sensitivity": sensitivity_set}
+SETS = {"main": main_set, "policies": policies_set, "sensitivity": sensitivity_set}
 
 
-def run_seed(job: tuple[str, int]) -> list[dict]:
-    """Every dispatcher of a set on one seed's workload: a summary per dispatcher."""
-    which, seed = job
-    workload = make_workload(SCENARIO, seed)
-    half = int(SCENARIO.duration // 2)
+def run_seed(job: tuple[str, str, int]) -> list[dict]:
+    """Every dispatcher of a set on one seed's workload with one holding-time
+    distribution, in both models: a summary per dispatcher and model.
+
+    Without rejection first: a run in which no call ever met a full node
+    (warm-up included) runs the very same events as the rejecting run, so
+    it stands for both; the others run again with rejection."""
+    which, hold, seed = job
+    no_reject = SCENARIOS[f"no-reject/{hold}"]
+    reject = SCENARIOS[f"reject/{hold}"]
+    workload = make_workload(no_reject, seed)
     rows = []
     for make in SETS[which]():
         dispatcher = make()
-        r = simulate(SCENARIO, workload, dispatcher)
-        agents = getattr(dispatcher, "agents", None)
-        rows.append(
-            {
-                "dispatcher": r.dispatcher,
-                "seed": seed,
-                "offered": r.offered,
-                "p95": r.percentile(95),
-                "p95_before_hog": r.percentile(95, 0, half),
-                "p95_with_hog": r.percentile(95, half),
-                "peak": max(r.max_util),
-                "at_limit": r.at_limit,
-                "refused": r.refused,
-                "lost": r.lost,
-                "overload_time": r.overload_time,
-                # sipstatus only: reports per node per second, and statuses
-                # that expired before the next report arrived
-                "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / SCENARIO.end if agents else None,
-                "expired": getattr(dispatcher, "expired", None),
-                # per-minute maxima of the first seed, for the plot
-                "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)]
-                if seed == 0
-                else None,
-            }
-        )
-    ideal = next(row for row in rows if row["dispatcher"] == "ideal")
-    for row in rows:
-        row["p95_ratio"] = row["p95"] / ideal["p95"]
+        r = simulate(no_reject, workload, dispatcher)
+        rows.append(summary_row(f"no-reject/{hold}", no_reject, r, dispatcher))
+        if r.at_limit_all:
+            dispatcher = make()
+            r = simulate(reject, workload, dispatcher)
+        rows.append(summary_row(f"reject/{hold}", reject, r, dispatcher))
+    for variant in (f"no-reject/{hold}", f"reject/{hold}"):
+        mine = [row for row in rows if row["variant"] == variant]
+        ideal = next(row for row in mine if row["dispatcher"] == "ideal")
+        for row in mine:
+            row["p95_ratio"] = row["p95"] / ideal["p95"]
     return rows
+
+
+def summary_row(variant: str, scenario: Scenario, r: RunResult, dispatcher: Dispatcher) -> dict:
+    half = int(scenario.duration // 2)
+    agents = getattr(dispatcher, "agents", None)
+    return {
+        "variant": variant,
+        "dispatcher": r.dispatcher,
+        "seed": r.seed,
+        "offered": r.offered,
+        "p95": r.percentile(95),
+        "p95_before_hog": r.percentile(95, 0, half),
+        "p95_with_hog": r.percentile(95, half),
+        "peak": max(r.max_util),
+        "at_limit": r.at_limit,
+        "refused": r.refused,
+        "refused_with_room": r.refused_with_room,
+        "lost": r.lost,
+        "overload_time": r.overload_time,
+        # sipstatus only: reports per node per second, statuses that expired
+        # before the next report arrived, CPU jumps taken
+        "reports_per_node_s": sum(a.sent for a in agents) / len(agents) / scenario.end if agents else None,
+        "expired": getattr(dispatcher, "expired", None),
+        "jumps": sum(a.jumps for a in agents) if agents else None,
+        # per-minute maxima of the first seed, for the plot
+        "minutes": [max(r.max_util[i : i + 60]) for i in range(0, len(r.max_util), 60)] if r.seed == 0 else None,
+    }
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -162,16 +215,17 @@ METRICS = (
     ("p95_ratio", "p95 ratio", "{:.3f}"),
     ("p95", "p95 util", "{:.3f}"),
     ("at_limit", "calls at limit", "{:.1f}"),
-    ("lost", "calls lost", "{:.1f}"),
+    ("refused", "refused", "{:.1f}"),
+    ("refused_with_room", "refused w/ room", "{:.1f}"),
     ("overload_time", "time >100% (s)", "{:.1f}"),
     ("peak", "peak util", "{:.3f}"),
 )
 
 
-def summarise(rows: list[dict], names: list[str]) -> dict[str, dict[str, list[float]]]:
+def summarise(rows: list[dict], names: list[str], variant: str) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for name in names:
-        mine = [r for r in rows if r["dispatcher"] == name]
+        mine = [r for r in rows if r["dispatcher"] == name and r["variant"] == variant]
         out[name] = {key: list(mean_ci([r[key] for r in mine])) for key, _, _ in METRICS}
     return out
 
@@ -193,7 +247,8 @@ def table(summary: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
-def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[float]], seeds: int, path: Path) -> None:
+def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[float]], seeds: int, path: Path,
+         variant: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +258,7 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
         if name == "ideal":
             return "#2ca02c"
         if name.startswith("sipstatus"):
-            return "#9ecae1" if name.endswith(DEFAULT_TAG) else "#1f77b4"
+            return "#1f77b4" if "default" in name else "#9ecae1"
         return "#9e9e9e"
 
     names = list(summary)
@@ -214,7 +269,7 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
     panels = [
         ("p95_ratio", "p95 of the most loaded node's\nutilisation, relative to the ideal", first),
         ("at_limit", "calls sent to a node at or above\nits limit, per 2 h (log scale)", fig.add_subplot(grid[0, 1], sharey=first)),
-        ("lost", "calls lost (at limit + refused by\nthe proxy), per 2 h (log scale)", fig.add_subplot(grid[0, 2], sharey=first)),
+        ("refused", "calls the proxy refused, per 2 h\n(log scale)", fig.add_subplot(grid[0, 2], sharey=first)),
     ]
     y = list(range(len(names)))
     for key, title, ax in panels:
@@ -251,26 +306,26 @@ def plot(summary: dict[str, dict[str, list[float]]], minutes: dict[str, list[flo
         "least-calls": ("#9467bd", 0.8),
         "fs-heartbeat-20s": ("#d62728", 0.8),
         "fs-heartbeat-1s": ("#e377c2", 0.8),
-        "sipstatus-least-utilised": ("#1f77b4", 1.6),
+        "sipstatus-water-fill (default)": ("#1f77b4", 1.6),
         "ideal": ("#2ca02c", 1.0),
     }
     for name, (c, lw) in shown.items():
         if name in minutes:
             series = minutes[name]
             ax.plot(range(len(series)), series, label=name, color=c, lw=lw)
-    hog = SCENARIO.duration / 2 / 60
+    hog = BASE.duration / 2 / 60
     ax.axvline(hog, color="k", lw=0.8, ls=":")
     ax.text(hog + 0.5, 1.0, " CPU hog on", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
     ax.annotate("round-robin and least-calls: the small node full", (2, 1.0), xytext=(0, 4),
                 textcoords="offset points", fontsize=8, color="#555555")
     ax.set_title("seed 0: the most loaded node's utilisation, highest per minute "
-                 "(sipstatus-least-utilised lies on the ideal's line)", fontsize=10)
+                 "(sipstatus-water-fill lies on the ideal's line)", fontsize=10)
     ax.set_xlabel("minute of the measured window")
     ax.set_ylabel("utilisation")
     ax.grid(lw=0.3)
     ax.legend(fontsize=8, loc="lower right", ncol=4)
-    fig.suptitle(f"Dispatch over 4 Asterisk nodes (limits 400/400/200/400), CPU hog on one for the 2nd hour; "
-                 f"mean and 95% CI over {seeds} seeds", fontsize=11)
+    fig.suptitle(f"Dispatch over 4 Asterisk nodes (limits 400/400/200/400), CPU hog on one for the 2nd hour, "
+                 f"{variant};\nmean and 95% CI over {seeds} seeds", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -281,72 +336,95 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
     parser.add_argument("--replot", action="store_true", help="redraw dispatch.png from dispatch.json")
+    parser.add_argument("--rows", metavar="FILE", help="summarise the saved rows of an earlier run (*.rows.json)")
+    parser.add_argument("--holds", default=",".join(HOLDS), help="comma-separated: " + ", ".join(HOLDS))
     parser.add_argument(
         "--set",
         choices=SETS,
         default="main",
-        help="main: the comparison (dispatch.txt/.json/.png); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
+        help="main: today's proxies against the default (dispatch.txt/.json/.png); policies: sipstatus's "
+        "policies (dispatch.policies.txt/.json); sensitivity: side questions (dispatch.sensitivity.txt/.json)",
     )
     args = parser.parse_args()
+    titles = {key: title for key, title, _ in VARIANTS}
     if args.replot:
         saved = json.loads((RESULTS / "dispatch.json").read_text())
-        summary = {n: {k: [v["mean"], v["ci95"]] for k, v in m.items()} for n, m in saved["summary"].items()}
-        plot(summary, saved["seed0_minutes"], saved["seeds"], RESULTS / "dispatch.png")
+        key = VARIANTS[0][0]
+        summary = {n: {k: [v["mean"], v["ci95"]] for k, v in m.items()} for n, m in saved["summary"][key].items()}
+        plot(summary, saved["seed0_minutes"][key], saved["seeds"], RESULTS / "dispatch.png", titles[key])
         return
-    jobs = [(args.set, seed) for seed in range(args.seeds)]
+    holds = [h for h in args.holds.split(",") if h]
+    unknown = [h for h in holds if h not in HOLDS]
+    if unknown:
+        parser.error(f"--holds: unknown {', '.join(unknown)}; known: {', '.join(HOLDS)}")
+    variants = [key for key, _, scenario in VARIANTS if scenario.hold in holds]
+    jobs = [(args.set, hold, seed) for seed in range(args.seeds) for hold in holds]
 
-    started = time.perf_counter()
-    with multiprocessing.Pool(args.jobs) as pool:
-        rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
-    elapsed = time.perf_counter() - started
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_seconds = cpu.ru_utime + cpu.ru_stime
+    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
+    if args.rows:
+        # Summarise the rows of an earlier run again (they are saved before the summary).
+        saved = json.loads(Path(args.rows).read_text())
+        rows, elapsed, cpu_seconds = saved["rows"], saved["wall_seconds"], saved["cpu_seconds"]
+    else:
+        started = time.perf_counter()
+        with multiprocessing.Pool(args.jobs) as pool:
+            rows = [row for seed_rows in pool.imap_unordered(run_seed, jobs) for row in seed_rows]
+        elapsed = time.perf_counter() - started
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = cpu.ru_utime + cpu.ru_stime
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{stem}.rows.json").write_text(
+            json.dumps({"wall_seconds": elapsed, "cpu_seconds": cpu_seconds, "rows": rows}) + "\n")
 
     names = [make().name for make in SETS[args.set]()]
-    summary = summarise(rows, names)
-    minutes = {r["dispatcher"]: r["minutes"] for r in rows if r["minutes"] is not None}
-    sc = SCENARIO
+    summaries = {v: summarise(rows, names, v) for v in variants}
+    minutes = {v: {r["dispatcher"]: r["minutes"] for r in rows if r["variant"] == v and r["minutes"] is not None}
+               for v in variants}
+    sc = BASE
     offered = statistics.fmean(r["offered"] for r in rows if r["dispatcher"] == "ideal")
     agent_rows = [r for r in rows if r["reports_per_node_s"] is not None]
     reports = statistics.fmean(r["reports_per_node_s"] for r in agent_rows)
     expired = statistics.fmean(r["expired"] for r in agent_rows)
-    default = DEFAULT
+    jumps = statistics.fmean(r["jumps"] for r in agent_rows)
+    d = DEFAULT
     lines = [
         f"# dispatch benchmark ({args.set} set): {args.seeds} seeds, {args.jobs} processes, {elapsed:.0f} s wall, "
         f"{cpu_seconds:.0f} s CPU, Python {platform.python_version()}",
         f"# pool: {', '.join(f'{n.name} limit {n.limit} ({n.cores} cores)' for n in sc.nodes)}; one channel per call",
         f"# cpu = {sc.nodes[0].cpu_base} + {sc.nodes[0].cpu_at_limit} x channels/limit + hog + noise "
         f"(AR(1), sd {sc.noise_sd}, rho {sc.noise_rho} per s); utilisation = max(channels/limit, cpu)",
-        f"# offered {sc.load:.0%} of the pool's channels: Poisson {sc.arrival_rate:.2f} calls/s, log-normal holding "
-        f"time mean {sc.mean_hold:.0f} s (sigma {sc.hold_sigma}); {offered:.0f} calls per seed in the window",
+        f"# offered {sc.load:.0%} of the pool's channels: Poisson {sc.arrival_rate:.2f} calls/s, holding time mean "
+        f"{sc.mean_hold:.0f} s (log-normal sigma {sc.hold_sigma}, or exponential); {offered:.0f} calls per seed in the window",
         f"# window {sc.duration:.0f} s after {sc.warmup:.0f} s warm-up; hog eats {sc.hog_share:.0%} of "
         f"{sc.nodes[sc.hog_node].name}'s CPU for the second half",
         f"# sipstatus: {AGENT_SOURCE}; delivery delay {sc.delay_min * 1000:.0f}-{sc.delay_max * 1000:.0f} ms; "
         f"validity {Agent.VALIDITY} s (agent default)",
-        f"#   sipstatus-*: agent/scoring.py with cpu_max {MATCHED.cpu_max:g} (overloaded at 100% CPU, where the "
-        f"simulated nodes really fail), its other thresholds at their defaults",
-        f"#   ...{DEFAULT_TAG}: all the agent's defaults: overloaded at {default.cpu_max:.0%} CPU (off below "
-        f"{default.cpu_max - default.cpu_margin:.0%}) or at the call limit (off {default.limit_margin:.0%} below)",
+        f"#   the agent's shipped defaults: overloaded at cpu_max {d.cpu_max:.0%} CPU (off below "
+        f"{d.cpu_max - d.cpu_margin:.0%}) or at the call limit (off {d.limit_margin:.0%} below); CPU sampled every "
+        f"{Agent.SAMPLE_INTERVAL:g} s, and watched over {WATCH:g} s windows between samples (a jump of "
+        f"{HostConfig().cpu_jump:g} or more is taken at once)",
         "# every dispatcher sees the same calls (common random numbers); mean ± 95% CI half-width across seeds",
-        "",
-        *table(summary),
+    ]
+    for v in variants:
+        lines += ["", f"## {titles[v]}", "", *table(summaries[v])]
+    lines += [
         "",
         "p95 ratio: p95 over time of the most loaded node's utilisation, over the ideal dispatcher's on the same seed.",
-        "calls at limit: sent to a node at or above its limit (channels at maxcalls or CPU saturated) and rejected.",
-        "calls lost: calls at limit + calls the proxy refused because no node accepted calls.",
-        "time >100%: seconds with any node's CPU demand above 100%.",
+        "calls at limit: sent to a node at or above its limit (channels at maxcalls or CPU saturated): rejected",
+        "there in the rejecting model, put on it (overloading it further) without rejection.",
+        "refused: calls the proxy refused because no node accepted calls; w/ room: while some node was below its limit.",
+        "time >100%: seconds with any node's utilisation above 100%.",
         "No dispatcher can avoid the first seconds after a load step (the hog lands on calls already",
         "in progress), so peak and time >100% say little between good dispatchers; the p95 ratio",
         "and calls at limit separate them. A ratio below 1 is possible: the ideal places every call,",
         "a proxy that refuses calls keeps its nodes lighter.",
-        f"sipstatus agents sent {reports:.2f} reports per node per second; a node's status expired before the",
-        f"next report arrived {expired:.0f} times per run (heartbeat {AgentNotifyPolicy().heartbeat:g} s, "
-        f"validity {Agent.VALIDITY} s).",
+        f"sipstatus agents sent {reports:.2f} reports per node per second and took {jumps:.1f} CPU jumps per run; a",
+        f"node's status expired before the next report arrived {expired:.0f} times per run (heartbeat "
+        f"{AgentNotifyPolicy().heartbeat:g} s, validity {Agent.VALIDITY} s).",
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     RESULTS.mkdir(exist_ok=True)
-    stem = "dispatch" if args.set == "main" else f"dispatch.{args.set}"
     (RESULTS / f"{stem}.txt").write_text(text)
     (RESULTS / f"{stem}.json").write_text(
         json.dumps(
@@ -358,23 +436,24 @@ def main() -> None:
                 "cpu_seconds": round(cpu_seconds, 1),
                 "python": platform.python_version(),
                 "agent": AGENT_SOURCE,
-                "scoring_default": asdict(default),
-                "scoring_matched": asdict(MATCHED),
+                "scoring_default": asdict(DEFAULT),
+                "host_default": asdict(HostConfig()),
                 "validity": Agent.VALIDITY,
-                "scenario": asdict(sc),
+                "variants": {v: asdict(SCENARIOS[v]) for v in variants},
                 "seed0_minutes": minutes,
-                "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
+                "summary": {v: {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summaries[v].items()}
+                            for v in variants},
                 "runs": sorted(
                     ({k: v for k, v in r.items() if k != "minutes"} for r in rows),
-                    key=lambda r: (r["seed"], names.index(r["dispatcher"])),
+                    key=lambda r: (r["variant"], r["seed"], names.index(r["dispatcher"])),
                 ),
             },
             indent=1,
         )
         + "\n"
     )
-    if args.set == "main":
-        plot(summary, minutes, args.seeds, RESULTS / "dispatch.png")
+    if args.set == "main" and variants[0] in minutes:
+        plot(summaries[variants[0]], minutes[variants[0]], args.seeds, RESULTS / "dispatch.png", titles[variants[0]])
 
 
 if __name__ == "__main__":

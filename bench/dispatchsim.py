@@ -1,14 +1,23 @@
 """A discrete-event simulation of call dispatch over a pool of Asterisk nodes.
 
 The pool: nodes with different channel limits and CPU, Poisson call arrivals
-with log-normal holding times, and an external CPU hog switched on on one
-node part-way through. A node's true utilisation is
+with log-normal (or exponential) holding times, and an external CPU hog
+switched on on one node part-way through. A node's true utilisation is
 
     max(channels / limit, cpu),  cpu = base + per-call cost x calls + hog + noise
 
-and a call sent to a node whose utilisation is at or above 1 (channels at
-the limit, or CPU saturated) is rejected: it is lost. A proxy that has no
-node to send a call to refuses it: lost too.
+Two models of what happens to a call sent to a node whose utilisation is at
+or above 1 (channels at the limit, or CPU saturated), chosen by
+`Scenario.reject`:
+
+- rejecting (the default): the node rejects it and it is lost. This caps
+  every node near 1, so a bad dispatcher looks only a little worse than a
+  good one;
+- without rejection: the node takes it anyway and its utilisation goes on
+  above 1 (overload), so how far a dispatcher is from the ideal shows in
+  full. The call is still counted as placed at the limit.
+
+In both, a proxy that has no node to send a call to refuses it: lost.
 
 Common random numbers: everything that is not the dispatcher's own doing --
 arrival times, holding times, every node's CPU noise, the hog, the phases of
@@ -41,13 +50,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.collectors.interface import AsteriskLink, Reading
-from agent.config import AgentConfig, NotifierConfig, ScoringConfig
+from agent.config import AgentConfig, HostConfig, NotifierConfig, ScoringConfig
 from agent.scoring import Scorer as AgentScorer
-from agent.service import is_significant
+from agent.service import SIGNIFICANT_WEIGHT_STEP, is_significant
 from sipstatus import codec
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import Selector, WeightPolicy
-from sipstatus.status import Asterisk, Cpu, LoadStatus, State
+from sipstatus.status import Asterisk, Cpu, LoadStatus, State, weight_hint
 
 INF = math.inf
 
@@ -88,9 +97,14 @@ class Scenario:
     nodes: tuple[NodeSpec, ...] = DEFAULT_NODES
     #: Offered load as a fraction of the pool's total channel limit.
     load: float = 0.80
-    #: Log-normal holding time: mean and sigma of the underlying normal.
+    #: Holding time: "lognormal" (mean, and sigma of the underlying normal)
+    #: or "exponential" (mean).
+    hold: str = "lognormal"
     mean_hold: float = 180.0
     hold_sigma: float = 1.0
+    #: True: a node at or above its limit rejects a call; False: it takes
+    #: it and its utilisation goes above 1 (see the module doc).
+    reject: bool = True
     #: Traffic before the measured window (the pool fills up), not measured.
     warmup: float = 900.0
     #: The measured window.
@@ -140,11 +154,19 @@ def make_workload(scenario: Scenario, seed: int) -> Workload:
     rng = random.Random(f"workload:{seed}")
     rate = scenario.arrival_rate
     mu = math.log(scenario.mean_hold) - scenario.hold_sigma**2 / 2
+    if scenario.hold == "lognormal":
+        def hold() -> float:
+            return rng.lognormvariate(mu, scenario.hold_sigma)
+    elif scenario.hold == "exponential":
+        def hold() -> float:
+            return rng.expovariate(1 / scenario.mean_hold)
+    else:
+        raise ValueError(f"Scenario.hold must be 'lognormal' or 'exponential', got {scenario.hold!r}")
     arrivals, holds = [], []
     t = rng.expovariate(rate)
     while t < scenario.end:
         arrivals.append(t)
-        holds.append(rng.lognormvariate(mu, scenario.hold_sigma))
+        holds.append(hold())
         t += rng.expovariate(rate)
     seconds = int(math.ceil(scenario.end)) + 1
     innovation = scenario.noise_sd * math.sqrt(1 - scenario.noise_rho**2)
@@ -227,7 +249,34 @@ def agent_scorer(config: ScoringConfig | None = None) -> ScorerFactory:
     """The agent's own scorer (agent/scoring.py), one per node, with `config`
     (the agent's defaults when None)."""
     config = ScoringConfig() if config is None else config
-    return lambda spec: AgentScorer(config)
+    return lambda spec: RememberingScorer(AgentScorer(config))
+
+
+class RememberingScorer:
+    """The agent's scorer, with its answers remembered while the CPU figure
+    stays the same. In the simulation a reading is fixed by the CPU figure
+    and the call count, and `Scorer.score` is a function of the reading and
+    of the triggers that are on (its only memory), so this gives the same
+    answers as calling it every time, for less of the simulation's time."""
+
+    def __init__(self, scorer: AgentScorer) -> None:
+        self.scorer = scorer
+        self._cpu: Cpu | None = None
+        self._memo: dict[tuple[int | None, frozenset[str]], tuple[ScoreLike, set[str]]] = {}
+
+    def score(self, reading: Reading) -> ScoreLike:
+        if reading.cpu is not self._cpu:
+            self._cpu = reading.cpu
+            self._memo.clear()
+        key = (reading.asterisk.calls if reading.asterisk else None, frozenset(self.scorer.on))
+        hit = self._memo.get(key)
+        if hit is None:
+            result = self.scorer.score(reading)
+            self._memo[key] = (result, set(self.scorer.on))
+            return result
+        result, on = hit
+        self.scorer.on = set(on)
+        return result
 
 
 def _status(state: State, capacity: float) -> LoadStatus:
@@ -251,7 +300,7 @@ class AgentNotifyPolicy:
     def poll(self, state: State, capacity: float, now: float) -> bool:
         # Once significant, a change is sent at the first allowed moment even
         # if it has gone back since (the Notifier never drops one).
-        if is_significant(self._announced, _status(state, capacity)):
+        if not self._pending and self._significant(state, capacity):
             self._pending = True
         if self._pending:
             return now >= self._sent_at + self.min_interval
@@ -264,8 +313,20 @@ class AgentNotifyPolicy:
         status = _status(state, capacity)
         if is_significant(self._announced, status):
             self._announced = status
+            self._announced_weight = status.weight
         self._sent_at = now
         self._pending = False
+
+    _announced_weight = 0
+
+    def _significant(self, state: State, capacity: float) -> bool:
+        """agent.service.is_significant(announced, status), without building
+        a LoadStatus on every channel change (the simulation has no affinity).
+        tests/test_dispatchsim.py checks that both agree."""
+        a = self._announced
+        if a is None or a.state is not state:
+            return True
+        return abs(self._announced_weight - weight_hint(state, capacity)) >= SIGNIFICANT_WEIGHT_STEP
 
 
 # --- the simulation -------------------------------------------------------------
@@ -300,10 +361,17 @@ class RunResult:
     dispatcher: str
     seed: int
     offered: int = 0
-    #: Calls sent to a node at or above its limit (rejected there).
+    #: Calls sent to a node at or above its limit (rejected there, or
+    #: taken into overload without rejection).
     at_limit: int = 0
     #: Calls the proxy refused because no node would take them.
     refused: int = 0
+    #: Of those, the calls refused while some node was below its limit.
+    refused_with_room: int = 0
+    #: Calls sent to a node at or above its limit over the whole run, warm-up
+    #: included. While it is 0 the two models run the very same events, so a
+    #: run without rejection that ends with 0 is also the rejecting run.
+    at_limit_all: int = 0
     #: Seconds during which at least one node was above 100%.
     overload_time: float = 0.0
     #: The most loaded node's utilisation, sampled once a second.
@@ -311,6 +379,8 @@ class RunResult:
 
     @property
     def lost(self) -> int:
+        """Calls that did not get a working node: rejected at a full node
+        (or, without rejection, put on one) or refused by the proxy."""
         return self.at_limit + self.refused
 
     def percentile(self, q: float, start: int = 0, stop: int | None = None) -> float:
@@ -340,6 +410,7 @@ class Simulation:
         self._heap: list[tuple[float, int, Callable[[float, object], None], object]] = []
         self._seq = 0
         self._watchers: list[list[Callable[[float], None]]] = [[] for _ in self.nodes]
+        self._cpu_watchers: list[list[Callable[[float], None]]] = [[] for _ in self.nodes]
         self._changed = False  # a node's utilisation may have changed
 
     # What dispatchers may use.
@@ -352,6 +423,11 @@ class Simulation:
     def watch_channels(self, node: int, fn: Callable[[float], None]) -> None:
         """Call fn(now) whenever `node`'s channel count changes (an AMI event)."""
         self._watchers[node].append(fn)
+
+    def watch_cpu(self, node: int, fn: Callable[[float], None]) -> None:
+        """Call fn(now) whenever `node`'s CPU moves by something other than a
+        call (the hog, the noise of each second)."""
+        self._cpu_watchers[node].append(fn)
 
     def rng(self, purpose: str) -> random.Random:
         """A random stream of the dispatcher's own, for `purpose`."""
@@ -399,11 +475,15 @@ class Simulation:
                 nodes[sc.hog_node].hog = sc.hog_share
                 nodes[sc.hog_node].refresh()
                 self._changed = True
+                for fn in self._cpu_watchers[sc.hog_node]:
+                    fn(t)
             elif t == next_tick:
                 k = int(t)
                 for i, node in enumerate(nodes):
                     node.noise = wl.noise[i][k]
                     node.refresh()
+                    for fn in self._cpu_watchers[i]:
+                        fn(t)
                 next_tick += 1.0
                 self._changed = True
             elif t == t_heap:
@@ -429,13 +509,17 @@ class Simulation:
         if i is None:
             if measured:
                 self.result.refused += 1
+                if any(not n.at_limit for n in self.nodes):
+                    self.result.refused_with_room += 1
             return
         node = self.nodes[i]
         if node.at_limit:
+            self.result.at_limit_all += 1
             if measured:
                 self.result.at_limit += 1
-            self.dispatcher.placed(i, False, now)
-            return
+            if self.scenario.reject:
+                self.dispatcher.placed(i, False, now)
+                return
         node.calls += 1
         node.refresh()
         self._changed = True
@@ -597,7 +681,16 @@ class Ideal(_Blind):
 class Agent:
     """The sipstatus agent on one node, as the simulation sees it: samples CPU
     once a second, reacts to channel changes at once, scores, and sends
-    reports under its notification policy with a small delivery delay."""
+    reports under its notification policy with a small delivery delay.
+
+    With `watch` (seconds; the agent's `cpu_watch_interval`), it also reads
+    the CPU over short windows of that length between its samples and takes
+    a short window's figure at once when it differs from the one in use by
+    `jump` or more (agent/collectors/host.py). A short window that starts
+    before the change sees part of it (the mean over the window), as the
+    kernel's counters would. Calls move the CPU too little for a jump (less
+    than 0.01 a call), so only the hog and the noise are watched.
+    """
 
     #: The agent's default validity of a status, seconds.
     VALIDITY = AgentConfig().validity
@@ -612,6 +705,8 @@ class Agent:
         deliver: Callable[[float, object], None],
         delay_rng: random.Random,
         wire: bool = False,
+        watch: float | None = None,
+        jump: float = HostConfig().cpu_jump,
     ) -> None:
         self.wire = wire
         self._sim = sim
@@ -628,15 +723,67 @@ class Agent:
         self._timer_at: float | None = None
         self._asterisk: dict[int, Asterisk] = {}  # by channel count: values are immutable
         self.sent = 0
+        self._watch = watch
+        self._jump = jump
+        self._watch_at: float | None = None
+        #: The CPU before and after its last change, and when that was (what
+        #: a short window that spans the change reads is between the two).
+        self._cpu_before = self._cpu_after = 0.0
+        self._cpu_changed_at = -INF
+        #: Short-window readings that were taken (a jump seen).
+        self.jumps = 0
+        self._readings: dict[Asterisk, Reading] = {}  # for the current Cpu
+        self._readings_cpu: Cpu | None = None
 
     def start(self) -> None:
-        self._sim.at(self._sim.workload.phases[self._index] * self.SAMPLE_INTERVAL, self._sample)
+        phase = self._sim.workload.phases[self._index]
+        self._sim.at(phase * self.SAMPLE_INTERVAL, self._sample)
+        if self._watch:
+            self._watch_phase = phase * self._watch
+            self._cpu_before = self._cpu_after = self._seen_now()
+            self._sim.watch_cpu(self._index, self.cpu_moved)
+
+    def _seen_now(self) -> float:
+        # A host cannot be seen busier than 100%: demand beyond it is invisible.
+        return min(1.0, self._node.cpu())
 
     def _sample(self, now: float, _: object = None) -> None:
-        # A host cannot be seen busier than 100%: demand beyond it is invisible.
-        self._cpu = Cpu(usage=min(1.0, self._node.cpu()), cores=self._node.spec.cores)
+        self._cpu = Cpu(usage=self._seen_now(), cores=self._node.spec.cores)
         self._rescore(now)
         self._sim.at(now + self.SAMPLE_INTERVAL, self._sample)
+
+    def cpu_moved(self, now: float) -> None:
+        """The node's CPU changed at `now` (the hog, the noise)."""
+        if self._cpu_changed_at < now:  # (two changes at one instant are one)
+            self._cpu_before = self._cpu_after
+        self._cpu_changed_at = now
+        self._cpu_after = self._seen_now()
+        self._arm_watch(now)
+
+    def _arm_watch(self, now: float) -> None:
+        if self._watch_at is not None or self._cpu.usage is None:
+            return
+        if abs(self._seen_now() - self._cpu.usage) < self._jump:
+            return
+        w = self._watch
+        assert w is not None
+        k = math.floor((now - self._watch_phase) / w) + 1
+        self._watch_at = self._watch_phase + k * w
+        self._sim.at(self._watch_at, self._watch_tick)
+
+    def _watch_tick(self, now: float, _: object = None) -> None:
+        self._watch_at = None
+        w = self._watch
+        assert w is not None
+        current = self._seen_now()
+        after = min(1.0, max(0.0, (now - self._cpu_changed_at) / w))
+        seen = self._cpu_before + after * (current - self._cpu_before)
+        if self._cpu.usage is not None and abs(seen - self._cpu.usage) >= self._jump:
+            self.jumps += 1
+            self._cpu = Cpu(usage=seen, cores=self._node.spec.cores)
+            self._rescore(now)
+        # The next short window sees the rest of a change this one saw in part.
+        self._arm_watch(now)
 
     def channels_changed(self, now: float) -> None:
         self._rescore(now)
@@ -650,12 +797,14 @@ class Agent:
         return section
 
     def _rescore(self, now: float) -> None:
-        reading = Reading(
-            cpu=self._cpu,
-            asterisk=self._asterisk_section(),
-            link=AsteriskLink.UP,
-            asterisk_process=True,
-        )
+        asterisk = self._asterisk_section()
+        reading = self._readings.get(asterisk) if self._readings_cpu is self._cpu else None
+        if reading is None:
+            if self._readings_cpu is not self._cpu:
+                self._readings_cpu = self._cpu
+                self._readings = {}
+            reading = Reading(cpu=self._cpu, asterisk=asterisk, link=AsteriskLink.UP, asterisk_process=True)
+            self._readings[asterisk] = reading
         score = self._scorer.score(reading)
         self._state, self._capacity = score.state, score.capacity
         self._consider(now)
@@ -712,8 +861,10 @@ class Sipstatus:
         name: str | None = None,
         workers: int = 1,
         wire: bool = False,
+        watch: float | None = HostConfig().cpu_watch_interval or None,
     ) -> None:
         self._wire = wire
+        self._watch = watch
         self._rule = rule
         self._weighted = hasattr(rule, "weights")
         # A selector's memory of the calls it sent is per process: Kamailio's
@@ -738,7 +889,8 @@ class Sipstatus:
         delay_rng = sim.rng("delay")
         self.agents = []
         for i, node in enumerate(sim.nodes):
-            agent = Agent(sim, i, self._scorer(node.spec), self._notify(), self._receive, delay_rng, self._wire)
+            agent = Agent(sim, i, self._scorer(node.spec), self._notify(), self._receive, delay_rng, self._wire,
+                          watch=self._watch)
             sim.watch_channels(i, agent.channels_changed)
             agent.start()
             self.agents.append(agent)

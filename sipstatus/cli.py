@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from . import __version__, sidecar, watchview
 from .codec import StatusError, decode
-from .policy import POLICIES
+from .policy import DEFAULT_POLICY, POLICIES
 from .sidecar_config import ConfigError, SidecarConfig, load, with_flags
 from .status import LoadStatus
 from .watcher import Watcher, parse_agent_uri
@@ -193,7 +193,7 @@ def _add_watcher_flags(p: argparse.ArgumentParser) -> None:
                         "or ast1=sip:192.0.2.21:5070 (its reports must name node ast1); repeatable")
     p.add_argument("--listen", action="append", metavar="URI",
                    help="where NOTIFY and PUBLISH come in, e.g. udp:127.0.0.1:5080 (repeatable)")
-    p.add_argument("--policy", choices=sorted(POLICIES), help="weight policy (default free-slots)")
+    p.add_argument("--policy", choices=sorted(POLICIES), help=f"weight policy (default {DEFAULT_POLICY})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

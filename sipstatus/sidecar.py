@@ -21,7 +21,7 @@ from collections.abc import Callable
 from .kamailio import JsonRpcClient, KamailioSink, RpcError
 from .nodetable import NodeView
 from .opensips import MiClient, MiError, OpenSipsSink, PushResult
-from .policy import POLICIES, FreeSlotsPolicy, WeightPolicy
+from .policy import WeightPolicy, make_policy
 from .sidecar_config import PolicySection, SidecarConfig
 from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
 
@@ -32,9 +32,7 @@ DISCOVERY_RETRY = 2.0
 
 
 def build_policy(section: PolicySection) -> WeightPolicy:
-    if section.name == "free-slots":
-        return FreeSlotsPolicy(default_limit=section.default_limit)
-    return POLICIES[section.name]()
+    return make_policy(section.name, section.default_limit)
 
 
 def kamailio_rpc(config: SidecarConfig) -> JsonRpcClient | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policy import POLICIES
+from .policy import DEFAULT_POLICY, POLICIES
 from .watcher import (
     DEFAULT_AGENT_PORT,
     STARTUP_GRACE,
@@ -194,9 +194,10 @@ class CompositorSection:
 
 @dataclass(frozen=True)
 class PolicySection:
-    #: headroom (the node's own hint) or free-slots (capacity x channel limit).
-    name: str = _opt("free-slots", choice(*POLICIES))
-    #: free-slots: the channel limit assumed for a node that reports none.
+    #: water-fill (equal utilisation across nodes), free-slots (capacity x
+    #: channel limit) or headroom (the node's own hint).
+    name: str = _opt(DEFAULT_POLICY, choice(*POLICIES))
+    #: water-fill, free-slots: the channel limit assumed for a node that reports none.
     default_limit: int = _opt(100, integer(1, 999_999))
     #: A weight changes only by this many points, or to or from 0.
     damper_step: int = _opt(5, integer(1, 100))

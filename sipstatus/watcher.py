@@ -10,7 +10,7 @@ A `Watcher` runs one SIP element on the running asyncio loop:
   node outside the pool unless auto-join is on);
 - one `NodeTable` fed by both (section 7: ordering by instance and seq,
   staleness on our own clock, checked on a timer at `next_expiry`);
-- a weight policy (`FreeSlotsPolicy` unless told otherwise) whose output
+- a weight policy (`WaterFillPolicy` unless told otherwise) whose output
   goes through a `WeightDamper` to the sinks (`KamailioSink`, the OpenSIPS
   adapter, or anything with the `Sink` shape).
 
@@ -39,7 +39,7 @@ from .codec import MEDIA_TYPE, StatusError, decode
 from .kamailio import Destination as DispatcherDestination
 from .net import Endpoint, Resolver, SipService
 from .nodetable import NodeTable, NodeView, Outcome
-from .policy import FreeSlotsPolicy, WeightDamper, WeightPolicy
+from .policy import WaterFillPolicy, WeightDamper, WeightPolicy
 from .sip.errors import SipError
 from .sip.message import Request
 from .sip.publication import (
@@ -347,7 +347,7 @@ class Watcher:
                 what = f"node {agent.node!r}" if agent.node else f"agent {agent.uri}"
                 raise ValueError(f"{what} is given twice ({self.agents[agent.key].uri} and {agent.uri})")
             self.agents[agent.key] = agent
-        self.policy: WeightPolicy = policy or FreeSlotsPolicy()
+        self.policy: WeightPolicy = policy or WaterFillPolicy()
         self.damper = WeightDamper(min_step=self.config.damper_step)
         named = [a.node for a in self.agents.values() if a.node is not None]
         configured = [*named, *(n for n in nodes if n not in named)]

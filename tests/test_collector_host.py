@@ -152,3 +152,78 @@ def test_the_asterisk_process_is_found_followed_and_found_again_after_a_restart(
     assert two.asterisk.cpu is not None and 0.0 <= two.asterisk.cpu < 0.5  # sleep uses ~no CPU
     assert gone.asterisk is None and gone.asterisk_process is False
     assert back.asterisk_process is True and pid_back == second_pid
+
+
+# -- the CPU watch between samples --
+
+
+class Counters(FakePs):
+    """CPU counters that a test moves on: `advance(seconds, busy)`."""
+
+    def __init__(self):
+        super().__init__([])
+        self.busy = self.idle = 0.0
+
+    def advance(self, seconds, busy_fraction):
+        self.busy += seconds * busy_fraction
+        self.idle += seconds * (1 - busy_fraction)
+
+    def cpu_times(self):
+        return Times(self.busy, 0, 0, self.idle, 0, 0, 0, 0, 0, 0)
+
+
+async def _watch_until(collector, ps, changes, busy_fraction, deadline=10.0):
+    """Keep the CPU at `busy_fraction` until the watch reports a change."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not changes and loop.time() < end:
+        ps.advance(0.01, busy_fraction)
+        await asyncio.sleep(0.01)
+
+
+def test_a_cpu_jump_between_samples_is_reported_at_once_with_the_short_windows_figure():
+    ps, changes = Counters(), []
+    collector = HostCollector(HostConfig(cpu_watch_interval=0.02, cpu_jump=0.1), ps=ps, on_change=changes.append)
+
+    async def scenario():
+        await collector.start()
+        ps.advance(1.0, 0.5)
+        assert collector.collect(1.0).cpu.usage == pytest.approx(0.5)
+        await _watch_until(collector, ps, changes, 1.0)
+        reading = collector.collect(2.0)
+        await collector.stop()
+        return reading
+
+    reading = run(scenario())
+    assert changes and changes[0].startswith("cpu jumped to")
+    # The short window's figure (all busy), not the mean since the last sample.
+    assert reading.cpu.usage == pytest.approx(1.0)
+
+
+def test_a_cpu_change_smaller_than_the_jump_waits_for_the_next_sample():
+    ps, changes = Counters(), []
+    collector = HostCollector(HostConfig(cpu_watch_interval=0.02, cpu_jump=0.1), ps=ps, on_change=changes.append)
+
+    async def scenario():
+        await collector.start()
+        ps.advance(1.0, 0.5)
+        collector.collect(1.0)
+        await _watch_until(collector, ps, changes, 0.55, deadline=0.5)
+        reads = collector.watch_reads
+        await collector.stop()
+        return reads
+
+    assert run(scenario()) > 0
+    assert changes == []
+
+
+def test_the_watch_is_off_with_interval_zero_or_no_one_to_tell():
+    async def started(collector):
+        await collector.start()
+        running = collector._watch_task is not None
+        await collector.stop()
+        return running
+
+    off = HostCollector(HostConfig(cpu_watch_interval=0.0), ps=Counters(), on_change=lambda what: None)
+    unheard = HostCollector(HostConfig(cpu_watch_interval=0.1), ps=Counters())
+    assert (run(started(off)), run(started(unheard))) == (False, False)

@@ -41,6 +41,8 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
         ('[collectors.asterisk]\nauth = "sha"', 'collectors.asterisk.auth: must be one of "md5", "plain", got "sha"'),
         ('[collectors.probe]\ntarget = "http://x"', 'collectors.probe.target: must be a sip: URI'),
         ("[scoring]\ncpu_max = 0", "scoring.cpu_max: must be a number above 0 and at most 1, got 0"),
+        ("[collectors.host]\ncpu_jump = 0", "collectors.host.cpu_jump: must be a number above 0 and at most 1, got 0"),
+        ("[collectors.host]\ncpu_watch_interval = -1", "collectors.host.cpu_watch_interval: must be a number 0..10, got -1"),
         ("[scoring]\nunknown_capacity = 1.5", "scoring.unknown_capacity: must be a number 0..1, got 1.5"),
         ('[agent]\nnode = "bad node"', 'agent.node: must be a host name or token'),
         ("[agent]\nvalidity = 0", "agent.validity: must be an integer 1..3600, got 0"),

@@ -1,11 +1,14 @@
 """The dispatch simulator's mechanics (bench/dispatchsim.py)."""
 
+import dataclasses
 import random
+import statistics
 
 import pytest
 
 from agent.config import ScoringConfig
 from bench.dispatchsim import (
+    AgentNotifyPolicy,
     Ideal,
     NodeSpec,
     RoundRobin,
@@ -221,7 +224,7 @@ def test_the_proxy_refuses_calls_while_every_node_is_overloaded():
 
 
 def test_the_agent_scorer_thresholds_are_configurable():
-    # At 90% CPU the default scorer (cpu_max 0.85) says overloaded, cpu_max 1.0 does not.
+    # At 90% CPU a scorer with cpu_max 0.85 says overloaded, cpu_max 1.0 does not.
     scenario = Scenario(nodes=(NodeSpec("solo", 100, 1, cpu_base=0.9),), warmup=0.0, duration=10.0, hog_share=0.0, hog_node=0)
     workload = quiet_workload(scenario, [], [])
     states = {}
@@ -256,3 +259,89 @@ def test_reports_can_go_through_the_codec_and_arrive_as_decoded():
     assert proxy.log
     capacities = [v.status.capacity for v in proxy._views if v.status is not None]
     assert capacities and all(round(c, 4) == c for c in capacities)
+
+
+# -- the model without rejection, holding times, refusals with room --
+
+
+def test_without_rejection_a_full_node_takes_the_call_into_overload_and_it_counts_at_limit():
+    scenario = dataclasses.replace(one_node(limit=1), reject=False)
+    sim = Simulation(scenario, quiet_workload(scenario, [1.0, 2.0, 3.0], [50.0, 50.0, 50.0]), Always(0))
+    result = sim.run()
+    assert result.at_limit == 2
+    assert max(result.max_util) == pytest.approx(3.0)  # three calls on a one-call node
+
+
+def test_holding_times_can_be_exponential_with_the_same_mean():
+    scenario = dataclasses.replace(SMALL, hold="exponential", duration=20000.0)
+    holds = make_workload(scenario, 0).holds
+    assert statistics.fmean(holds) == pytest.approx(scenario.mean_hold, rel=0.05)
+    # exponential: the standard deviation equals the mean (log-normal sigma 1: 1.31 x the mean)
+    assert statistics.stdev(holds) == pytest.approx(scenario.mean_hold, rel=0.1)
+
+
+def test_an_unknown_holding_time_distribution_is_named_in_the_error():
+    with pytest.raises(ValueError, match="'pareto'"):
+        make_workload(dataclasses.replace(SMALL, hold="pareto"), 0)
+
+
+def test_a_refusal_while_a_node_has_room_is_counted_apart():
+    scenario = one_node(limit=10)
+    result = simulate(scenario, quiet_workload(scenario, [1.0], [5.0]), Always(None))
+    assert (result.refused, result.refused_with_room) == (1, 1)
+
+
+def test_a_refusal_while_every_node_is_full_is_not_a_refusal_with_room():
+    scenario = one_node(limit=1)
+    workload = quiet_workload(scenario, [1.0, 2.0], [50.0, 50.0])
+
+    class FirstThenNone(Always):
+        def choose(self, now):
+            return 0 if now < 1.5 else None
+
+    result = simulate(scenario, workload, FirstThenNone(0))
+    assert (result.refused, result.refused_with_room) == (1, 0)
+
+
+# -- the agent's CPU watch --
+
+
+def hog_at_step(watch):
+    """A one-node pool at 50% CPU; a +40% hog at 50.0 s. How long after it
+    does the proxy first hear a CPU above 85%? (No rate ceiling here: a
+    heartbeat just before would hold the report back half a second.)"""
+    scenario = Scenario(nodes=(NodeSpec("solo", 100, 1, cpu_base=0.5, cpu_at_limit=0.0),), warmup=0.0,
+                        duration=100.0, hog_node=0, hog_share=0.4)
+    proxy = Deliveries(HeadroomPolicy(), watch=watch, notify=lambda: AgentNotifyPolicy(min_interval=0.0))
+    proxy.cpus = []
+    receive = proxy._receive
+
+    def record(now, status):
+        proxy.cpus.append((now, status.cpu.usage))
+        receive(now, status)
+
+    proxy._receive = record
+    workload = quiet_workload(scenario, [], [])
+    simulate(scenario, workload, proxy)
+    return next(now for now, usage in proxy.cpus if usage > 0.85) - scenario.hog_at
+
+
+def test_without_the_cpu_watch_a_hog_is_seen_at_the_next_sample():
+    # The sample clock's phase is 0.5: samples at 50.5 s.
+    assert 0.5 <= hog_at_step(None) <= 0.5 + 0.021
+
+
+def test_the_cpu_watch_sees_a_hog_within_two_short_windows():
+    assert hog_at_step(0.1) <= 0.2 + 0.021
+
+
+def test_the_simulated_significance_rule_is_the_agents():
+    from agent.service import is_significant
+    from bench.dispatchsim import _status
+
+    policy = AgentNotifyPolicy()
+    policy.sent(State.ACTIVE, 0.50, 0.0)
+    for state in State:
+        for capacity in (0.0, 0.44, 0.455, 0.46, 0.5, 0.54, 0.545, 0.56, 1.0):
+            expected = is_significant(_status(State.ACTIVE, 0.50), _status(state, capacity))
+            assert policy._significant(state, capacity) == expected, (state, capacity)

@@ -3,7 +3,15 @@
 import pytest
 
 from sipstatus.nodetable import NodeView
-from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector, WeightDamper
+from sipstatus.policy import (
+    POLICIES,
+    FreeSlotsPolicy,
+    HeadroomPolicy,
+    LeastUtilisedSelector,
+    WaterFillPolicy,
+    WeightDamper,
+    make_policy,
+)
 from sipstatus.status import Asterisk, LoadStatus, State
 
 
@@ -21,12 +29,14 @@ def test_every_policy_gives_a_node_that_takes_no_calls_weight_zero(state):
     views = [view("a", 0.6), view("b", 0.9, state=state)]
     assert HeadroomPolicy().weights(views)["b"] == 0
     assert FreeSlotsPolicy().weights(views)["b"] == 0
+    assert WaterFillPolicy().weights(views)["b"] == 0
 
 
 def test_a_stale_node_gets_weight_zero():
     views = [view("a", 0.6), view("b", 0.9, fresh=False)]
     assert HeadroomPolicy().weights(views)["b"] == 0
     assert FreeSlotsPolicy().weights(views)["b"] == 0
+    assert WaterFillPolicy().weights(views)["b"] == 0
 
 
 def test_free_slots_weights_follow_free_slots_not_free_fraction():
@@ -102,3 +112,64 @@ def test_damper_always_passes_a_change_to_or_from_zero():
     damper.apply({"a": 3})
     assert damper.apply({"a": 0}) == {"a": 0}
     assert damper.apply({"a": 2}) == {"a": 2}
+
+
+# -- water-filling --
+
+
+def loaded(node, calls, limit, capacity=None, **kw):
+    """A node carrying `calls` of `limit`; its capacity is what is free of
+    the limit unless given (a CPU hog makes it smaller)."""
+    capacity = (limit - calls) / limit if capacity is None else capacity
+    s = LoadStatus(node, "i", 1, 15, State.ACTIVE, capacity, asterisk=Asterisk(calls=calls, channels=calls, limit=limit))
+    return NodeView(node, s, 0.0, kw.get("fresh", True))
+
+
+def test_water_fill_weights_are_the_calls_carried_when_utilisation_is_equal():
+    # Equal utilisation: each node is sent what it loses as its calls end.
+    weights = WaterFillPolicy(floor=0.0).weights([loaded("big", 300, 400), loaded("small", 150, 200)])
+    assert weights == {"big": 100, "small": 50}
+
+
+def test_water_fill_sends_a_node_below_the_pools_level_more_than_its_share():
+    weights = WaterFillPolicy().weights([loaded("low", 200, 400), loaded("high", 300, 400)])
+    assert weights["low"] == 100 and weights["high"] < 50
+
+
+def test_water_fill_counts_load_that_is_not_calls():
+    # Same calls, but a CPU hog leaves "hog" only 10% free: it is the fuller node.
+    weights = WaterFillPolicy().weights([loaded("calm", 240, 400), loaded("hog", 240, 400, capacity=0.1)])
+    assert weights["calm"] == 100 and weights["hog"] < weights["calm"] / 4
+
+
+def test_water_fill_spreads_an_idle_pool_by_its_room():
+    weights = WaterFillPolicy().weights([loaded("big", 0, 400), loaded("small", 0, 200)])
+    assert weights == {"big": 100, "small": 50}
+
+
+def test_water_fill_keeps_a_node_far_above_the_level_at_a_small_weight_not_zero():
+    weights = WaterFillPolicy().weights([loaded("a", 100, 400), loaded("b", 390, 400)])
+    assert weights["a"] == 100 and weights["b"] == 1
+
+
+def test_water_fill_without_call_counts_takes_the_utilisation_times_the_size():
+    weights = WaterFillPolicy(default_limit=100, floor=0.0).weights([view("a", 0.5), view("b", 0.5)])
+    assert weights == {"a": 100, "b": 100}
+
+
+def test_water_fill_is_all_zero_when_no_node_accepts_calls():
+    assert WaterFillPolicy().weights([loaded("a", 10, 10)]) == {"a": 0}
+
+
+def test_water_fill_is_the_policy_a_proxy_uses_unless_told_otherwise():
+    policy = make_policy(default_limit=250)
+    assert isinstance(policy, WaterFillPolicy) and policy.default_limit == 250
+
+
+def test_an_unknown_policy_name_is_named_in_the_error():
+    with pytest.raises(ValueError, match="'fastest'.*water-fill"):
+        make_policy("fastest")
+
+
+def test_every_named_policy_can_be_made():
+    assert {make_policy(name).name for name in POLICIES} == set(POLICIES)

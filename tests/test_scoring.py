@@ -26,7 +26,7 @@ def reading(cpu=0.17, calls=10, channels=None, limit=100, link=AsteriskLink.UP, 
     )
 
 
-CFG = ScoringConfig()  # cpu_max 0.85, limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
+CFG = ScoringConfig(cpu_max=0.85)  # limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
 
 
 @pytest.mark.parametrize(
@@ -157,3 +157,12 @@ def test_cps_limit_when_configured():
 def test_reason_text_keeps_to_the_spec_rule(text, expected):
     out = reason_text(text)
     assert out == expected and len(out) <= REASON_MAX and _REASON.fullmatch(out)
+
+
+def test_the_shipped_cpu_threshold_stops_calls_only_just_below_saturation():
+    # spec/scoring.md "Two conditions": a busy node is preferred less (its
+    # capacity), not refused; only a nearly saturated one stops taking calls.
+    busy = Scorer(ScoringConfig()).score(reading(cpu=0.90))
+    saturated = Scorer(ScoringConfig()).score(reading(cpu=0.95))
+    assert busy.state is State.ACTIVE and 0 < busy.capacity < 0.1
+    assert saturated.state is State.OVERLOADED

@@ -79,7 +79,7 @@ def test_an_unknown_section_is_named():
     ("[sip]\nmax_rate = 20", "sip.max_rate: must be a number 0..10, got 20"),
     ("[kamailio]\nrpc = 'tcp:127.0.0.1:8080'", 'kamailio.rpc: expected unix:PATH or fifo:PATH (or "" for none), got "tcp:127.0.0.1:8080"'),
     ("[kamailio]\nhtable = 'a-b'", "kamailio.htable: must be an htable name"),
-    ("[policy]\nname = 'random'", 'policy.name: must be one of "headroom", "free-slots", got "random"'),
+    ("[policy]\nname = 'random'", 'policy.name: must be one of "water-fill", "headroom", "free-slots", got "random"'),
     ("[policy]\ndamper_step = true", "policy.damper_step: must be an integer 1..100, got true"),
     ("[compositor]\ntrusted = ['10.0.0.0/33']", 'compositor.trusted: item 1: "10.0.0.0/33" is not an IP network'),
     ("[compositor]\nnodes = ['ast1', 'ast1']", "compositor.nodes: lists the same value twice"),
@@ -132,7 +132,7 @@ def test_an_agent_flag_without_a_name_leaves_the_node_to_its_first_report():
     ({"agents": ["ast1=sip:192.0.2.1", "ast1=sip:192.0.2.2"]}, "--agent: node 'ast1' is given twice"),
     ({"listen": ["udp:127.0.0.1"]}, "--listen: listen address 'udp:127.0.0.1': expected udp:HOST:PORT"),
     ({"kamailio_rpc": "/run/kamailio.sock"}, "--kamailio-rpc: expected unix:PATH or fifo:PATH"),
-    ({"policy": "random"}, "--policy: must be one of headroom, free-slots"),
+    ({"policy": "random"}, "--policy: must be one of water-fill, headroom, free-slots"),
     ({"discover_group": 3}, "--discover-from-dispatcher: needs --kamailio-rpc"),
     ({"kamailio_list_file": "/x"}, "--kamailio-list-file: needs --kamailio-rpc"),
 ])

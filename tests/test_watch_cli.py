@@ -40,7 +40,7 @@ def test_once_json_shows_two_agents_one_draining():
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     snapshot = json.loads(line)
-    assert snapshot["policy"] == "free-slots"
+    assert snapshot["policy"] == "water-fill"
     nodes = by_node(snapshot)
     assert nodes["ast1"]["state"] == "active" and nodes["ast1"]["weight"] == 100
     assert nodes["ast2"]["state"] == "draining" and nodes["ast2"]["weight"] == 0
@@ -53,7 +53,7 @@ def test_once_shows_a_node_that_never_answers_as_unknown():
         result = watch("--once", "--timeout", "1", *agent_flags(agents), "--agent", "ghost=sip:127.0.0.1:9")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("sipstatus watch  policy free-slots  2 nodes, 1 taking calls")
+    assert lines[0].startswith("sipstatus watch  policy water-fill  2 nodes, 1 taking calls")
     ghost = next(line for line in lines if " ghost " in line)
     assert ghost.startswith("!") and "UNKNOWN" in ghost and " 0 " not in ghost
     assert CLEAR not in result.stdout  # not a terminal: no escape codes

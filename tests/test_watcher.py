@@ -13,7 +13,7 @@ import pytest
 
 from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.net import Endpoint, SipService
-from sipstatus.policy import HeadroomPolicy
+from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy
 from sipstatus.sip import subscription
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.subscription import SubscriptionCreated, SubscriptionTerminated
@@ -73,7 +73,7 @@ def test_weights_converge_for_every_agent_under_free_slots():
         agents = [await FakeAgent("ast1", capacity=0.5, limit=200).start(),  # 100 free slots
                   await FakeAgent("ast2", capacity=0.8, limit=100).start(),  # 80
                   await FakeAgent("ast3", capacity=0.25, limit=100).start()]  # 25
-        watcher = await started(agents)
+        watcher = await started(agents, policy=FreeSlotsPolicy())
         try:
             expected = {"ast1": 100, "ast2": 80, "ast3": 25}
             await until(watcher, lambda w: w.weights() == expected, "the free-slots weights")

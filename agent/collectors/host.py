@@ -8,6 +8,15 @@ state but idle and iowait as busy, as psutil.cpu_percent does, so stolen time
 (the hypervisor ran someone else) counts as unavailable; guest time is
 already inside user and nice on Linux and is not counted twice.
 
+Between samples, with `cpu_watch_interval` > 0 and someone to tell (the
+agent's service passes `on_change`), a watch reads the same counters over
+short windows of that length. When a short window's usage differs from the
+figure in use by `cpu_jump` or more, it calls `on_change`, and the next
+`collect()` reports that short window's figure (and starts its next window
+there): a CPU hog shows in a tenth of a second, not at the next sample, so
+a proxy stops sending calls before they pile onto a node that just lost its
+room (bench/bench_dispatch.py; its cost is bench/bench_cpu_watch.py).
+
 The Asterisk process is found by name (`process_name`, "asterisk"), ignoring
 remote consoles (`asterisk -r`, `-rx "..."`, `-R`: same binary, same name),
 the oldest if several; its PID is cached and searched again when it dies
@@ -17,6 +26,8 @@ cores: CPU seconds used over wall seconds elapsed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -27,7 +38,7 @@ import psutil
 from sipstatus.status import Asterisk, Cpu, Memory
 
 from ..config import HostConfig
-from .interface import Reading
+from .interface import OnChange, Reading
 
 _REMOTE_CONSOLE = re.compile(r"-[A-Za-z]*[rR]")
 
@@ -41,12 +52,22 @@ class HostCollector:
         ps: Any = psutil,
         loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
         search_interval: float = 5.0,
+        on_change: OnChange | None = None,
     ) -> None:
         self.config = config
         self.ps = ps
         self.loadavg = loadavg
         self.search_interval = search_interval
+        self.on_change = on_change
         self._cpu_before: tuple[float, float, float] | None = None  # total, idle, steal
+        #: The usage the last collect() reported (what a jump is measured from).
+        self._usage_in_use: float | None = None
+        #: A short window that jumped: its (usage, steal) and the counters at its end.
+        self._jump: tuple[float | None, float | None, tuple[float, float, float]] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        #: Short windows read, and jumps seen, since start.
+        self.watch_reads = 0
+        self.jumps = 0
         self._proc: Any = None
         self._proc_before: tuple[int, float, float] | None = None  # pid, cpu seconds, at
         self._last_search: float | None = None
@@ -54,9 +75,40 @@ class HostCollector:
 
     async def start(self) -> None:
         self._cpu_before = self._cpu_times()
+        if self.on_change is not None and self.config.cpu_watch_interval > 0:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(), name="cpu watch")
 
     async def stop(self) -> None:
         self._proc = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+
+    async def _watch(self) -> None:
+        interval = self.config.cpu_watch_interval
+        before = self._cpu_times()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = self._cpu_times()
+            except Exception:  # noqa: BLE001 - the sample reports CPU failures
+                continue
+            self.watch_reads += 1
+            usage, steal = _window(before, now)
+            before = now
+            if self.watch_jumped(usage):
+                self.jumps += 1
+                self._jump = (usage, steal, now)
+                assert self.on_change is not None
+                self.on_change(f"cpu jumped to {usage:.0%}")
+
+    def watch_jumped(self, usage: float | None) -> bool:
+        """Whether a short window's `usage` is a jump from the figure in use."""
+        if usage is None or self._usage_in_use is None:
+            return False
+        return abs(usage - self._usage_in_use) >= self.config.cpu_jump
 
     def collect(self, now: float) -> Reading:
         errors = []
@@ -92,14 +144,18 @@ class HostCollector:
         return total, idle, getattr(t, "steal", 0.0)
 
     def _cpu(self) -> Cpu:
-        now = self._cpu_times()
-        before, self._cpu_before = self._cpu_before, now
-        usage = steal = None
-        if before is not None:
-            total = now[0] - before[0]
-            if total > 0:
-                usage = _fraction((total - (now[1] - before[1])) / total)
-                steal = _fraction((now[2] - before[2]) / total)
+        if self._jump is not None:
+            # The watch saw a jump: report that short window, and measure the
+            # next window from its end.
+            usage, steal, self._cpu_before = self._jump
+            self._jump = None
+        else:
+            now = self._cpu_times()
+            before, self._cpu_before = self._cpu_before, now
+            usage = steal = None
+            if before is not None:
+                usage, steal = _window(before, now)
+        self._usage_in_use = usage
         load: tuple[float, float, float] | None
         try:
             one, five, fifteen = self.loadavg()
@@ -150,6 +206,14 @@ class HostCollector:
         if not candidates:
             return None
         return min(candidates, key=lambda c: (c[0], c[1]))[2]
+
+
+def _window(before: tuple[float, float, float], now: tuple[float, float, float]) -> tuple[float | None, float | None]:
+    """(usage, steal) between two readings of the counters; None when no time passed."""
+    total = now[0] - before[0]
+    if total <= 0:
+        return None, None
+    return _fraction((total - (now[1] - before[1])) / total), _fraction((now[2] - before[2]) / total)
 
 
 def _fraction(value: float) -> float:

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def build_collectors(config: Config, on_change: OnChange | None = None) -> list[Collector]:
     """The enabled collectors, in the configured order. The event-driven ones
-    (asterisk: channels; probe: failures) call `on_change(name)` with their
+    (asterisk: channels; probe: failures; host: a CPU jump) call `on_change(name)` with their
     collector name when they see a change, so that the caller can re-read
     just that collector (`Sampler.sample(only=...)`). Raises ConfigError
     (e.g. an unreadable manager.conf)."""
@@ -22,7 +22,7 @@ def build_collectors(config: Config, on_change: OnChange | None = None) -> list[
         if name == "host":
             from .host import HostCollector
 
-            out.append(HostCollector(c.host))
+            out.append(HostCollector(c.host, on_change=_reporting(on_change, name)))
         elif name == "asterisk":
             from .asterisk import AsteriskCollector
 
