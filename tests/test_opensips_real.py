@@ -383,6 +383,7 @@ def test_a_call_refused_with_503_goes_to_another_node_and_never_back(way, tmp_pa
         refused = [cid for _, cid in stack.nodes["refuser"].invites()]
         taken = [cid for _, cid in stack.nodes["ast1"].invites()]
         FIGURES.setdefault("failover", {})[way] = {"refused": len(refused), "taken": len(taken)}
+        print(f"\nOpenSIPS {way} failover: {len(refused)} calls refused by the refuser, {len(taken)} taken by ast1")
         assert dict(counts.rejected) == {} and counts.missing == 0
         assert counts.answered == {"ast1": 60}
         assert refused, "the refuser was never tried"
