@@ -402,3 +402,12 @@ def test_no_expression_mixes_additive_and_multiplicative_operators(config):
         if re.search(r"[^=!<>]=[^=]", bare):
             right = re.split(r"[^=!<>]=[^=]", bare, maxsplit=1)[1]
             assert not (re.search(r"\s[+-]\s", right) and re.search(r"\s[*/]\s", right)), f"line {number}: {line.strip()}"
+
+
+def test_the_readme_names_only_files_that_are_in_the_repository():
+    # It pointed at a field-notes file outside the repository.
+    readme = ROOT / "packaging/examples/opensips/README.md"
+    text = readme.read_text()
+    assert "FIELD-NOTES" not in text
+    for path in re.findall(r"`([\w./-]+\.(?:py|cfg|toml|md|sh))`", text):
+        assert (ROOT / path).exists() or (readme.parent / path).exists(), path

@@ -23,6 +23,8 @@ mi_script rr sipmsgops sl tm httpd mi_http"
 DEBS=(build-essential bison flex libssl-dev libjson-c-dev libmicrohttpd-dev
       pkg-config xz-utils)
 
+work=""  # the build folder, removed on exit
+
 say() { printf 'opensips.sh: %s\n' "$*" >&2; }
 
 as_root() {
@@ -49,7 +51,7 @@ build() {
         say "no $TARBALL (set SIPSTATUS_PEER_SOURCES): the real-OpenSIPS tier will not run"
         exit 0
     fi
-    local sha prefix work
+    local sha prefix
     sha=$(sha256sum "$TARBALL" | cut -d' ' -f1)
     prefix=$CACHE/opensips-$sha
     if [ -x "$prefix/sbin/opensips" ] && [ -f "$prefix/.complete" ]; then
@@ -67,7 +69,7 @@ build() {
         return 0
     fi
     work=$(mktemp -d "$CACHE/.opensips-build.XXXXXX")
-    trap 'rm -rf "$work"' EXIT
+    trap 'rm -rf "${work:-}"' EXIT
     say "building OpenSIPS $VERSION in $work (a few minutes)"
     tar -xJf "$TARBALL" -C "$work"
     local src
