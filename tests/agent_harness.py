@@ -516,8 +516,10 @@ async def subscriber_pool(agent_port: int, count: int, on_event: Callable[[objec
 
 @dataclass
 class ChannelEvents:
-    """A Newchannel and its Hangup from the recorded event stream: emitting
-    them in turn makes the agent count one call, then none."""
+    """A channel's Newchannel with its first Newexten (it enters the
+    dialplan: a call, as Asterisk counts calls), and its Hangup, from the
+    recorded event stream: emitting them in turn makes the agent count one
+    call, then none."""
 
     newchannel: bytes
     hangup: bytes
@@ -527,8 +529,10 @@ class ChannelEvents:
     def recorded(cls, index: int = 0) -> ChannelEvents:
         events = Transcript.load("event_stream").events()
         new = [e for e in events if e.get("Event") == "Newchannel"][index]
-        hangup = next(e for e in events if e.get("Event") == "Hangup" and e.get("Uniqueid") == new.get("Uniqueid"))
-        return cls(new.raw, hangup.raw, [new.get("Channel") or ""])
+        mine = [e for e in events if e.get("Uniqueid") == new.get("Uniqueid")]
+        exten = next(e for e in mine if e.get("Event") == "Newexten")
+        hangup = next(e for e in mine if e.get("Event") == "Hangup")
+        return cls(new.raw + exten.raw, hangup.raw, [new.get("Channel") or ""])
 
 
 def fake_asterisk(max_calls: int = 10) -> FakeAmi:

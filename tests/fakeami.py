@@ -1,20 +1,21 @@
-"""A fake AMI server that replays the real Asterisk 20.20.1 transcripts in
-tests/data/ami/ over a real TCP socket.
+"""A fake AMI server that replays the real Asterisk transcripts in
+tests/data/ami/ (Asterisk 20.20.1) and tests/data/ami/22/ (Asterisk 22.10.1)
+over a real TCP socket.
 
 It invents no AMI behaviour: every byte it sends comes from a transcript
-(with the ActionID rewritten to the client's), except three answers that no
-transcript holds, which follow Asterisk's documentation and source:
+(with the ActionID rewritten to the client's; in the CoreSettings answer of
+22/login_ping_coresettings.txt, CoreMaxCalls and CoreMaxLoadAvg set to the
+scenario's), except two answers that no transcript holds, which follow
+Asterisk's documentation and source:
   - the MD5 Challenge answer, "Response: Success / ActionID / Challenge: <n>"
     (docs.asterisk.org Asterisk 20 AMI_Actions/Challenge; manager.c
     action_challenge appends "Challenge: %s" to the Success response);
-  - the CoreSettings answer, whose fields are those manager.c
-    action_coresettings prints (AMIversion, AsteriskVersion, SystemName,
-    CoreMaxCalls %d, CoreMaxLoadAvg %f, CoreRunUser, CoreRunGroup,
-    CoreMaxFilehandles, CoreRealTimeEnabled, CoreCDRenabled,
-    CoreHTTPenabled; github.com/asterisk/asterisk main/manager.c);
   - the answer to an unknown action, manager.c process_message: "Response:
     Error / Message: Invalid/unknown command: X. Use Action: ListCommands to
     show available commands."
+Ping is answered as Asterisk 22 did (22/login_ping_coresettings.txt), and
+refused "Asterisk is shutting down" like every action while a scenario
+says Asterisk is stopping (22/ping_during_graceful_shutdown.txt).
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ class FakeAmi:
         self._login_ok = Transcript.load("login_ok")
         self._login_fail = Transcript.load("login_fail")
         self._draining = Transcript.load("corestatus_during_graceful_shutdown")
+        self._idle22 = Transcript.load("22/login_ping_coresettings")
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -359,6 +361,10 @@ class _Session:
         if name == "coresettings":
             await self.send(self.core_settings(action_id))
             return True
+        if name == "ping" and "ping" not in {a.lower() for a in self.s.answers}:
+            pong = self.server._idle22.answer_to("Ping")[0]
+            await self.send(with_action_id(pong.raw, action_id))
+            return True
         transcript = next((t for a, t in self.s.answers.items() if a.lower() == name), None)
         if transcript is None:
             await self.send(
@@ -433,23 +439,10 @@ class _Session:
             self.writer.close()
 
     def core_settings(self, action_id: str) -> bytes:
-        # Fields and formats of manager.c action_coresettings (see module doc).
-        return (
-            "Response: Success\r\n"
-            f"ActionID: {action_id}\r\n"
-            "AMIversion: 9.0.0\r\n"
-            "AsteriskVersion: 20.20.1\r\n"
-            "SystemName: \r\n"
-            f"CoreMaxCalls: {self.s.max_calls:d}\r\n"
-            f"CoreMaxLoadAvg: {self.s.max_load:f}\r\n"
-            "CoreRunUser: \r\n"
-            "CoreRunGroup: \r\n"
-            "CoreMaxFilehandles: 0\r\n"
-            "CoreRealTimeEnabled: No\r\n"
-            "CoreCDRenabled: No\r\n"
-            "CoreHTTPenabled: No\r\n"
-            "\r\n"
-        ).encode()
+        """Asterisk 22's recorded answer, with the scenario's limits."""
+        raw = with_action_id(self.server._idle22.answer_to("CoreSettings")[0].raw, action_id)
+        raw = re.sub(rb"(?m)^CoreMaxCalls: [^\r\n]*", f"CoreMaxCalls: {self.s.max_calls:d}".encode(), raw)
+        return re.sub(rb"(?m)^CoreMaxLoadAvg: [^\r\n]*", f"CoreMaxLoadAvg: {self.s.max_load:f}".encode(), raw)
 
 
 async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:

@@ -135,7 +135,7 @@ def test_confbridge_calls_are_counted_and_its_announcer_channels_are_not_seen(tm
             await settle(lambda: _calls_are(node, 3), 30.0, "3 calls in the conference")
             await asyncio.sleep(1.0)
             own = await node.asterisk.acounts()
-            listed = await node.asterisk.acli("core show channels concise")
+            listed = await node.asterisk.acli("core show channels")
             status = await node.first(lambda s: s.asterisk is not None and s.asterisk.calls == own[1]
                                       and s.asterisk.channels is not None, after=node.now() - 5.0, timeout=20.0,
                                       what="the conference's calls")
@@ -143,6 +143,7 @@ def test_confbridge_calls_are_counted_and_its_announcer_channels_are_not_seen(tm
 
     own, listed, status = run(main())
     announcers = sum(1 for line in listed.splitlines() if line.startswith("CBAnn/"))
+    assert own == (5, 3) and announcers == 2  # CBAnn/room1-N;1 and ;2, in "core show channels" only
     assert status.asterisk.calls == own[1] == 3
     assert status.asterisk.channels == own[0] - announcers == 3
 

@@ -29,7 +29,7 @@ def command_counts(name):
     outputs = Transcript.load(name).answer_to("Command")[0].pairs
     text = " / ".join(v for k, v in outputs if k == "Output")
     channels = int(re.search(r"(\d+) active channels", text).group(1))
-    calls = int(re.search(r"(\d+) active calls", text).group(1))
+    calls = int(re.search(r"(\d+)(?: of \d+ max)? active calls", text).group(1))  # "5 of 10 max" with maxcalls
     return channels, calls
 
 
@@ -70,6 +70,26 @@ def test_counts_from_events_match_core_show_channels_count_at_the_same_moment(st
     reading, changes = run(counts_after_stream(stream, until))
     assert (reading.asterisk.channels, reading.asterisk.calls) == command_counts(command)
     assert reading.link is AsteriskLink.UP and reading.error is None
+
+
+def test_local_channels_are_counted_as_asterisk_22_counted_them():
+    # 22/: 1 Echo call and 2 Dial(Local/echo@test) calls; Asterisk said
+    # "7 active channels / 5 of 10 max active calls" (each Local ;2 half
+    # runs the dialplan and shares its caller's Linkedid).
+    until = seconds_between("22/event_stream_local", "22/command_core_show_channels_count_local")
+    reading, _ = run(counts_after_stream("22/event_stream_local", until))
+    assert (reading.asterisk.channels, reading.asterisk.calls) == (7, 5)
+    assert command_counts("22/command_core_show_channels_count_local") == (7, 5)
+
+
+def test_confbridge_announcers_are_not_seen_and_are_not_calls():
+    # 22/: 3 callers in a ConfBridge; Asterisk said "5 active channels / 3 of
+    # 10 max active calls": the announcer pair CBAnn/room1-N;1/;2 is internal,
+    # never in AMI's events or lists.
+    until = seconds_between("22/event_stream_confbridge", "22/command_core_show_channels_confbridge")
+    reading, _ = run(counts_after_stream("22/event_stream_confbridge", until))
+    assert command_counts("22/command_core_show_channels_confbridge") == (5, 3)
+    assert (reading.asterisk.channels, reading.asterisk.calls) == (3, 3)
 
 
 def test_b2b_is_six_channels_but_four_calls():
@@ -322,6 +342,17 @@ def test_sync_replays_events_that_crossed_the_list():
     assert table.end_sync([("listed-1", "L", "Echo"), ("listed-2", "L", "AppDial")])
     assert (table.channels, table.calls) == (2, 2)  # listed-1 and new
     assert table.synced
+
+
+def test_the_list_of_asterisk_22_says_which_channels_run_the_dialplan():
+    table = CallTable()
+    table.reset(0.0)
+    listed = [(m.get("Uniqueid"), m.get("Linkedid"), m.get("Application"))
+              for m in Transcript.load("22/coreshowchannels_local").answer_to("CoreShowChannels")
+              if m.get("Event") == "CoreShowChannel"]
+    table.begin_sync()
+    table.end_sync(listed)
+    assert (table.channels, table.calls) == command_counts("22/command_core_show_channels_count_local") == (7, 5)
 
 
 def test_the_list_says_which_channels_run_the_dialplan_by_their_application():
