@@ -213,8 +213,8 @@ class ScoringConfig:
     #: CPU usage (fraction of all cores) at which the node takes no new
     #: calls (state overloaded: stop sending calls). Below it, the CPU
     #: headroom (cpu_max - usage) / cpu_max is what makes proxies prefer
-    #: other nodes. The evidence for 0.95 is in spec/scoring.md.
-    cpu_max: float = _opt(0.95, number(0.0, 1.0, lo_open=True))
+    #: other nodes. Saturation by default; the evidence is in spec/scoring.md.
+    cpu_max: float = _opt(1.0, number(0.0, 1.0, lo_open=True))
     #: Overloaded by CPU ends only below cpu_max - cpu_margin.
     cpu_margin: float = _opt(0.05, number(0.0, 0.5))
     #: What Asterisk's call limit counts: "calls" (what maxcalls is compared

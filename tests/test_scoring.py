@@ -159,10 +159,10 @@ def test_reason_text_keeps_to_the_spec_rule(text, expected):
     assert out == expected and len(out) <= REASON_MAX and _REASON.fullmatch(out)
 
 
-def test_the_shipped_cpu_threshold_stops_calls_only_just_below_saturation():
+def test_the_shipped_cpu_threshold_stops_calls_only_at_saturation():
     # spec/scoring.md "Two conditions": a busy node is preferred less (its
-    # capacity), not refused; only a nearly saturated one stops taking calls.
-    busy = Scorer(ScoringConfig()).score(reading(cpu=0.90))
-    saturated = Scorer(ScoringConfig()).score(reading(cpu=0.95))
-    assert busy.state is State.ACTIVE and 0 < busy.capacity < 0.1
+    # capacity), not refused; only a saturated one stops taking calls.
+    busy = Scorer(ScoringConfig()).score(reading(cpu=0.95))
+    saturated = Scorer(ScoringConfig()).score(reading(cpu=1.0))
+    assert busy.state is State.ACTIVE and busy.capacity == pytest.approx(0.05)
     assert saturated.state is State.OVERLOADED
