@@ -719,13 +719,19 @@ class SippNode:
 
     def invite_times(self) -> list[float]:
         """Epoch times at which this node received INVITEs (a scenario that
-        logs "<seconds> <microseconds>" per INVITE, and `log`)."""
+        logs "<seconds> <microseconds>" per INVITE, or "<seconds>
+        <microseconds> <method>" per request, and `log`)."""
+        return self.request_times("INVITE")
+
+    def request_times(self, method: str) -> list[float]:
+        """Epoch times at which this node received `method` requests (see
+        `invite_times`: a line without a method is an INVITE)."""
         if self.log_path is None or not self.log_path.exists():
             return []
         times = []
         for line in self.log_path.read_text().splitlines():
             fields = line.split()
-            if len(fields) == 2:
+            if len(fields) in (2, 3) and (fields[2:] or ["INVITE"])[0] == method:
                 times.append(float(fields[0]) + float(fields[1]) / 1e6)
         return times
 
