@@ -59,6 +59,8 @@ EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
 SCENARIOS = Path(__file__).resolve().parent / "sipp" / "kamailio"
 HOST = "127.0.0.1"
 MEDIA_TYPE = "application/load-status+json"
+#: Seconds between dispatcher's OPTIONS probes in the tests' Kamailios.
+PING_INTERVAL = 2
 
 
 def have_tools(*modules: str) -> bool:
@@ -519,7 +521,9 @@ class Kamailio:
             "LISTEN": f"udp:{HOST}:{self.port}",
             "RUN_DIR": f'"{workdir}"',
             "CHILDREN": 4,
-            "DS_PING_INTERVAL": 0,
+            # Probing on, as in production: every node must answer OPTIONS
+            # (a pool of `Destinationless` members turns it off).
+            "DS_PING_INTERVAL": PING_INTERVAL,
             **defines,
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -30,6 +30,7 @@ from sipstatus.kamailio import JsonRpcClient, KamailioSink
 from tests.kamailio_runner import (
     EXAMPLES,
     HOST,
+    PING_INTERVAL,
     ROOT,
     SCENARIOS,
     Caller,
@@ -210,5 +211,34 @@ def test_attempts_per_call_are_capped(way: Way, workdir: Path, nodes: dict[str, 
         tried = invites_since(nodes["full"], t0) + invites_since(nodes["full2"], t0)
         assert answers == [503] * 6, kam.log_tail()
         assert tried == 6
+    finally:
+        kam.stop()
+
+
+def test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_gets_no_calls(
+        way: Way, workdir: Path, nodes: dict[str, SippNode]) -> None:
+    """OPTIONS probing on (every PING_INTERVAL s; two unanswered probes make
+    a destination inactive): `dead` is reported fresh and weighty, but its
+    SIP stack does not answer, so it must go out of the pool before any call
+    is made. (With `ds_ping_reply_codes` class=4, Kamailio's own 408 for the
+    unanswered probe counted as alive and it never went out.)"""
+    kam = start(way, workdir, nodes)
+    try:
+        way.weigh(kam, {"ok": 50, "full": 0, "full2": 0, "dead": 50})
+        t0 = time.time()
+        deadline = time.monotonic() + 30
+        while not dispatcher_flags(kam)["dead"].startswith("I"):
+            assert time.monotonic() < deadline, f"dead still active after 30 s\n{kam.log_tail()}"
+            time.sleep(0.1)
+        marked = time.time() - t0
+        probes = len(nodes["dead"].request_times("OPTIONS"))
+        t1 = time.time()
+        result = Caller(kam.port, 40, workdir, rate=20).start().wait()
+        print(f"dead marked inactive {marked:.1f} s after its report (probing every {PING_INTERVAL} s); "
+              f"then 40 calls: {dict(result.counts)}")
+        assert probes >= 2
+        assert result.counts == {"ok": 40}
+        assert invites_since(nodes["dead"], t1) == 0
+        assert dispatcher_flags(kam)["ok"].startswith("A")
     finally:
         kam.stop()
