@@ -303,6 +303,11 @@ class AgentService:
     async def shutdown(self) -> None:
         """Final NOTIFYs and removed publications, answers awaited at most STOP_WAIT s."""
         sdnotify.stopping()
+        # The control socket goes first: an agent started again at once (a
+        # restart) must find it free, not "another agent is listening".
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
         if self.sip is not None and self.notifier is not None:
             self.status = self._placeholder("agent shutting down")
             now = self.sip.now()
