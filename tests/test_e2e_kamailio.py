@@ -443,6 +443,48 @@ def test_killed_agent_goes_stale_and_comes_back_when_restarted(setup: Setup) -> 
     assert converged(setup) == weights
 
 
+#: Calls per second during the rolling restart (the issue's bound).
+ROLLING_RATE = 20
+#: Seconds between one agent's restart and the next one's stop.
+ROLLING_GAP = 2.0
+#: A restarted agent's node must take calls again within this (publishing
+#: ways: its first PUBLISH; sidecar: the re-SUBSCRIBE after retry-after).
+ROLLING_COMEBACK = 15.0
+
+
+def test_a_rolling_restart_of_every_agent_loses_no_call(setup: Setup) -> None:
+    """What a package upgrade across the pool does: each agent is stopped
+    (SIGTERM) and started again at once, one after the other, ROLLING_GAP s
+    apart, while calls come in at ROLLING_RATE per second. A stopping agent
+    takes its node out (final NOTIFY `down`, or its publication removed) and
+    the new one must bring it back within seconds: with the sidecar and the
+    retry-after of 30 s used before, all three nodes were out together and
+    most calls got 503."""
+    weights = converged(setup)
+    caller = Caller(setup.kam.port, ROLLING_RATE * 600, setup.workdir, rate=ROLLING_RATE, timeout=600).start()
+    back: dict[str, float | None] = {}
+    try:
+        assert wait_for_invites(setup.nodes[KILLED].uas, time.time(), 10) is not None
+        restarted = {}
+        for name, agent in setup.agents.items():
+            agent.stop()
+            agent.start()
+            restarted[name] = time.time()
+            time.sleep(ROLLING_GAP)
+        for name, t in restarted.items():
+            first = wait_for_invites(setup.nodes[name].uas, t, ROLLING_COMEBACK) if weights[name] else None
+            back[name] = None if first is None else first - t
+        converged(setup)
+        time.sleep(1.0)
+    finally:
+        result = caller.stop_softly()
+    print(f"\n[{setup.way.name}] rolling restart at {ROLLING_RATE} calls/s: {result.successful} calls "
+          f"successful, {result.failed} failed; first INVITE after each restart: "
+          + ", ".join(f"{n} {'never' if b is None else f'{b:+.2f} s'}" for n, b in back.items()))
+    assert result.failed == 0, f"{result.output[-2000:]}\n{setup.log_tail()}"
+    assert all(b is not None for n, b in back.items() if weights[n]), f"{back}\n{setup.log_tail()}"
+
+
 # -- stress: weights changing under load ---------------------------------------------------
 
 STRESS_SECONDS = 60
