@@ -663,6 +663,44 @@ def start_example(
     return kam
 
 
+#: Debian's own configuration, from the kamailio package.
+STOCK_CONFIG = Path("/etc/kamailio/kamailio.cfg")
+#: What an operator adds to it to use packaging/examples/kamailio/native/
+#: sipstatus.cfg (the snippet's "Use" section), as (anchor, text, where):
+#: the text goes before or after the first line matching the anchor, which
+#: in request_route is searched after `request_route {`.
+STOCK_EDITS = (
+    (r'^modparam\(', 'include_file "{snippet}"\n', "before"),
+    (r'^\s*route\(REQINIT\);', '\troute(SIPSTATUS_REPORTS);\n', "after"),
+    (r'^\s*route\(SIPOUT\);', '\tif (is_method("INVITE")) {\n\t\troute(SIPSTATUS_DISPATCH);\n'
+                               '\t\troute(RELAY);\n\t}\n', "before"),
+)
+
+
+def stock_config(folder: Path, stock: Path = STOCK_CONFIG) -> Path:
+    """Debian's stock kamailio.cfg with the native snippet dropped in (three
+    edits, STOCK_EDITS), written to `folder`, with the kamailio-local.cfg the
+    stock file imports: `listen=LISTEN` and `run_dir=RUN_DIR` (the -A
+    defines `Kamailio` passes). Raises when a line to edit is not there."""
+    import re
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = stock.read_text().splitlines(keepends=True)
+    body_from = next(i for i, line in enumerate(lines) if line.startswith("request_route"))
+    for pattern, text, where in STOCK_EDITS:
+        start = body_from if "route(" in pattern else 0
+        at = next((i for i in range(start, len(lines)) if re.match(pattern, lines[i])), None)
+        if at is None:
+            raise ValueError(f"{stock}: no line matching {pattern!r} to add {text.strip()!r} to")
+        lines.insert(at if where == "before" else at + 1, text.replace("{snippet}", str(EXAMPLES / "native" / "sipstatus.cfg")))
+        if at < body_from:
+            body_from += 1
+    path = folder / "kamailio.cfg"
+    path.write_text("".join(lines))
+    (folder / "kamailio-local.cfg").write_text("listen=LISTEN\nrun_dir=RUN_DIR\n")
+    return path
+
+
 def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1) -> Path:
     """A dispatcher list with one destination per node (duid = its name)."""
     lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}" for n in nodes]

@@ -12,10 +12,13 @@ Each node is three things (`E2eNode`):
 - its agent, a real process (`python -m agent run`), reading that AMI,
   probing that UAS, with its own `max_calls`.
 
-Three ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
+Four ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
 
 - native: the agents PUBLISH to packaging/examples/kamailio/native, whose
   script keeps the reports in an htable and picks nodes by weight hint;
+- stock: the same script as the drop-in sipstatus.cfg, included into
+  Debian's own /etc/kamailio/kamailio.cfg with the three edits its "Use"
+  section asks for (kamailio_runner.stock_config);
 - kemi: the same against packaging/examples/kamailio/kemi (Python: the
   library's codec, NodeTable and free-slots policy);
 - sidecar: `sipstatus sidecar` subscribes to the agents and pushes into
@@ -96,6 +99,7 @@ from tests.kamailio_runner import (
     simulate_agents,
     split_within,
     start_example,
+    stock_config,
     stream_reports,
 )
 
@@ -159,6 +163,12 @@ def _native_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
     return start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, nodes)
 
 
+def _stock_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
+    """Debian's own kamailio.cfg with packaging/examples/kamailio/native/
+    sipstatus.cfg dropped in (kamailio_runner.stock_config)."""
+    return start_example(stock_config(workdir / "stock"), workdir, nodes)
+
+
 def _kemi_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
     return start_example(EXAMPLES / "kemi" / "kamailio.cfg", workdir, nodes,
                          {"KEMI_SCRIPT": f'"{EXAMPLES / "kemi" / "sipstatus_kemi.py"}"'}, {"SIPSTATUS_PATH": str(ROOT)})
@@ -218,6 +228,8 @@ SIDECAR_EXPIRES = 60
 
 WAYS = {
     "native": Way("native", _native_start, hint_weights, native_held),
+    # The same script as a drop-in (sipstatus.cfg) in Debian's stock kamailio.cfg.
+    "stock": Way("stock", _stock_start, hint_weights, native_held),
     "kemi": Way("kemi", _kemi_start, free_slot_weights, kemi_held),
     # packaging/examples/kamailio/sidecar: the sidecar subscribes to the
     # agents and pushes weights (htable `sipstatus`) and dispatcher states.
