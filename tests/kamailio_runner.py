@@ -524,7 +524,9 @@ class Kamailio:
             # Probing on, as in production: every node must answer OPTIONS
             # (a pool of `Destinationless` members turns it off).
             "DS_PING_INTERVAL": PING_INTERVAL,
-            **defines,
+            # "{port}" in a value stands for the SIP port chosen here.
+            **{name: value.replace("{port}", str(self.port)) if isinstance(value, str) else value
+               for name, value in defines.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -648,12 +650,13 @@ def start_example(
     nodes: Iterable[PoolNode],
     defines: Mapping[str, str | int | None] = {},
     env: Mapping[str, str] = {},
+    attrs: Mapping[str, str] = {},
 ) -> Kamailio:
     """A started Kamailio running `config` in a new folder under `workdir`,
-    with a dispatcher list of `nodes`."""
+    with a dispatcher list of `nodes` (`attrs`: more attributes by node)."""
     run = workdir / f"kam-{secrets.token_hex(3)}"
     run.mkdir()
-    ds = dispatcher_list(run / "dispatcher.list", nodes)
+    ds = dispatcher_list(run / "dispatcher.list", nodes, attrs=attrs)
     kam = Kamailio(config, run, {"DS_LIST": f'"{ds}"', **defines}, env)
     try:
         kam.start()
@@ -701,9 +704,11 @@ def stock_config(folder: Path, stock: Path = STOCK_CONFIG) -> Path:
     return path
 
 
-def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1) -> Path:
-    """A dispatcher list with one destination per node (duid = its name)."""
-    lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}" for n in nodes]
+def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1, attrs: Mapping[str, str] = {}) -> Path:
+    """A dispatcher list with one destination per node (duid = its name),
+    with `attrs[node]` ("name=value;...") added to its attributes."""
+    lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}"
+             + (f";{attrs[n.name]}" if n.name in attrs else "") for n in nodes]
     path.write_text("\n".join(lines) + "\n")
     return path
 
