@@ -1,5 +1,6 @@
 """Kamailio subscribing to the agents by itself: the native drop-in
-(packaging/examples/kamailio/native/sipstatus.cfg) with WITH_SUBSCRIBE,
+(packaging/examples/kamailio/native/sipstatus.cfg) and the KEMI script
+(packaging/examples/kamailio/kemi/) with WITH_SUBSCRIBE,
 the real Kamailio, three real agents (`sipstatus-agent run`, each with a
 fake AMI and a SIPp UAS as its Asterisk) and no other program.
 
@@ -12,8 +13,9 @@ in order on one setup, each leaving every node subscribed again.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 from tests.fakeami import Scenario
 from tests.kamailio_runner import (
     EXAMPLES,
+    ROOT,
     Agent,
     FakeAmis,
     Kamailio,
@@ -39,38 +42,65 @@ pytestmark = [
 UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
 VALIDITY = 3
 EXPIRES = 60
-#: node -> (CoreShowChannels transcript, agent max_calls): weight hints 80, 100, 100.
+#: node -> (CoreShowChannels transcript, agent max_calls).
 NODES = {"ast1": ("coreshowchannels", 25), "ast2": ("coreshowchannels_idle", 10), "ast3": ("coreshowchannels_idle", 20)}
+
+
+def native_fresh(value: str, now: float) -> str | None:
+    """The agent instance of a fresh report in the native script's `ns`."""
+    until, _, _, instance = value.split(";")[:4]
+    return instance if int(until) > now else None
+
+
+def kemi_fresh(value: str, now: float) -> str | None:
+    """The agent instance of a fresh report in the KEMI script's `ns`."""
+    entry = json.loads(value)
+    body = json.loads(entry["body"])
+    return body["instance"] if entry["received"] + body["validity"] > now else None
+
+
+@dataclass(frozen=True)
+class Way:
+    config: Path
+    fresh: Callable[[str, float], str | None]
+    defines: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+WAYS = {
+    "native": Way(EXAMPLES / "native" / "kamailio.cfg", native_fresh),
+    "kemi": Way(EXAMPLES / "kemi" / "kamailio.cfg", kemi_fresh,
+                (("KEMI_SCRIPT", f'"{EXAMPLES / "kemi" / "sipstatus_kemi.py"}"'),),
+                (("SIPSTATUS_PATH", str(ROOT)),)),
+}
 
 
 @dataclass
 class Pool:
     kam: Kamailio
     agents: dict[str, Agent]
+    way: Way
 
-    def held(self) -> dict[str, tuple[str, int]]:
-        """node -> (agent instance, weight) of the fresh reports Kamailio holds."""
-        now = int(time.time())
+    def held(self) -> dict[str, str]:
+        """node -> agent instance of the fresh reports Kamailio holds."""
+        now = time.time()
         out = {}
         for node, value in self.kam.htable("ns").items():
-            until, weight, _, instance = value.split(";")[:4]
-            if int(until) > now:
-                out[node] = (instance, int(weight))
+            instance = self.way.fresh(value, now)
+            if instance is not None:
+                out[node] = instance
         return out
 
     def subscriptions(self) -> dict[str, tuple[str, int]]:
         """node -> (Call-ID, CSeq) of Kamailio's own subscription."""
         return {node: (v.split(";")[0], int(v.split(";")[2])) for node, v in self.kam.htable("lssub").items()}
 
-    def expected(self) -> dict[str, tuple[str, int]]:
-        out = {}
-        for name, agent in self.agents.items():
-            status = agent.status()
-            out[name] = (status["instance"], status["weight"] if status["state"] == "active" else 0)
-        return out
+    def expected(self) -> dict[str, str]:
+        return {name: agent.status()["instance"] for name, agent in self.agents.items()}
 
     def wait_converged(self, timeout: float = 30.0) -> float:
-        """Seconds until Kamailio holds every agent's current instance and weight."""
+        """Seconds until Kamailio holds a fresh report of every agent's
+        current instance."""
         start = time.monotonic()
         while (held := self.held()) != (expected := self.expected()):
             if time.monotonic() - start > timeout:
@@ -79,8 +109,9 @@ class Pool:
         return time.monotonic() - start
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+@pytest.fixture(scope="module", params=list(WAYS))
+def pool(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    way = WAYS[request.param]
     workdir = tmp_path_factory.mktemp("kamailio-subscribe")
     amis = FakeAmis()
     uases: list[SippNode] = []
@@ -94,11 +125,11 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             port = amis.serve(Scenario(answers={"CoreShowChannels": transcript}))
             agents[name] = Agent(name, workdir, ami_port=port, probe=uas.uri, max_calls=max_calls, validity=VALIDITY)
             agents[name].start()
-        kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, uases,
+        kam = start_example(way.config, workdir, uases,
                             {"WITH_SUBSCRIBE": None, "SUBSCRIBE_CONTACT": '"sip:load-status@127.0.0.1:{port}"',
-                             "SUBSCRIBE_EXPIRES": EXPIRES},
+                             "SUBSCRIBE_EXPIRES": EXPIRES, **dict(way.defines)}, dict(way.env),
                             attrs={name: f"agent={agent.uri}" for name, agent in agents.items()})
-        yield Pool(kam, agents)
+        yield Pool(kam, agents, way)
     finally:
         if kam is not None:
             kam.stop()

@@ -37,6 +37,12 @@ a NodeTable from it when it needs one. The pool (node -> URI) is read by each
 process from the dispatcher list file itself (DS_LIST), again when the file
 changes.
 
+With WITH_SUBSCRIBE defined, Kamailio also subscribes to every node's
+agent by itself (`ksr_subscribe_timer`, run every second by rtimer), as the
+native drop-in does with the same defines (AGENT_PORT, SUBSCRIBE_CONTACT,
+SUBSCRIBE_EXPIRES, SUBSCRIBE_RETRY) and the same `agent` attribute of the
+dispatcher destinations.
+
 Settings are the -A defines of kamailio.cfg, read with $def(): DS_LIST,
 DS_SET, DS_PING_INTERVAL, FAILOVER_CODES, MAX_ATTEMPTS, FAILOVER_TIMEOUT,
 PUBLISH_DEFAULT_EXPIRES, PUBLISH_MIN_EXPIRES, PUBLISH_MAX_EXPIRES,
@@ -56,6 +62,7 @@ import json
 import os
 import random
 import re
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -110,6 +117,11 @@ class Settings:
         self.failover_codes = frozenset(code for code in range(100, 700) if re.search(codes, str(code)))
         self.max_attempts = int(_define("MAX_ATTEMPTS", "3"))
         self.failover_timeout = int(_define("FAILOVER_TIMEOUT", "2000"))
+        self.subscribe = KSR.pv.get("$def(WITH_SUBSCRIBE)") is not None
+        self.agent_port = int(_define("AGENT_PORT", "5070"))
+        self.contact = _define("SUBSCRIBE_CONTACT", "sip:load-status@127.0.0.1:5060").strip('"')
+        self.subscribe_expires = int(_define("SUBSCRIBE_EXPIRES", "600"))
+        self.subscribe_retry = int(_define("SUBSCRIBE_RETRY", "10"))
 
 
 def _define(name: str, default: str) -> str:
@@ -128,6 +140,9 @@ class Pool:
         #: node -> its `rweight` (1 when absent or not a positive integer):
         #: the cold-start weights.
         self.rweights: dict[str, int] = {}
+        #: node -> its agent's URI: the `agent` attribute, else None (then
+        #: sip:<destination host>:AGENT_PORT).
+        self.agents: dict[str, str | None] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
 
@@ -142,7 +157,7 @@ class Pool:
         return self.nodes
 
     def _read(self) -> None:
-        nodes, rweights = {}, {}
+        nodes, rweights, agents = {}, {}, {}
         for line in Path(self.path).read_text().splitlines():
             fields = line.split("#", 1)[0].split()
             if len(fields) < 2 or fields[0] != str(self.set_id):
@@ -153,7 +168,8 @@ class Pool:
             nodes[node] = uri
             rweight = attrs.get("rweight", "")
             rweights[node] = int(rweight) if rweight.isdigit() and int(rweight) > 0 else 1
-        self.nodes, self.rweights = nodes, rweights
+            agents[node] = attrs.get("agent")
+        self.nodes, self.rweights, self.agents = nodes, rweights, agents
 
 
 def _uri_host(uri: str) -> str:
@@ -329,9 +345,24 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         if KSR.siputils.has_totag() < 0 or node is None:
             KSR.tm.t_reply(481, "Subscription Does Not Exist")
             return
-        state = (KSR.hdr.get("Subscription-State") or "").split(";", 1)[0].strip()
+        current = (KSR.htable.sht_get("lssub", node) or "").split(";", 1)[0] == call_id
+        if current:
+            # This proxy's own subscription (WITH_SUBSCRIBE): the dialog a
+            # refresh goes in.
+            contact = KSR.pv.get("$(ct{nameaddr.uri})") or ""
+            KSR.htable.sht_sets("lsdlg", call_id, f"{KSR.pv.get('$ft')};{contact}")
+        header = KSR.hdr.get("Subscription-State") or ""
+        state = header.split(";", 1)[0].strip()
         if state == "terminated":
             KSR.htable.sht_rm("subs", call_id)
+            KSR.htable.sht_rm("lsdlg", call_id)
+            if current:
+                # Ended by the agent (a restart: probation;retry-after):
+                # subscribe again after retry-after.
+                KSR.htable.sht_rm("lssub", node)
+                params = dict(p.strip().split("=", 1) for p in header.split(";")[1:] if "=" in p)
+                retry = params.get("retry-after", "0")
+                KSR.htable.sht_sets("lsretry", node, str(int(time.time()) + (int(retry) if retry.isdigit() else 0)))
             self.forget(node)
             KSR.tm.t_reply(200, "OK")
             return
@@ -554,6 +585,69 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         finally:
             KSR.htable.sht_iterator_end("ns")
         return out
+
+    # -- subscribing to the agents (WITH_SUBSCRIBE) ------------------------------
+
+    def ksr_subscribe_timer(self, msg: object, evname: str = "") -> int:
+        """Every second (rtimer sipstatus_subscribe; it passes the timer name
+        as `evname`), as the native
+        drop-in's route[SIPSTATUS_SUBSCRIBE_ALL]: a new subscription where
+        there is none, or where the node's reports stopped and the last
+        SUBSCRIBE is SUBSCRIBE_RETRY s old; a refresh in the dialog when a
+        fifth of the duration is left. State in the htables lssub (node ->
+        "Call-ID;From-tag;CSeq;expiry;sent"), lsdlg (Call-ID -> "agent's
+        tag;agent's Contact") and lsretry (node -> not before)."""
+        self.setup()
+        cfg, pool = self.settings, self.pool
+        assert cfg is not None and pool is not None
+        now = int(time.time())
+        pool.current(now)
+        for node, uri in pool.nodes.items():
+            retry = KSR.htable.sht_get("lsretry", node)
+            if retry is not None and int(retry) > now:
+                continue
+            agent = pool.agents.get(node) or f"sip:{_uri_host(uri)}:{cfg.agent_port}"
+            current = KSR.htable.sht_get("lssub", node)
+            if current is None:
+                self.subscribe_new(node, agent, now)
+                continue
+            call_id, tag, cseq, until, sent = current.split(";")
+            if now - int(sent) < cfg.subscribe_retry:
+                continue
+            stored = KSR.htable.sht_get("ns", node)
+            fresh = stored is not None and self._fresh(stored, now)
+            if not fresh or int(until) <= now:
+                KSR.htable.sht_rm("subs", call_id)  # its NOTIFYs get 481 from now on
+                self.subscribe_new(node, agent, now)
+            elif int(until) - now <= cfg.subscribe_expires / 5:
+                dialog = KSR.htable.sht_get("lsdlg", call_id)
+                if dialog is None:
+                    self.subscribe_new(node, agent, now)
+                else:
+                    remote_tag, target = dialog.split(";", 1)
+                    self.send_subscribe(node, target, f"<{agent}>;tag={remote_tag}", call_id, tag, int(cseq) + 1, now)
+        return 1
+
+    def _fresh(self, stored: str, now: float) -> bool:
+        status, received = self.load(stored)
+        return received + status.validity > now
+
+    def subscribe_new(self, node: str, agent: str, now: int) -> None:
+        call_id = f"{KSR.pv.get('$sruid')}@sipstatus"
+        # Known before the first NOTIFY can come (it may overtake the 200).
+        KSR.htable.sht_sets("subs", call_id, node)
+        self.send_subscribe(node, agent, f"<{agent}>", call_id, secrets.token_hex(6), 1, now)
+        KSR.info(f"load-status: subscribing to {node} at {agent}\n")
+
+    def send_subscribe(self, node: str, ruri: str, to: str, call_id: str, tag: str, cseq: int, now: int) -> None:
+        cfg = self.settings
+        assert cfg is not None
+        headers = (f"From: <{cfg.contact}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n"
+                   f"CSeq: {cseq} SUBSCRIBE\r\nContact: <{cfg.contact}>\r\nEvent: {EVENT}\r\n"
+                   f"Accept: {MEDIA_TYPE}\r\nExpires: {cfg.subscribe_expires}\r\n")
+        KSR.htable.sht_sets("lssub", node, f"{call_id};{tag};{cseq};{now + cfg.subscribe_expires};{now}")
+        if KSR.tm.t_uac_send("SUBSCRIBE", ruri, "", "", headers, "") < 0:
+            KSR.err(f"load-status: cannot send a SUBSCRIBE to {node} at {ruri}\n")
 
     # -- htable events ------------------------------------------------------
 
