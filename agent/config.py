@@ -355,8 +355,9 @@ class NotifierConfig:
     default_expires: int = _opt(600, integer(60, 86_400))
     max_expires: int = _opt(3600, integer(60, 86_400))
     #: Seconds a proxy is told to wait before re-subscribing when the agent
-    #: stops (Subscription-State: terminated;reason=probation;retry-after).
-    restart_retry_after: int = _opt(30, integer(0, 86_400))
+    #: stops (Subscription-State: terminated;reason=probation;retry-after):
+    #: the agent's downtime in a restart, a few seconds (spec 4.7.4).
+    restart_retry_after: int = _opt(2, integer(0, 86_400))
 
 
 @dataclass(frozen=True)

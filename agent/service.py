@@ -75,6 +75,10 @@ RELOADABLE_NOTIFIER_KEYS = ("trust", "users", "realm")
 STOP_WAIT = 2.0
 #: How long the first status may wait for collectors that connect (AMI).
 SETTLE_WAIT = 2.0
+#: Seconds between two "alive" lines at info level (`status_line`): at
+#: info a running agent otherwise logs only changes, and an operator could
+#: not tell a quiet agent from a hung one.
+STATUS_LOG_INTERVAL = 300.0
 #: A documentation address (RFC 5737): connecting a UDP socket to it only
 #: consults the routing table (no packet is sent) and tells which local
 #: address the host would use, for the Via of a wildcard listener.
@@ -119,6 +123,7 @@ class AgentService:
         self.publishers: list[Publisher] = []
         self.control: ControlServer | None = None
         self.addresses: list[tuple[str, str, int]] = []  # (transport, host, port) bound
+        self.status_log_interval = STATUS_LOG_INTERVAL
         self._trust: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._users: dict[str, str] = {}
         self._digest: DigestServer | None = None
@@ -239,9 +244,10 @@ class AgentService:
         next_sample = asyncio.get_running_loop().time() + interval
         watchdog = sdnotify.watchdog_period()
         next_ping = 0.0
+        next_status_log = asyncio.get_running_loop().time() + self.status_log_interval
         while not self._stop.is_set():
             loop_time = asyncio.get_running_loop().time()
-            timeout = max(0.0, next_sample - loop_time)
+            timeout = max(0.0, min(next_sample, next_status_log) - loop_time)
             if watchdog:
                 timeout = min(timeout, max(0.0, next_ping - loop_time))
             self._wake.clear()
@@ -260,6 +266,9 @@ class AgentService:
             if watchdog and now >= next_ping:
                 sdnotify.watchdog()
                 next_ping = now + watchdog / 2
+            if now >= next_status_log:
+                log.info("%s", self.status_line())
+                next_status_log = now + self.status_log_interval
 
     def _take(self, status: LoadStatus) -> None:
         """A new status: to the notifier and the publishers (see module doc)."""
@@ -277,6 +286,23 @@ class AgentService:
         if significant:
             for publisher in self.publishers:
                 self.sip.submit(publisher, publisher.publish(None, now))
+
+    def status_line(self) -> str:
+        """One line on what the agent is doing, for the periodic log: the
+        last status, the subscriptions and the publications."""
+        status = self.status
+        if status is None:
+            what = "no status yet"
+        else:
+            what = f"{status.state.value}, weight {status.weight}, capacity {status.capacity:.2f}"
+            if status.reason:
+                what += f" ({status.reason})"
+        subscriptions = len(self.notifier.subscriptions) if self.notifier is not None else 0
+        line = f"alive: {what}; {subscriptions} subscription{'' if subscriptions == 1 else 's'}"
+        if self.publishers:
+            held = sum(1 for p in self.publishers if p.etag is not None)
+            line += f"; publications held at {held} of {len(self.publishers)} targets"
+        return line
 
     def _on_change(self, what: str) -> None:
         self._changed.add(what)
@@ -315,6 +341,11 @@ class AgentService:
     async def shutdown(self) -> None:
         """Final NOTIFYs and removed publications, answers awaited at most STOP_WAIT s."""
         sdnotify.stopping()
+        # The control socket goes first: an agent started again at once (a
+        # restart) must find it free, not "another agent is listening".
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
         if self.sip is not None and self.notifier is not None:
             self.status = self._placeholder("agent shutting down")
             now = self.sip.now()

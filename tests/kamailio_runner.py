@@ -59,6 +59,8 @@ EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
 SCENARIOS = Path(__file__).resolve().parent / "sipp" / "kamailio"
 HOST = "127.0.0.1"
 MEDIA_TYPE = "application/load-status+json"
+#: Seconds between dispatcher's OPTIONS probes in the tests' Kamailios.
+PING_INTERVAL = 2
 
 
 def have_tools(*modules: str) -> bool:
@@ -519,8 +521,12 @@ class Kamailio:
             "LISTEN": f"udp:{HOST}:{self.port}",
             "RUN_DIR": f'"{workdir}"',
             "CHILDREN": 4,
-            "DS_PING_INTERVAL": 0,
-            **defines,
+            # Probing on, as in production: every node must answer OPTIONS
+            # (a pool of `Destinationless` members turns it off).
+            "DS_PING_INTERVAL": PING_INTERVAL,
+            # "{port}" in a value stands for the SIP port chosen here.
+            **{name: value.replace("{port}", str(self.port)) if isinstance(value, str) else value
+               for name, value in defines.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -644,12 +650,13 @@ def start_example(
     nodes: Iterable[PoolNode],
     defines: Mapping[str, str | int | None] = {},
     env: Mapping[str, str] = {},
+    attrs: Mapping[str, str] = {},
 ) -> Kamailio:
     """A started Kamailio running `config` in a new folder under `workdir`,
-    with a dispatcher list of `nodes`."""
+    with a dispatcher list of `nodes` (`attrs`: more attributes by node)."""
     run = workdir / f"kam-{secrets.token_hex(3)}"
     run.mkdir()
-    ds = dispatcher_list(run / "dispatcher.list", nodes)
+    ds = dispatcher_list(run / "dispatcher.list", nodes, attrs=attrs)
     kam = Kamailio(config, run, {"DS_LIST": f'"{ds}"', **defines}, env)
     try:
         kam.start()
@@ -659,9 +666,49 @@ def start_example(
     return kam
 
 
-def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1) -> Path:
-    """A dispatcher list with one destination per node (duid = its name)."""
-    lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}" for n in nodes]
+#: Debian's own configuration, from the kamailio package.
+STOCK_CONFIG = Path("/etc/kamailio/kamailio.cfg")
+#: What an operator adds to it to use packaging/examples/kamailio/native/
+#: sipstatus.cfg (the snippet's "Use" section), as (anchor, text, where):
+#: the text goes before or after the first line matching the anchor, which
+#: in request_route is searched after `request_route {`.
+STOCK_EDITS = (
+    (r'^modparam\(', 'include_file "{snippet}"\n', "before"),
+    (r'^\s*route\(REQINIT\);', '\troute(SIPSTATUS_REPORTS);\n', "after"),
+    (r'^\s*route\(SIPOUT\);', '\tif (is_method("INVITE")) {\n\t\troute(SIPSTATUS_DISPATCH);\n'
+                               '\t\troute(RELAY);\n\t}\n', "before"),
+)
+
+
+def stock_config(folder: Path, stock: Path = STOCK_CONFIG) -> Path:
+    """Debian's stock kamailio.cfg with the native snippet dropped in (three
+    edits, STOCK_EDITS), written to `folder`, with the kamailio-local.cfg the
+    stock file imports: `listen=LISTEN` and `run_dir=RUN_DIR` (the -A
+    defines `Kamailio` passes). Raises when a line to edit is not there."""
+    import re
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = stock.read_text().splitlines(keepends=True)
+    body_from = next(i for i, line in enumerate(lines) if line.startswith("request_route"))
+    for pattern, text, where in STOCK_EDITS:
+        start = body_from if "route(" in pattern else 0
+        at = next((i for i in range(start, len(lines)) if re.match(pattern, lines[i])), None)
+        if at is None:
+            raise ValueError(f"{stock}: no line matching {pattern!r} to add {text.strip()!r} to")
+        lines.insert(at if where == "before" else at + 1, text.replace("{snippet}", str(EXAMPLES / "native" / "sipstatus.cfg")))
+        if at < body_from:
+            body_from += 1
+    path = folder / "kamailio.cfg"
+    path.write_text("".join(lines))
+    (folder / "kamailio-local.cfg").write_text("listen=LISTEN\nrun_dir=RUN_DIR\n")
+    return path
+
+
+def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1, attrs: Mapping[str, str] = {}) -> Path:
+    """A dispatcher list with one destination per node (duid = its name),
+    with `attrs[node]` ("name=value;...") added to its attributes."""
+    lines = [f"{set_id} sip:{HOST}:{n.port} 0 0 duid={n.name};rweight={n.rweight}"
+             + (f";{attrs[n.name]}" if n.name in attrs else "") for n in nodes]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -719,13 +766,19 @@ class SippNode:
 
     def invite_times(self) -> list[float]:
         """Epoch times at which this node received INVITEs (a scenario that
-        logs "<seconds> <microseconds>" per INVITE, and `log`)."""
+        logs "<seconds> <microseconds>" per INVITE, or "<seconds>
+        <microseconds> <method>" per request, and `log`)."""
+        return self.request_times("INVITE")
+
+    def request_times(self, method: str) -> list[float]:
+        """Epoch times at which this node received `method` requests (see
+        `invite_times`: a line without a method is an INVITE)."""
         if self.log_path is None or not self.log_path.exists():
             return []
         times = []
         for line in self.log_path.read_text().splitlines():
             fields = line.split()
-            if len(fields) == 2:
+            if len(fields) in (2, 3) and (fields[2:] or ["INVITE"])[0] == method:
                 times.append(float(fields[0]) + float(fields[1]) / 1e6)
         return times
 

@@ -190,7 +190,7 @@ def test_sigterm_ends_every_subscription_with_probation_and_a_down_body_and_exit
     assert code == 0
     assert exited - signalled < REACTION_BOUND  # well before the next sampling tick (30 s)
     for final in finals:
-        assert final.message.header("Subscription-State") == "terminated;reason=probation;retry-after=30"
+        assert final.message.header("Subscription-State") == "terminated;reason=probation;retry-after=2"
         status = final.status
         assert (status.state.value, status.capacity, status.weight) == ("down", 0.0, 0)
         assert status.reason == "agent shutting down"

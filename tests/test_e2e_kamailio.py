@@ -12,10 +12,13 @@ Each node is three things (`E2eNode`):
 - its agent, a real process (`python -m agent run`), reading that AMI,
   probing that UAS, with its own `max_calls`.
 
-Three ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
+Four ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
 
 - native: the agents PUBLISH to packaging/examples/kamailio/native, whose
   script keeps the reports in an htable and picks nodes by weight hint;
+- stock: the same script as the drop-in sipstatus.cfg, included into
+  Debian's own /etc/kamailio/kamailio.cfg with the three edits its "Use"
+  section asks for (kamailio_runner.stock_config);
 - kemi: the same against packaging/examples/kamailio/kemi (Python: the
   library's codec, NodeTable and free-slots policy);
 - sidecar: `sipstatus sidecar` subscribes to the agents and pushes into
@@ -96,6 +99,7 @@ from tests.kamailio_runner import (
     simulate_agents,
     split_within,
     start_example,
+    stock_config,
     stream_reports,
 )
 
@@ -159,6 +163,12 @@ def _native_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
     return start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, nodes)
 
 
+def _stock_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
+    """Debian's own kamailio.cfg with packaging/examples/kamailio/native/
+    sipstatus.cfg dropped in (kamailio_runner.stock_config)."""
+    return start_example(stock_config(workdir / "stock"), workdir, nodes)
+
+
 def _kemi_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
     return start_example(EXAMPLES / "kemi" / "kamailio.cfg", workdir, nodes,
                          {"KEMI_SCRIPT": f'"{EXAMPLES / "kemi" / "sipstatus_kemi.py"}"'}, {"SIPSTATUS_PATH": str(ROOT)})
@@ -218,6 +228,8 @@ SIDECAR_EXPIRES = 60
 
 WAYS = {
     "native": Way("native", _native_start, hint_weights, native_held),
+    # The same script as a drop-in (sipstatus.cfg) in Debian's stock kamailio.cfg.
+    "stock": Way("stock", _stock_start, hint_weights, native_held),
     "kemi": Way("kemi", _kemi_start, free_slot_weights, kemi_held),
     # packaging/examples/kamailio/sidecar: the sidecar subscribes to the
     # agents and pushes weights (htable `sipstatus`) and dispatcher states.
@@ -443,6 +455,48 @@ def test_killed_agent_goes_stale_and_comes_back_when_restarted(setup: Setup) -> 
     assert converged(setup) == weights
 
 
+#: Calls per second during the rolling restart (the issue's bound).
+ROLLING_RATE = 20
+#: Seconds between one agent's restart and the next one's stop.
+ROLLING_GAP = 2.0
+#: A restarted agent's node must take calls again within this (publishing
+#: ways: its first PUBLISH; sidecar: the re-SUBSCRIBE after retry-after).
+ROLLING_COMEBACK = 15.0
+
+
+def test_a_rolling_restart_of_every_agent_loses_no_call(setup: Setup) -> None:
+    """What a package upgrade across the pool does: each agent is stopped
+    (SIGTERM) and started again at once, one after the other, ROLLING_GAP s
+    apart, while calls come in at ROLLING_RATE per second. A stopping agent
+    takes its node out (final NOTIFY `down`, or its publication removed) and
+    the new one must bring it back within seconds: with the sidecar and the
+    retry-after of 30 s used before, all three nodes were out together and
+    most calls got 503."""
+    weights = converged(setup)
+    caller = Caller(setup.kam.port, ROLLING_RATE * 600, setup.workdir, rate=ROLLING_RATE, timeout=600).start()
+    back: dict[str, float | None] = {}
+    try:
+        assert wait_for_invites(setup.nodes[KILLED].uas, time.time(), 10) is not None
+        restarted = {}
+        for name, agent in setup.agents.items():
+            agent.stop()
+            agent.start()
+            restarted[name] = time.time()
+            time.sleep(ROLLING_GAP)
+        for name, t in restarted.items():
+            first = wait_for_invites(setup.nodes[name].uas, t, ROLLING_COMEBACK) if weights[name] else None
+            back[name] = None if first is None else first - t
+        converged(setup)
+        time.sleep(1.0)
+    finally:
+        result = caller.stop_softly()
+    print(f"\n[{setup.way.name}] rolling restart at {ROLLING_RATE} calls/s: {result.successful} calls "
+          f"successful, {result.failed} failed; first INVITE after each restart: "
+          + ", ".join(f"{n} {'never' if b is None else f'{b:+.2f} s'}" for n, b in back.items()))
+    assert result.failed == 0, f"{result.output[-2000:]}\n{setup.log_tail()}"
+    assert all(b is not None for n, b in back.items() if weights[n]), f"{back}\n{setup.log_tail()}"
+
+
 # -- stress: weights changing under load ---------------------------------------------------
 
 STRESS_SECONDS = 60
@@ -568,7 +622,8 @@ def test_example_reads_a_pool_of_two_hundred(workdir: Path, config: str) -> None
     path, weigh, table = POOL_READERS[config]
     names = [f"node{i:03d}" for i in range(200)]
     members = [Destinationless(name, 20000 + i) for i, name in enumerate(names)]
-    kam = start_example(path, workdir, members, {"PV_BUFFER_SIZE": 131072, "LOG_LEVEL": 3})
+    # Nothing answers behind these destinations: no OPTIONS probing.
+    kam = start_example(path, workdir, members, {"PV_BUFFER_SIZE": 131072, "LOG_LEVEL": 3, "DS_PING_INTERVAL": 0})
     client = SipClient(kam.port)
     try:
         assert len(kam.htable("pool")) == 200, kam.log_tail()
@@ -595,7 +650,7 @@ def test_example_keeps_its_pool_when_the_list_cannot_be_read(workdir: Path, conf
     """A list too long for the buffer is logged, and the pool read before
     stays as it was (it was emptied: every node left the pool)."""
     few = [Destinationless(f"node{i:03d}", 20000 + i) for i in range(5)]
-    kam = start_example(POOL_READERS[config][0], workdir, few, {"PV_BUFFER_SIZE": 8192})
+    kam = start_example(POOL_READERS[config][0], workdir, few, {"PV_BUFFER_SIZE": 8192, "DS_PING_INTERVAL": 0})
     try:
         pool = kam.htable("pool")
         assert len(pool) == 5
@@ -623,7 +678,7 @@ def test_a_hundred_agents_converge_and_what_their_reports_cost(workdir: Path) ->
     names = [f"node{i:03d}" for i in range(MANY)]
     # Destinations nobody answers: this test routes no call.
     members = [Destinationless(name, 20000 + i) for i, name in enumerate(names)]
-    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members)
+    kam = start_example(EXAMPLES / "native" / "kamailio.cfg", workdir, members, {"DS_PING_INTERVAL": 0})
     try:
         final = {name: 1 + (37 * i) % 100 for i, name in enumerate(names)}  # 1..100, all different
         idle_from, idle_cpu = time.monotonic(), kam.cpu_seconds()

@@ -102,8 +102,12 @@ def wait_for_weights(kam: Kamailio, expected: dict[str, int], timeout: float = 2
 
 
 def test_cold_start_without_the_sidecar_uses_rweight(kam: Kamailio, workdir: Path) -> None:
+    # A weighted random choice in the script (not dispatcher's algorithm 11,
+    # which is exact for three nodes but sends a quarter of all calls to the
+    # first destination of a larger set: kamailio issue 2698).
     counts = place_calls(kam.port, CALLS, workdir)
-    assert counts == {"ast1": 60, "ast2": 180, "ast3": 360}  # algorithm 11 is exact
+    problems = split_within(counts, RWEIGHTS, CALLS)
+    assert not problems, f"split {dict(counts)} for rweights {RWEIGHTS}: {problems}\n{kam.log_tail()}"
 
 
 def test_calls_follow_the_weights_the_sidecar_pushes(kam: Kamailio, workdir: Path) -> None:

@@ -18,6 +18,7 @@ not touched by the caps.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import resource
@@ -40,6 +41,13 @@ STREAM_TRANSPORTS = ("TCP", "TLS")
 MAX_TRACKED = 64
 # A stream connection we opened waits this long for the TCP/TLS handshake.
 CONNECT_TIMEOUT = 10.0
+# A UDP port in use is tried again for this long, every BIND_RETRY_STEP s:
+# a restarted process starts while the old one finishes (the agent waits
+# up to 2 s for the answers to its final NOTIFYs). Not SO_REUSEADDR: on UDP
+# it lets two running processes bind the same port, and the newer one would
+# silently take the other's traffic.
+BIND_RETRY = 5.0
+BIND_RETRY_STEP = 0.1
 # Our address towards a peer (wildcard listeners) is looked up in the routing
 # table at most this often per peer; routes change rarely, requests often.
 ROUTE_CACHE_SECONDS = 10.0
@@ -333,8 +341,7 @@ class SipService:
         transport = transport.upper()
         if transport == "UDP":
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            udp, _ = await self.loop.create_datagram_endpoint(
-                lambda: _Datagram(self), local_addr=(host, port), family=family)
+            udp = await self._bind_udp(host, port, family)
             self._udp[family] = udp
             self._size_receive_buffer(udp.get_extra_info("socket"))
             bound = udp.get_extra_info("sockname")
@@ -429,6 +436,23 @@ class SipService:
                 else:
                     stream.transport.close()
                 stream._forget()  # its descriptor is freed as it closes
+
+    async def _bind_udp(self, host: str, port: int, family: int) -> asyncio.DatagramTransport:
+        """A UDP socket on ``host:port``. A port in use is tried again for
+        BIND_RETRY seconds: the process this one replaces (a restart) may
+        still hold it while it waits for the answers to its last requests."""
+        deadline = self.loop.time() + BIND_RETRY
+        while True:
+            try:
+                udp, _ = await self.loop.create_datagram_endpoint(
+                    lambda: _Datagram(self), local_addr=(host, port), family=family)
+                return udp
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or port == 0 or self.loop.time() >= deadline:
+                    raise
+                if self.loop.time() + BIND_RETRY - deadline < BIND_RETRY_STEP:
+                    log.info("udp:%s:%d is in use, trying again for up to %.0f s", host, port, BIND_RETRY)
+                await asyncio.sleep(BIND_RETRY_STEP)
 
     def local_host(self, transport: str, peer: str) -> str | None:
         """Our address as ``peer`` should know it on a wildcard listener of

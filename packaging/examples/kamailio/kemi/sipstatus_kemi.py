@@ -22,7 +22,13 @@ library instead of script arithmetic:
   proportion to free call slots, capacity x asterisk.limit);
 - each INVITE goes to a node drawn at random in proportion to those weights,
   among the destinations dispatcher holds active (ds_is_active_uri); with no
-  fresh report at all (cold start) dispatcher algorithm 11 (rweight) chooses.
+  fresh report at all (cold start) in proportion to the `rweight`s of the
+  dispatcher list;
+- failover: a node that refuses a call (FAILOVER_CODES) or does not answer
+  within FAILOVER_TIMEOUT ms loses it to another node drawn the same way,
+  never one the call tried, at most MAX_ATTEMPTS nodes per call; a node
+  that did not answer at all is marked inactive in dispatcher until it
+  answers OPTIONS again.
 
 Python state lives in each Kamailio worker process, so nothing shared is
 kept in Python: the last accepted body of each node and its time of receipt
@@ -31,8 +37,15 @@ a NodeTable from it when it needs one. The pool (node -> URI) is read by each
 process from the dispatcher list file itself (DS_LIST), again when the file
 changes.
 
+With WITH_SUBSCRIBE defined, Kamailio also subscribes to every node's
+agent by itself (`ksr_subscribe_timer`, run every second by rtimer), as the
+native drop-in does with the same defines (AGENT_PORT, SUBSCRIBE_CONTACT,
+SUBSCRIBE_EXPIRES, SUBSCRIBE_RETRY) and the same `agent` attribute of the
+dispatcher destinations.
+
 Settings are the -A defines of kamailio.cfg, read with $def(): DS_LIST,
-DS_SET, PUBLISH_DEFAULT_EXPIRES, PUBLISH_MIN_EXPIRES, PUBLISH_MAX_EXPIRES,
+DS_SET, DS_PING_INTERVAL, FAILOVER_CODES, MAX_ATTEMPTS, FAILOVER_TIMEOUT,
+PUBLISH_DEFAULT_EXPIRES, PUBLISH_MIN_EXPIRES, PUBLISH_MAX_EXPIRES,
 WITH_AUTOJOIN, AUTOJOIN_PORT, POLICY (a name in sipstatus.policy.POLICIES)
 and DEFAULT_LIMIT (FreeSlotsPolicy's limit for a node that reports none).
 
@@ -48,6 +61,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -97,6 +112,16 @@ class Settings:
         policy = _define("POLICY", "free-slots").strip('"')
         limit = int(_define("DEFAULT_LIMIT", "100"))
         self.policy: WeightPolicy = FreeSlotsPolicy(default_limit=limit) if policy == "free-slots" else POLICIES[policy]()
+        self.ping_interval = int(_define("DS_PING_INTERVAL", "5"))
+        codes = _define("FAILOVER_CODES", "^(408|480|486|500|502|503|504)$").strip('"')
+        self.failover_codes = frozenset(code for code in range(100, 700) if re.search(codes, str(code)))
+        self.max_attempts = int(_define("MAX_ATTEMPTS", "3"))
+        self.failover_timeout = int(_define("FAILOVER_TIMEOUT", "2000"))
+        self.subscribe = KSR.pv.get("$def(WITH_SUBSCRIBE)") is not None
+        self.agent_port = int(_define("AGENT_PORT", "5070"))
+        self.contact = _define("SUBSCRIBE_CONTACT", "sip:load-status@127.0.0.1:5060").strip('"')
+        self.subscribe_expires = int(_define("SUBSCRIBE_EXPIRES", "600"))
+        self.subscribe_retry = int(_define("SUBSCRIBE_RETRY", "10"))
 
 
 def _define(name: str, default: str) -> str:
@@ -112,6 +137,12 @@ class Pool:
         self.path = path
         self.set_id = set_id
         self.nodes: dict[str, str] = {}
+        #: node -> its `rweight` (1 when absent or not a positive integer):
+        #: the cold-start weights.
+        self.rweights: dict[str, int] = {}
+        #: node -> its agent's URI: the `agent` attribute, else None (then
+        #: sip:<destination host>:AGENT_PORT).
+        self.agents: dict[str, str | None] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
 
@@ -122,19 +153,23 @@ class Pool:
             stamp = (st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
                 self._stamp = stamp
-                self.nodes = self._read()
+                self._read()
         return self.nodes
 
-    def _read(self) -> dict[str, str]:
-        nodes = {}
+    def _read(self) -> None:
+        nodes, rweights, agents = {}, {}, {}
         for line in Path(self.path).read_text().splitlines():
             fields = line.split("#", 1)[0].split()
             if len(fields) < 2 or fields[0] != str(self.set_id):
                 continue
             uri = fields[1]
             attrs = dict(a.split("=", 1) for a in (fields[4] if len(fields) > 4 else "").split(";") if "=" in a)
-            nodes[attrs.get("duid") or _uri_host(uri)] = uri
-        return nodes
+            node = attrs.get("duid") or _uri_host(uri)
+            nodes[node] = uri
+            rweight = attrs.get("rweight", "")
+            rweights[node] = int(rweight) if rweight.isdigit() and int(rweight) > 0 else 1
+            agents[node] = attrs.get("agent")
+        self.nodes, self.rweights, self.agents = nodes, rweights, agents
 
 
 def _uri_host(uri: str) -> str:
@@ -170,10 +205,15 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
 
     # -- request routing ----------------------------------------------------
 
-    def ksr_request_route(self, msg: object) -> int:
+    def setup(self) -> None:
+        """Reads the settings on first use in this process (a failure route
+        may run in tm's timer process, which never saw a request)."""
         if self.settings is None:
             self.settings = Settings()
             self.pool = Pool(self.settings.ds_list, self.settings.ds_set)
+
+    def ksr_request_route(self, msg: object) -> int:
+        self.setup()
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return 1
@@ -308,9 +348,24 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         if KSR.siputils.has_totag() < 0 or node is None:
             KSR.tm.t_reply(481, "Subscription Does Not Exist")
             return
-        state = (KSR.hdr.get("Subscription-State") or "").split(";", 1)[0].strip()
+        current = (KSR.htable.sht_get("lssub", node) or "").split(";", 1)[0] == call_id
+        if current:
+            # This proxy's own subscription (WITH_SUBSCRIBE): the dialog a
+            # refresh goes in.
+            contact = KSR.pv.get("$(ct{nameaddr.uri})") or ""
+            KSR.htable.sht_sets("lsdlg", call_id, f"{KSR.pv.get('$ft')};{contact}")
+        header = KSR.hdr.get("Subscription-State") or ""
+        state = header.split(";", 1)[0].strip()
         if state == "terminated":
             KSR.htable.sht_rm("subs", call_id)
+            KSR.htable.sht_rm("lsdlg", call_id)
+            if current:
+                # Ended by the agent (a restart: probation;retry-after):
+                # subscribe again after retry-after.
+                KSR.htable.sht_rm("lssub", node)
+                params = dict(p.strip().split("=", 1) for p in header.split(";")[1:] if "=" in p)
+                retry = params.get("retry-after", "0")
+                KSR.htable.sht_sets("lsretry", node, str(int(time.time()) + (int(retry) if retry.isdigit() else 0)))
             self.forget(node)
             KSR.tm.t_reply(200, "OK")
             return
@@ -408,7 +463,22 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
     # -- calls ------------------------------------------------------------------
 
     def dispatch(self) -> bool:
-        """Sets $du for a new call; False after answering 503."""
+        """Sets $du for a new call and arms the failover; False after
+        answering 503."""
+        fresh, node = self.pick(())
+        if node is None:
+            KSR.sl.sl_send_reply(503, "No node accepts calls" if fresh else "No destination")
+            return False
+        return True
+
+    def pick(self, tried: tuple[str, ...]) -> tuple[bool, str | None]:
+        """Chooses a node at random in proportion to the weights, among the
+        nodes with a weight above 0 whose destination dispatcher holds active
+        (ds_is_active_uri) and that are not in `tried`; with no fresh report
+        from any node (cold start), by the `rweight`s of the dispatcher list.
+        Sets $du to its URI, records it in $avp(ls_tried) and asks for
+        `ksr_failure_failover`. Returns (any node has a fresh report, the
+        node or None)."""
         cfg, pool = self.settings, self.pool
         assert cfg is not None and pool is not None
         now = time.time()
@@ -424,25 +494,88 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
             status, received = self.load(stored)
             table.update(status, received)
         views = list(table.views(now))
-        if not any(v.fresh for v in views):
-            # Cold start: nobody has reported. Static relative weights.
-            if KSR.dispatcher.ds_select_dst(cfg.ds_set, 11) < 0:
-                KSR.sl.sl_send_reply(503, "No destination")
-                return False
-            KSR.info(f"load-status: no fresh report, dispatcher chose {KSR.pv.get('$du')}\n")
-            return True
-        weights = cfg.policy.weights(views)
+        fresh = any(v.fresh for v in views)
+        # Cold start: nobody has reported. The static relative weights (not
+        # dispatcher's algorithm 11: with more than about 25 destinations it
+        # sends a quarter of all calls to the first, kamailio issue 2698).
+        weights = cfg.policy.weights(views) if fresh else pool.rweights
         candidates = [
             (node, weight) for node, weight in weights.items()
-            if weight > 0 and (node not in members or KSR.dispatcher.ds_is_active_uri(cfg.ds_set, uris[node]) > 0)
+            if weight > 0 and node not in tried
+            and (node not in members or KSR.dispatcher.ds_is_active_uri(cfg.ds_set, uris[node]) > 0)
         ]
         if not candidates:
-            KSR.sl.sl_send_reply(503, "No node accepts calls")
-            return False
+            return fresh, None
         node = self.rng.choices([n for n, _ in candidates], [w for _, w in candidates])[0]
-        KSR.setdsturi(uris[node])
-        KSR.dbg(f"load-status: call to {node} ({uris[node]}), weights {dict(candidates)}\n")
-        return True
+        # $du through the pv (not KSR.setdsturi): assigning $du marks the
+        # Request-URI as new, without which tm has no branch to add in a
+        # failure route ("no branches for forwarding", 5.6.3).
+        KSR.pv.sets("$du", uris[node])
+        KSR.pv.sets("$avp(ls_tried)", node)
+        KSR.tm.t_on_failure("ksr_failure_failover")
+        # No answer at all (not even 100 Trying) within this: try the next.
+        KSR.tm.t_set_fr(0, cfg.failover_timeout)
+        if fresh:
+            KSR.dbg(f"load-status: call to {node} ({uris[node]}), weights {dict(candidates)}\n")
+        else:
+            KSR.info(f"load-status: no fresh report, rweight chose {node} ({uris[node]})\n")
+        return fresh, node
+
+    # -- failover -------------------------------------------------------------
+
+    def ksr_failure_failover(self, msg: object) -> int:
+        """A node refused the call (FAILOVER_CODES) or did not answer in
+        time: another node, by the same weights, never one this call tried,
+        at most MAX_ATTEMPTS in all. When none is left the caller gets the
+        best answer, or this proxy's own 503 for the nodes' 503 (tm never
+        forwards a 503: RFC 3261 section 16.7)."""
+        self.setup()
+        cfg = self.settings
+        assert cfg is not None
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        failed = KSR.pv.get("$du")
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            self.mark_silent(failed)
+        code = KSR.pv.get("$T_reply_code")
+        if code not in cfg.failover_codes:
+            return 1
+        tried = self.tried()
+        node = None
+        if len(tried) < cfg.max_attempts:
+            _, node = self.pick(tried)
+        if node is None:
+            KSR.notice(f"load-status: {code} from {failed}, {len(tried)} nodes tried, no other takes calls\n")
+            if code == 503:
+                KSR.tm.t_reply(503, "No node accepts calls")
+            return 1
+        KSR.info(f"load-status: {code} from {failed}, trying {node}\n")
+        if KSR.tm.t_relay() < 0:
+            KSR.err(f"load-status: cannot relay to {KSR.pv.get('$du')}\n")
+        return 1
+
+    @staticmethod
+    def tried() -> tuple[str, ...]:
+        """The nodes this call went to, from $avp(ls_tried)."""
+        out = []
+        while (node := KSR.pv.get(f"$(avp(ls_tried)[{len(out)}])")) is not None:
+            out.append(node)
+        return tuple(out)
+
+    def mark_silent(self, uri: str) -> None:
+        """A destination that did not answer at all is inactive (and probed)
+        until it answers an OPTIONS again; without probing it would stay
+        out for good, so nothing is marked then."""
+        cfg = self.settings
+        assert cfg is not None
+        if cfg.ping_interval <= 0:
+            return
+        request = {"jsonrpc": "2.0", "method": "dispatcher.set_state", "params": ["ip", cfg.ds_set, uri], "id": 1}
+        KSR.jsonrpcs.exec(json.dumps(request))
+        if KSR.pv.get("$jsonrpl(code)") == 200:
+            KSR.notice(f"load-status: {uri} did not answer: inactive until it answers OPTIONS\n")
+        else:
+            KSR.err(f"load-status: cannot mark {uri} inactive: {KSR.pv.get('$jsonrpl(text)')}\n")
 
     @staticmethod
     def stored() -> list[tuple[str, str]]:
@@ -455,6 +588,69 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         finally:
             KSR.htable.sht_iterator_end("ns")
         return out
+
+    # -- subscribing to the agents (WITH_SUBSCRIBE) ------------------------------
+
+    def ksr_subscribe_timer(self, msg: object, evname: str = "") -> int:
+        """Every second (rtimer sipstatus_subscribe; it passes the timer name
+        as `evname`), as the native
+        drop-in's route[SIPSTATUS_SUBSCRIBE_ALL]: a new subscription where
+        there is none, or where the node's reports stopped and the last
+        SUBSCRIBE is SUBSCRIBE_RETRY s old; a refresh in the dialog when a
+        fifth of the duration is left. State in the htables lssub (node ->
+        "Call-ID;From-tag;CSeq;expiry;sent"), lsdlg (Call-ID -> "agent's
+        tag;agent's Contact") and lsretry (node -> not before)."""
+        self.setup()
+        cfg, pool = self.settings, self.pool
+        assert cfg is not None and pool is not None
+        now = int(time.time())
+        pool.current(now)
+        for node, uri in pool.nodes.items():
+            retry = KSR.htable.sht_get("lsretry", node)
+            if retry is not None and int(retry) > now:
+                continue
+            agent = pool.agents.get(node) or f"sip:{_uri_host(uri)}:{cfg.agent_port}"
+            current = KSR.htable.sht_get("lssub", node)
+            if current is None:
+                self.subscribe_new(node, agent, now)
+                continue
+            call_id, tag, cseq, until, sent = current.split(";")
+            if now - int(sent) < cfg.subscribe_retry:
+                continue
+            stored = KSR.htable.sht_get("ns", node)
+            fresh = stored is not None and self._fresh(stored, now)
+            if not fresh or int(until) <= now:
+                KSR.htable.sht_rm("subs", call_id)  # its NOTIFYs get 481 from now on
+                self.subscribe_new(node, agent, now)
+            elif int(until) - now <= cfg.subscribe_expires / 5:
+                dialog = KSR.htable.sht_get("lsdlg", call_id)
+                if dialog is None:
+                    self.subscribe_new(node, agent, now)
+                else:
+                    remote_tag, target = dialog.split(";", 1)
+                    self.send_subscribe(node, target, f"<{agent}>;tag={remote_tag}", call_id, tag, int(cseq) + 1, now)
+        return 1
+
+    def _fresh(self, stored: str, now: float) -> bool:
+        status, received = self.load(stored)
+        return received + status.validity > now
+
+    def subscribe_new(self, node: str, agent: str, now: int) -> None:
+        call_id = f"{KSR.pv.get('$sruid')}@sipstatus"
+        # Known before the first NOTIFY can come (it may overtake the 200).
+        KSR.htable.sht_sets("subs", call_id, node)
+        self.send_subscribe(node, agent, f"<{agent}>", call_id, secrets.token_hex(6), 1, now)
+        KSR.info(f"load-status: subscribing to {node} at {agent}\n")
+
+    def send_subscribe(self, node: str, ruri: str, to: str, call_id: str, tag: str, cseq: int, now: int) -> None:
+        cfg = self.settings
+        assert cfg is not None
+        headers = (f"From: <{cfg.contact}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n"
+                   f"CSeq: {cseq} SUBSCRIBE\r\nContact: <{cfg.contact}>\r\nEvent: {EVENT}\r\n"
+                   f"Accept: {MEDIA_TYPE}\r\nExpires: {cfg.subscribe_expires}\r\n")
+        KSR.htable.sht_sets("lssub", node, f"{call_id};{tag};{cseq};{now + cfg.subscribe_expires};{now}")
+        if KSR.tm.t_uac_send("SUBSCRIBE", ruri, "", "", headers, "") < 0:
+            KSR.err(f"load-status: cannot send a SUBSCRIBE to {node} at {ruri}\n")
 
     # -- htable events ------------------------------------------------------
 
