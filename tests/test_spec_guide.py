@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "spec" / "implementing.md").read_text()
-KAMAILIO = ROOT / "packaging/examples/kamailio/native/kamailio.cfg"
+KAMAILIO = ROOT / "packaging/examples/kamailio/native/sipstatus.cfg"
 OPENSIPS = ROOT / "packaging/examples/opensips/compositor/opensips.cfg"
 
 
