@@ -7,6 +7,8 @@ figures compared are those of the subscriber's NOTIFYs and Asterisk's own
 is compared with: ast_active_calls() in main/pbx.c)."""
 
 import asyncio
+import re
+import time
 
 import pytest
 
@@ -150,3 +152,32 @@ def test_confbridge_calls_are_counted_and_its_announcer_channels_are_not_seen(tm
 
 async def _calls_are(node: LiveNode, calls: int) -> bool:
     return (await node.asterisk.acounts())[1] == calls
+
+
+def test_calls_per_second_equal_asterisks_own_calls_processed_over_the_same_ten_seconds(tmp_path):
+    # 5 calls a second for 16 s; the agent's cps (new calls over its 10 s
+    # window) read at the end of a 10 s span, against the growth of
+    # Asterisk's own "calls processed" over that span.
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            calls = await Calls(node.asterisk, "echo", 80, hold=0.5, rate=5.0, tmp=node.tmp).start()
+            node.calls.append(calls)
+            await asyncio.sleep(3.0)
+            first = await asyncio.to_thread(_processed, node)
+            await asyncio.sleep(10.0)
+            second = await asyncio.to_thread(_processed, node)
+            body = await node.control_status()
+            stats = await calls.finish()
+            return (second[0] - first[0]) / (second[1] - first[1]), body["asterisk"]["cps"], stats
+
+    asterisks, agents, stats = run(main())
+    print(f"\n[asterisk tier] cps: agent {agents:.2f}, Asterisk {asterisks:.2f} (SIPp -r 5)")
+    assert stats.get("SuccessfulCall") == 80
+    assert 4.0 <= asterisks <= 6.0  # SIPp kept its rate
+    assert abs(agents - asterisks) <= 0.35, (agents, asterisks)
+
+
+def _processed(node: LiveNode) -> tuple[int, float]:
+    """Asterisk's "calls processed", and the monotonic time of the answer."""
+    text = node.asterisk.cli("core show channels count")
+    return int(re.search(r"(\d+) calls? processed", text).group(1)), time.monotonic()
