@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.asterisk_live import PREFIX, WHY_NOT, LiveNode, counts, settle
-from tests.asterisk_runner import AsteriskConfig, Calls
+from tests.asterisk_runner import G711A_PCAP, AsteriskConfig, Calls, pcap_without_every
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.skipif(PREFIX is None, reason=WHY_NOT or "")]
 
@@ -181,3 +181,39 @@ def _processed(node: LiveNode) -> tuple[int, float]:
     """Asterisk's "calls processed", and the monotonic time of the answer."""
     text = node.asterisk.cli("core show channels count")
     return int(re.search(r"(\d+) calls? processed", text).group(1)), time.monotonic()
+
+
+async def quality_of(node: LiveNode, calls: Calls, streams: int) -> dict:
+    """The agent's quality once `streams` calls have RTCP reports from
+    about 5 s of audio."""
+    await settle(lambda: _calls_are(node, streams), 30.0, f"{streams} calls up")
+    await asyncio.sleep(6.0)
+    _, body = await node.control_until(lambda b: (b.get("quality") or {}).get("streams") == streams, 20.0,
+                                       f"quality over {streams} streams")
+    await calls.finish()
+    return body["quality"]
+
+
+def test_loss_equals_the_loss_in_the_rtp_sent_and_lowers_the_mos(tmp_path):
+    # RTP from SIPp's own G.711 pcap, whole and with every 20th packet left
+    # out (5 % loss); Asterisk measures what it receives and reports it in
+    # its RTCP (RTCPSent events), which the agent reads.
+    lossy = tmp_path / "lossy.pcap"
+    kept, dropped = pcap_without_every(G711A_PCAP, lossy, 20)
+
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            clean = await Calls(node.asterisk, "echo", 2, hold=9, tmp=node.tmp, pcap=G711A_PCAP).start()
+            node.calls.append(clean)
+            whole = await quality_of(node, clean, 2)
+            await asyncio.sleep(11.0)  # the quality window (10 s) forgets them
+            bad = await Calls(node.asterisk, "echo", 2, hold=9, tmp=node.tmp, pcap=lossy).start()
+            node.calls.append(bad)
+            return whole, await quality_of(node, bad, 2)
+
+    whole, lossy_quality = run(main())
+    print(f"\n[asterisk tier] quality: clean {whole}, {dropped}/{kept + dropped} dropped {lossy_quality}")
+    assert whole["loss"] == 0.0
+    # 1 packet in 20 is missing from any stretch of the stream the reports cover.
+    assert lossy_quality["loss"] == pytest.approx(1 / 20, abs=0.01)
+    assert lossy_quality["mos"] < whole["mos"]
