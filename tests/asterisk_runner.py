@@ -342,7 +342,7 @@ class Calls:
     `await calls.start()`, later `await calls.finish()` for the statistics."""
 
     def __init__(self, asterisk: Asterisk, exten: str, count: int, *, hold: float, rate: float = 10.0,
-                 tmp: Path) -> None:
+                 tmp: Path, pcap: Path | None = None) -> None:
         self.asterisk = asterisk
         self.exten = exten
         self.count = count
@@ -353,13 +353,21 @@ class Calls:
         self.stat = tmp / f"sipp-{exten}-{free_port()}.csv"
         self.errors = self.stat.with_suffix(".err")
         self.log = self.stat.with_suffix(".log")
+        self.scenario = SCENARIO
+        if pcap is not None:
+            # The same call, sending the pcap's RTP (from the -mp port) right after the ACK.
+            text = SCENARIO.read_text().replace(
+                "  <pause />",
+                f'  <nop>\n    <action>\n      <exec play_pcap_audio="{pcap}" />\n    </action>\n  </nop>\n  <pause />', 1)
+            self.scenario = self.stat.with_suffix(".xml")
+            self.scenario.write_text(text)
 
     async def start(self) -> Calls:
         sipp = shutil.which("sipp")
         assert sipp is not None, "sipp (Debian sip-tester) is not installed"
         control, media = free_port(), free_port(3)
         self.process = await asyncio.create_subprocess_exec(
-            sipp, f"127.0.0.1:{self.asterisk.sip_port}", "-sf", str(SCENARIO), "-s", self.exten,
+            sipp, f"127.0.0.1:{self.asterisk.sip_port}", "-sf", str(self.scenario), "-s", self.exten,
             "-i", "127.0.0.1", "-p", str(free_port()), "-m", str(self.count), "-l", str(self.count),
             "-r", f"{self.rate:g}", "-rp", "1000", "-d", str(int(self.hold * 1000)),
             "-cp", str(control), "-ci", "127.0.0.1", "-mp", str(media), "-nostdin",
@@ -409,3 +417,26 @@ class Calls:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+
+
+#: G.711 A-law RTP shipped with SIPp (Debian sip-tester): 236 packets, 7 s.
+G711A_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+
+
+def pcap_without_every(source: Path, target: Path, nth: int) -> tuple[int, int]:
+    """`source` (a classic pcap) with every `nth` packet left out: a stream
+    of known loss. Returns (packets kept, packets dropped)."""
+    data = source.read_bytes()
+    out = bytearray(data[:24])
+    offset, index, dropped = 24, 0, 0
+    while offset + 16 <= len(data):
+        length = int.from_bytes(data[offset + 8:offset + 12], "little" if data[:4] == b"\xd4\xc3\xb2\xa1" else "big")
+        record = data[offset:offset + 16 + length]
+        offset += 16 + length
+        index += 1
+        if index % nth == 0:
+            dropped += 1
+            continue
+        out += record
+    target.write_bytes(bytes(out))
+    return index - dropped, dropped

@@ -7,11 +7,13 @@ figures compared are those of the subscriber's NOTIFYs and Asterisk's own
 is compared with: ast_active_calls() in main/pbx.c)."""
 
 import asyncio
+import re
+import time
 
 import pytest
 
 from tests.asterisk_live import PREFIX, WHY_NOT, LiveNode, counts, settle
-from tests.asterisk_runner import AsteriskConfig, Calls
+from tests.asterisk_runner import G711A_PCAP, AsteriskConfig, Calls, pcap_without_every
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.skipif(PREFIX is None, reason=WHY_NOT or "")]
 
@@ -150,3 +152,68 @@ def test_confbridge_calls_are_counted_and_its_announcer_channels_are_not_seen(tm
 
 async def _calls_are(node: LiveNode, calls: int) -> bool:
     return (await node.asterisk.acounts())[1] == calls
+
+
+def test_calls_per_second_equal_asterisks_own_calls_processed_over_the_same_ten_seconds(tmp_path):
+    # 5 calls a second for 16 s; the agent's cps (new calls over its 10 s
+    # window) read at the end of a 10 s span, against the growth of
+    # Asterisk's own "calls processed" over that span.
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            calls = await Calls(node.asterisk, "echo", 80, hold=0.5, rate=5.0, tmp=node.tmp).start()
+            node.calls.append(calls)
+            await asyncio.sleep(3.0)
+            first = await asyncio.to_thread(_processed, node)
+            await asyncio.sleep(10.0)
+            second = await asyncio.to_thread(_processed, node)
+            body = await node.control_status()
+            stats = await calls.finish()
+            return (second[0] - first[0]) / (second[1] - first[1]), body["asterisk"]["cps"], stats
+
+    asterisks, agents, stats = run(main())
+    print(f"\n[asterisk tier] cps: agent {agents:.2f}, Asterisk {asterisks:.2f} (SIPp -r 5)")
+    assert stats.get("SuccessfulCall") == 80
+    assert 4.0 <= asterisks <= 6.0  # SIPp kept its rate
+    assert abs(agents - asterisks) <= 0.35, (agents, asterisks)
+
+
+def _processed(node: LiveNode) -> tuple[int, float]:
+    """Asterisk's "calls processed", and the monotonic time of the answer."""
+    text = node.asterisk.cli("core show channels count")
+    return int(re.search(r"(\d+) calls? processed", text).group(1)), time.monotonic()
+
+
+async def quality_of(node: LiveNode, calls: Calls, streams: int) -> dict:
+    """The agent's quality once `streams` calls have RTCP reports from
+    about 5 s of audio."""
+    await settle(lambda: _calls_are(node, streams), 30.0, f"{streams} calls up")
+    await asyncio.sleep(6.0)
+    _, body = await node.control_until(lambda b: (b.get("quality") or {}).get("streams") == streams, 20.0,
+                                       f"quality over {streams} streams")
+    await calls.finish()
+    return body["quality"]
+
+
+def test_loss_equals_the_loss_in_the_rtp_sent_and_lowers_the_mos(tmp_path):
+    # RTP from SIPp's own G.711 pcap, whole and with every 20th packet left
+    # out (5 % loss); Asterisk measures what it receives and reports it in
+    # its RTCP (RTCPSent events), which the agent reads.
+    lossy = tmp_path / "lossy.pcap"
+    kept, dropped = pcap_without_every(G711A_PCAP, lossy, 20)
+
+    async def main():
+        async with LiveNode(tmp_path) as node:
+            clean = await Calls(node.asterisk, "echo", 2, hold=9, tmp=node.tmp, pcap=G711A_PCAP).start()
+            node.calls.append(clean)
+            whole = await quality_of(node, clean, 2)
+            await asyncio.sleep(11.0)  # the quality window (10 s) forgets them
+            bad = await Calls(node.asterisk, "echo", 2, hold=9, tmp=node.tmp, pcap=lossy).start()
+            node.calls.append(bad)
+            return whole, await quality_of(node, bad, 2)
+
+    whole, lossy_quality = run(main())
+    print(f"\n[asterisk tier] quality: clean {whole}, {dropped}/{kept + dropped} dropped {lossy_quality}")
+    assert whole["loss"] == 0.0
+    # 1 packet in 20 is missing from any stretch of the stream the reports cover.
+    assert lossy_quality["loss"] == pytest.approx(1 / 20, abs=0.01)
+    assert lossy_quality["mos"] < whole["mos"]
