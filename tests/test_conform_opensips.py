@@ -9,7 +9,8 @@ run time is printed (the closing note's figure).
 Found by the kit: OpenSIPS script compares strings without case (`==` and
 `!=` are str_casematch in route.c), so the config answered `Event:
 LOAD-STATUS` with 200 where spec 4.1 says 489; it now compares the header's
-hex (`{s.encode.hexa}`).
+hex (`{s.encode.hexa}`). The subscriber example had the same check of a
+NOTIFY's Event; a test here sends it one in capitals.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from sipstatus import conform
+from sipstatus.codec import MEDIA_TYPE
+from sipstatus.conform.common import body, status_of
+from sipstatus.conform.peer import Peer, Received
+from sipstatus.sip import Request, Response
 from tests.conform_peers import Served, compositor
 from tests.kamailio_runner import HOST, free_udp_port
 from tests.opensips_runner import (
@@ -60,3 +65,54 @@ def test_the_opensips_compositor_example_passes_as_compositor(tmp_path: Path):
     assert [(r.rule, r.text) for r in report.results] == [(r.rule, r.text) for r in reference.results]
     assert alive, opensips.log_tail()
     assert opensips.problems() == []
+
+
+def test_the_opensips_subscriber_example_answers_a_notify_for_load_status_in_capitals_489(tmp_path: Path):
+    # Spec 4.1: the package name is compared byte for byte. The kit plays the
+    # agent: it answers the config's SUBSCRIBE, then sends a NOTIFY in that
+    # subscription with `Event: load-status` (200) and one with
+    # `Event: LOAD-STATUS` (489 with Allow-Events; it got 200 before).
+    assert PREFIX is not None
+    port = free_udp_port()
+    agent = Peer(HOST)
+    agent.policy = lambda request: (200, [("Expires", "600"), ("Contact", f"<sip:load-status@{agent.hostport}>")])
+    pool = [PoolEntry("ast1", 1, free_udp_port())]
+    run = tmp_path / "opensips"
+    text = customize((EXAMPLES / "subscriber" / "opensips.cfg").read_text(), port=port, dbtext=run / "dbtext",
+                     pool=pool, agents=[("ast1", f"sip:load-status@{agent.hostport}")],
+                     modules=PREFIX / "lib64" / "opensips" / "modules")
+    dbtext_tables(run / "dbtext", pool)
+    opensips = OpenSips(PREFIX, run, text, port)
+    opensips.start()
+    try:
+        sub = agent.wait_request(lambda r: r.request.method == "SUBSCRIBE", 30)
+        assert sub is not None, "no SUBSCRIBE within 30 s"
+        answers = {event: notify(agent, sub, event, seq) for seq, event in enumerate(("load-status", "LOAD-STATUS"), 1)}
+        alive = opensips.alive()
+    finally:
+        opensips.stop()
+        agent.close()
+    assert status_of(answers["load-status"]).startswith("200 ")
+    capitals = answers["LOAD-STATUS"]
+    assert capitals is not None and capitals.status == 489, status_of(capitals)
+    assert "load-status" in capitals.allow_events
+    assert alive, opensips.log_tail()
+
+
+def notify(agent: Peer, sub: Received, event: str, seq: int) -> Response | None:
+    """A NOTIFY in the subscription ``sub`` (the kit's 200 made it), with ``event``."""
+    request = sub.request
+    assert request.from_addr is not None and request.to_addr is not None
+    contacts = request.contacts
+    headers = [
+        ("Max-Forwards", "70"),
+        ("From", f"<{request.to_addr.uri}>;tag={sub.to_tag}"),
+        ("To", request.header("From") or ""),
+        ("Call-ID", request.call_id or ""),
+        ("CSeq", f"{seq} NOTIFY"),
+        ("Contact", f"<sip:load-status@{agent.hostport}>"),
+        ("Event", event), ("Subscription-State", "active;expires=600"),
+        ("Content-Type", MEDIA_TYPE),
+    ]
+    target = str(contacts[0].uri) if contacts else str(request.from_addr.uri)
+    return agent.send_request(Request("NOTIFY", target, headers, body("ast1", "os" + "0" * 8, seq)), sub.source)
