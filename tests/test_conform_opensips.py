@@ -15,6 +15,7 @@ NOTIFY's Event; a test here sends it one in capitals.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from sipstatus import conform
 from sipstatus.codec import MEDIA_TYPE
 from sipstatus.conform.common import body, status_of
+from sipstatus.conform.compositor import CompositorCheck
 from sipstatus.conform.peer import Peer, Received
 from sipstatus.sip import Request, Response
 from tests.conform_peers import Served, compositor
@@ -41,7 +43,8 @@ PREFIX, WHY = opensips_build()
 pytestmark = [pytest.mark.opensips, pytest.mark.skipif(PREFIX is None, reason=WHY)]
 
 
-def test_the_opensips_compositor_example_passes_as_compositor(tmp_path: Path):
+def start_compositor(tmp_path: Path) -> OpenSips:
+    """The compositor example as the tier runs it, with one node, ast1, in its pool."""
     assert PREFIX is not None
     port = free_udp_port()
     pool = [PoolEntry("ast1", 1, free_udp_port())]  # nothing listens there: no call is made
@@ -51,6 +54,12 @@ def test_the_opensips_compositor_example_passes_as_compositor(tmp_path: Path):
     dbtext_tables(run / "dbtext", pool)
     opensips = OpenSips(PREFIX, run, text, port)
     opensips.start()
+    return opensips
+
+
+def test_the_opensips_compositor_example_passes_as_compositor(tmp_path: Path):
+    opensips = start_compositor(tmp_path)
+    port = opensips.port
     try:
         started = time.monotonic()
         report = conform.run("compositor", f"sip:{HOST}:{port}", node="ast1")
@@ -64,6 +73,48 @@ def test_the_opensips_compositor_example_passes_as_compositor(tmp_path: Path):
         reference = conform.run("compositor", served.target)
     assert [(r.rule, r.text) for r in report.results] == [(r.rule, r.text) for r in reference.results]
     assert alive, opensips.log_tail()
+    assert opensips.problems() == []
+
+
+#: Bodies that compare equal to a valid one in OpenSIPS script (its == ignores
+#: case; $json's 1.0 equals 1) but break a rule of spec 6, and the reason of
+#: the 400 (spec 6.6), as sipstatus.codec names member and rule.
+LOOKALIKES = {
+    "version 1.0": ({"version": 1.0}, "version (type)"),
+    "version 1e0": ({"version": "1e0"}, "version (type)"),
+    "state ACTIVE": ({"state": "ACTIVE"}, "state (enum)"),
+}
+
+
+def publish(opensips: OpenSips, changes: dict[str, object], seq: int) -> Response | None:
+    """An initial PUBLISH for ast1 of a valid body with ``changes`` (a str: the JSON as is)."""
+    fields: dict[str, object] = {"version": 1, "node": "ast1", "instance": "os00000000", "seq": seq,
+                                 "validity": 15, "state": "active", "capacity": 0.5, "weight": 50}
+    fields.update(changes)
+    payload = "{" + ",".join(f'"{k}":{v if isinstance(v, str) and k == "version" else json.dumps(v)}'
+                             for k, v in fields.items()) + "}"
+    peer = Peer(HOST)
+    try:
+        check = CompositorCheck(peer, (HOST, opensips.port), conform.Report("compositor", ""), node="ast1")
+        return check.publish(payload=payload.encode())
+    finally:
+        peer.close()
+
+
+def test_the_opensips_compositor_example_refuses_bodies_that_only_look_valid(tmp_path: Path):
+    opensips = start_compositor(tmp_path)
+    try:
+        answers = {name: status_of(publish(opensips, changes, seq))
+                   for seq, (name, (changes, _)) in enumerate(LOOKALIKES.items(), 1)}
+        # every state in its exact form still passes (weight 0 unless active)
+        states = {state: status_of(publish(opensips, {"state": state, "weight": 50 if state == "active" else 0},
+                                           seq))
+                  for seq, state in enumerate(("active", "draining", "overloaded", "down"), 10)}
+    finally:
+        opensips.stop()
+    assert answers == {name: f"400 Invalid load-status body: {reason}"
+                       for name, (_, reason) in LOOKALIKES.items()}
+    assert states == {state: "200 OK" for state in states}
     assert opensips.problems() == []
 
 
