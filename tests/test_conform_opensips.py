@@ -9,8 +9,9 @@ run time is printed (the closing note's figure).
 Found by the kit: OpenSIPS script compares strings without case (`==` and
 `!=` are str_casematch in route.c), so the config answered `Event:
 LOAD-STATUS` with 200 where spec 4.1 says 489; it now compares the header's
-hex (`{s.encode.hexa}`). The subscriber example had the same check of a
-NOTIFY's Event; a test here sends it one in capitals.
+hex (`{s.encode.hexa}`). For the same reasons both examples took
+`version: 1.0` and `state: "ACTIVE"` (LOOKALIKES); the subscriber example
+also a NOTIFY's `Event: LOAD-STATUS`. Tests here send them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from sipstatus import conform
 from sipstatus.codec import MEDIA_TYPE
-from sipstatus.conform.common import body, status_of
+from sipstatus.conform.common import status_of
 from sipstatus.conform.compositor import CompositorCheck
 from sipstatus.conform.peer import Peer, Received
 from sipstatus.sip import Request, Response
@@ -86,17 +87,21 @@ LOOKALIKES = {
 }
 
 
-def publish(opensips: OpenSips, changes: dict[str, object], seq: int) -> Response | None:
-    """An initial PUBLISH for ast1 of a valid body with ``changes`` (a str: the JSON as is)."""
+def status_body(changes: dict[str, object], seq: int) -> bytes:
+    """A valid body for ast1 with ``changes`` (a str version: the JSON as is)."""
     fields: dict[str, object] = {"version": 1, "node": "ast1", "instance": "os00000000", "seq": seq,
                                  "validity": 15, "state": "active", "capacity": 0.5, "weight": 50}
     fields.update(changes)
-    payload = "{" + ",".join(f'"{k}":{v if isinstance(v, str) and k == "version" else json.dumps(v)}'
-                             for k, v in fields.items()) + "}"
+    return ("{" + ",".join(f'"{k}":{v if isinstance(v, str) and k == "version" else json.dumps(v)}'
+                           for k, v in fields.items()) + "}").encode()
+
+
+def publish(opensips: OpenSips, changes: dict[str, object], seq: int) -> Response | None:
+    """An initial PUBLISH of ``status_body(changes, seq)``."""
     peer = Peer(HOST)
     try:
         check = CompositorCheck(peer, (HOST, opensips.port), conform.Report("compositor", ""), node="ast1")
-        return check.publish(payload=payload.encode())
+        return check.publish(payload=status_body(changes, seq))
     finally:
         peer.close()
 
@@ -118,11 +123,12 @@ def test_the_opensips_compositor_example_refuses_bodies_that_only_look_valid(tmp
     assert opensips.problems() == []
 
 
-def test_the_opensips_subscriber_example_answers_a_notify_for_load_status_in_capitals_489(tmp_path: Path):
+def test_the_opensips_subscriber_example_refuses_load_status_in_capitals_and_lookalike_bodies(tmp_path: Path):
     # Spec 4.1: the package name is compared byte for byte. The kit plays the
     # agent: it answers the config's SUBSCRIBE, then sends a NOTIFY in that
     # subscription with `Event: load-status` (200) and one with
-    # `Event: LOAD-STATUS` (489 with Allow-Events; it got 200 before).
+    # `Event: LOAD-STATUS` (489 with Allow-Events; it got 200 before), then
+    # the LOOKALIKES bodies (400 naming member and rule; 200 before).
     assert PREFIX is not None
     port = free_udp_port()
     agent = Peer(HOST)
@@ -139,6 +145,8 @@ def test_the_opensips_subscriber_example_answers_a_notify_for_load_status_in_cap
         sub = agent.wait_request(lambda r: r.request.method == "SUBSCRIBE", 30)
         assert sub is not None, "no SUBSCRIBE within 30 s"
         answers = {event: notify(agent, sub, event, seq) for seq, event in enumerate(("load-status", "LOAD-STATUS"), 1)}
+        lookalikes = {name: status_of(notify(agent, sub, "load-status", seq, changes))
+                      for seq, (name, (changes, _)) in enumerate(LOOKALIKES.items(), 3)}
         alive = opensips.alive()
     finally:
         opensips.stop()
@@ -147,11 +155,15 @@ def test_the_opensips_subscriber_example_answers_a_notify_for_load_status_in_cap
     capitals = answers["LOAD-STATUS"]
     assert capitals is not None and capitals.status == 489, status_of(capitals)
     assert "load-status" in capitals.allow_events
+    assert lookalikes == {name: f"400 Invalid load-status body: {reason}"
+                          for name, (_, reason) in LOOKALIKES.items()}
     assert alive, opensips.log_tail()
 
 
-def notify(agent: Peer, sub: Received, event: str, seq: int) -> Response | None:
-    """A NOTIFY in the subscription ``sub`` (the kit's 200 made it), with ``event``."""
+def notify(agent: Peer, sub: Received, event: str, seq: int,
+           changes: dict[str, object] | None = None) -> Response | None:
+    """A NOTIFY in the subscription ``sub`` (the kit's 200 made it), with ``event``
+    and a valid body for ast1 with ``changes`` (as `status_body` writes them)."""
     request = sub.request
     assert request.from_addr is not None and request.to_addr is not None
     contacts = request.contacts
@@ -166,4 +178,4 @@ def notify(agent: Peer, sub: Received, event: str, seq: int) -> Response | None:
         ("Content-Type", MEDIA_TYPE),
     ]
     target = str(contacts[0].uri) if contacts else str(request.from_addr.uri)
-    return agent.send_request(Request("NOTIFY", target, headers, body("ast1", "os" + "0" * 8, seq)), sub.source)
+    return agent.send_request(Request("NOTIFY", target, headers, status_body(changes or {}, seq)), sub.source)
