@@ -129,7 +129,9 @@ CORE_PARAMS = frozenset("log_level xlog_level stderror_enabled syslog_enabled sy
 #: ("$(var(size){s.int})"); Documentation/Script-Tran.
 #: {param.value,name}: Documentation/Script-Tran "param.value"
 #: (transformations.c "param" class).
-TRANSFORMATIONS = frozenset({"s.int", "param.value"})
+#: {s.encode.hexa}: Documentation/Script-Tran "s.encode.hexa" (transformations.c
+#: TR_S_ENCODEHEXA), the bytes as hex, so that a comparison sees case.
+TRANSFORMATIONS = frozenset({"s.int", "param.value", "s.encode.hexa"})
 
 #: MI commands called with mi() and the parameter names of each recipe.
 MI_COMMANDS: dict[str, tuple[str, list[frozenset[str]]]] = {
@@ -262,7 +264,7 @@ def test_every_variable_is_a_core_variable_or_one_a_loaded_module_exports(config
 
 
 def test_every_transformation_is_documented(config):
-    used = set(re.findall(r"\{([a-z]+\.[a-z_]+)[^}]*\}", without_strings(code_of(config))))
+    used = set(re.findall(r"\{([a-z]+(?:\.[a-z_]+)+)[^}]*\}", without_strings(code_of(config))))
     assert used <= TRANSFORMATIONS
 
 
