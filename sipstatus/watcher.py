@@ -50,8 +50,8 @@ from .sip.publication import (
 )
 from .sip.subscription import (
     ACTIVE,
+    STOPPED,
     SUBSCRIBING,
-    UNSUBSCRIBING,
     NotificationReceived,
     NotificationRejected,
     Subscribed,
@@ -432,10 +432,13 @@ class Watcher:
         for sub in self.subscribers.values():
             if sub in self.pool.subscribers:
                 self.service.submit(self.pool, self.pool.stop(sub, now))
-        # Wait for the subscriptions that were up; one still being made is
-        # unsubscribed on its 2xx if that comes before we are gone.
-        await self.wait_for(lambda w: not any(
-            s.state == UNSUBSCRIBING for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
+        # Wait until every subscription has ended: one that was up ends on
+        # the final NOTIFY after our Expires 0; one still being made (its 2xx
+        # not yet seen, or a refresh in flight) is unsubscribed on that 2xx
+        # (RFC 6665 4.1.2.3) or ends on its failure. Closing before then would
+        # leave the notifier a subscription nobody ends.
+        await self.wait_for(lambda w: all(
+            s.state == STOPPED for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
                 handle.cancel()

@@ -1,4 +1,4 @@
-"""Running SIPp (Debian's sip-tester 3.6.1) from asyncio tests.
+"""Running SIPp (Debian's sip-tester: 3.6.1 in Debian 12, 3.7.3 in Debian 13) from asyncio tests.
 
 FIELD-NOTES: always ``-cp <port> -ci 127.0.0.1`` (the control socket would
 otherwise be 0.0.0.0:8888 and collide); ``-mp N`` binds N and N+2, so both
@@ -9,6 +9,7 @@ checked first; ``kill -USR1`` ends SIPp softly with its statistics.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import socket
@@ -51,6 +52,25 @@ class SippResult:
 
     def explain(self) -> str:
         return f"exit {self.returncode}\n{self.stderr[-3000:]}\n{self.errors[-3000:]}"
+
+    def received(self) -> dict[str, int]:
+        """The responses counted in SIPp's final scenario screen: status code ->
+        messages received (summed over the scenario's lines for that code).
+
+        SIPp 3.6 writes ``      503 <----------   20 ...``; 3.7 numbers each
+        line first: ``2 :         503 <----------   20 ...`` (recorded in
+        tests/data/sipp/)."""
+        counts: dict[str, int] = {}
+        for status, count in ANSWER_LINE.findall(self.stdout):
+            counts[status] = counts.get(status, 0) + int(count)
+        if not counts:
+            raise AssertionError(f"no scenario screen with received responses in SIPp's output:\n"
+                                 f"{self.stdout[-3000:]}")
+        return counts
+
+
+# A received response's line of the scenario screen, with or without 3.7's "N :".
+ANSWER_LINE = re.compile(r"^(?:\d+ :)?\s+(\d{3}) <-+\s+(\d+)", re.M)
 
 
 async def run_sipp(scenario: str, *args: str, tmp: Path, timeout: float = 30.0,

@@ -16,7 +16,12 @@ from sipstatus.net import Endpoint, SipService
 from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy
 from sipstatus.sip import subscription
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
-from sipstatus.sip.subscription import SubscriptionCreated, SubscriptionTerminated
+from sipstatus.sip.subscription import (
+    STOPPED,
+    SUBSCRIBING,
+    SubscriptionCreated,
+    SubscriptionTerminated,
+)
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import State
 from sipstatus.watcher import Agent, Watcher, WatcherConfig
@@ -288,16 +293,20 @@ def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later(monkeyp
         try:
             await agent.next(SubscriptionCreated)
             await until(watcher, lambda w: w.weights() == {"ast1": 50}, "the first body")
+            # The watcher refuses the body no earlier than it was sent, and waits
+            # 1 s from then: measured from the sending (the same loop clock the
+            # watcher schedules with), not from when this test saw the refusal,
+            # which can be a little later than the watcher's own moment.
+            sent_at = agent.service.now()
             agent.send_raw(encode(agent.status).replace(b'"weight":50', b'"weight":90'))
             await until(watcher, lambda w: w.counters["rejected"] == 1, "the refusal")
-            refused_at = agent.service.now()
             # The last good status is kept (spec 7.3) until it goes stale.
             assert row_of(watcher, "ast1").link.startswith(
                 "refused a body: Invalid load-status body: weight (weight-hint), again in ")
             assert watcher.weights() == {"ast1": 50}
             agent.set(capacity=0.4)  # fixed before the watcher comes back
             await agent.next(SubscriptionCreated, timeout=5)
-            assert agent.service.now() - refused_at >= 1.0
+            assert agent.service.now() - sent_at >= 1.0
             await until(watcher, lambda w: w.weights() == {"ast1": 40}, "the fixed agent")
         finally:
             await watcher.close()
@@ -383,6 +392,24 @@ def test_close_unsubscribes():
         await watcher.close()
         ended = await agent.next(SubscriptionTerminated)
         assert ended.reason == "unsubscribed"
+        await agent.stop()
+
+    run(main())
+
+
+def test_close_unsubscribes_a_subscription_whose_2xx_it_has_not_seen_yet():
+    # RFC 6665 4.1.2.3: close() right after start(), the SUBSCRIBE still in
+    # flight: close waits for its 2xx and then unsubscribes (Expires 0).
+    async def main():
+        agent = await FakeAgent("ast1").start()
+        watcher = await started([agent])
+        (sub,) = watcher.subscribers.values()
+        assert sub.state == SUBSCRIBING
+        await watcher.close()
+        await agent.next(SubscriptionCreated)
+        ended = await agent.next(SubscriptionTerminated)
+        assert ended.reason == "unsubscribed"
+        assert sub.state == STOPPED
         await agent.stop()
 
     run(main())
