@@ -221,7 +221,7 @@ class ScoringConfig:
     #: with in Asterisk's pbx.c) or "channels".
     limit_applies_to: str = _opt("calls", choice("calls", "channels"))
     #: Overloaded at the limit ends below limit - max(1, limit_margin * limit).
-    limit_margin: float = _opt(0.05, number(0.0, 0.5))
+    limit_margin: float = _opt(0.01, number(0.0, 0.5))
     #: New calls per second the node takes at most; 0 = no limit.
     cps_max: float = _opt(0.0, number(0.0, 99_999.0))
     cps_margin: float = _opt(0.1, number(0.0, 0.5))

@@ -109,22 +109,31 @@ class WaterFillPolicy:
     The first term replaces the calls that end on the node (they end in
     proportion to c); the second sends a node below the level more than
     that, a node above it less, so the gap closes at `gain` / (mean holding
-    time): the weights are the same at equal utilisation, whatever the size,
-    the hog or the holding time. Since L <= 1, no node is aimed past the
-    room it reports. The small last term (a `floor` fraction of the free
+    time): at equal utilisation the weights are the calls each node carries,
+    whatever its size or its hog. The gap a node is sent to close,
+    s x (L - u), is never more than the room it reports, s x capacity,
+    since L <= 1. The small last term (a `floor` fraction of the free
     slots) spreads the calls of an idle pool, where c and the gaps are all
-    0. Scaled so that the largest is 100 (rounding never turns a positive
-    weight into 0). bench/bench_dispatch.py measures it against the others.
+    0. A node fuller than its calls make it (its CPU, not its call
+    limit, is what fills it: a hog) counts `measured_margin` more
+    utilisation: that safety margin keeps it below saturation while its CPU
+    figure moves between samples. Scaled so that the largest is 100
+    (rounding never turns a positive weight into 0). bench/bench_dispatch.py measures it against the others.
     """
 
     gain: float = 16.0
     floor: float = 0.1
+    #: Added to the utilisation of a node whose room is limited by something
+    #: other than its calls (its CPU): a CPU figure is an average over the
+    #: sampling window and moves by a few points from one to the next, where
+    #: a call count is exact, so such a node is aimed a little lower.
+    measured_margin: float = 0.05
     default_limit: int = 100
     name: str = "water-fill"
 
     def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
         views = list(views)
-        loads = {v.node: _load(v, self.default_limit) for v in views if v.accepts_calls}
+        loads = {v.node: _load(v, self.default_limit, self.measured_margin) for v in views if v.accepts_calls}
         raw = {v.node: 0.0 for v in views}
         total_size = sum(size for _, size, _ in loads.values())
         if total_size > 0:
@@ -241,7 +250,7 @@ def _limit(view: NodeView, default: int) -> int:
     return limit if limit is not None else default
 
 
-def _load(view: NodeView, default_limit: int) -> tuple[float, float, float]:
+def _load(view: NodeView, default_limit: int, measured_margin: float) -> tuple[float, float, float]:
     """A node's (utilisation, size, calls) for WaterFillPolicy."""
     status = view.status
     assert status is not None
@@ -251,7 +260,11 @@ def _load(view: NodeView, default_limit: int) -> tuple[float, float, float]:
     count = None
     if asterisk is not None:
         count = asterisk.calls if asterisk.calls is not None else asterisk.channels
-    return utilisation, size, float(count) if count is not None else utilisation * size
+    if count is None:
+        return utilisation, size, utilisation * size
+    if asterisk is not None and asterisk.limit and utilisation > count / asterisk.limit + 0.005:
+        utilisation += measured_margin  # the room is the CPU's (or another measured figure's)
+    return utilisation, size, float(count)
 
 
 def _scale(value: float, top: float) -> int:

@@ -173,3 +173,12 @@ def test_an_unknown_policy_name_is_named_in_the_error():
 
 def test_every_named_policy_can_be_made():
     assert {make_policy(name).name for name in POLICIES} == set(POLICIES)
+
+
+def test_water_fill_aims_a_node_whose_room_is_its_cpu_a_little_lower():
+    # Same utilisation 0.8 on both, but "cpu" is bound by its CPU (a measured
+    # average), "calls" by its exact call count: "cpu" gets less.
+    weights = WaterFillPolicy(floor=0.0).weights([loaded("calls", 320, 400), loaded("cpu", 240, 400, capacity=0.2)])
+    assert weights["calls"] == 100 and weights["cpu"] < 50
+    even = WaterFillPolicy(floor=0.0, measured_margin=0.0).weights([loaded("calls", 320, 400), loaded("cpu", 240, 400, capacity=0.2)])
+    assert even == {"calls": 100, "cpu": 75}

@@ -26,7 +26,7 @@ def reading(cpu=0.17, calls=10, channels=None, limit=100, link=AsteriskLink.UP, 
     )
 
 
-CFG = ScoringConfig(cpu_max=0.85)  # limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
+CFG = ScoringConfig(cpu_max=0.85, limit_margin=0.05)  # limit on calls, mos_min 3.0 over >= 3 streams, unknown cap 0.5
 
 
 @pytest.mark.parametrize(
@@ -166,3 +166,10 @@ def test_the_shipped_cpu_threshold_stops_calls_only_at_saturation():
     saturated = Scorer(ScoringConfig()).score(reading(cpu=1.0))
     assert busy.state is State.ACTIVE and busy.capacity == pytest.approx(0.05)
     assert saturated.state is State.OVERLOADED
+
+
+def test_the_shipped_call_limit_margin_is_one_percent():
+    # A node at its limit takes calls again once 1 % below it (at least one call).
+    scorer = Scorer(ScoringConfig())
+    got = "".join(scorer.score(reading(cpu=0.0, calls=n)).state.value[0].upper() for n in [100, 99, 98])
+    assert got == "OOA"

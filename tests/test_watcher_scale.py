@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from sipstatus.policy import FreeSlotsPolicy
 from sipstatus.watcher import Agent, Watcher
 from tests.test_watcher_fakeagent import AgentsProcess
 
@@ -45,7 +46,7 @@ def test_one_watcher_follows_100_agents_and_every_weight_converges():
         assert len(set(agents.uris.values())) == AGENTS
 
         async def main() -> dict[str, float]:
-            watcher = Watcher([Agent(node, uri) for node, uri in agents.uris.items()])
+            watcher = Watcher([Agent(node, uri) for node, uri in agents.uris.items()], policy=FreeSlotsPolicy())
             cpu0, t0 = cpu(), time.monotonic()
             await watcher.start()
             try:
