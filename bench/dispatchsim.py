@@ -768,7 +768,10 @@ class Agent:
         w = self._watch
         assert w is not None
         k = math.floor((now - self._watch_phase) / w) + 1
-        self._watch_at = self._watch_phase + k * w
+        at = self._watch_phase + k * w
+        if at <= now:  # `now` on a window's edge, rounded below it: the next window
+            at += w
+        self._watch_at = at
         self._sim.at(self._watch_at, self._watch_tick)
 
     def _watch_tick(self, now: float, _: object = None) -> None:
