@@ -955,7 +955,7 @@ class Agent:
                  validity: int = 3, publish: Sequence[str] = (), interval: float = 1.0,
                  collectors: Sequence[str] = ("asterisk", "probe")) -> None:
         self.node = node
-        self.dir = workdir / f"agent-{node}-{secrets.token_hex(2)}"
+        self.dir = workdir / f"agent-{node}-{secrets.token_hex(6)}"
         self.dir.mkdir(parents=True)
         self.port = free_udp_port()
         self.control = str(self.dir / "control")
@@ -1048,7 +1048,7 @@ class Sidecar:
 
     def __init__(self, kam: Kamailio, agents: Mapping[str, str], workdir: Path, *, expires: int = 60,
                  policy: str = "free-slots", htable: str = "sipstatus") -> None:
-        self.dir = workdir / f"sidecar-{secrets.token_hex(2)}"
+        self.dir = workdir / f"sidecar-{secrets.token_hex(6)}"
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "sidecar.log"
         self.config_path = self.dir / "sidecar.toml"

@@ -532,6 +532,11 @@ def test_calls_keep_succeeding_while_weights_change_under_load(workdir: Path, po
     pid = kam.proc.pid if kam.proc else None
     calls = STRESS_CPS * STRESS_SECONDS
     try:
+        # The example reads its pool from the dispatcher list on a timer: a
+        # call placed before that read has no node to go to (503).
+        deadline = time.monotonic() + 15
+        while len(kam.htable("pool")) < len(names) and time.monotonic() < deadline:
+            time.sleep(0.1)
         cpu_before = kam.cpu_seconds()
         caller = Caller(kam.port, calls, workdir, rate=STRESS_CPS, limit=4 * STRESS_CPS,
                         timeout=3 * STRESS_SECONDS).start()

@@ -240,7 +240,9 @@ def test_a_message_trickled_slower_than_the_message_timeout_is_cut_off():
                     break
                 writer.write(data[i:i + 10])
                 await asyncio.sleep(0.2)
-            assert await closed_cleanly(reader)
+            # Cut off: a FIN, or a reset when a chunk was still unread as it
+            # closed (Linux answers close() with unread data by RST).
+            assert await ended(reader)
             assert svc.timed_out == 1
         finally:
             await svc.close()
