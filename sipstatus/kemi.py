@@ -297,25 +297,26 @@ class SipStatus:
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
+        return self._setup()[0]
+
+    @property
+    def policy(self) -> WeightPolicy:
+        return self._setup()[1]
+
+    @property
+    def pool(self) -> Pool:
+        return self._setup()[2]
+
+    def _setup(self) -> tuple[Settings, WeightPolicy, Pool]:
+        """The settings, policy and pool of this process, read on first use
+        (the defines are read through KSR.pv, which needs a message)."""
+        if self._settings is None or self._policy is None or self._pool is None:
             settings = Settings.from_defines(**self._params)
             self._policy = settings.make_policy()
             self._codes = settings.failover_code_set()
             self._pool = Pool(settings.ds_list, settings.ds_set)
             self._settings = settings
-        return self._settings
-
-    @property
-    def policy(self) -> WeightPolicy:
-        self.settings  # noqa: B018  (reads the settings in this process)
-        assert self._policy is not None
-        return self._policy
-
-    @property
-    def pool(self) -> Pool:
-        self.settings  # noqa: B018
-        assert self._pool is not None
-        return self._pool
+        return self._settings, self._policy, self._pool
 
     @property
     def rng(self) -> random.Random:
@@ -333,7 +334,7 @@ class SipStatus:
         True (your route then ends); returns False for anything else."""
         if not KSR.is_method_in("PN") or _event() != EVENT:
             return False
-        self.settings  # noqa: B018
+        self._setup()
         # A transaction first: a retransmission gets the same reply again
         # instead of being processed twice (a retransmitted refresh would
         # meet its own consumed entity tag and get 412).
