@@ -126,6 +126,11 @@ HTABLE_EVENT_ROUTE = "ksr_sipstatus_htable_event"
 KSR: Any = None
 
 
+class ConfigurationError(ValueError):
+    """A parameter of sipstatus.kemi has a value it cannot use (the message
+    names the parameter or the value)."""
+
+
 def _ksr() -> Any:
     global KSR
     if KSR is None:
@@ -185,7 +190,7 @@ class Settings:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(overrides) - set(known)
         if unknown:
-            raise TypeError(f"SipStatus: no parameter named {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+            raise ConfigurationError(f"no parameter named {', '.join(sorted(unknown))}; known: {', '.join(known)}")
         values: dict[str, Any] = {}
         for name, f in known.items():
             define = f.metadata["define"]
@@ -200,7 +205,7 @@ class Settings:
                 try:
                     values[name] = int(text)
                 except ValueError:
-                    raise ValueError(f"sipstatus: define {define} is {raw!r}, not an integer") from None
+                    raise ConfigurationError(f"define {define} is {raw!r}, not an integer") from None
             else:
                 values[name] = text
         values.update(overrides)
@@ -312,11 +317,25 @@ class SipStatus:
         (the defines are read through KSR.pv, which needs a message)."""
         if self._settings is None or self._policy is None or self._pool is None:
             settings = Settings.from_defines(**self._params)
-            self._policy = settings.make_policy()
-            self._codes = settings.failover_code_set()
+            try:
+                self._policy = settings.make_policy()
+                self._codes = settings.failover_code_set()
+            except (ValueError, re.error) as exc:
+                raise ConfigurationError(str(exc)) from exc
             self._pool = Pool(settings.ds_list, settings.ds_set)
             self._settings = settings
         return self._settings, self._policy, self._pool
+
+    def _ready(self) -> bool:
+        """Reads the settings; on a parameter it cannot use, logs it and
+        answers 500 naming it, and returns False."""
+        try:
+            self._setup()
+        except ConfigurationError as exc:
+            KSR.err(f"load-status: sipstatus.kemi cannot run: {exc}\n")
+            KSR.sl.sl_send_reply(500, _reason_phrase(f"sipstatus configuration: {exc}"))
+            return False
+        return True
 
     @property
     def rng(self) -> random.Random:
@@ -334,7 +353,8 @@ class SipStatus:
         True (your route then ends); returns False for anything else."""
         if not KSR.is_method_in("PN") or _event() != EVENT:
             return False
-        self._setup()
+        if not self._ready():
+            return True
         # A transaction first: a retransmission gets the same reply again
         # instead of being processed twice (a retransmitted refresh would
         # meet its own consumed entity tag and get 412).
@@ -526,7 +546,10 @@ class SipStatus:
 
     def dispatch(self) -> bool:
         """Sets $du for a new call and arms the failover, and returns True;
-        or answers 503 and returns False."""
+        or answers 503 (500 naming a parameter it cannot use) and returns
+        False."""
+        if not self._ready():
+            return False
         fresh, node = self._pick(())
         if node is None:
             KSR.sl.sl_send_reply(503, "No node accepts calls" if fresh else "No destination")

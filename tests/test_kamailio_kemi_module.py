@@ -14,6 +14,8 @@ test_kamailio_failover.py, called with this configuration):
 - failover: a node that refuses, a node that never answers, every node
   refusing, the cap on attempts, and a node reported fresh that does not
   answer OPTIONS (probing on).
+
+Besides: a parameter the module cannot use is named in the answer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ import pytest
 
 from tests import test_e2e_kamailio as e2e
 from tests import test_kamailio_failover as failover
-from tests.kamailio_runner import HOST, ROOT, Agent, Kamailio, SippNode, have_tools, start_example
+from tests.kamailio_runner import (
+    HOST,
+    ROOT,
+    Agent,
+    Destinationless,
+    Kamailio,
+    Publisher,
+    SipClient,
+    SippNode,
+    free_udp_port,
+    have_tools,
+    start_example,
+)
 from tests.test_e2e_kamailio import pool  # noqa: F401  (the e2e scenarios' SIPp nodes and fake AMIs)
 from tests.test_kamailio_failover import nodes  # noqa: F401  (the failover scenarios' SIPp nodes)
 
@@ -50,7 +64,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start_operator(workdir: Path, members: list[SippNode], **defines: str | int) -> Kamailio:
+def start_operator(workdir: Path, members: list, **defines: str | int) -> Kamailio:
     return start_example(CONFIG, workdir, members, {**DEFINES, **defines}, ENV)
 
 
@@ -113,3 +127,24 @@ def test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_ge
         way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:  # noqa: F811
     failover.test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_gets_no_calls(
         way, workdir, nodes)
+
+
+# -- bad configuration --------------------------------------------------------------------
+
+
+def test_a_parameter_it_cannot_use_gets_500_naming_it(workdir: Path) -> None:
+    """POLICY names no policy: reports and calls get 500 with the reason
+    (not silence, not a default the operator did not ask for)."""
+    kam = start_operator(workdir, [Destinationless("ast1", free_udp_port())], POLICY='"nonsense"', DS_PING_INTERVAL=0)
+    client = SipClient(kam.port)
+    try:
+        reply = Publisher(client, "ast1").report(50)
+        invite = client.build("INVITE", [("Contact", f"<sip:caller@{HOST}:{client.port}>")],
+                              ruri=f"sip:load@{HOST}:{kam.port}")
+        call = client.send(invite)
+        for answer in (reply, call):
+            assert answer.status == 500, kam.log_tail()
+            assert answer.reason.startswith("sipstatus configuration: no weight policy named 'nonsense'"), answer
+    finally:
+        client.close()
+        kam.stop()
