@@ -20,7 +20,8 @@ Four ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
   Debian's own /etc/kamailio/kamailio.cfg with the three edits its "Use"
   section asks for (kamailio_runner.stock_config);
 - kemi: the same against packaging/examples/kamailio/kemi (Python: the
-  library's codec, NodeTable and free-slots policy);
+  library's KEMI module, sipstatus.kemi: its codec, NodeTable and default
+  policy, water-filling);
 - sidecar: `sipstatus sidecar` subscribes to the agents and pushes into
   packaging/examples/kamailio/sidecar (weights into the htable `sipstatus`,
   whose script picks nodes by them, and dispatcher states).
@@ -38,8 +39,9 @@ controls:
 | ast3 | coreshowchannels_idle | 0 | 10 (agent max_calls) | 1.0 | 100 | 10 |
 
 The native script weighs nodes by the weight hint (80/20/100: 40/10/50 %),
-the KEMI script and the sidecar by the free-slots policy (20/1/10 scaled to
-100/5/50: 64.5/3.2/32.3 %). The cold-start rweights of the dispatcher list
+the sidecar by the free-slots policy (20/1/10 scaled to 100/5/50:
+64.5/3.2/32.3 %), the KEMI script by the library's default, water-filling
+(ast3, the idlest, most; ast2, above the pool's level, least). The cold-start rweights of the dispatcher list
 (10/60/30) are unlike both.
 
 Tolerances. Split: each node's count is Binomial(n, p); it must be within
@@ -78,7 +80,7 @@ import pytest
 from sipstatus import codec
 from sipstatus.kamailio import JsonRpcClient, KamailioSink
 from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy
+from sipstatus.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
 from tests.fakeami import Scenario
 from tests.kamailio_runner import (
@@ -180,12 +182,21 @@ def hint_weights(statuses: dict[str, dict]) -> dict[str, int]:
 
 
 def free_slot_weights(statuses: dict[str, dict]) -> dict[str, int]:
-    """The KEMI script's weights: sipstatus.policy.FreeSlotsPolicy (its default)."""
+    """The sidecar's weights here: sipstatus.policy.FreeSlotsPolicy (kamailio_runner.Sidecar's policy)."""
     now = time.time()
     table = NodeTable(statuses)
     for body in statuses.values():
         table.update(codec.from_wire(body), now)
     return FreeSlotsPolicy(default_limit=100).weights(table.views(now))
+
+
+def default_policy_weights(statuses: dict[str, dict]) -> dict[str, int]:
+    """The KEMI script's weights: the library's default policy (sipstatus.kemi's)."""
+    now = time.time()
+    table = NodeTable(statuses)
+    for body in statuses.values():
+        table.update(codec.from_wire(body), now)
+    return make_policy().weights(table.views(now))
 
 
 def native_held(kam: Kamailio) -> dict[str, int]:
@@ -205,7 +216,7 @@ def kemi_held(kam: Kamailio) -> dict[str, int]:
     for value in kam.htable("ns").values():
         entry = json.loads(value)
         table.update(codec.decode(entry["body"]), entry["received"])
-    return FreeSlotsPolicy(default_limit=100).weights(table.views(now))
+    return make_policy().weights(table.views(now))
 
 
 def _sidecar_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
@@ -230,7 +241,7 @@ WAYS = {
     "native": Way("native", _native_start, hint_weights, native_held),
     # The same script as a drop-in (sipstatus.cfg) in Debian's stock kamailio.cfg.
     "stock": Way("stock", _stock_start, hint_weights, native_held),
-    "kemi": Way("kemi", _kemi_start, free_slot_weights, kemi_held),
+    "kemi": Way("kemi", _kemi_start, default_policy_weights, kemi_held),
     # packaging/examples/kamailio/sidecar: the sidecar subscribes to the
     # agents and pushes weights (htable `sipstatus`) and dispatcher states.
     "sidecar": Way("sidecar", _sidecar_start, free_slot_weights, sidecar_held, publish=False,

@@ -3,8 +3,8 @@ Debian running sipstatus_kemi.py in app_python3 with the sipstatus library of
 this checkout, three SIPp nodes and a SIPp caller.
 
 The split is checked as in test_kamailio_native.py (binomial 5-sigma bound),
-against the weights the library's own FreeSlotsPolicy gives for the same
-reports; every invalid body vector must get 400 with exactly the message
+against the weights the library's own policy gives for the same reports
+(WaterFillPolicy by default, FreeSlotsPolicy when POLICY selects it); every invalid body vector must get 400 with exactly the message
 `sipstatus.codec.decode` raises for it.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from sipstatus.codec import StatusError, decode
 from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy
+from sipstatus.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
 from sipstatus.status import State
 from tests.kamailio_runner import (
     EXAMPLES,
@@ -76,9 +76,24 @@ def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | i
     )
 
 
+#: The tests of what reports do (drain, expiry, ordering, ...) read the
+#: split off the weight hints: the headroom policy weighs a node by its hint.
+HINTS_POLICY = '"headroom"'
+
+
 @pytest.fixture
 def kam(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    kam = start_kamailio(workdir, nodes)
+    kam = start_kamailio(workdir, nodes, POLICY=HINTS_POLICY)
+    try:
+        yield kam
+    finally:
+        kam.stop()
+
+
+@pytest.fixture(params=[None, '"free-slots"'], ids=["default policy", "free-slots"])
+def policy_kam(request: pytest.FixtureRequest, workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
+    """A Kamailio with the default policy (no POLICY define), or the one named."""
+    kam = start_kamailio(workdir, nodes, **({} if request.param is None else {"POLICY": request.param}))
     try:
         yield kam
     finally:
@@ -108,12 +123,17 @@ def shared_client(shared: Kamailio) -> Iterator[SipClient]:
     c.close()
 
 
-def free_slots_weights(reports: dict[str, tuple[int, int | None]]) -> dict[str, int]:
-    """What the library's FreeSlotsPolicy makes of reports {node: (weight hint, limit)}."""
+def policy_weights(reports: dict[str, tuple[int, int | None]], policy: WeightPolicy) -> dict[str, int]:
+    """What a library policy makes of reports {node: (weight hint, limit)}."""
     table = NodeTable(reports)
     for name, (weight, limit) in reports.items():
         table.update(decode(body(name, weight, limit=limit)), 0.0)
-    return FreeSlotsPolicy().weights(table.views(1.0))
+    return policy.weights(table.views(1.0))
+
+
+def free_slots_weights(reports: dict[str, tuple[int, int | None]]) -> dict[str, int]:
+    """What the library's FreeSlotsPolicy makes of reports {node: (weight hint, limit)}."""
+    return policy_weights(reports, FreeSlotsPolicy())
 
 
 def report_all(client: SipClient, reports: dict[str, tuple[int, int | None]]) -> dict[str, Publisher]:
@@ -139,20 +159,47 @@ def test_cold_start_falls_back_to_dispatcher_rweight(kam: Kamailio) -> None:
     assert_split(kam, RWEIGHTS)
 
 
-def test_calls_split_by_free_slots(kam: Kamailio, client: SipClient) -> None:
+def test_calls_split_by_free_slots(workdir: Path, nodes: dict[str, SippNode]) -> None:
     """Half free everywhere, but 300, 200 and 100 channels: free slots
     150/100/50, so FreeSlotsPolicy weighs them 100/67/33, not equally."""
     reports = {"ast1": (50, 300), "ast2": (50, 200), "ast3": (50, 100)}
     weights = free_slots_weights(reports)
     assert weights == {"ast1": 100, "ast2": 67, "ast3": 33}
-    report_all(client, reports)
-    assert_split(kam, weights)
+    kam = start_kamailio(workdir, nodes, POLICY='"free-slots"')
+    client = SipClient(kam.port)
+    try:
+        report_all(client, reports)
+        assert_split(kam, weights)
+    finally:
+        client.close()
+        kam.stop()
 
 
-def test_calls_split_by_capacity_without_limits(kam: Kamailio, client: SipClient) -> None:
-    reports: dict[str, tuple[int, int | None]] = {"ast1": (60, None), "ast2": (30, None), "ast3": (10, None)}
-    report_all(client, reports)
-    assert_split(kam, free_slots_weights(reports))
+#: Reports without call limits where water-filling and free slots part:
+#: water-filling aims every node at the pool's utilisation, so the nodes
+#: above it (ast2, ast3) get almost nothing until ast1 catches up.
+UNEVEN: dict[str, tuple[int, int | None]] = {"ast1": (60, None), "ast2": (30, None), "ast3": (10, None)}
+
+
+def expected_counts(weights: dict[str, int], calls: int = CALLS) -> dict[str, int]:
+    total = sum(weights.values())
+    return {node: round(calls * w / total) for node, w in weights.items()}
+
+
+def test_the_policy_is_water_filling_unless_policy_names_another(policy_kam: Kamailio) -> None:
+    """Issue 14: water-filling is the default wherever a proxy weights, the
+    KEMI module included; POLICY selects another (here free-slots)."""
+    chosen = policy_kam.defines.get("POLICY")
+    policy = WaterFillPolicy() if chosen is None else FreeSlotsPolicy()
+    weights = policy_weights(UNEVEN, policy)
+    # The two policies part here, or this test could not tell them apart.
+    assert split_within(expected_counts(policy_weights(UNEVEN, WaterFillPolicy())), free_slots_weights(UNEVEN), CALLS)
+    client = SipClient(policy_kam.port)
+    try:
+        report_all(client, UNEVEN)
+        assert_split(policy_kam, weights)
+    finally:
+        client.close()
 
 
 def test_draining_node_gets_no_new_calls(kam: Kamailio, client: SipClient) -> None:
@@ -280,7 +327,7 @@ def test_node_not_in_pool_gets_403(shared_client: SipClient) -> None:
 def test_auto_join_admits_a_new_node_until_its_report_expires(workdir: Path, nodes: dict[str, SippNode]) -> None:
     extra = SippNode("ast4", workdir)
     extra.start()
-    kam = start_kamailio(workdir, nodes, WITH_AUTOJOIN=None, AUTOJOIN_PORT=extra.port)
+    kam = start_kamailio(workdir, nodes, WITH_AUTOJOIN=None, AUTOJOIN_PORT=extra.port, POLICY=HINTS_POLICY)
     client = SipClient(kam.port)
     try:
         report_all(client, {"ast1": (30, 100), "ast2": (20, 100), "ast3": (10, 100)})

@@ -21,7 +21,7 @@ import pytest
 from sipstatus.codec import decode
 from sipstatus.kamailio import JsonRpcClient
 from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy
+from sipstatus.policy import make_policy
 from tests.kamailio_runner import (
     EXAMPLES,
     ROOT,
@@ -86,17 +86,17 @@ def push(kam: Kamailio) -> None:
         rpc.call("htable.seti", "sipstatus", name, weight)
 
 
-def free_slots() -> dict[str, int]:
-    """The KEMI script's weights for the hints (FreeSlotsPolicy, no limits)."""
+def default_policy() -> dict[str, int]:
+    """The KEMI script's weights for the hints (the library's default policy, no limits)."""
     table = NodeTable(NAMES)
     for name, weight in HINTS.items():
         table.update(decode(body(name, weight)), 0.0)
-    return FreeSlotsPolicy().weights(table.views(1.0))
+    return make_policy().weights(table.views(1.0))
 
 
 WAYS: dict[str, tuple[Path, Callable[[Kamailio], None], Callable[[], dict[str, int]], dict, dict]] = {
     "native": (EXAMPLES / "native" / "kamailio.cfg", publish, lambda: HINTS, {}, {}),
-    "kemi": (EXAMPLES / "kemi" / "kamailio.cfg", publish, free_slots,
+    "kemi": (EXAMPLES / "kemi" / "kamailio.cfg", publish, default_policy,
              {"KEMI_SCRIPT": f'"{EXAMPLES / "kemi" / "sipstatus_kemi.py"}"'}, {"SIPSTATUS_PATH": str(ROOT)}),
     "sidecar": (EXAMPLES / "sidecar" / "kamailio.cfg", push, lambda: HINTS, {}, {}),
 }
