@@ -812,6 +812,7 @@ class Caller:
         self.log = workdir / f"uac-{tag}.log"
         self.stat = workdir / f"uac-{tag}.csv"
         self.out = workdir / f"uac-{tag}.out"
+        self.errors = workdir / f"uac-{tag}.err"  # what a failed call received
         self.cmd = [
             "sipp", "-sf", str(SCENARIOS / "uac.xml"), "-s", "load",
             "-i", HOST, "-p", str(free_udp_port()),
@@ -820,6 +821,7 @@ class Caller:
             "-timeout", f"{int(timeout)}s", "-recv_timeout", "5s",
             "-trace_logs", "-log_file", str(self.log),
             "-trace_stat", "-stf", str(self.stat), "-fd", "1",
+            "-trace_err", "-error_file", str(self.errors),
             "-nostdin",
             f"{HOST}:{proxy_port}",
         ]
@@ -870,6 +872,8 @@ class Caller:
             counts.update(line.strip() for line in self.log.read_text().splitlines() if line.strip())
         successful, failed = _final_stat(self.stat)
         output = self.out.read_text(errors="replace") if self.out.exists() else ""
+        if failed and self.errors.exists():  # the messages a failed call got, for the assertion's text
+            output += "\n--- SIPp's error log (its end) ---\n" + self.errors.read_text(errors="replace")[-3000:]
         return CallResult(self.calls, counts, successful, failed, self.proc.returncode, output)
 
     def stop(self) -> None:

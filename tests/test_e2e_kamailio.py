@@ -580,7 +580,7 @@ def test_calls_keep_succeeding_while_weights_change_under_load(workdir: Path, po
               f"{len(stats.drains)} drains, INVITEs later than {DRAIN_GRACE} s into one: {wrong or 'none'}, "
               f"in the second after one: {dict(returned)}; "
               f"Kamailio CPU {cpu:.1f} s, alive {alive}, same PID {same_pid}")
-        assert result.failed == 0 and result.successful == calls and result.returncode == 0, result.output[-3000:]
+        assert result.failed == 0 and result.successful == calls and result.returncode == 0, result.output[-6000:]
         assert "failed" not in result.counts
         for n in names:
             assert set(stats.answered[n]) == {200}, f"{n}: {stats.answered[n]}"
