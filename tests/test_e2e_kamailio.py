@@ -290,6 +290,14 @@ class Setup:
     workdir: Path
     sidecar: Sidecar | None = None
 
+    def stop(self) -> None:
+        """Stop its processes (again: a no-op)."""
+        if self.sidecar is not None:
+            self.sidecar.stop()
+        for agent in self.agents.values():
+            agent.stop()
+        self.kam.stop()
+
     def log_tail(self) -> str:
         tail = f"Kamailio:\n{self.kam.log_tail(15)}"
         if self.sidecar is not None:
@@ -297,30 +305,43 @@ class Setup:
         return tail
 
 
-@pytest.fixture(params=list(WAYS))
+#: The ways' setups running now (one at a time: pytest groups the tests by way).
+RUNNING: list[Setup] = []
+
+
+@pytest.fixture(scope="module", params=list(WAYS))
 def setup(request: pytest.FixtureRequest, workdir: Path, pool: dict[str, E2eNode]) -> Iterator[Setup]:
-    """A fresh Kamailio of one way, the three agents publishing to it (or
-    the sidecar subscribing to them and pushing into it)."""
+    """A Kamailio of one way, the three agents publishing to it (or the
+    sidecar subscribing to them and pushing into it), shared by the tests of
+    that way: each test starts from `converged` (Kamailio holds what the
+    agents report) and leaves every node active and reporting again."""
     way = WAYS[request.param]
     kam = way.start(workdir, [n.uas for n in pool.values()])
-    agents: dict[str, Agent] = {}
-    sidecar = None
+    s = Setup(way, kam, {}, pool, workdir)
     try:
         for name, node in pool.items():
-            agents[name] = Agent(name, workdir, ami_port=node.ami_port, probe=node.uas.uri,
-                                 max_calls=SPECS[name].max_calls, validity=VALIDITY,
-                                 publish=[f"sip:load-status@{HOST}:{kam.port}"] if way.publish else [])
-            agents[name].start()
+            s.agents[name] = Agent(name, workdir, ami_port=node.ami_port, probe=node.uas.uri,
+                                   max_calls=SPECS[name].max_calls, validity=VALIDITY,
+                                   publish=[f"sip:load-status@{HOST}:{kam.port}"] if way.publish else [])
+            s.agents[name].start()
         if not way.publish:
-            sidecar = Sidecar(kam, {name: a.uri for name, a in agents.items()}, workdir, expires=SIDECAR_EXPIRES)
-            sidecar.start()
-        yield Setup(way, kam, agents, pool, workdir, sidecar)
+            s.sidecar = Sidecar(kam, {name: a.uri for name, a in s.agents.items()}, workdir, expires=SIDECAR_EXPIRES)
+            s.sidecar.start()
+        RUNNING.append(s)
+        yield s
     finally:
-        if sidecar is not None:
-            sidecar.stop()
-        for agent in agents.values():
-            agent.stop()
-        kam.stop()
+        s.stop()
+        if s in RUNNING:
+            RUNNING.remove(s)
+
+
+@pytest.fixture(autouse=True)
+def _no_setup_left_running(request: pytest.FixtureRequest) -> None:
+    """A test without a way's setup runs without the last one, which pytest
+    would keep until the module ends (the stress test needs the machine)."""
+    if "setup" not in request.fixturenames:
+        while RUNNING:
+            RUNNING.pop().stop()
 
 
 # -- helpers ----------------------------------------------------------------------------
