@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import affinity
+from .affinity_table import DEFAULT_HOLD, AffinityTable, Applied
 from .codec import MEDIA_TYPE, StatusError, decode
 from .kamailio import Destination as DispatcherDestination
 from .net import Endpoint, Resolver, SipService
@@ -316,6 +318,10 @@ class WatcherConfig:
     #: Every this many seconds, a sink that has `forget` is given the last
     #: weights again in full (a restarted proxy lost them); None: never.
     sink_resync: float | None = None
+    #: Also subscribe to each agent's rooms (load-affinity, spec/load-affinity.md).
+    affinity: bool = False
+    #: Seconds a placement made with `place` holds without the node's announcement.
+    affinity_hold: float = DEFAULT_HOLD
 
 
 class Watcher:
@@ -335,6 +341,7 @@ class Watcher:
         policy: WeightPolicy | None = None,
         sinks: Sequence[Sink] = (),
         view_sinks: Sequence[ViewSink] = (),
+        affinity_sinks: Sequence[Sink] = (),
         nodes: Iterable[str] = (),
         on_change: Callable[[list[NodeRow]], None] | None = None,
         resolver: Resolver | None = None,
@@ -372,6 +379,13 @@ class Watcher:
                        for sink in sinks]
         self._view_sinks = [_SinkRunner(sink, views=True, resync=resync, done=self._sink_done)
                             for sink in view_sinks]
+        #: The rooms of the pool (load-affinity): announced sets and placements.
+        self.affinity = AffinityTable(self.config.affinity_hold)
+        self.affinity_subscribers: dict[str, Subscriber] = {}
+        #: Sinks given room key -> node (`push(assignments, now)`), e.g. Kamailio's htable.
+        self._affinity_sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
+                                for sink in affinity_sinks]
+        self._affinity_pushed: dict[str, str] | None = None
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
@@ -416,10 +430,12 @@ class Watcher:
         now = self.now()
         self._started_at = now
         base = self._subscriber_config()
-        for runner in (*self._sinks, *self._view_sinks):
+        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
             runner.start()
         for agent in self.agents.values():
             self._follow(agent, base, now)
+            if self.config.affinity:
+                self._follow_rooms(agent, now)
         self._schedule_compute()
         self._arm()
 
@@ -429,7 +445,7 @@ class Watcher:
             return
         self._closing = True
         now = self.now()
-        for sub in self.subscribers.values():
+        for sub in [*self.subscribers.values(), *self.affinity_subscribers.values()]:
             if sub in self.pool.subscribers:
                 self.service.submit(self.pool, self.pool.stop(sub, now))
         # Wait until every subscription has ended: one that was up ends on
@@ -438,11 +454,12 @@ class Watcher:
         # (RFC 6665 4.1.2.3) or ends on its failure. Closing before then would
         # leave the notifier a subscription nobody ends.
         await self.wait_for(lambda w: all(
-            s.state == STOPPED for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
+            s.state == STOPPED for s in [*w.subscribers.values(), *w.affinity_subscribers.values()]
+            if s in w.pool.subscribers), CLOSE_WAIT)
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
                 handle.cancel()
-        for runner in (*self._sinks, *self._view_sinks):
+        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
             await runner.stop()
         await self.service.close()
 
@@ -474,6 +491,55 @@ class Watcher:
         self._link[agent.key] = "subscribing" if agent.node else "subscribing (named by its first report)"
         assert self.service is not None
         self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _follow_rooms(self, agent: Agent, now: float) -> None:
+        """Subscribe to the agent's rooms (load-affinity) beside its status."""
+        _, host, _ = self.addresses[0]
+        host = self.config.advertise or host
+        local = f"sip:sipstatus@[{host}]" if ":" in host else f"sip:sipstatus@{host}"
+        config = SubscriberConfig(affinity.PACKAGE, affinity.MEDIA_TYPE, local, self.contact,
+                                  expires=self.config.expires, decode=affinity.decode)
+        uri = parse_agent_uri(agent.uri)
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.key)
+        self.affinity_subscribers[agent.key] = sub
+        assert self.service is not None
+        self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _rooms_event(self, event: object, now: float) -> None:
+        """A NOTIFY (or the end) of a load-affinity subscription (spec/load-affinity.md 5)."""
+        if isinstance(event, NotificationReceived) and isinstance(event.value, affinity.AffinityBody):
+            sub, body = event.subscriber, event.value
+            expected = sub.key if sub.key in self.table else None
+            if expected is not None and body.node != expected:
+                log.warning("rooms of %s: the agent at %s reports node %s; ignored", expected, sub.target, body.node)
+                return
+            applied = self.affinity.update(body, now)
+            if applied is Applied.GAP:
+                log.info("rooms of %s: delta %d->%d does not follow what we have; asking for a full set",
+                         body.node, body.base or 0, body.seq)
+                assert self.service is not None
+                self.service.submit(self.pool, self.pool.refresh(sub, now))
+            elif applied is Applied.APPLIED:
+                self._mark_changed()
+        elif isinstance(event, SubscriptionEnded):
+            log.info("rooms of %s: subscription ended (%s)", event.subscriber.key, event.reason)
+
+    # -- rooms: what a proxy asks --------------------------------------------------------------
+
+    def lookup(self, key: str, now: float | None = None) -> str | None:
+        """The node for a new call of the room with affinity key `key`
+        (spec/load-affinity.md 7.2), or None: choose by weight, then `place`."""
+        return self.affinity.lookup(key, self._weights, self.now() if now is None else now)
+
+    def place(self, key: str, node: str, now: float | None = None) -> None:
+        """A new call of room `key` was sent to `node` (it holds for the hold time)."""
+        self.affinity.place(key, node, self.now() if now is None else now)
+        self._mark_changed()
+
+    def refused(self, key: str, node: str) -> None:
+        """`node` refused a call of room `key`: the room follows the retry."""
+        self.affinity.refused(key, node)
+        self._mark_changed()
 
     def _decode(self, body: bytes) -> LoadStatus:
         """Spec 4.8 step 5; the Subscriber words the 400 from the error's
@@ -609,6 +675,10 @@ class Watcher:
 
     def _on_event(self, event: object) -> None:
         now = self.now()
+        subscriber = getattr(event, "subscriber", None)
+        if isinstance(subscriber, Subscriber) and subscriber.config.package == affinity.PACKAGE:
+            self._rooms_event(event, now)
+            return
         if isinstance(event, NotificationReceived | NotificationRejected | SubscriptionEnded):
             self._answered.add(event.subscriber.key)
         if isinstance(event, NotificationReceived):
@@ -740,6 +810,7 @@ class Watcher:
         views = list(self.table.views(now))
         self._weights = self.policy.weights(views)
         self._push(now, views)
+        self._push_rooms(now)
         self._arm()
         self._bump()
         if self.on_change is not None:
@@ -789,11 +860,25 @@ class Watcher:
             runner.want(pushed)
         self._pushed = {n: w for n, w in pushed.items() if n not in departed}
 
+    def _push_rooms(self, now: float) -> None:
+        """Room key -> node, for every room whose node takes calls, to the
+        affinity sinks (only when it changed; after the start-up grace)."""
+        if not self._affinity_sinks or (self._pushed is None and (self._sinks or self._view_sinks)):
+            return
+        assignments = self.affinity.assignments(self._weights, now)
+        if assignments != self._affinity_pushed:
+            self._affinity_pushed = assignments
+            for runner in self._affinity_sinks:
+                runner.want(assignments)
+
     def _next_timer(self, now: float) -> float | None:
         times = []
         expiry = self.table.next_expiry(now)
         if expiry is not None:
             times.append(expiry)
+        rooms = self.affinity.next_expiry()
+        if rooms is not None:
+            times.append(rooms)
         if self._pushed is None and (self._sinks or self._view_sinks):
             grace = self._started_at + self.config.startup_grace
             if grace > now:
@@ -817,6 +902,7 @@ class Watcher:
         now = max(self.now(), when)
         if self._compute_handle is not None:
             self._compute_handle.cancel()
+        self.affinity.expire(now)
         self._revive_stale(now)
         self._compute(now)
 

@@ -115,3 +115,26 @@ def test_a_tenant_variable_prefixes_the_key_and_rooms_present_at_login_are_liste
             await rooms.until({affinity_key("acme/7001"), affinity_key("acme/7002")})
 
     run(main())
+
+
+def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it_ends(tmp_path):
+    from sipstatus.watcher import Agent, Watcher, WatcherConfig
+
+    async def main():
+        async with LiveNode(tmp_path, config()) as node:
+            watcher = Watcher([Agent("ast-live", f"sip:127.0.0.1:{node.port}")],
+                              config=WatcherConfig(affinity=True))
+            await watcher.start()
+            try:
+                key = affinity_key("8001")
+                assert watcher.lookup(key) is None  # no such room yet: choose by weight
+                calls = await Calls(node.asterisk, "room-8001", 1, hold=5, tmp=node.tmp).start()
+                node.calls.append(calls)
+                assert await watcher.wait_for(lambda w: w.lookup(key) == "ast-live", 30.0), \
+                    f"room 8001 not routed to ast-live; rooms {sorted(watcher.affinity.keys_of('ast-live'))}"
+                await calls.finish()
+                assert await watcher.wait_for(lambda w: w.lookup(key) is None, 30.0), "room 8001 still routed"
+            finally:
+                await watcher.close()
+
+    run(main())

@@ -1082,6 +1082,15 @@ class Subscriber:
             self.state = STOPPED
         return []  # SUBSCRIBING or a refresh in flight: unsubscribe on its 2xx
 
+    def refresh(self, now: float) -> list[SubscriberOutput]:
+        """Refresh the subscription now, in its dialog (a package whose
+        notifier answers every SUBSCRIBE with its full state: load-affinity
+        after a gap, spec/load-affinity.md section 5). Nothing while a
+        request of ours is in flight or no dialog stands."""
+        if self.state != ACTIVE or self.pending is not None or self.dialog is None or self.stopping:
+            return []
+        return [self._in_dialog(self.expires, now)]
+
     # -- requests ---------------------------------------------------------------------------
 
     def _subscribe_anew(self, now: float) -> SendRequest:
@@ -1508,6 +1517,9 @@ class SubscriberPool:
 
     def stop(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
         return self._after(subscriber, subscriber.stop(now))
+
+    def refresh(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
+        return self._after(subscriber, subscriber.refresh(now))
 
     def discard(self, subscriber: Subscriber) -> None:
         """Forget a subscriber at once (no unsubscribe)."""
