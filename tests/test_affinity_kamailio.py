@@ -53,6 +53,9 @@ pytestmark = [
 ]
 
 CONFIG = EXAMPLES / "sidecar" / "kamailio.cfg"
+KEMI_CONFIG = EXAMPLES / "kemi" / "kamailio.cfg"
+KEMI_SCRIPT = EXAMPLES / "kemi" / "sipstatus_kemi.py"
+ROOT = Path(__file__).resolve().parents[1]
 SIPP = Path(__file__).resolve().parent / "sipp"
 ROOM_DIALPLAN = """exten => room,1,Answer()
  same => n,ConfBridge(${PJSIP_HEADER(read,X-Exec-App-Data)})
@@ -76,14 +79,18 @@ class Pool:
         self.kam = None
         self.sidecar: Sidecar | None = None
 
-    async def start(self) -> Pool:
-        assert PREFIX is not None
-        asterisk = self.asterisk = Asterisk(PREFIX, self.workdir / "asterisk", AsteriskConfig(dialplan=ROOM_DIALPLAN))
-        asterisk.agent_secret = "secret"  # what kamailio_runner.Agent logs in with
-        asterisk._write_config()
-        await asyncio.to_thread(asterisk.start)
-        self.agents["ast-live"] = Agent("ast-live", self.workdir, ami_port=asterisk.ami_port,
-                                        probe=f"sip:{HOST}:{asterisk.sip_port}")
+    async def start(self, *, real_asterisk: bool = True, kemi: bool = False) -> Pool:
+        """With `kemi`, Kamailio runs the KEMI example instead: the agents
+        PUBLISH their status to it, and the sidecar pushes rooms only."""
+        members: list = []
+        if real_asterisk:
+            assert PREFIX is not None
+            asterisk = self.asterisk = Asterisk(PREFIX, self.workdir / "asterisk",
+                                                AsteriskConfig(dialplan=ROOM_DIALPLAN))
+            asterisk.agent_secret = "secret"  # what kamailio_runner.Agent logs in with
+            asterisk._write_config()
+            await asyncio.to_thread(asterisk.start)
+            members.append(Destinationless("ast-live", asterisk.sip_port))
         for name in ("fake1", "fake2", "refuser"):
             ami = await FakeAmi(Scenario(secret="secret")).__aenter__()
             self.amis.append(ami)
@@ -93,15 +100,27 @@ class Pool:
             node = SippNode(name, self.workdir, scenario=scenario, log=True, extra=["-key", "events", str(events)])
             await asyncio.to_thread(node.start)
             self.sipp[name] = node
+            members.append(node)
             self.tasks.append(asyncio.get_running_loop().create_task(self.rooms[name].follow(events, self.stop)))
-            self.agents[name] = Agent(name, self.workdir, ami_port=ami.port, probe=node.uri, max_calls=20)
         # The refusing node's Asterisk hosts a room before anything starts.
         self.rooms["refuser"].rooms["moving"] = ["1-0@127.0.0.1"]
+        if kemi:
+            self.kam = await asyncio.to_thread(
+                start_example, KEMI_CONFIG, self.workdir, members,
+                {"KEMI_SCRIPT": f'"{KEMI_SCRIPT}"', "DS_PING_INTERVAL": 0}, {"SIPSTATUS_PATH": str(ROOT)})
+        else:
+            self.kam = await asyncio.to_thread(start_example, CONFIG, self.workdir, members, {"DS_PING_INTERVAL": 0})
+        publish = [f"sip:load-status@{HOST}:{self.kam.port}"] if kemi else []
+        if self.asterisk is not None:
+            self.agents["ast-live"] = Agent("ast-live", self.workdir, ami_port=self.asterisk.ami_port,
+                                            probe=f"sip:{HOST}:{self.asterisk.sip_port}", publish=publish)
+        for i, name in enumerate(self.sipp):
+            self.agents[name] = Agent(name, self.workdir, ami_port=self.amis[i].port, probe=self.sipp[name].uri,
+                                      max_calls=20, publish=publish)
         for agent in self.agents.values():
             await asyncio.to_thread(agent.start)
-        members = [Destinationless("ast-live", asterisk.sip_port), *self.sipp.values()]
-        self.kam = await asyncio.to_thread(start_example, CONFIG, self.workdir, members, {"DS_PING_INTERVAL": 0})
-        sidecar = self.sidecar = Sidecar(self.kam, {n: a.uri for n, a in self.agents.items()}, self.workdir)
+        sidecar = self.sidecar = Sidecar(self.kam, {n: a.uri for n, a in self.agents.items()}, self.workdir,
+                                         htable="" if kemi else "sipstatus")
         sidecar.config_path.write_text(sidecar.config_path.read_text() + "[affinity]\nenabled = true\n")
         await asyncio.to_thread(sidecar.start)
         return self
@@ -146,8 +165,10 @@ class Pool:
         return "\n".join(parts)
 
     def node_of_port(self) -> dict[int, str]:
-        assert self.asterisk is not None
-        return {self.asterisk.sip_port: "ast-live", **{n.port: name for name, n in self.sipp.items()}}
+        ports = {n.port: name for name, n in self.sipp.items()}
+        if self.asterisk is not None:
+            ports[self.asterisk.sip_port] = "ast-live"
+        return ports
 
 
 async def call_rooms(pool: Pool, rooms: list[str], *, rate: float, hold_ms: int) -> tuple[dict[str, list[str]], int]:
@@ -232,3 +253,29 @@ def test_fifty_callers_in_ten_rooms_each_room_on_one_node_ended_rooms_released_r
             await pool.close()
 
     asyncio.run(asyncio.wait_for(main(), 420))
+
+
+def test_kemi_example_keeps_each_rooms_callers_on_one_node_and_moves_a_refused_room(tmp_path):
+    # The KEMI example (packaging/examples/kamailio/kemi/) learns the nodes'
+    # loads from their PUBLISHes itself; the sidecar pushes only the rooms.
+    async def main() -> None:
+        pool = Pool(tmp_path)
+        try:
+            await pool.start(real_asterisk=False, kemi=True)
+            await pool.until(lambda: all(pool.htable("ns", n) is not None for n in pool.agents), 30.0,
+                             "every node's report in the KEMI example's htable")
+            await pool.until(lambda: pool.htable("affinity", affinity_key("moving")) == "refuser", 30.0,
+                             "the refusing node's room in Kamailio's affinity table")
+            rooms = [f"k{i}" for i in range(4)]
+            placed, refused = await call_rooms(pool, [rooms[i % 4] for i in range(20)], rate=4, hold_ms=10000)
+            print(f"\n[affinity, KEMI] rooms: {placed}")
+            assert refused == 0 and sum(len(n) for n in placed.values()) == 20, (placed, refused)
+            split = {room: sorted(set(nodes)) for room, nodes in placed.items() if len(set(nodes)) != 1}
+            assert not split, f"rooms split over nodes: {split}\n{pool.logs()}"
+            moved, refused = await call_rooms(pool, ["moving"] * 3, rate=1, hold_ms=6000)
+            print(f"[affinity, KEMI] room hosted by the refusing node: {moved}")
+            assert refused == 0 and len(set(moved["moving"])) == 1 and moved["moving"][0] != "refuser", moved
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(main(), 300))

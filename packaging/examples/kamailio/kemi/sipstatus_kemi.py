@@ -24,6 +24,13 @@ library instead of script arithmetic:
   among the destinations dispatcher holds active (ds_is_active_uri); with no
   fresh report at all (cold start) in proportion to the `rweight`s of the
   dispatcher list;
+- conference rooms (spec/load-affinity.md 7.2): a call naming a room
+  (`X-Exec-App: Conference`, `X-Exec-App-Data: <room>`; or, with
+  AFFINITY_RURI 1, the Request-URI user) goes to the node hosting it (htable
+  `affinity`, pushed by `sipstatus sidecar` with [affinity] enabled), else
+  to the node this proxy placed it on in the last 10 s (htable `placed`),
+  when that node is among those the weighted choice may take; otherwise by
+  weight, and the choice is recorded in `placed`;
 - failover: a node that refuses a call (FAILOVER_CODES) or does not answer
   within FAILOVER_TIMEOUT ms loses it to another node drawn the same way,
   never one the call tried, at most MAX_ATTEMPTS nodes per call; a node
@@ -82,6 +89,7 @@ _find_library()
 
 import KSR  # noqa: E402  (the module app_python3 provides)
 
+from sipstatus.affinity import affinity_key  # noqa: E402
 from sipstatus.codec import MAX_BODY_OCTETS, MEDIA_TYPE, StatusError, decode  # noqa: E402
 from sipstatus.nodetable import NodeTable, Outcome  # noqa: E402
 from sipstatus.policy import POLICIES, FreeSlotsPolicy, WeightPolicy  # noqa: E402
@@ -465,6 +473,7 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
     def dispatch(self) -> bool:
         """Sets $du for a new call and arms the failover; False after
         answering 503."""
+        self.room_key()
         fresh, node = self.pick(())
         if node is None:
             KSR.sl.sl_send_reply(503, "No node accepts calls" if fresh else "No destination")
@@ -506,7 +515,9 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         ]
         if not candidates:
             return fresh, None
-        node = self.rng.choices([n for n, _ in candidates], [w for _, w in candidates])[0]
+        room_node, announced = self.room_node(dict(candidates))
+        node = room_node or self.rng.choices([n for n, _ in candidates], [w for _, w in candidates])[0]
+        self.place_room(node, announced)
         # $du through the pv (not KSR.setdsturi): assigning $du marks the
         # Request-URI as new, without which tm has no branch to add in a
         # failure route ("no branches for forwarding", 5.6.3).
@@ -520,6 +531,45 @@ class kamailio:  # noqa: N801  (the name app_python3 looks for)
         else:
             KSR.info(f"load-status: no fresh report, rweight chose {node} ({uris[node]})\n")
         return fresh, node
+
+    # -- conference rooms (spec/load-affinity.md 7.2) -------------------------
+
+    @staticmethod
+    def room_key() -> None:
+        """$avp(ls_room) = the affinity key of the conference room this call
+        names: `X-Exec-App-Data` when `X-Exec-App` is `Conference`, else,
+        with AFFINITY_RURI 1, the Request-URI user; unset otherwise."""
+        room = None
+        if (KSR.hdr.get("X-Exec-App") or "").strip() == "Conference":
+            room = (KSR.hdr.get("X-Exec-App-Data") or "").strip() or None
+        if room is None and _define("AFFINITY_RURI", "0") == "1":
+            room = KSR.pv.get("$rU")
+        if room:
+            KSR.pv.sets("$avp(ls_room)", affinity_key(room))
+
+    @staticmethod
+    def room_node(candidates: dict[str, int]) -> tuple[str | None, bool]:
+        """The node for this call's room among `candidates` (nodes that take
+        calls and that the call has not tried): the one hosting the room
+        (htable `affinity`), else the one this proxy placed it on (htable
+        `placed`); and whether it was the hosting one."""
+        key = KSR.pv.get("$avp(ls_room)")
+        if key is None:
+            return None, False
+        for table, announced in (("affinity", True), ("placed", False)):
+            node = KSR.htable.sht_get(table, key)
+            if node is not None and node in candidates:
+                return node, announced
+        return None, False
+
+    @staticmethod
+    def place_room(node: str, announced: bool) -> None:
+        """The room goes where its latest call goes, unless that node was
+        chosen for hosting it: should it refuse, the placement must name
+        where the retry went."""
+        key = KSR.pv.get("$avp(ls_room)")
+        if key is not None and not announced:
+            KSR.htable.sht_sets("placed", key, node)
 
     # -- failover -------------------------------------------------------------
 
