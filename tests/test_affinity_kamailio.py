@@ -54,6 +54,7 @@ pytestmark = [
 
 CONFIG = EXAMPLES / "sidecar" / "kamailio.cfg"
 KEMI_CONFIG = EXAMPLES / "kemi" / "kamailio.cfg"
+NATIVE_CONFIG = EXAMPLES / "native" / "kamailio.cfg"
 KEMI_SCRIPT = EXAMPLES / "kemi" / "sipstatus_kemi.py"
 ROOT = Path(__file__).resolve().parents[1]
 SIPP = Path(__file__).resolve().parent / "sipp"
@@ -79,9 +80,10 @@ class Pool:
         self.kam = None
         self.sidecar: Sidecar | None = None
 
-    async def start(self, *, real_asterisk: bool = True, kemi: bool = False) -> Pool:
-        """With `kemi`, Kamailio runs the KEMI example instead: the agents
-        PUBLISH their status to it, and the sidecar pushes rooms only."""
+    async def start(self, *, real_asterisk: bool = True, example: str = "sidecar") -> Pool:
+        """`example` "kemi" or "native": Kamailio runs that example instead;
+        the agents PUBLISH their status to it, and the sidecar pushes rooms only."""
+        kemi = example != "sidecar"
         members: list = []
         if real_asterisk:
             assert PREFIX is not None
@@ -104,10 +106,13 @@ class Pool:
             self.tasks.append(asyncio.get_running_loop().create_task(self.rooms[name].follow(events, self.stop)))
         # The refusing node's Asterisk hosts a room before anything starts.
         self.rooms["refuser"].rooms["moving"] = ["1-0@127.0.0.1"]
-        if kemi:
+        if example == "kemi":
             self.kam = await asyncio.to_thread(
                 start_example, KEMI_CONFIG, self.workdir, members,
                 {"KEMI_SCRIPT": f'"{KEMI_SCRIPT}"', "DS_PING_INTERVAL": 0}, {"SIPSTATUS_PATH": str(ROOT)})
+        elif example == "native":
+            self.kam = await asyncio.to_thread(start_example, NATIVE_CONFIG, self.workdir, members,
+                                               {"DS_PING_INTERVAL": 0})
         else:
             self.kam = await asyncio.to_thread(start_example, CONFIG, self.workdir, members, {"DS_PING_INTERVAL": 0})
         publish = [f"sip:load-status@{HOST}:{self.kam.port}"] if kemi else []
@@ -255,25 +260,27 @@ def test_fifty_callers_in_ten_rooms_each_room_on_one_node_ended_rooms_released_r
     asyncio.run(asyncio.wait_for(main(), 420))
 
 
-def test_kemi_example_keeps_each_rooms_callers_on_one_node_and_moves_a_refused_room(tmp_path):
-    # The KEMI example (packaging/examples/kamailio/kemi/) learns the nodes'
-    # loads from their PUBLISHes itself; the sidecar pushes only the rooms.
+@pytest.mark.parametrize("example", ["kemi", "native"])
+def test_kemi_and_native_examples_keep_each_rooms_callers_on_one_node_and_move_a_refused_room(tmp_path, example):
+    # The KEMI and native examples (packaging/examples/kamailio/kemi/,
+    # native/) learn the nodes' loads from their PUBLISHes themselves; the
+    # sidecar pushes only the rooms.
     async def main() -> None:
         pool = Pool(tmp_path)
         try:
-            await pool.start(real_asterisk=False, kemi=True)
+            await pool.start(real_asterisk=False, example=example)
             await pool.until(lambda: all(pool.htable("ns", n) is not None for n in pool.agents), 30.0,
-                             "every node's report in the KEMI example's htable")
+                             f"every node's report in the {example} example's htable")
             await pool.until(lambda: pool.htable("affinity", affinity_key("moving")) == "refuser", 30.0,
                              "the refusing node's room in Kamailio's affinity table")
             rooms = [f"k{i}" for i in range(4)]
             placed, refused = await call_rooms(pool, [rooms[i % 4] for i in range(20)], rate=4, hold_ms=10000)
-            print(f"\n[affinity, KEMI] rooms: {placed}")
+            print(f"\n[affinity, {example}] rooms: {placed}")
             assert refused == 0 and sum(len(n) for n in placed.values()) == 20, (placed, refused)
             split = {room: sorted(set(nodes)) for room, nodes in placed.items() if len(set(nodes)) != 1}
             assert not split, f"rooms split over nodes: {split}\n{pool.logs()}"
             moved, refused = await call_rooms(pool, ["moving"] * 3, rate=1, hold_ms=6000)
-            print(f"[affinity, KEMI] room hosted by the refusing node: {moved}")
+            print(f"[affinity, {example}] room hosted by the refusing node: {moved}")
             assert refused == 0 and len(set(moved["moving"])) == 1 and moved["moving"][0] != "refuser", moved
         finally:
             await pool.close()
