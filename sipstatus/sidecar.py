@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
 from .nodetable import NodeView
-from .opensips import MiClient, MiError, OpenSipsSink, PushResult
+from .opensips import MiClient, MiError, OpenSipsRoomSink, OpenSipsSink, PushResult
 from .policy import WeightPolicy, make_policy
 from .sidecar_config import PolicySection, SidecarConfig
 from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
@@ -136,6 +136,9 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         room_rpc = kamailio_rpc(config)
         assert room_rpc is not None
         rooms.append(KamailioRoomSink(room_rpc, config.kamailio.affinity_htable))
+    if config.affinity.enabled and config.opensips.mi_url and config.opensips.affinity_prefix:
+        rooms.append(OpenSipsRoomSink(MiClient(config.opensips.mi_url, timeout=config.opensips.timeout),
+                                      config.opensips.affinity_prefix))
     watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
                       sinks=sinks, view_sinks=views, affinity_sinks=rooms, nodes=config.compositor.nodes)
     await watcher.start()

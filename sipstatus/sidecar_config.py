@@ -260,6 +260,9 @@ class OpenSipsSection:
     refresh_interval: float = _opt(60.0, number(1.0, 86_400.0))
     #: Seconds to wait for one MI answer.
     timeout: float = _opt(2.0, number(0.1, 60.0))
+    #: With [affinity] enabled: cachedb_local keys PREFIX<room key> = node
+    #: (MI cache_store / cache_remove); "" = none.
+    affinity_prefix: str = _opt("affinity_", text(r"[A-Za-z0-9_]*", "a key prefix (A-Z a-z 0-9 _) or \"\""))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import pytest
 
 from sipstatus.affinity import affinity_key
 from sipstatus.kamailio import JsonRpcClient, RpcError
+from sipstatus.opensips import MiClient, MiError
 from tests.asterisk_live import PREFIX, WHY_NOT
 from tests.asterisk_runner import Asterisk, AsteriskConfig
 from tests.fakeami import FakeAmi, Scenario
@@ -42,6 +43,16 @@ from tests.kamailio_runner import (
     free_udp_port,
     have_tools,
     start_example,
+)
+from tests.opensips_runner import EXAMPLES as OPENSIPS_EXAMPLES
+from tests.opensips_runner import (
+    OpenSips,
+    OpenSipsSidecar,
+    PoolEntry,
+    add_mi_http,
+    customize,
+    dbtext_tables,
+    opensips_build,
 )
 
 pytestmark = [
@@ -78,12 +89,13 @@ class Pool:
         self.agents: dict[str, Agent] = {}
         self.asterisk: Asterisk | None = None
         self.kam = None
-        self.sidecar: Sidecar | None = None
+        self.opensips: OpenSips | None = None
+        self.sidecar: Sidecar | OpenSipsSidecar | None = None
 
     async def start(self, *, real_asterisk: bool = True, example: str = "sidecar") -> Pool:
         """`example` "kemi" or "native": Kamailio runs that example instead;
         the agents PUBLISH their status to it, and the sidecar pushes rooms only."""
-        kemi = example != "sidecar"
+        kemi = example in ("kemi", "native")
         members: list = []
         if real_asterisk:
             assert PREFIX is not None
@@ -113,9 +125,11 @@ class Pool:
         elif example == "native":
             self.kam = await asyncio.to_thread(start_example, NATIVE_CONFIG, self.workdir, members,
                                                {"DS_PING_INTERVAL": 0})
+        elif example == "opensips":
+            await asyncio.to_thread(self._start_opensips, members)
         else:
             self.kam = await asyncio.to_thread(start_example, CONFIG, self.workdir, members, {"DS_PING_INTERVAL": 0})
-        publish = [f"sip:load-status@{HOST}:{self.kam.port}"] if kemi else []
+        publish = [f"sip:load-status@{HOST}:{self.proxy_port}"] if kemi else []
         if self.asterisk is not None:
             self.agents["ast-live"] = Agent("ast-live", self.workdir, ami_port=self.asterisk.ami_port,
                                             probe=f"sip:{HOST}:{self.asterisk.sip_port}", publish=publish)
@@ -124,11 +138,42 @@ class Pool:
                                       max_calls=20, publish=publish)
         for agent in self.agents.values():
             await asyncio.to_thread(agent.start)
-        sidecar = self.sidecar = Sidecar(self.kam, {n: a.uri for n, a in self.agents.items()}, self.workdir,
-                                         htable="" if kemi else "sipstatus")
+        uris = {n: a.uri for n, a in self.agents.items()}
+        if self.opensips is not None:
+            sidecar = self.sidecar = OpenSipsSidecar(self.opensips.mi_url, uris, self.workdir)
+        else:
+            sidecar = self.sidecar = Sidecar(self.kam, uris, self.workdir, htable="" if kemi else "sipstatus")
         sidecar.config_path.write_text(sidecar.config_path.read_text() + "[affinity]\nenabled = true\n")
         await asyncio.to_thread(sidecar.start)
         return self
+
+    def _start_opensips(self, members: list) -> None:
+        prefix, why = opensips_build()
+        assert prefix is not None, why
+        run = self.workdir / "opensips"
+        run.mkdir()
+        pool = [PoolEntry(m.name, i + 1, m.port) for i, m in enumerate(members)]
+        port, mi_port = free_udp_port(), free_udp_port()
+        text = customize((OPENSIPS_EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,
+                         dbtext=run / "dbtext", pool=pool, modules=prefix / "lib64" / "opensips" / "modules")
+        dbtext_tables(run / "dbtext", pool)
+        self.opensips = OpenSips(prefix, run, add_mi_http(text, mi_port), port, mi_port=mi_port)
+        self.opensips.start()
+
+    @property
+    def proxy_port(self) -> int:
+        if self.opensips is not None:
+            return self.opensips.port
+        assert self.kam is not None
+        return self.kam.port
+
+    def cached(self, key: str) -> str | None:
+        """OpenSIPS's cachedb_local value of `key` (MI cache_fetch), None when absent."""
+        assert self.opensips is not None
+        try:
+            return MiClient(self.opensips.mi_url).call("cache_fetch", {"system": "local", "attr": key})["value"]
+        except MiError:
+            return None
 
     async def close(self) -> None:
         self.stop.set()
@@ -139,6 +184,8 @@ class Pool:
                 await asyncio.to_thread(thing.stop)
         if self.kam is not None:
             await asyncio.to_thread(self.kam.stop)
+        if self.opensips is not None:
+            await asyncio.to_thread(self.opensips.stop)
         for ami in self.amis:
             await ami.close()
         if self.asterisk is not None:
@@ -167,6 +214,8 @@ class Pool:
         parts = [f"--- sidecar\n{self.sidecar.log_tail(40) if self.sidecar else ''}"]
         if self.kam is not None:
             parts.append(f"--- kamailio\n{self.kam.log_tail()}")
+        if self.opensips is not None:
+            parts.append(f"--- opensips\n{self.opensips.log_tail()}")
         return "\n".join(parts)
 
     def node_of_port(self) -> dict[int, str]:
@@ -179,7 +228,6 @@ class Pool:
 async def call_rooms(pool: Pool, rooms: list[str], *, rate: float, hold_ms: int) -> tuple[dict[str, list[str]], int]:
     """One SIPp caller per entry of `rooms`, in that order; returns room ->
     the nodes that answered its callers, and how many calls were refused."""
-    assert pool.kam is not None
     tag = f"{free_udp_port()}"
     inf = pool.workdir / f"rooms-{tag}.csv"
     inf.write_text("SEQUENTIAL\n" + "".join(f"{room};\n" for room in rooms))
@@ -188,7 +236,8 @@ async def call_rooms(pool: Pool, rooms: list[str], *, rate: float, hold_ms: int)
            "-i", HOST, "-p", str(free_udp_port()), "-cp", str(free_udp_port()), "-ci", HOST,
            "-mp", str(free_udp_port(4)), "-m", str(len(rooms)), "-r", f"{rate:g}", "-l", str(len(rooms)),
            "-d", str(hold_ms), "-timeout", "120s", "-recv_timeout", "20s",
-           "-trace_logs", "-log_file", str(log), "-nostdin", f"{HOST}:{pool.kam.port}"]
+           "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(log.with_suffix(".err")),
+           "-nostdin", f"{HOST}:{pool.proxy_port}"]
     process = await asyncio.create_subprocess_exec(*cmd, cwd=pool.workdir, stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     await asyncio.wait_for(process.wait(), 150)
@@ -286,3 +335,35 @@ def test_kemi_and_native_examples_keep_each_rooms_callers_on_one_node_and_move_a
             await pool.close()
 
     asyncio.run(asyncio.wait_for(main(), 300))
+
+
+@pytest.mark.opensips
+@pytest.mark.skipif(opensips_build()[0] is None, reason=opensips_build()[1])
+def test_opensips_fifty_callers_in_ten_rooms_each_room_on_one_node_and_a_refused_room_moves(tmp_path):
+    # packaging/examples/opensips/compositor/opensips.cfg (the sidecar way:
+    # plus the README's mi_http lines; `sipstatus sidecar --opensips-mi`
+    # sizes load_balancer and, with [affinity], stores the rooms in
+    # cachedb_local), the real Asterisk and the SIPp nodes as above.
+    async def main() -> None:
+        pool = Pool(tmp_path)
+        try:
+            await pool.start(example="opensips")
+            await pool.until(lambda: pool.cached("affinity_" + affinity_key("moving")) == "refuser", 30.0,
+                             "the refusing node's room in OpenSIPS's cache")
+            callers = [ROOMS[i % 10] for i in range(50)]
+            placed, refused = await call_rooms(pool, callers, rate=5, hold_ms=15000)
+            print(f"\n[affinity, opensips] rooms: {placed}")
+            assert refused == 0 and sum(len(n) for n in placed.values()) == 50, (placed, refused, pool.logs())
+            split = {room: sorted(set(nodes)) for room, nodes in placed.items() if len(set(nodes)) != 1}
+            assert not split, f"rooms split over nodes: {split}\n{pool.logs()}"
+            assert "refuser" not in {nodes[0] for nodes in placed.values()}
+            await pool.until(lambda: all(pool.cached("affinity_" + affinity_key(r)) is None for r in ROOMS), 30.0,
+                             "the ended rooms to leave OpenSIPS's cache")
+            moved, refused = await call_rooms(pool, ["moving"] * 5, rate=1, hold_ms=8000)
+            print(f"[affinity, opensips] room hosted by the refusing node: {moved}")
+            assert refused == 0 and len(set(moved["moving"])) == 1 and moved["moving"][0] != "refuser", moved
+            assert pool.opensips is not None and not pool.opensips.problems(), pool.opensips.problems()
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(main(), 420))
