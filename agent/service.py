@@ -126,6 +126,9 @@ class AgentService:
         self.affinity_notifier: Notifier | None = None
         self.feed = AffinityFeed(config.node, self.instance, config.collectors.asterisk.rooms_validity)
         self._readers: dict[tuple[str, str], tuple[FeedReader, int]] = {}
+        self._room_readers: dict[int, FeedReader] = {}  # by id() of a room publisher
+        self._rooms_known = False  # the rooms have been listed once
+        self.room_publishers: list[Publisher] = []
         self._digests: dict[str, str] = {}
         self.publishers: list[Publisher] = []
         self.control: ControlServer | None = None
@@ -234,7 +237,20 @@ class AgentService:
                       min_interval=1 / p.max_rate, key=target)
             for target in p.targets
         ]
-        users = [self.notifier, self.affinity_notifier, *self.publishers]
+        # The rooms (load-affinity) to the same targets: pages of a full set
+        # one after another, deltas after, a full set every heartbeat and
+        # after a 412 (spec/load-affinity.md 2 and 6).
+        self.room_publishers = []
+        for target in p.targets:
+            reader = self.feed.reader()
+            publisher = Publisher(target, affinity.PACKAGE, affinity.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
+                                  authorize=client.authorize if client else None, expires=p.expires,
+                                  produce=None, heartbeat=None, min_interval=0.1, key=target)
+            publisher.produce = self._room_producer(publisher, reader)
+            publisher.heartbeat = self.feed.refresh
+            self._room_readers[id(publisher)] = reader
+            self.room_publishers.append(publisher)
+        users = [self.notifier, self.affinity_notifier, *self.publishers, *self.room_publishers]
         self.endpoint = Endpoint(users, allow_events=[PACKAGE, affinity.PACKAGE])
         n = cfg.notifier
         self.sip = SipService(self.endpoint, on_event=self._on_sip_event, limits=StreamLimits(
@@ -334,9 +350,26 @@ class AgentService:
             keys.add(digest)
         if len(self._digests) > 4 * len(keys) + 64:
             self._digests = {n: d for n, d in self._digests.items() if n in rooms.keys}
+        first = not self._rooms_known
+        self._rooms_known = True
+        if first:
+            for publisher in self.room_publishers:  # the first full set, even of no room
+                self.sip.submit(publisher, publisher.publish(None, now))
         if self.feed.update(keys):
             log.debug("rooms: %d (version %d)", len(keys), self.feed.version)
             self.sip.submit(self.affinity_notifier, self.affinity_notifier.state_changed(None, now, True))
+            for publisher in self.room_publishers:
+                self.sip.submit(publisher, publisher.publish(None, now))
+
+    @staticmethod
+    def _room_producer(publisher: Publisher, reader: FeedReader) -> Callable[[float], bytes]:
+        """The body of a room publisher's next PUBLISH: an initial publication
+        (no entity tag: the first, or after a 412) starts a full set."""
+        def produce(now: float) -> bytes:
+            if publisher.etag is None and not reader.paging:
+                reader.restart()
+            return affinity.encode(reader.next_body(now))
+        return produce
 
     def _affinity_body(self, sub: object, now: float) -> tuple[bytes, bool]:
         """The next load-affinity body for one subscription (spec/load-affinity.md 6):
@@ -422,7 +455,7 @@ class AgentService:
             if self.affinity_notifier is not None:
                 self.sip.submit(self.affinity_notifier, self.affinity_notifier.terminate_all(
                     "probation", now, retry_after=self.config.notifier.restart_retry_after))
-            for publisher in self.publishers:
+            for publisher in [*self.publishers, *self.room_publishers]:
                 self.sip.submit(publisher, publisher.remove(now))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_WAIT
@@ -442,7 +475,7 @@ class AgentService:
                     or any(n is not None and (n.closing or n.subscriptions)
                            for n in (self.notifier, self.affinity_notifier))
                     or any(p.removing and (p.etag is not None or p.pending is not None or p.queued is not None)
-                           for p in self.publishers))
+                           for p in [*self.publishers, *self.room_publishers]))
 
     async def _close(self) -> None:
         if self.control is not None:
@@ -564,6 +597,10 @@ class AgentService:
                 held[0].restart()  # not received: a full set next (spec/load-affinity.md 6)
         elif isinstance(event, Published):
             log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
+            reader = self._room_readers.get(id(event.publisher))
+            if reader is not None and reader.more and self.sip is not None:
+                # The next page of a full set (or a delta that waited): at once.
+                self.sip.submit(event.publisher, event.publisher.publish(None, self.sip.now()))
         elif isinstance(event, PublicationFailed):
             if event.retry_at is not None:
                 retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"

@@ -85,6 +85,18 @@ class AffinityTable:
         self._set(body.node, entry, body.instance, body.seq, keys, now, body.validity)
         return Applied.APPLIED
 
+    def would_gap(self, body: AffinityBody) -> bool:
+        """Whether `update(body)` would report a gap (a compositor answers
+        such a PUBLISH 412 instead, spec/load-affinity.md section 2)."""
+        if body.kind is Kind.FULL:
+            return False
+        entry = self._nodes.get(body.node)
+        if entry is None:
+            return True
+        if entry.instance == body.instance and body.seq <= entry.version:
+            return False
+        return entry.instance != body.instance or body.base != entry.version or entry.assembling is not None
+
     def _page(self, entry: _NodeSet, body: AffinityBody, now: float) -> Applied:
         ident = (body.instance, body.seq, body.pages)
         if entry.assembling != ident:

@@ -71,6 +71,8 @@ from .status import LoadStatus
 log = logging.getLogger(__name__)
 
 PACKAGE = "load-status"
+#: Publication keys of the load-affinity compositor: "rooms:<node>".
+ROOMS_KEY = "rooms:"
 #: A node name (spec section 6.4).
 NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 #: The port an agent listens on when the URI does not say (packaging/agent.toml).
@@ -364,12 +366,23 @@ class Watcher:
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.config.trusted]
         self.pool = SubscriberPool()
         self.compositor: Compositor | None = None
+        #: The compositor of load-affinity (compositor and affinity both on):
+        #: publication keys are "rooms:<node>".
+        self.rooms_compositor: Compositor | None = None
         if self.config.compositor:
             self.compositor = Compositor(
                 PACKAGE, MEDIA_TYPE, resources=self._is_resource if self.config.resource else None,
                 authorize=self._authorize_publisher if self.trusted else None,
                 classify=self._classify, admit=self._admit,
-                min_expires=self.config.min_publication)
+                min_expires=self.config.min_publication,
+                other_packages=[affinity.PACKAGE] if self.config.affinity else ())
+            if self.config.affinity:
+                self.rooms_compositor = Compositor(
+                    affinity.PACKAGE, affinity.MEDIA_TYPE,
+                    resources=self._is_resource if self.config.resource else None,
+                    authorize=self._authorize_publisher if self.trusted else None,
+                    classify=self._classify_rooms, admit=self._admit_rooms,
+                    min_expires=self.config.min_publication, other_packages=[PACKAGE])
         self.subscribers: dict[str, Subscriber] = {}
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
@@ -413,7 +426,10 @@ class Watcher:
         users: list[object] = [self.pool]
         if self.compositor is not None:
             users.append(self.compositor)
-        endpoint = Endpoint(users, allow_events=[PACKAGE])  # type: ignore[arg-type]
+        if self.rooms_compositor is not None:
+            users.append(self.rooms_compositor)
+        packages = [PACKAGE, affinity.PACKAGE] if self.config.affinity else [PACKAGE]
+        endpoint = Endpoint(users, allow_events=packages)  # type: ignore[arg-type]
         self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
         for text in self.config.listen:
             transport, host, port = parse_listen(text)
@@ -699,6 +715,15 @@ class Watcher:
                      event.expires)
         elif isinstance(event, SubscriptionEnded):
             self._subscription_ended(event)
+        elif isinstance(event, PublicationReceived) and isinstance(event.value, affinity.AffinityBody):
+            if self.affinity.update(event.value, now) is Applied.APPLIED:
+                self._mark_changed()
+            return
+        elif isinstance(event, PublicationRemoved) and event.key.startswith(ROOMS_KEY):
+            if event.reason != "replaced":
+                self.affinity.forget(event.key.removeprefix(ROOMS_KEY))
+                self._mark_changed()
+            return
         elif isinstance(event, PublicationReceived):
             self._link[event.key] = f"published from {event.source.host}:{event.source.port}"
             self._report(event.value, now, "publish")  # type: ignore[arg-type]
@@ -782,6 +807,29 @@ class Watcher:
             log.warning("PUBLISH body refused: %s", err)
             raise SipError(400, body_reason(PACKAGE, err)) from None
         return status.node, status
+
+    def _classify_rooms(self, request: Request, body: bytes) -> tuple[str, object]:
+        """A load-affinity PUBLISH body (spec/load-affinity.md 4); the key is "rooms:<node>"."""
+        try:
+            rooms = affinity.decode(body)
+        except StatusError as err:
+            log.warning("PUBLISH of rooms refused: %s", err)
+            raise SipError(400, body_reason(affinity.PACKAGE, err)) from None
+        return ROOMS_KEY + rooms.node, rooms
+
+    def _admit_rooms(self, request: Request, source: Destination, key: str, rooms: object,
+                     initial: bool) -> SipError | None:
+        """The node must be in the pool, and a delta must follow what we have:
+        otherwise 412, and the publisher starts again with a full set
+        (spec/load-affinity.md section 2)."""
+        node = key.removeprefix(ROOMS_KEY)
+        if node not in self.table and not self.table.auto_join:
+            return SipError(403, f"node {node} is not in the pool")
+        if isinstance(rooms, affinity.AffinityBody) and self.affinity.would_gap(rooms):
+            log.info("rooms of %s: PUBLISH of delta %s->%d does not follow what we have: 412",
+                     node, rooms.base, rooms.seq)
+            return SipError(412, "Conditional Request Failed (rooms: a full set is needed)")
+        return None
 
     def _admit(self, request: Request, source: Destination, node: str, status: object,
                initial: bool) -> SipError | None:

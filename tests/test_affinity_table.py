@@ -154,3 +154,12 @@ def test_a_restarted_reader_gets_a_full_set_next():
     feed.update([A, B])
     reader.restart()
     assert reader.next_body(1.0).kind is Kind.FULL
+
+
+def test_a_compositor_sees_a_gap_before_applying_a_delta_and_never_for_a_full_page():
+    table = AffinityTable()
+    assert table.would_gap(delta("ast1", 0, 1, add=[A]))  # nothing known of ast1 yet
+    assert not table.would_gap(full("ast1", [A])[0])
+    table.update(full("ast1", [A])[0], 0.0)
+    assert not table.would_gap(delta("ast1", 1, 2, add=[B]))
+    assert table.would_gap(delta("ast1", 2, 3, add=[B]))

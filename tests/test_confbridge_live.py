@@ -138,3 +138,28 @@ def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it
                 await watcher.close()
 
     run(main())
+
+
+def test_rooms_published_to_a_compositor_route_the_room_to_its_node(tmp_path):
+    from sipstatus.watcher import Watcher, WatcherConfig
+    from tests.sipp_runner import free_port
+
+    async def main():
+        port = free_port()
+        watcher = Watcher(config=WatcherConfig(listen=(f"udp:127.0.0.1:{port}",), compositor=True,
+                                               auto_join=True, affinity=True))
+        await watcher.start()
+        try:
+            target = f"sip:load-status@127.0.0.1:{port}"
+            async with LiveNode(tmp_path, config(), agent={"publisher": {"targets": [target]}}) as node:
+                key = affinity_key("9001")
+                calls = await Calls(node.asterisk, "room-9001", 1, hold=5, tmp=node.tmp).start()
+                node.calls.append(calls)
+                assert await watcher.wait_for(lambda w: w.lookup(key) == "ast-live", 30.0), \
+                    f"room 9001 not routed to ast-live; rooms {sorted(watcher.affinity.keys_of('ast-live'))}"
+                await calls.finish()
+                assert await watcher.wait_for(lambda w: w.lookup(key) is None, 30.0), "room 9001 still routed"
+        finally:
+            await watcher.close()
+
+    run(main())
