@@ -85,6 +85,12 @@ def text(pattern: str | None = None, what: str = "a string") -> Callable[[object
     return check
 
 
+def boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
 def choice(*options: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in options:
@@ -177,6 +183,15 @@ class AsteriskConfig:
     ping_interval: float = _opt(1.0, number(0.0, 60.0))
     #: Seconds a Ping may go unanswered before the session is reopened.
     ping_timeout: float = _opt(2.5, number(0.1, 60.0))
+    #: Follow the ConfBridge rooms and announce them (load-affinity package).
+    rooms: bool = _opt(True, boolean)
+    #: Seconds a proxy may keep the node's rooms (3..86400); the full set
+    #: goes to each subscriber every rooms_validity / 3.
+    rooms_validity: int = _opt(900, integer(3, 86_400))
+    #: Channel variable whose value prefixes a room's key string
+    #: ("<value>/<conference>"), for tenants reusing room names; it must be
+    #: in manager.conf's channelvars. "" = the conference name alone.
+    room_key_variable: str = _opt("", text(r"[A-Za-z0-9_]*", "a channel variable name (letters, digits, _)"))
 
 
 @dataclass(frozen=True)

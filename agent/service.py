@@ -41,7 +41,8 @@ import ssl
 import time
 from collections.abc import Callable
 
-from sipstatus import codec
+from sipstatus import affinity, codec
+from sipstatus.affinity_feed import AffinityFeed, FeedReader
 from sipstatus.net.endpoint import Endpoint
 from sipstatus.net.service import SipService, StreamLimits, route_source
 from sipstatus.sip.digest import DigestClient, DigestServer, FailedAttempts, WrongCredentials
@@ -59,6 +60,7 @@ from sipstatus.status import LoadStatus, State
 
 from . import config as agent_config
 from . import sdnotify
+from .collectors.confbridge import RoomTable
 from .collectors.registry import build_collectors
 from .control import ControlServer
 from .sampler import Sampler, new_instance
@@ -120,6 +122,14 @@ class AgentService:
         self.sip: SipService | None = None
         self.endpoint: Endpoint | None = None
         self.notifier: Notifier | None = None
+        #: The load-affinity notifier (spec/load-affinity.md): the rooms of the node.
+        self.affinity_notifier: Notifier | None = None
+        self.feed = AffinityFeed(config.node, self.instance, config.collectors.asterisk.rooms_validity)
+        self._readers: dict[tuple[str, str], tuple[FeedReader, int]] = {}
+        self._room_readers: dict[int, FeedReader] = {}  # by id() of a room publisher
+        self._rooms_known = False  # the rooms have been listed once
+        self.room_publishers: list[Publisher] = []
+        self._digests: dict[str, str] = {}
         self.publishers: list[Publisher] = []
         self.control: ControlServer | None = None
         self.addresses: list[tuple[str, str, int]] = []  # (transport, host, port) bound
@@ -202,6 +212,21 @@ class AgentService:
             max_rate=cfg.notifier.max_rate,
             lowest_max_rate=3 / cfg.agent.validity,  # spec 8.2
             produce=lambda now: self.render(),
+            other_packages=[affinity.PACKAGE],
+        )
+        self.affinity_notifier = Notifier(
+            affinity.PACKAGE, affinity.MEDIA_TYPE, self._contact,
+            authorize=self._authorize,
+            default_expires=cfg.notifier.default_expires,
+            max_expires=cfg.notifier.max_expires,
+            max_subscriptions=cfg.notifier.max_subscriptions,
+            max_per_source=cfg.notifier.max_per_source,
+            busy_retry_after=60,
+            heartbeat=self.feed.refresh,
+            max_rate=cfg.notifier.max_rate,
+            lowest_max_rate=3 / cfg.collectors.asterisk.rooms_validity,
+            produce_for=self._affinity_body,
+            other_packages=[PACKAGE],
         )
         p = cfg.publisher
         client = DigestClient(p.username, p.password) if p.username else None
@@ -212,8 +237,21 @@ class AgentService:
                       min_interval=1 / p.max_rate, key=target)
             for target in p.targets
         ]
-        users = [self.notifier, *self.publishers]
-        self.endpoint = Endpoint(users, allow_events=[PACKAGE])
+        # The rooms (load-affinity) to the same targets: pages of a full set
+        # one after another, deltas after, a full set every heartbeat and
+        # after a 412 (spec/load-affinity.md 2 and 6).
+        self.room_publishers = []
+        for target in p.targets:
+            reader = self.feed.reader()
+            publisher = Publisher(target, affinity.PACKAGE, affinity.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
+                                  authorize=client.authorize if client else None, expires=p.expires,
+                                  produce=None, heartbeat=None, min_interval=0.1, key=target)
+            publisher.produce = self._room_producer(publisher, reader)
+            publisher.heartbeat = self.feed.refresh
+            self._room_readers[id(publisher)] = reader
+            self.room_publishers.append(publisher)
+        users = [self.notifier, self.affinity_notifier, *self.publishers, *self.room_publishers]
+        self.endpoint = Endpoint(users, allow_events=[PACKAGE, affinity.PACKAGE])
         n = cfg.notifier
         self.sip = SipService(self.endpoint, on_event=self._on_sip_event, limits=StreamLimits(
             max_connections=n.max_connections, max_per_source=n.max_connections_per_source,
@@ -281,11 +319,74 @@ class AgentService:
             self._announced = status
         now = self.sip.now()
         self.sip.submit(self.notifier, self.notifier.state_changed(None, now, significant))
+        self._announce_rooms(now)
         # Publishers send their heartbeats themselves (a fresh body every
         # `heartbeat` s, spec 5.2.2, on their own timer); a significant change goes at once.
         if significant:
             for publisher in self.publishers:
                 self.sip.submit(publisher, publisher.publish(None, now))
+
+    # -- rooms (load-affinity) -----------------------------------------------------------
+
+    def rooms(self) -> RoomTable | None:
+        """The ConfBridge rooms the Asterisk collector follows, if it does."""
+        if self.sampler is None:
+            return None
+        return next((c.rooms for c in self.sampler.collectors
+                     if isinstance(getattr(c, "rooms", None), RoomTable)), None)
+
+    def _announce_rooms(self, now: float) -> None:
+        """A new version of the key set when the rooms changed. Rooms not
+        known (AMI down, not listed yet) change nothing: unknown is not "no
+        rooms", and the node's status keeps calls away meanwhile."""
+        rooms = self.rooms()
+        if rooms is None or not rooms.synced or self.affinity_notifier is None or self.sip is None:
+            return
+        keys = set()
+        for name in rooms.keys:
+            digest = self._digests.get(name)
+            if digest is None:
+                digest = self._digests[name] = affinity.affinity_key(name)
+            keys.add(digest)
+        if len(self._digests) > 4 * len(keys) + 64:
+            self._digests = {n: d for n, d in self._digests.items() if n in rooms.keys}
+        first = not self._rooms_known
+        self._rooms_known = True
+        if first:
+            for publisher in self.room_publishers:  # the first full set, even of no room
+                self.sip.submit(publisher, publisher.publish(None, now))
+        if self.feed.update(keys):
+            log.debug("rooms: %d (version %d)", len(keys), self.feed.version)
+            self.sip.submit(self.affinity_notifier, self.affinity_notifier.state_changed(None, now, True))
+            for publisher in self.room_publishers:
+                self.sip.submit(publisher, publisher.publish(None, now))
+
+    @staticmethod
+    def _room_producer(publisher: Publisher, reader: FeedReader) -> Callable[[float], bytes]:
+        """The body of a room publisher's next PUBLISH: an initial publication
+        (no entity tag: the first, or after a 412) starts a full set."""
+        def produce(now: float) -> bytes:
+            if publisher.etag is None and not reader.paging:
+                reader.restart()
+            return affinity.encode(reader.next_body(now))
+        return produce
+
+    def _affinity_body(self, sub: object, now: float) -> tuple[bytes, bool]:
+        """The next load-affinity body for one subscription (spec/load-affinity.md 6):
+        a full set after each SUBSCRIBE, deltas after, a full set as heartbeat."""
+        assert self.affinity_notifier is not None
+        key = (sub.id.call_id, sub.id.local_tag)  # type: ignore[attr-defined]
+        reader, subscribes = self._readers.get(key, (None, 0))
+        if reader is None:
+            reader = self.feed.reader()
+        if subscribes != sub.subscribes:  # type: ignore[attr-defined]
+            reader.restart()  # every SUBSCRIBE, refresh included, gets a full set
+        self._readers[key] = (reader, sub.subscribes)  # type: ignore[attr-defined]
+        if len(self._readers) > len(self.affinity_notifier.subscriptions) + 16:
+            live = self.affinity_notifier.subscriptions
+            self._readers = {k: v for k, v in self._readers.items() if k in live or k == key}
+        body = reader.next_body(now)
+        return affinity.encode(body), reader.more
 
     def status_line(self) -> str:
         """One line on what the agent is doing, for the periodic log: the
@@ -351,7 +452,10 @@ class AgentService:
             now = self.sip.now()
             self.sip.submit(self.notifier, self.notifier.terminate_all(
                 "probation", now, retry_after=self.config.notifier.restart_retry_after))
-            for publisher in self.publishers:
+            if self.affinity_notifier is not None:
+                self.sip.submit(self.affinity_notifier, self.affinity_notifier.terminate_all(
+                    "probation", now, retry_after=self.config.notifier.restart_retry_after))
+            for publisher in [*self.publishers, *self.room_publishers]:
                 self.sip.submit(publisher, publisher.remove(now))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_WAIT
@@ -368,9 +472,10 @@ class AgentService:
         """Requests unanswered, final NOTIFYs unsent, or removals not yet sent:
         a removal right after a PUBLISH waits for the 100 ms of spec 8.1."""
         return bool((self.endpoint is not None and self.endpoint.outstanding)
-                    or (self.notifier is not None and (self.notifier.closing or self.notifier.subscriptions))
+                    or any(n is not None and (n.closing or n.subscriptions)
+                           for n in (self.notifier, self.affinity_notifier))
                     or any(p.removing and (p.etag is not None or p.pending is not None or p.queued is not None)
-                           for p in self.publishers))
+                           for p in [*self.publishers, *self.room_publishers]))
 
     async def _close(self) -> None:
         if self.control is not None:
@@ -456,10 +561,13 @@ class AgentService:
         is challenged again at its next refresh.)"""
         if self.sip is None or self.notifier is None:
             return
-        for sub in list(self.notifier.subscriptions.values()):
-            if _trusted(sub.source, old_trust) and not _trusted(sub.source, self._trust) \
-                    and not self._certified(sub.source):
-                self.sip.submit(self.notifier, self.notifier.drop(sub.id, "unauthorized"))
+        for notifier in (self.notifier, self.affinity_notifier):
+            if notifier is None:
+                continue
+            for sub in list(notifier.subscriptions.values()):
+                if _trusted(sub.source, old_trust) and not _trusted(sub.source, self._trust) \
+                        and not self._certified(sub.source):
+                    self.sip.submit(notifier, notifier.drop(sub.id, "unauthorized"))
 
     # -- SIP plumbing --------------------------------------------------------------------------
 
@@ -484,8 +592,15 @@ class AgentService:
             log.info("SUBSCRIBE from %s:%s refused: %d %s", event.source.host, event.source.port, event.status, event.reason)
         elif isinstance(event, NotifyFailed):
             log.warning("NOTIFY on %s failed: %d %s", event.id, event.status, event.reason)
+            held = self._readers.get((event.id.call_id, event.id.local_tag))
+            if held is not None:
+                held[0].restart()  # not received: a full set next (spec/load-affinity.md 6)
         elif isinstance(event, Published):
             log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
+            reader = self._room_readers.get(id(event.publisher))
+            if reader is not None and reader.more and self.sip is not None:
+                # The next page of a full set (or a delta that waited): at once.
+                self.sip.submit(event.publisher, event.publisher.publish(None, self.sip.now()))
         elif isinstance(event, PublicationFailed):
             if event.retry_at is not None:
                 retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"

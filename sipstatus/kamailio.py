@@ -320,6 +320,37 @@ class KamailioSink:
             self._pushed.pop(node, None)
 
 
+class KamailioRoomSink:
+    """Pushes room key -> node (spec/load-affinity.md 7.2) into a Kamailio
+    htable: `htable.sets TABLE KEY NODE` for a new or moved room,
+    `htable.delete TABLE KEY` for one that ended (or whose node no longer
+    takes calls). The script reads `$sht(TABLE=>KEY)`, KEY being
+    `$(var(room){s.sha256}{s.substr,0,16})`."""
+
+    def __init__(self, rpc: JsonRpcClient, htable: str = "affinity") -> None:
+        self.rpc, self.htable = rpc, htable
+        self._pushed: dict[str, str] = {}
+
+    def push(self, assignments: Mapping[str, str], now: float) -> None:
+        for key in [k for k in self._pushed if k not in assignments]:
+            self.rpc.call("htable.delete", self.htable, key)
+            del self._pushed[key]
+        for key, node in assignments.items():
+            if self._pushed.get(key) != node:
+                self.rpc.call("htable.sets", self.htable, key, node)
+                self._pushed[key] = node
+
+    def next_flush(self) -> float | None:
+        return None
+
+    def flush(self, now: float) -> bool:
+        return False
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._pushed.pop(key, None)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

@@ -106,6 +106,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .affinity import affinity_key
 from .codec import MAX_BODY_OCTETS, MEDIA_TYPE, StatusError, decode
 from .nodetable import NodeTable, Outcome
 from .policy import DEFAULT_POLICY, WeightPolicy, make_policy
@@ -183,6 +184,9 @@ class Settings:
                                                metadata={"define": "SUBSCRIBE_CONTACT"})
     subscribe_expires: int = dataclasses.field(default=600, metadata={"define": "SUBSCRIBE_EXPIRES"})
     subscribe_retry: int = dataclasses.field(default=10, metadata={"define": "SUBSCRIBE_RETRY"})
+    #: 1: a call without `X-Exec-App: Conference` takes its conference room
+    #: from the Request-URI user; 0: only that header's room.
+    affinity_ruri: int = dataclasses.field(default=0, metadata={"define": "AFFINITY_RURI"})
 
     @classmethod
     def from_defines(cls, **overrides: Any) -> Settings:
@@ -550,6 +554,7 @@ class SipStatus:
         False."""
         if not self._ready():
             return False
+        self._room_key()
         fresh, node = self._pick(())
         if node is None:
             KSR.sl.sl_send_reply(503, "No node accepts calls" if fresh else "No destination")
@@ -598,7 +603,9 @@ class SipStatus:
         ]
         if not candidates:
             return fresh, None
-        node = self.rng.choices([n for n, _ in candidates], [w for _, w in candidates])[0]
+        room_node, announced = self._room_node(dict(candidates))
+        node = room_node or self.rng.choices([n for n, _ in candidates], [w for _, w in candidates])[0]
+        self._place_room(node, announced)
         # $du through the pv (not KSR.setdsturi): assigning $du marks the
         # Request-URI as new, without which tm has no branch to add in a
         # failure route ("no branches for forwarding", 5.6.3).
@@ -612,6 +619,44 @@ class SipStatus:
         else:
             KSR.info(f"load-status: no fresh report, rweight chose {node} ({uris[node]})\n")
         return fresh, node
+
+    # -- conference rooms (spec/load-affinity.md 7.2) ---------------------------
+
+    def _room_key(self) -> None:
+        """$avp(ls_room) = the affinity key of the conference room this call
+        names: `X-Exec-App-Data` when `X-Exec-App` is `Conference`, else,
+        with AFFINITY_RURI 1, the Request-URI user; unset otherwise."""
+        room = None
+        if (KSR.hdr.get("X-Exec-App") or "").strip() == "Conference":
+            room = (KSR.hdr.get("X-Exec-App-Data") or "").strip() or None
+        if room is None and self.settings.affinity_ruri == 1:
+            room = KSR.pv.get("$rU")
+        if room:
+            KSR.pv.sets("$avp(ls_room)", affinity_key(room))
+
+    @staticmethod
+    def _room_node(candidates: dict[str, int]) -> tuple[str | None, bool]:
+        """The node for this call's room among `candidates` (nodes that take
+        calls and that the call has not tried): the one hosting the room
+        (htable `affinity`), else the one this proxy placed it on (htable
+        `placed`); and whether it was the hosting one."""
+        key = KSR.pv.get("$avp(ls_room)")
+        if key is None:
+            return None, False
+        for table, announced in (("affinity", True), ("placed", False)):
+            node = KSR.htable.sht_get(table, key)
+            if node is not None and node in candidates:
+                return node, announced
+        return None, False
+
+    @staticmethod
+    def _place_room(node: str, announced: bool) -> None:
+        """The room goes where its latest call goes, unless that node was
+        chosen for hosting it: should it refuse, the placement must name
+        where the retry went."""
+        key = KSR.pv.get("$avp(ls_room)")
+        if key is not None and not announced:
+            KSR.htable.sht_sets("placed", key, node)
 
     # -- failover (failure route ksr_sipstatus_failure) -------------------------
 

@@ -451,3 +451,40 @@ class OpenSipsSink:
             if node in self._lb_applied:
                 self._lb_applied[node] = _LbApplied(None, None)
             self._ds_applied.pop(node, None)
+
+
+class OpenSipsRoomSink:
+    """Pushes room key -> node (spec/load-affinity.md 7.2) into OpenSIPS's
+    cachedb_local over MI: `cache_store` of PREFIX<key> = node for a new or
+    moved room, `cache_remove` for one that ended (or whose node no longer
+    takes calls). The script reads it with `cache_fetch("local",
+    "affinity_<key>", $var(node))` (packaging/examples/opensips/compositor).
+    MI commands and parameter names as OpenSIPS 3.6.8 answered them."""
+
+    def __init__(self, mi: MiClient, prefix: str = "affinity_", system: str = "local") -> None:
+        self.mi, self.prefix, self.system = mi, prefix, system
+        self._pushed: dict[str, str] = {}
+
+    def push(self, assignments: Mapping[str, str], now: float) -> None:
+        for key in [k for k in self._pushed if k not in assignments]:
+            try:
+                self.mi.call("cache_remove", {"system": self.system, "attr": self.prefix + key})
+            except MiError as err:
+                if "not found" not in str(err).lower():
+                    raise
+            del self._pushed[key]
+        for key, node in assignments.items():
+            if self._pushed.get(key) != node:
+                self.mi.call("cache_store", {"system": self.system, "attr": self.prefix + key, "value": node})
+                self._pushed[key] = node
+
+    def next_flush(self) -> float | None:
+        return None
+
+    def flush(self, now: float) -> bool:
+        return False
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._pushed.pop(key, None)
+

@@ -18,9 +18,9 @@ import signal
 import time
 from collections.abc import Callable
 
-from .kamailio import JsonRpcClient, KamailioSink, RpcError
+from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
 from .nodetable import NodeView
-from .opensips import MiClient, MiError, OpenSipsSink, PushResult
+from .opensips import MiClient, MiError, OpenSipsRoomSink, OpenSipsSink, PushResult
 from .policy import WeightPolicy, make_policy
 from .sidecar_config import PolicySection, SidecarConfig
 from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
@@ -131,8 +131,16 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
         raise ValueError("nothing to follow: give agents (--agent [NODE=]URI, [agents], "
                          "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
     views = [sink for sink in (opensips_sink(config),) if sink is not None]
+    rooms: list[Sink] = []
+    if config.affinity.enabled and config.kamailio.rpc and config.kamailio.affinity_htable:
+        room_rpc = kamailio_rpc(config)
+        assert room_rpc is not None
+        rooms.append(KamailioRoomSink(room_rpc, config.kamailio.affinity_htable))
+    if config.affinity.enabled and config.opensips.mi_url and config.opensips.affinity_prefix:
+        rooms.append(OpenSipsRoomSink(MiClient(config.opensips.mi_url, timeout=config.opensips.timeout),
+                                      config.opensips.affinity_prefix))
     watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
-                      sinks=sinks, view_sinks=views, nodes=config.compositor.nodes)
+                      sinks=sinks, view_sinks=views, affinity_sinks=rooms, nodes=config.compositor.nodes)
     await watcher.start()
     where = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in watcher.addresses)
     targets = [t for t in (config.kamailio.rpc, config.opensips.mi_url) if t]

@@ -193,6 +193,15 @@ class CompositorSection:
 
 
 @dataclass(frozen=True)
+class AffinitySection:
+    #: Follow each agent's rooms too (the load-affinity package,
+    #: spec/load-affinity.md) and push room key -> node to the proxy.
+    enabled: bool = _opt(False, boolean)
+    #: Seconds a placement holds before the node announces the room.
+    hold: float = _opt(10.0, number(0.0, 3600.0))
+
+
+@dataclass(frozen=True)
 class PolicySection:
     #: water-fill (equal utilisation across nodes), free-slots (capacity x
     #: channel limit) or headroom (the node's own hint).
@@ -224,6 +233,8 @@ class KamailioSection:
     timeout: float = _opt(2.0, number(0.1, 60.0))
     #: jsonrpcs fifo_reply_dir (fifo: only).
     fifo_reply_dir: str = _opt("/tmp", text(r"\S+", "a directory"))
+    #: htable room keys go into with [affinity] on ($sht(TABLE=>KEY) = NODE); "" = none.
+    affinity_htable: str = _opt("affinity", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
 
 
 def mi_url(value: object) -> str:
@@ -249,6 +260,9 @@ class OpenSipsSection:
     refresh_interval: float = _opt(60.0, number(1.0, 86_400.0))
     #: Seconds to wait for one MI answer.
     timeout: float = _opt(2.0, number(0.1, 60.0))
+    #: With [affinity] enabled: cachedb_local keys PREFIX<room key> = node
+    #: (MI cache_store / cache_remove); "" = none.
+    affinity_prefix: str = _opt("affinity_", text(r"[A-Za-z0-9_]*", "a key prefix (A-Z a-z 0-9 _) or \"\""))
 
 
 @dataclass(frozen=True)
@@ -259,6 +273,7 @@ class SidecarConfig:
     agents: tuple[Agent, ...] = ()
     discover: DiscoverSection = field(default_factory=DiscoverSection)
     compositor: CompositorSection = field(default_factory=CompositorSection)
+    affinity: AffinitySection = field(default_factory=AffinitySection)
     policy: PolicySection = field(default_factory=PolicySection)
     kamailio: KamailioSection = field(default_factory=KamailioSection)
     opensips: OpenSipsSection = field(default_factory=OpenSipsSection)
@@ -271,7 +286,8 @@ class SidecarConfig:
             compositor=comp.enabled or comp.auto_join, auto_join=comp.auto_join,
             resource=comp.resource or None, trusted=comp.trusted,
             damper_step=self.policy.damper_step, startup_grace=self.policy.startup_grace,
-            sink_resync=self.kamailio.resync_interval or None)
+            sink_resync=self.kamailio.resync_interval or None,
+            affinity=self.affinity.enabled, affinity_hold=self.affinity.hold)
 
     def check(self) -> SidecarConfig:
         """Rules across sections; raises ConfigError."""

@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import affinity
+from .affinity_table import DEFAULT_HOLD, AffinityTable, Applied
 from .codec import MEDIA_TYPE, StatusError, decode
 from .kamailio import Destination as DispatcherDestination
 from .net import Endpoint, Resolver, SipService
@@ -69,6 +71,8 @@ from .status import LoadStatus
 log = logging.getLogger(__name__)
 
 PACKAGE = "load-status"
+#: Publication keys of the load-affinity compositor: "rooms:<node>".
+ROOMS_KEY = "rooms:"
 #: A node name (spec section 6.4).
 NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 #: The port an agent listens on when the URI does not say (packaging/agent.toml).
@@ -316,6 +320,10 @@ class WatcherConfig:
     #: Every this many seconds, a sink that has `forget` is given the last
     #: weights again in full (a restarted proxy lost them); None: never.
     sink_resync: float | None = None
+    #: Also subscribe to each agent's rooms (load-affinity, spec/load-affinity.md).
+    affinity: bool = False
+    #: Seconds a placement made with `place` holds without the node's announcement.
+    affinity_hold: float = DEFAULT_HOLD
 
 
 class Watcher:
@@ -335,6 +343,7 @@ class Watcher:
         policy: WeightPolicy | None = None,
         sinks: Sequence[Sink] = (),
         view_sinks: Sequence[ViewSink] = (),
+        affinity_sinks: Sequence[Sink] = (),
         nodes: Iterable[str] = (),
         on_change: Callable[[list[NodeRow]], None] | None = None,
         resolver: Resolver | None = None,
@@ -357,12 +366,23 @@ class Watcher:
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.config.trusted]
         self.pool = SubscriberPool()
         self.compositor: Compositor | None = None
+        #: The compositor of load-affinity (compositor and affinity both on):
+        #: publication keys are "rooms:<node>".
+        self.rooms_compositor: Compositor | None = None
         if self.config.compositor:
             self.compositor = Compositor(
                 PACKAGE, MEDIA_TYPE, resources=self._is_resource if self.config.resource else None,
                 authorize=self._authorize_publisher if self.trusted else None,
                 classify=self._classify, admit=self._admit,
-                min_expires=self.config.min_publication)
+                min_expires=self.config.min_publication,
+                other_packages=[affinity.PACKAGE] if self.config.affinity else ())
+            if self.config.affinity:
+                self.rooms_compositor = Compositor(
+                    affinity.PACKAGE, affinity.MEDIA_TYPE,
+                    resources=self._is_resource if self.config.resource else None,
+                    authorize=self._authorize_publisher if self.trusted else None,
+                    classify=self._classify_rooms, admit=self._admit_rooms,
+                    min_expires=self.config.min_publication, other_packages=[PACKAGE])
         self.subscribers: dict[str, Subscriber] = {}
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
@@ -372,6 +392,13 @@ class Watcher:
                        for sink in sinks]
         self._view_sinks = [_SinkRunner(sink, views=True, resync=resync, done=self._sink_done)
                             for sink in view_sinks]
+        #: The rooms of the pool (load-affinity): announced sets and placements.
+        self.affinity = AffinityTable(self.config.affinity_hold)
+        self.affinity_subscribers: dict[str, Subscriber] = {}
+        #: Sinks given room key -> node (`push(assignments, now)`), e.g. Kamailio's htable.
+        self._affinity_sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
+                                for sink in affinity_sinks]
+        self._affinity_pushed: dict[str, str] | None = None
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
@@ -399,7 +426,10 @@ class Watcher:
         users: list[object] = [self.pool]
         if self.compositor is not None:
             users.append(self.compositor)
-        endpoint = Endpoint(users, allow_events=[PACKAGE])  # type: ignore[arg-type]
+        if self.rooms_compositor is not None:
+            users.append(self.rooms_compositor)
+        packages = [PACKAGE, affinity.PACKAGE] if self.config.affinity else [PACKAGE]
+        endpoint = Endpoint(users, allow_events=packages)  # type: ignore[arg-type]
         self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
         for text in self.config.listen:
             transport, host, port = parse_listen(text)
@@ -416,10 +446,12 @@ class Watcher:
         now = self.now()
         self._started_at = now
         base = self._subscriber_config()
-        for runner in (*self._sinks, *self._view_sinks):
+        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
             runner.start()
         for agent in self.agents.values():
             self._follow(agent, base, now)
+            if self.config.affinity:
+                self._follow_rooms(agent, now)
         self._schedule_compute()
         self._arm()
 
@@ -429,7 +461,7 @@ class Watcher:
             return
         self._closing = True
         now = self.now()
-        for sub in self.subscribers.values():
+        for sub in [*self.subscribers.values(), *self.affinity_subscribers.values()]:
             if sub in self.pool.subscribers:
                 self.service.submit(self.pool, self.pool.stop(sub, now))
         # Wait until every subscription has ended: one that was up ends on
@@ -438,11 +470,12 @@ class Watcher:
         # (RFC 6665 4.1.2.3) or ends on its failure. Closing before then would
         # leave the notifier a subscription nobody ends.
         await self.wait_for(lambda w: all(
-            s.state == STOPPED for s in w.subscribers.values() if s in w.pool.subscribers), CLOSE_WAIT)
+            s.state == STOPPED for s in [*w.subscribers.values(), *w.affinity_subscribers.values()]
+            if s in w.pool.subscribers), CLOSE_WAIT)
         for handle in (self._timer, self._compute_handle):
             if handle is not None:
                 handle.cancel()
-        for runner in (*self._sinks, *self._view_sinks):
+        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
             await runner.stop()
         await self.service.close()
 
@@ -474,6 +507,55 @@ class Watcher:
         self._link[agent.key] = "subscribing" if agent.node else "subscribing (named by its first report)"
         assert self.service is not None
         self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _follow_rooms(self, agent: Agent, now: float) -> None:
+        """Subscribe to the agent's rooms (load-affinity) beside its status."""
+        _, host, _ = self.addresses[0]
+        host = self.config.advertise or host
+        local = f"sip:sipstatus@[{host}]" if ":" in host else f"sip:sipstatus@{host}"
+        config = SubscriberConfig(affinity.PACKAGE, affinity.MEDIA_TYPE, local, self.contact,
+                                  expires=self.config.expires, decode=affinity.decode)
+        uri = parse_agent_uri(agent.uri)
+        sub = Subscriber(agent.uri, config, destination=direct_destination(uri), key=agent.key)
+        self.affinity_subscribers[agent.key] = sub
+        assert self.service is not None
+        self.service.submit(self.pool, self.pool.add(sub, now))
+
+    def _rooms_event(self, event: object, now: float) -> None:
+        """A NOTIFY (or the end) of a load-affinity subscription (spec/load-affinity.md 5)."""
+        if isinstance(event, NotificationReceived) and isinstance(event.value, affinity.AffinityBody):
+            sub, body = event.subscriber, event.value
+            expected = sub.key if sub.key in self.table else None
+            if expected is not None and body.node != expected:
+                log.warning("rooms of %s: the agent at %s reports node %s; ignored", expected, sub.target, body.node)
+                return
+            applied = self.affinity.update(body, now)
+            if applied is Applied.GAP:
+                log.info("rooms of %s: delta %d->%d does not follow what we have; asking for a full set",
+                         body.node, body.base or 0, body.seq)
+                assert self.service is not None
+                self.service.submit(self.pool, self.pool.refresh(sub, now))
+            elif applied is Applied.APPLIED:
+                self._mark_changed()
+        elif isinstance(event, SubscriptionEnded):
+            log.info("rooms of %s: subscription ended (%s)", event.subscriber.key, event.reason)
+
+    # -- rooms: what a proxy asks --------------------------------------------------------------
+
+    def lookup(self, key: str, now: float | None = None) -> str | None:
+        """The node for a new call of the room with affinity key `key`
+        (spec/load-affinity.md 7.2), or None: choose by weight, then `place`."""
+        return self.affinity.lookup(key, self._weights, self.now() if now is None else now)
+
+    def place(self, key: str, node: str, now: float | None = None) -> None:
+        """A new call of room `key` was sent to `node` (it holds for the hold time)."""
+        self.affinity.place(key, node, self.now() if now is None else now)
+        self._mark_changed()
+
+    def refused(self, key: str, node: str) -> None:
+        """`node` refused a call of room `key`: the room follows the retry."""
+        self.affinity.refused(key, node)
+        self._mark_changed()
 
     def _decode(self, body: bytes) -> LoadStatus:
         """Spec 4.8 step 5; the Subscriber words the 400 from the error's
@@ -609,6 +691,10 @@ class Watcher:
 
     def _on_event(self, event: object) -> None:
         now = self.now()
+        subscriber = getattr(event, "subscriber", None)
+        if isinstance(subscriber, Subscriber) and subscriber.config.package == affinity.PACKAGE:
+            self._rooms_event(event, now)
+            return
         if isinstance(event, NotificationReceived | NotificationRejected | SubscriptionEnded):
             self._answered.add(event.subscriber.key)
         if isinstance(event, NotificationReceived):
@@ -629,6 +715,15 @@ class Watcher:
                      event.expires)
         elif isinstance(event, SubscriptionEnded):
             self._subscription_ended(event)
+        elif isinstance(event, PublicationReceived) and isinstance(event.value, affinity.AffinityBody):
+            if self.affinity.update(event.value, now) is Applied.APPLIED:
+                self._mark_changed()
+            return
+        elif isinstance(event, PublicationRemoved) and event.key.startswith(ROOMS_KEY):
+            if event.reason != "replaced":
+                self.affinity.forget(event.key.removeprefix(ROOMS_KEY))
+                self._mark_changed()
+            return
         elif isinstance(event, PublicationReceived):
             self._link[event.key] = f"published from {event.source.host}:{event.source.port}"
             self._report(event.value, now, "publish")  # type: ignore[arg-type]
@@ -713,6 +808,29 @@ class Watcher:
             raise SipError(400, body_reason(PACKAGE, err)) from None
         return status.node, status
 
+    def _classify_rooms(self, request: Request, body: bytes) -> tuple[str, object]:
+        """A load-affinity PUBLISH body (spec/load-affinity.md 4); the key is "rooms:<node>"."""
+        try:
+            rooms = affinity.decode(body)
+        except StatusError as err:
+            log.warning("PUBLISH of rooms refused: %s", err)
+            raise SipError(400, body_reason(affinity.PACKAGE, err)) from None
+        return ROOMS_KEY + rooms.node, rooms
+
+    def _admit_rooms(self, request: Request, source: Destination, key: str, rooms: object,
+                     initial: bool) -> SipError | None:
+        """The node must be in the pool, and a delta must follow what we have:
+        otherwise 412, and the publisher starts again with a full set
+        (spec/load-affinity.md section 2)."""
+        node = key.removeprefix(ROOMS_KEY)
+        if node not in self.table and not self.table.auto_join:
+            return SipError(403, f"node {node} is not in the pool")
+        if isinstance(rooms, affinity.AffinityBody) and self.affinity.would_gap(rooms):
+            log.info("rooms of %s: PUBLISH of delta %s->%d does not follow what we have: 412",
+                     node, rooms.base, rooms.seq)
+            return SipError(412, "Conditional Request Failed (rooms: a full set is needed)")
+        return None
+
     def _admit(self, request: Request, source: Destination, node: str, status: object,
                initial: bool) -> SipError | None:
         """Spec 5.5 step 12: a node outside the pool joins only with auto-join."""
@@ -740,6 +858,7 @@ class Watcher:
         views = list(self.table.views(now))
         self._weights = self.policy.weights(views)
         self._push(now, views)
+        self._push_rooms(now)
         self._arm()
         self._bump()
         if self.on_change is not None:
@@ -789,11 +908,25 @@ class Watcher:
             runner.want(pushed)
         self._pushed = {n: w for n, w in pushed.items() if n not in departed}
 
+    def _push_rooms(self, now: float) -> None:
+        """Room key -> node, for every room whose node takes calls, to the
+        affinity sinks (only when it changed; after the start-up grace)."""
+        if not self._affinity_sinks or (self._pushed is None and (self._sinks or self._view_sinks)):
+            return
+        assignments = self.affinity.assignments(self._weights, now)
+        if assignments != self._affinity_pushed:
+            self._affinity_pushed = assignments
+            for runner in self._affinity_sinks:
+                runner.want(assignments)
+
     def _next_timer(self, now: float) -> float | None:
         times = []
         expiry = self.table.next_expiry(now)
         if expiry is not None:
             times.append(expiry)
+        rooms = self.affinity.next_expiry()
+        if rooms is not None:
+            times.append(rooms)
         if self._pushed is None and (self._sinks or self._view_sinks):
             grace = self._started_at + self.config.startup_grace
             if grace > now:
@@ -817,6 +950,7 @@ class Watcher:
         now = max(self.now(), when)
         if self._compute_handle is not None:
             self._compute_handle.cancel()
+        self.affinity.expire(now)
         self._revive_stale(now)
         self._compute(now)
 

@@ -429,7 +429,7 @@ class Watcher(SipPeer):
 
     def subscribe(self, *, expires: int | None = 600, event: str = "load-status", user: str = "proxy",
                   dialog: Dialog | None = None, headers: list[tuple[str, str]] = (),
-                  authorization: Request | None = None) -> Request:
+                  authorization: Request | None = None, accept: str = TYPE) -> Request:
         """Send a SUBSCRIBE (a new dialog, or in `dialog`); returns it (Call-ID
         in `.call_id`). `authorization`: send this prepared request instead."""
         if authorization is not None:
@@ -448,7 +448,7 @@ class Watcher(SipPeer):
                 ("From", f"<sip:{dialog.user}@{self.host}>;tag={dialog.from_tag}"),
                 ("To", to), ("Call-ID", dialog.call_id), ("CSeq", f"{dialog.cseq} SUBSCRIBE"),
                 ("Contact", f"<sip:{dialog.user}@{self.host}:{self.port}>"),
-                ("Event", event), ("Accept", TYPE),
+                ("Event", event), ("Accept", accept),
             ]
             if expires is not None:
                 hdrs.append(("Expires", str(expires)))

@@ -65,6 +65,8 @@ class AsteriskConfig:
     maxcalls: int = 0
     #: Extra dialplan lines appended to the context `test`.
     dialplan: str = ""
+    #: Extra lines of manager.conf's [general] (e.g. `channelvars = TENANT`).
+    manager_general: str = ""
 
 
 class Asterisk:
@@ -124,7 +126,7 @@ enabled = yes
 port = {self.ami_port}
 bindaddr = 127.0.0.1
 displayconnects = yes
-
+{self.config.manager_general}
 [agent]
 secret = {self.agent_secret}
 deny = 0.0.0.0/0.0.0.0

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,6 +235,10 @@ class FakeAmi:
         self._idle22 = Transcript.load("22/login_ping_coresettings")
         self.host = "127.0.0.1"
         self.port = 0
+        #: Answers for actions no Scenario replays: (action, ActionID) ->
+        #: the bytes to send, or None for the unknown-action error
+        #: (tests/fakeami_rooms.py answers ConfBridge's actions this way).
+        self.extra_answer: Callable[[str, str, list[tuple[str, str]]], bytes | None] | None = None
 
     async def __aenter__(self) -> FakeAmi:
         self._server = await asyncio.start_server(self._serve, self.host, 0)
@@ -366,6 +371,11 @@ class _Session:
             await self.send(with_action_id(pong.raw, action_id))
             return True
         transcript = next((t for a, t in self.s.answers.items() if a.lower() == name), None)
+        extra = self.server.extra_answer(action, action_id, pairs) \
+            if transcript is None and self.server.extra_answer is not None else None
+        if extra is not None:
+            await self.send(extra)
+            return True
         if transcript is None:
             await self.send(
                 f"Response: Error\r\nActionID: {action_id}\r\nMessage: Invalid/unknown command: {action}. "

@@ -725,8 +725,9 @@ class SippNode:
     """
 
     def __init__(self, name: str, workdir: Path, rweight: int = 1, *, scenario: Path | None = None,
-                 log: bool = False) -> None:
+                 log: bool = False, extra: Sequence[str] = ()) -> None:
         self.name = name
+        self.extra = list(extra)  # more SIPp arguments (e.g. -key NAME VALUE)
         self.rweight = rweight
         self.port = free_udp_port()
         self.workdir = workdir
@@ -743,7 +744,7 @@ class SippNode:
             "sipp", "-sf", str(self.scenario), "-s", self.name,
             "-i", HOST, "-p", str(self.port),
             "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
-            "-nostdin",
+            "-nostdin", *self.extra,
         ]
         if self.log_path is not None:
             cmd += ["-trace_logs", "-log_file", str(self.log_path)]

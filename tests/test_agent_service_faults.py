@@ -66,7 +66,7 @@ def test_subscribe_for_another_event_package_gets_489_with_allow_events(tmp_path
 
     response, notifies = run(main())
     assert response.status == 489
-    assert response.allow_events == ["load-status"]
+    assert response.allow_events == ["load-status", "load-affinity"]  # both packages it serves (spec/load-affinity.md 2)
     assert notifies == []
 
 

@@ -57,7 +57,8 @@ from dataclasses import dataclass, field
 from sipstatus.status import Asterisk
 
 from ..config import AsteriskConfig, ami_secret
-from .ami import SHUTTING_DOWN, AmiClient, AmiError, AmiMessage, Stopping
+from .ami import SHUTTING_DOWN, AmiActionError, AmiClient, AmiError, AmiMessage, Stopping
+from .confbridge import NO_CONFERENCES, RoomTable, channel_variables
 from .interface import AsteriskLink, OnChange, Reading
 from .rtcp import RtcpTracker
 
@@ -257,8 +258,14 @@ class AsteriskCollector:
         self.max_calls: int | None = None  # CoreMaxCalls, when > 0
         self.max_load: float | None = None  # CoreMaxLoadAvg, when > 0
         self.settings_error: str | None = None
+        #: The ConfBridge rooms (agent/collectors/confbridge.py), for the
+        #: load-affinity package; None when `rooms` is off.
+        self.rooms: RoomTable | None = RoomTable(config.room_key_variable or None) if config.rooms else None
+        #: Why the rooms could not be listed (None when they were).
+        self.rooms_error: str | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._reconciling = asyncio.Lock()
+        self._listing_rooms = asyncio.Lock()
         self._settled = asyncio.Event()
 
     async def start(self) -> None:
@@ -321,6 +328,25 @@ class AsteriskCollector:
                     self._changed(f"channel {message.get('Channel')} hung up")
         elif event in ("RTCPSent", "RTCPReceived"):
             self.rtcp.report(message.as_dict(), self.clock())
+        elif event is not None and event.startswith("Confbridge") and self.rooms is not None:
+            self._on_room_event(event, message)
+
+    def _on_room_event(self, event: str, message: AmiMessage) -> None:
+        rooms = self.rooms
+        assert rooms is not None
+        conference = message.get("Conference")
+        if not conference:
+            return
+        if event == "ConfbridgeStart":
+            changed = rooms.started(conference)
+        elif event == "ConfbridgeJoin":
+            changed = rooms.joined(conference, channel_variables(message.fields))
+        elif event == "ConfbridgeEnd":
+            changed = rooms.ended(conference)
+        else:
+            return
+        if changed:
+            self._changed(f"room {conference} {event.removeprefix('Confbridge').lower()}")
 
     async def _on_up(self) -> None:
         self.calls_error = None
@@ -328,6 +354,7 @@ class AsteriskCollector:
         self.rtcp.clear()
         await self._read_settings()
         await self.reconcile()
+        await self.list_rooms()
 
     @property
     def reported(self) -> bool:
@@ -342,6 +369,10 @@ class AsteriskCollector:
     def _on_down(self, reason: str) -> None:
         self._settled.set()
         was_known = self.table.synced
+        if self.rooms is not None:
+            # Unknown until listed again; the announced set stays as it was
+            # meanwhile (unknown is not "no rooms"), see AgentService.
+            self.rooms.reset()
         self.table.reset(self.clock())
         self.rtcp.clear()
         if was_known:
@@ -396,12 +427,57 @@ class AsteriskCollector:
             self._settled.set()
             return True
 
+    async def list_rooms(self) -> bool:
+        """Replace the event-built rooms by ConfbridgeListRooms (and, when
+        the key needs a channel variable, ConfbridgeList of each room whose
+        key string is not known). Returns False when they could not be read."""
+        rooms = self.rooms
+        if rooms is None:
+            return False
+        async with self._listing_rooms:
+            rooms.begin_sync()
+            try:
+                answer = await self.client.action("ConfbridgeListRooms")
+                names = [m.get("Conference") or "" for m in answer.items if m.event == "ConfbridgeListRooms"]
+            except AmiActionError as exc:
+                if exc.message != NO_CONFERENCES:
+                    return self._rooms_failed(rooms, exc)
+                names = []  # Asterisk's way of saying "none"
+            except AmiError as exc:
+                return self._rooms_failed(rooms, exc)
+            listed: dict[str, str | None] = {name: rooms.key_string(name, {}) for name in names if name}
+            for name in [n for n, k in listed.items() if k is None and rooms.rooms.get(n) is None]:
+                try:
+                    members = await self.client.action("ConfbridgeList", {"Conference": name})
+                except AmiError:
+                    continue  # ended meanwhile, or unreadable: its next join names it
+                for item in members.items:
+                    key = rooms.key_string(name, channel_variables(item.fields))
+                    if key is not None:
+                        listed[name] = key
+                        break
+            self.rooms_error = None
+            if rooms.end_sync(listed):
+                self._changed("rooms corrected by ConfbridgeListRooms")
+            return True
+
+    def _rooms_failed(self, rooms: RoomTable, exc: AmiError) -> bool:
+        rooms.abort_sync()
+        text = (f"AMI {self.client.address}: ConfbridgeListRooms failed ({exc}); the AMI user "
+                f"{self.config.username!r} needs write = reporting and read = call in manager.conf, "
+                "and app_confbridge loaded; rooms unknown")
+        if text != self.rooms_error:
+            log.warning("%s", text)
+        self.rooms_error = text
+        return False
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reconcile_interval)
             if self.client.connected:
                 try:
                     await self.reconcile()
+                    await self.list_rooms()
                 except Exception:  # a bug must not end the periodic checks
                     log.exception("AMI: reconciling the channel counts failed")
 

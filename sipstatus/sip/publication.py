@@ -567,6 +567,9 @@ class Compositor:
                        now: float) -> list[CompositorOutput] | None:
         if request.method != "PUBLISH":
             return None
+        event = request.event
+        if event is not None and event.package in self.other_packages:
+            return None  # another compositor of the endpoint serves it
         out: list[CompositorOutput] = []
         try:
             self._publish(request, source, now, out)

@@ -292,6 +292,7 @@ class Subscription:
     last_sent: float | None = None  # start of the last NOTIFY transaction
     sent_version: int = -1
     owed: bool = True  # an immediate NOTIFY is owed to a SUBSCRIBE (spec 4.6.4)
+    subscribes: int = 1  # SUBSCRIBEs accepted on it (the initial one, then refreshes)
     in_flight: int | None = None  # CSeq of the NOTIFY awaiting its final response
     paused_until: float = -math.inf  # a Retry-After in a NOTIFY response (4.7.3)
     ending: tuple[str, int | None] | None = None  # final NOTIFY owed: reason, retry-after
@@ -352,6 +353,7 @@ class Notifier:
         max_min_rate: float = MAX_MIN_RATE,
         ids: IdGenerator | None = None,
         body_source: Callable[[], bytes | None] | None = None,
+        produce_for: Callable[[Subscription, float], tuple[bytes, bool]] | None = None,
     ) -> None:
         if not 0 < max_rate <= max_rate_limit:
             raise ValueError("need 0 < max_rate <= max_rate_limit")
@@ -364,6 +366,14 @@ class Notifier:
         self.content_type = content_type.lower()
         self._contact = contact
         self.produce = produce
+        #: A body per subscription (a package whose bodies differ between
+        #: subscribers, such as load-affinity's deltas): (body, more); with
+        #: more, the next NOTIFY goes as soon as the answer and the 100 ms
+        #: of spec 8.1 allow (the pages of a full set), as the immediate
+        #: NOTIFY of spec 4.6.4 does.
+        self.produce_for = produce_for
+        #: Packages other transaction users of the same endpoint serve: a
+        #: SUBSCRIBE for one of them is left to them (and Allow-Events names them).
         self.other_packages = [p.lower() for p in other_packages]
         self.authorize = authorize
         self.notify_authorize = notify_authorize
@@ -464,6 +474,9 @@ class Notifier:
         """A SUBSCRIBE for us; None for requests this notifier does not handle."""
         if request.method != "SUBSCRIBE":
             return None
+        event = request.event
+        if event is not None and event.package in self.other_packages:
+            return None  # another notifier of the endpoint serves it
         out: list[NotifierOutput] = []
         try:
             self._subscribe(request, source, now, out)
@@ -678,6 +691,7 @@ class Notifier:
             return
         sub.expires_at = now + expires
         sub.owed = True  # spec 4.6.4: a refresh gets an immediate NOTIFY
+        sub.subscribes += 1
         out.append(SubscriptionRefreshed(sub.id, expires))
         self._service(sub, now, out)
 
@@ -739,7 +753,10 @@ class Notifier:
                 state += f";retry-after={retry_after}"
         extra = [("Event", sub.event), ("Subscription-State", state)]
         body = b""
-        if terminated in FINAL_WITH_BODY:
+        more = False
+        if terminated is None and self.produce_for is not None:
+            body, more = self.produce_for(sub, now)
+        elif terminated in FINAL_WITH_BODY:
             body = self._fresh_body(now) or b""
         if body:
             extra.append(("Content-Type", self.content_type))
@@ -748,7 +765,7 @@ class Notifier:
         sub.sent += 1
         sub.last_sent = now
         sub.sent_version = self._version
-        sub.owed = False
+        sub.owed = more
         return SendRequest(request, sub.destination())
 
     def _resend_with_credentials(self, sub: Subscription, request: Request,
@@ -1064,6 +1081,15 @@ class Subscriber:
         if self.state in (IDLE, WAITING):
             self.state = STOPPED
         return []  # SUBSCRIBING or a refresh in flight: unsubscribe on its 2xx
+
+    def refresh(self, now: float) -> list[SubscriberOutput]:
+        """Refresh the subscription now, in its dialog (a package whose
+        notifier answers every SUBSCRIBE with its full state: load-affinity
+        after a gap, spec/load-affinity.md section 5). Nothing while a
+        request of ours is in flight or no dialog stands."""
+        if self.state != ACTIVE or self.pending is not None or self.dialog is None or self.stopping:
+            return []
+        return [self._in_dialog(self.expires, now)]
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -1491,6 +1517,9 @@ class SubscriberPool:
 
     def stop(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
         return self._after(subscriber, subscriber.stop(now))
+
+    def refresh(self, subscriber: Subscriber, now: float) -> list[SubscriberOutput]:
+        return self._after(subscriber, subscriber.refresh(now))
 
     def discard(self, subscriber: Subscriber) -> None:
         """Forget a subscriber at once (no unsubscribe)."""
