@@ -42,8 +42,8 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,10 @@ from bench.dispatchsim import (  # noqa: E402
     make_workload,
     simulate,
 )
+from sipstatus.nodetable import NodeView  # noqa: E402
 from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector, WaterFillPolicy  # noqa: E402
+from sipstatus.policy import _load as policy_load  # noqa: E402
+from sipstatus.policy import _scale as policy_scale  # noqa: E402
 
 SEEDS = 30
 RESULTS = ROOT / "bench" / "results"
@@ -132,30 +135,73 @@ def sensitivity_set() -> list[Callable[[], Dispatcher]]:
     ]
 
 
+@dataclass
+class MarginForm(WaterFillPolicy):
+    """Water-fill with another form of the margin m of a CPU-bound node, for
+    comparison with the default's (nothing up to 1 - 2m, all of m from
+    1 - m): "everywhere", m added at every utilisation (the rule before);
+    "ceiling", no such node aimed above 1 - m, and at the pool's level
+    below that (water-filling with a ceiling: the others share what it
+    does not take)."""
+
+    form: str = "everywhere"
+
+    def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
+        views = list(views)
+        loads = {}
+        for v in views:
+            if v.accepts_calls:
+                u, size, calls = policy_load(v, self.default_limit, 0.0)
+                cpu_bound = policy_load(v, self.default_limit, 1.0)[0] > u
+                if cpu_bound and self.form == "everywhere":
+                    u += self.measured_margin
+                ceiling = 1.0 - self.measured_margin if cpu_bound and self.form == "ceiling" else math.inf
+                loads[v.node] = (u, size, calls, ceiling)
+        raw = {v.node: 0.0 for v in views}
+        if self.form == "ceiling":
+            level = ceiling_level(list(loads.values()))
+        else:
+            sizes = sum(size for _, size, _, _ in loads.values())
+            level = sum(u * size for u, size, _, _ in loads.values()) / sizes if sizes > 0 else 0.0
+        for node, (u, size, calls, ceiling) in loads.items():
+            raw[node] = max(0.0, calls + self.gain * size * (min(level, ceiling) - u)) + self.floor * size * (1.0 - u)
+        top = max(raw.values(), default=0.0)
+        if top <= 0:
+            return {node: 0 for node in raw}
+        return {node: policy_scale(w, top) for node, w in raw.items()}
+
+
+def ceiling_level(loads: list[tuple[float, float, float, float]]) -> float:
+    """The level L with sum(size x min(L, ceiling)) = sum(size x u); inf when
+    the ceilings cannot hold the load."""
+    total = sum(u * size for u, size, _, _ in loads)
+    size_left = sum(size for _, size, _, _ in loads)
+    for _, size, _, ceiling in sorted(loads, key=lambda load: load[3]):
+        if size_left <= 0:
+            break
+        if total / size_left <= ceiling:
+            return total / size_left
+        total -= size * ceiling
+        size_left -= size
+    return math.inf if loads else 0.0
+
+
 def margins_set() -> list[Callable[[], Dispatcher]]:
     """What keeps calls off a node at its limit: the default policy with and
-    without the agent's CPU watch, and without water-fill's margin for a
-    node whose room is its CPU."""
+    without the agent's CPU watch, without water-fill's margin for a node
+    whose room is its CPU, and with two other forms of that margin."""
     default = agent_scorer(DEFAULT)
     return [
         lambda: Sipstatus(WaterFillPolicy(), default, name=WATER_FILL),
         lambda: Sipstatus(WaterFillPolicy(), default, watch=None, name="sipstatus-water-fill, no cpu watch"),
         lambda: Sipstatus(WaterFillPolicy(measured_margin=0.0), default, name="sipstatus-water-fill, no cpu margin"),
+        lambda: Sipstatus(MarginForm(form="everywhere"), default, name="sipstatus-water-fill, cpu margin everywhere"),
+        lambda: Sipstatus(MarginForm(form="ceiling"), default, name="sipstatus-water-fill, cpu margin from 0.95 only"),
         Ideal,
     ]
 
 
-def margin3_set() -> list[Callable[[], Dispatcher]]:
-    """The default policy with a smaller margin for a CPU-bound node (0.03)."""
-    return [
-        lambda: Sipstatus(WaterFillPolicy(measured_margin=0.03), agent_scorer(DEFAULT),
-                          name="sipstatus-water-fill, cpu margin 0.03"),
-        Ideal,
-    ]
-
-
-SETS = {"main": main_set, "policies": policies_set, "sensitivity": sensitivity_set, "margins": margins_set,
-        "margin3": margin3_set}
+SETS = {"main": main_set, "policies": policies_set, "sensitivity": sensitivity_set, "margins": margins_set}
 
 
 def run_seed(job: tuple[str, str, int]) -> list[dict]:

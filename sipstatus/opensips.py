@@ -43,12 +43,32 @@ repository and on opensips.org):
   "attr"?, "script_attr"?, "weight"?, "priority"?, "description"?}]}]}]}`;
   error 404 "destination not found".
 
-What is pushed (`OpenSipsSink`):
+What is pushed (`OpenSipsSink`), given the pool's nodes and the weights of
+the configured weight policy (`sipstatus.policy`, water-filling unless
+configured otherwise; the sidecar gives the damped weights its Kamailio
+sinks get):
 - load_balancer: a node that takes calls gets `lb_resize` of its resource to
   the number of concurrent calls OpenSIPS may have on it, and is enabled with
   `lb_status`; a node that takes none (draining, overloaded, down, stale,
-  never heard from) is disabled with `lb_status ... 0` and left at its size;
+  never heard from, or weight 0 from the policy) is disabled with
+  `lb_status ... 0` and left at its size;
 - dispatcher: the same node is set active or inactive with `ds_set_state`.
+
+Why the policy decides which nodes take calls but not the split. OpenSIPS's
+load_balancer is itself a per-call chooser that counts the calls it placed:
+each call goes to the destination with the most free slots, `max - load`,
+and a call is refused (`lb_start` fails) when no destination has one. Two
+rules fix the free slots it may be given: never more on a node than the
+room that node reports, and never less in total than the pool's room (or
+calls are refused while nodes have room, until the next push). Together
+they leave exactly one size per node: its free slots. Within them, a
+node's free slots are what water-filling fills: for nodes of one size,
+the most free slots is the lowest utilisation, with OpenSIPS's own count
+of the calls placed since the report, which is water-filling one call at a
+time (`LeastUtilisedSelector`). Shaping the sizes by the weights instead
+(shares of the pool's room) breaks one of the two rules: shares capped at
+each node's room sum to less than the pool's room, and uncapped shares put
+more calls on a node than it reports room for.
 
 Capacity mapping. load_balancer sends a call to the destination with the
 largest free slot, `max - load`, where `load` is the calls OpenSIPS itself
@@ -373,8 +393,10 @@ class OpenSipsSink:
 
     # pushing
 
-    def push(self, views: Iterable[NodeView]) -> PushResult:
-        """Apply what changed for each node. MI errors are collected in the
+    def push(self, views: Iterable[NodeView], weights: Mapping[str, int] | None = None) -> PushResult:
+        """Apply what changed for each node. `weights`: the weight policy's
+        (0 = no new calls; a node missing from them gets none); None: every
+        node that accepts calls takes them. MI errors are collected in the
         result (and logged); MiUnreachable is raised at once."""
         result = PushResult()
         for view in views:
@@ -382,10 +404,11 @@ class OpenSipsSink:
                 result.unknown.append(view.node)
                 log.error("node %s has no single destination in OpenSIPS: nothing sent for it", view.node)
                 continue
+            takes_calls = view.accepts_calls and (weights is None or weights.get(view.node, 0) > 0)
             if self.lb_group is not None:
-                self._push_lb(view, result)
+                self._push_lb(view, takes_calls, result)
             if self.ds_set is not None:
-                self._push_ds(view, result)
+                self._push_ds(view, takes_calls, result)
         return result
 
     def _known(self, node: str) -> bool:
@@ -395,11 +418,10 @@ class OpenSipsSink:
             return False
         return not (self.ds_set is not None and node not in self._ds)
 
-    def _push_lb(self, view: NodeView, result: PushResult) -> None:
+    def _push_lb(self, view: NodeView, takes_calls: bool, result: PushResult) -> None:
         dst = self._lb[view.node]
         applied = self._lb_applied[view.node]
-        want_on = view.accepts_calls
-        if not want_on:
+        if not takes_calls:
             if applied.enabled is not False:
                 # lb_status: destination_id, new_status 0 = disable (README "lb_status")
                 if self._call(result, "lb_status", {"destination_id": dst.id, "new_status": 0}):
@@ -422,9 +444,9 @@ class OpenSipsSink:
             if self._call(result, "lb_status", {"destination_id": dst.id, "new_status": 1}):
                 applied.enabled = True
 
-    def _push_ds(self, view: NodeView, result: PushResult) -> None:
+    def _push_ds(self, view: NodeView, takes_calls: bool, result: PushResult) -> None:
         dst = self._ds[view.node]
-        want = view.accepts_calls
+        want = takes_calls
         if self._ds_applied.get(view.node) == want:
             return
         group = str(self.ds_set) if self.ds_partition == "default" else f"{self.ds_partition}:{self.ds_set}"

@@ -6,9 +6,10 @@ at the same free fraction do not have the same room. Two shapes of policy:
 
 - a `WeightPolicy` turns the pool into integer weights 0..100, for proxies
   that choose by weight (Kamailio dispatcher algorithm 11 `rweight`, the
-  script-side weighted choice over an htable, OpenSIPS load_balancer
-  capacities). `WaterFillPolicy` is the default (`DEFAULT_POLICY`): it
-  aims every node at the pool's utilisation level;
+  script-side weighted choice over an htable); OpenSIPS's load_balancer
+  takes from them which nodes take calls, its sizes being the free slots
+  (sipstatus/opensips.py says why). `WaterFillPolicy` is the default
+  (`DEFAULT_POLICY`): it aims every node at the pool's utilisation level;
 - a `Selector` chooses the node for each call, and can correct what it knows
   for the calls it has itself sent since the last report (the proxy knows
   about those before the agent reports them). `LeastUtilisedSelector` is
@@ -115,18 +116,36 @@ class WaterFillPolicy:
     since L <= 1. The small last term (a `floor` fraction of the free
     slots) spreads the calls of an idle pool, where c and the gaps are all
     0. A node fuller than its calls make it (its CPU, not its call
-    limit, is what fills it: a hog) counts `measured_margin` more
-    utilisation: that safety margin keeps it below saturation while its CPU
-    figure moves between samples. Scaled so that the largest is 100
-    (rounding never turns a positive weight into 0). bench/bench_dispatch.py measures it against the others.
+    limit, is what fills it: a hog) has a measured room, and counts a
+    safety margin near saturation (below). Scaled so that the largest is
+    100 (rounding never turns a positive weight into 0).
+
+    The margin of a measured node. A CPU figure is an average over the
+    sampling window that moves from one window to the next, and the agent
+    reports a move of less than 5 points of weight only on its heartbeat
+    (spec section 8.3), where a call count is exact and the proxy's own
+    calls move it. Near saturation that uncertainty is what puts calls on
+    a full node; far from it, it cannot take the node to its limit, and a
+    margin there only unbalances the pool. So a measured node's
+    utilisation u counts `measured_margin` m more at u >= 1 - m, nothing
+    at u <= 1 - 2m, and in between the part of u above 1 - 2m:
+
+        u' = u + min(m, max(0, u - (1 - 2m)))
+
+    Water-filling then aims it at the pool's level like any other node
+    until the level nears saturation, where it holds it up to m lower
+    (spec/scoring.md, "The weights: a margin near saturation only"). The
+    margin shapes the preference only: the node still takes calls when
+    the pool has nothing better. bench/bench_dispatch.py measures it
+    against the others.
     """
 
     gain: float = 16.0
     floor: float = 0.1
-    #: Added to the utilisation of a node whose room is limited by something
-    #: other than its calls (its CPU): a CPU figure is an average over the
-    #: sampling window and moves by a few points from one to the next, where
-    #: a call count is exact, so such a node is aimed a little lower.
+    #: The most added to the utilisation of a node whose room is limited by
+    #: something other than its calls (its CPU), near saturation only: the
+    #: agent's significance step (5 points of weight, spec 8.3), the most a
+    #: measured figure may move unreported.
     measured_margin: float = 0.05
     default_limit: int = 100
     name: str = "water-fill"
@@ -263,7 +282,8 @@ def _load(view: NodeView, default_limit: int, measured_margin: float) -> tuple[f
     if count is None:
         return utilisation, size, utilisation * size
     if asterisk is not None and asterisk.limit and utilisation > count / asterisk.limit + 0.005:
-        utilisation += measured_margin  # the room is the CPU's (or another measured figure's)
+        # The room is the CPU's (or another measured figure's): a margin near saturation.
+        utilisation += min(measured_margin, max(0.0, utilisation - (1.0 - 2 * measured_margin)))
     return utilisation, size, float(count)
 
 

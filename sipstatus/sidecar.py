@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
 from .nodetable import NodeView
@@ -49,7 +49,8 @@ def kamailio_sink(config: SidecarConfig, rpc: JsonRpcClient) -> KamailioSink:
 
 
 class RefreshingOpenSips:
-    """OpenSipsSink as a view sink. Before every push it reads lb_list: the
+    """OpenSipsSink as a view sink, given the watcher's (damped) weights of
+    the configured policy. Before every push it reads lb_list: the
     capacities pushed add back OpenSIPS's load as it is now (a load read
     earlier counts the calls placed since twice: sipstatus.opensips), and a
     resize lost to lb_reload or an OpenSIPS restart is found and pushed
@@ -59,7 +60,7 @@ class RefreshingOpenSips:
         self.sink, self.interval, self.clock = sink, interval, clock
         self._read_at = float("-inf")
 
-    def push(self, views: list[NodeView]) -> PushResult:
+    def push(self, views: list[NodeView], weights: Mapping[str, int] | None = None) -> PushResult:
         now = self.clock()
         # MiError: the watcher logs it and tries again
         if now - self._read_at >= self.interval:
@@ -67,7 +68,7 @@ class RefreshingOpenSips:
             self._read_at = now
         else:
             self.sink.refresh_loads()
-        result = self.sink.push(views)
+        result = self.sink.push(views, weights)
         if result.errors:
             raise MiError("push", None, "; ".join(map(str, result.errors)))
         return result

@@ -187,11 +187,13 @@ class Sink(Protocol):
 
 
 class ViewSink(Protocol):
-    """A sink that wants the nodes themselves rather than weights (the
+    """A sink that wants the nodes themselves as well as the weights (the
     OpenSIPS adapter sizes load_balancer destinations from capacity and
-    limit). Called from a worker thread with every node at each change."""
+    limit, and switches off the nodes the policy gives weight 0). Called
+    from a worker thread with every node at each change, and the damped
+    weights the weight sinks got (departed nodes at 0)."""
 
-    def push(self, views: Iterable[NodeView]) -> object:
+    def push(self, views: Iterable[NodeView], weights: Mapping[str, int]) -> object:
         ...
 
 
@@ -886,8 +888,6 @@ class Watcher:
             return  # start-up grace: see the module docstring
         departed_views = [NodeView(n, None, None, False) for n in (self._pushed or {})
                           if n not in self.table]
-        for runner in self._view_sinks:
-            runner.want(views + departed_views)
         weights = dict(self._weights)
         departed = [n for n in (self._pushed or {}) if n not in weights]
         for node in departed:
@@ -895,6 +895,12 @@ class Watcher:
         damped = self.damper.apply(weights)
         for node in departed:
             self.damper.current.pop(node, None)
+        # View sinks get every change of the nodes (a size follows the
+        # capacity), with the damped weights: the policy says which nodes
+        # take calls there too.
+        given = {**self.damper.current, **{node: 0 for node in departed}}
+        for runner in self._view_sinks:
+            runner.want((views + departed_views, given))
         if damped is None and self._pushed is not None:
             for node in departed:
                 del self._pushed[node]
@@ -1008,8 +1014,13 @@ class _SinkRunner:
             except asyncio.CancelledError:
                 pass
 
-    def want(self, payload: Mapping[str, int] | list[NodeView]) -> None:
-        self.latest = list(payload) if self.views else dict(payload)  # type: ignore[arg-type]
+    def want(self, payload: Mapping[str, int] | tuple[list[NodeView], Mapping[str, int]]) -> None:
+        """The newest weights (a weight sink) or (views, weights) (a view sink)."""
+        if self.views:
+            views, weights = payload  # type: ignore[misc]
+            self.latest = (list(views), dict(weights))
+        else:
+            self.latest = dict(payload)  # type: ignore[arg-type]
         self._wake.set()
 
     def _next_flush(self) -> float | None:
@@ -1018,12 +1029,12 @@ class _SinkRunner:
 
     def _push(self, payload: Any, now: float) -> None:
         if self.views:
-            self.sink.push(payload)  # type: ignore[call-arg]
+            self.sink.push(*payload)  # type: ignore[call-arg]
         else:
             self.sink.push(payload, now)  # type: ignore[call-arg]
 
     def _push_again(self, payload: Any, now: float) -> None:
-        nodes = [v.node for v in payload] if self.views else list(payload)
+        nodes = [v.node for v in payload[0]] if self.views else list(payload)
         self.sink.forget(nodes)  # type: ignore[union-attr]
         self._push(payload, now)
 

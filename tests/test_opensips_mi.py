@@ -331,3 +331,45 @@ def test_a_notification_gets_202_and_an_answer_that_never_ends(osips):
 def test_ds_list_destinations_carry_their_resolved_addresses(osips):
     dests = MiClient(osips.url).call("ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"]
     assert [d["resolved_addresses"] for d in dests[:2]] == [["10.0.0.1:5060"], ["10.0.0.2:5060"]]
+
+
+# -- the weight policy decides which nodes take calls ---------------------------------
+
+
+def test_a_node_the_policy_gives_weight_0_is_disabled_though_it_accepts_calls(osips, sink):
+    result = sink.push([view("ast1", 0.5, limit=40), view("ast2", 0.5, limit=40)], {"ast1": 0, "ast2": 60})
+    assert ("lb_status", {"destination_id": 1, "new_status": 0}) in result.applied
+    assert ("ds_set_state", {"state": "i", "group": "1", "address": "sip:10.0.0.1:5060"}) in result.applied
+    assert lb_state(osips, 1)["enabled"] == "no" and lb_state(osips, 2)["enabled"] == "yes"
+
+
+def test_a_node_missing_from_the_policys_weights_gets_no_calls(osips, sink):
+    sink.push([view("ast2", 0.5, limit=40)], {})
+    assert lb_state(osips, 2)["enabled"] == "no"
+
+
+def test_a_node_with_a_positive_weight_is_sized_to_its_free_slots_whatever_the_weight(osips, sink):
+    # load_balancer sends each call to the most free slots; a size other than
+    # the node's free slots would either put calls beyond its room or refuse
+    # calls while the pool has room (sipstatus.opensips, module docstring).
+    sink.push([view("ast2", 0.25, limit=40), view("ast3", 0.5, limit=40)], {"ast2": 100, "ast3": 1})
+    assert lb_state(osips, 2)["Resources"][0]["max"] == 10
+    assert lb_state(osips, 3)["Resources"][0]["max"] == 20
+
+
+def test_the_policys_weights_switch_a_node_back_on(osips, sink):
+    sink.push([view("ast2", 0.5, limit=40)], {"ast2": 0})
+    back = sink.push([view("ast2", 0.5, limit=40, seq=2)], {"ast2": 35})
+    assert ("lb_status", {"destination_id": 2, "new_status": 1}) in back.applied
+    assert lb_state(osips, 2)["enabled"] == "yes"
+
+
+def test_the_sidecar_passes_the_weights_to_the_sink():
+    from sipstatus.sidecar import RefreshingOpenSips
+
+    state = FakeOpenSips(lb=[LbDst(1, 1, "sip:10.0.0.1:5060", {"channels": [100, 0]}, attrs="node=ast1")])
+    with FakeMiServer(state) as server:
+        sink = RefreshingOpenSips(OpenSipsSink(MiClient(server.url), lb_group=1), interval=60.0, clock=lambda: 0.0)
+        status = LoadStatus("ast1", "i", 1, 15, State.ACTIVE, 1.0, asterisk=Asterisk(calls=0, limit=30))
+        sink.push([NodeView("ast1", status, 0.0, True)], {"ast1": 0})
+        assert state.lb[0].disabled

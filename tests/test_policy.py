@@ -175,10 +175,34 @@ def test_every_named_policy_can_be_made():
     assert {make_policy(name).name for name in POLICIES} == set(POLICIES)
 
 
-def test_water_fill_aims_a_node_whose_room_is_its_cpu_a_little_lower():
-    # Same utilisation 0.8 on both, but "cpu" is bound by its CPU (a measured
-    # average), "calls" by its exact call count: "cpu" gets less.
-    weights = WaterFillPolicy(floor=0.0).weights([loaded("calls", 320, 400), loaded("cpu", 240, 400, capacity=0.2)])
-    assert weights["calls"] == 100 and weights["cpu"] < 50
-    even = WaterFillPolicy(floor=0.0, measured_margin=0.0).weights([loaded("calls", 320, 400), loaded("cpu", 240, 400, capacity=0.2)])
-    assert even == {"calls": 100, "cpu": 75}
+def test_water_fill_aims_a_node_whose_room_is_its_cpu_lower_near_saturation():
+    # Same utilisation 0.96 on both, but "cpu" is bound by its CPU (a measured
+    # average), "calls" by its exact call count: near saturation "cpu" counts
+    # the whole margin (0.05) and gets less.
+    pool = [loaded("calls", 384, 400), loaded("cpu", 240, 400, capacity=0.04)]
+    weights = WaterFillPolicy(floor=0.0).weights(pool)
+    assert weights["calls"] == 100 and weights["cpu"] < 30
+    even = WaterFillPolicy(floor=0.0, measured_margin=0.0).weights(pool)
+    assert even == {"calls": 100, "cpu": 63}
+
+
+def test_water_fill_counts_no_margin_for_a_cpu_bound_node_far_from_saturation():
+    # At 0.8 (below 1 - 2 x margin) the CPU figure cannot reach saturation
+    # unreported: both nodes are aimed at the same level.
+    pool = [loaded("calls", 320, 400), loaded("cpu", 240, 400, capacity=0.2)]
+    assert WaterFillPolicy(floor=0.0).weights(pool) == WaterFillPolicy(floor=0.0, measured_margin=0.0).weights(pool)
+
+
+def test_water_fill_margin_grows_from_nothing_to_the_whole_margin_between_two_margins_and_one():
+    def cpu_weight(capacity):
+        pool = [loaded("calls", 400 - round(400 * capacity), 400), loaded("cpu", 200, 400, capacity=capacity)]
+        return WaterFillPolicy(floor=0.0).weights(pool)["cpu"]
+
+    def unmargined(capacity):
+        pool = [loaded("calls", 400 - round(400 * capacity), 400), loaded("cpu", 200, 400, capacity=capacity)]
+        return WaterFillPolicy(floor=0.0, measured_margin=0.0).weights(pool)["cpu"]
+
+    assert cpu_weight(0.10) == unmargined(0.10)  # u = 0.90: none
+    assert cpu_weight(0.07) < unmargined(0.07)  # u = 0.93: part of it
+    # u = 0.93 counts 0.96 (0.03 more), u = 0.95 counts 1.0 (0.05 more)
+    assert cpu_weight(0.07) > cpu_weight(0.05)

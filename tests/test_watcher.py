@@ -544,13 +544,15 @@ def test_a_failing_sink_is_tried_again_with_the_newest_weights():
 
 
 class RecordingViewSink:
-    """A sink that takes the nodes themselves (the shape of OpenSipsSink.push)."""
+    """A sink that takes the nodes themselves and the weights (the shape of OpenSipsSink.push)."""
 
     def __init__(self):
         self.pushes = []
+        self.weights = []
 
-    def push(self, views):
+    def push(self, views, weights):
         self.pushes.append({v.node: (v.accepts_calls, v.status and v.status.capacity) for v in views})
+        self.weights.append(dict(weights))
 
 
 def test_view_sinks_get_every_node_with_its_status():
@@ -563,6 +565,24 @@ def test_view_sinks_get_every_node_with_its_status():
                         "the view push")
             agent.set(state=State.DRAINING)
             await until(watcher, lambda w: sink.pushes[-1] == {"ast1": (False, 0.5)}, "the drain")
+        finally:
+            await watcher.close()
+            await agent.stop()
+
+    run(main())
+
+
+def test_view_sinks_get_the_damped_weights_the_weight_sinks_get():
+    async def main():
+        agent = await FakeAgent("ast1", capacity=0.5).start()
+        sink = RecordingViewSink()
+        weights = RecordingSink()
+        watcher = await started([agent], sinks=[weights], view_sinks=[sink])
+        try:
+            await until(watcher, lambda w: sink.weights and weights.pushes, "the first push")
+            assert sink.weights[-1] == watcher.pushed
+            agent.set(state=State.DRAINING)
+            await until(watcher, lambda w: sink.weights[-1] == {"ast1": 0}, "weight 0 for the drained node")
         finally:
             await watcher.close()
             await agent.stop()
