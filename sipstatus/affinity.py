@@ -28,13 +28,10 @@ from .codec import (
     MAX_SAFE_INTEGER,
     StatusError,
     _check_pattern,
-    _DuplicateMember,
-    _json_error,
     _json_type,
-    _no_constants,
-    _no_duplicates,
     _Number,
     _short,
+    parse_json_body,
 )
 
 #: The event package (spec/load-affinity.md section 2).
@@ -153,21 +150,7 @@ def to_wire(body: AffinityBody) -> dict[str, Any]:
 def decode(data: bytes | str) -> AffinityBody:
     """The body in `data`. Raises StatusError, and nothing else, for any
     input that is not a valid version 1 body."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogatepass")
-    if len(data) > MAX_BODY_OCTETS:
-        raise StatusError("", "maxLength", f"is {len(data)} octets, above the limit of {MAX_BODY_OCTETS}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StatusError("", "encoding", f"is not UTF-8 (bad octet at offset {exc.start})") from None
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _DuplicateMember as exc:
-        raise StatusError(str(exc), "unique", "member appears more than once in one object") from None
-    except (ValueError, RecursionError) as exc:
-        raise StatusError("", "json", f"is not JSON: {_json_error(exc)}") from None
-    return from_wire(obj)
+    return from_wire(parse_json_body(data, MAX_BODY_OCTETS))
 
 
 def from_wire(obj: object) -> AffinityBody:

@@ -246,21 +246,27 @@ def _encode_members(path: str, section: object, members: Mapping[str, _Member]) 
 def decode(body: bytes | str) -> LoadStatus:
     """The `LoadStatus` in a body. Raises StatusError, and nothing else, for
     any input that is not a valid version 1 body."""
+    return from_wire(parse_json_body(body, MAX_BODY_OCTETS))
+
+
+def parse_json_body(body: bytes | str, limit: int) -> object:
+    """The JSON value in a body of at most `limit` octets of UTF-8, with no
+    member twice in one object and no NaN or Infinity.
+    Raises StatusError, and nothing else, for anything else."""
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogatepass")
-    if len(body) > MAX_BODY_OCTETS:
-        raise StatusError("", "maxLength", f"is {len(body)} octets, above the limit of {MAX_BODY_OCTETS}")
+    if len(body) > limit:
+        raise StatusError("", "maxLength", f"is {len(body)} octets, above the limit of {limit}")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StatusError("", "encoding", f"is not UTF-8 (bad octet at offset {exc.start})") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _DuplicateMember as exc:
         raise StatusError(str(exc), "unique", "member appears more than once in one object") from None
     except (ValueError, RecursionError) as exc:
         raise StatusError("", "json", f"is not JSON: {_json_error(exc)}") from None
-    return from_wire(obj)
 
 
 def from_wire(obj: object) -> LoadStatus:
