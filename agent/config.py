@@ -363,8 +363,8 @@ class NotifierConfig:
     #: Receive buffer asked for each UDP socket, octets (the kernel caps it
     #: at net.core.rmem_max unless the agent runs as root); 0 = the kernel's default.
     udp_receive_buffer: int = _opt(4 * 1024 * 1024, integer(0, 1 << 30))
-    #: NOTIFYs per second per subscription at most (spec 8: default 2, absolute 10).
-    max_rate: float = _opt(2.0, number(0.0, 10.0, lo_open=True))
+    #: NOTIFYs per second per subscription at most (spec 8: default 5, absolute 10).
+    max_rate: float = _opt(5.0, number(0.0, 10.0, lo_open=True))
     #: Seconds between NOTIFYs without a change at most; 0 = validity / 3.
     heartbeat: float = _opt(0.0, number(0.0, 3600.0))
     default_expires: int = _opt(600, integer(60, 86_400))
@@ -383,8 +383,8 @@ class PublisherConfig:
     targets: tuple[str, ...] = _opt((), sip_uris)
     #: Requested publication lifetime, seconds (spec 5.3: default 600, minimum 60).
     expires: int = _opt(600, integer(60, 86_400))
-    #: PUBLISHes per second per target at most (spec 8.7: default 2, absolute 10).
-    max_rate: float = _opt(2.0, number(0.0, 10.0, lo_open=True))
+    #: PUBLISHes per second per target at most (spec 8.7: default 5, absolute 10).
+    max_rate: float = _opt(5.0, number(0.0, 10.0, lo_open=True))
     #: Digest credentials, when a compositor challenges.
     username: str = _opt("", text(r"[^\s]*", "a user name without spaces"))
     password: str = _opt("", text(r"[^\r\n]*", "a string without line breaks"))

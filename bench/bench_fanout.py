@@ -5,7 +5,7 @@ fake AMI server in this process. Also in this process: 1,000 `Subscriber`
 objects of the library in one `SubscriberPool` on one UDP socket (each with
 its own `id` event parameter, spec 4.2.1, so that none replaces another).
 The notifier's caps are raised to hold them; its rates are the defaults
-(validity 5 s: a heartbeat every 1.67 s per subscription; ceiling 0.5 s).
+(validity 5 s: a heartbeat every 1.67 s per subscription; ceiling 1 / DEFAULT_MAX_RATE).
 
 Measured:
 - the agent's RSS before the subscriptions and while holding them;
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
-from sipstatus.sip.subscription import NotificationReceived, Subscribed  # noqa: E402
+from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
 from tests.agent_harness import (  # noqa: E402
     AgentProcess,
     ChannelEvents,
@@ -147,7 +147,7 @@ def main() -> None:
         f"host: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}",
         f"setup: real agent process (UDP 127.0.0.1, collectors: asterisk only, fake AMI); {n} library Subscribers",
         "       (SubscriberPool, one UDP socket, distinct Event id) in the bench process; default rates:",
-        "       validity 5 s (heartbeat 1.67 s per subscription), ceiling 0.5 s",
+        f"       validity 5 s (heartbeat 1.67 s per subscription), ceiling {1 / DEFAULT_MAX_RATE:g} s",
         f"all {n} subscribed and notified in {r['subscribe_all']:.2f} s",
         f"agent RSS: {r['rss_before'] / 2**20:.1f} MiB before, {r['rss_holding'] / 2**20:.1f} MiB holding {n} "
         f"({(r['rss_holding'] - r['rss_before']) / n / 1024:.1f} KiB each), {r['rss_after'] / 2**20:.1f} MiB after the changes",

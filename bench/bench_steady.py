@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sipstatus.sip.subscription import NotificationReceived, Subscribed  # noqa: E402
+from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
 from tests.agent_harness import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
 from tests.fakeami import FakeAmi, Scenario  # noqa: E402
 from tests.sipp_runner import free_port  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
         f"date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
         f"host: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), Python {platform.python_version()}",
         "setup: real agent process, all collectors (host, asterisk, probe, network), default policy",
-        "       (interval 1 s, validity 5 s: heartbeat 1.67 s, ceiling 0.5 s); fake AMI replaying event_stream.txt",
+        f"       (interval 1 s, validity 5 s: heartbeat 1.67 s, ceiling {1 / DEFAULT_MAX_RATE:g} s); fake AMI replaying event_stream.txt",
         f"       in real time ({r['ami_events']} events written), probe answered ({r['probes']} OPTIONS);",
         f"       {args.subscribers} library Subscribers (one socket) in the bench process",
         f"measured: {r['wall']:.1f} s",

@@ -33,7 +33,7 @@ once a second, channels on every change (AMI events). When the agent sends
 is a pluggable `NotifyPolicy`; `AgentNotifyPolicy` is the agent's: what is
 significant is decided by the agent's own `is_significant` (agent/service.py:
 a state change, a weight change of 5 or more), sent as soon as the rate
-ceiling allows (notifier.max_rate, default 2/s); anything else rides on the
+ceiling allows (notifier.max_rate, default 5/s); anything else rides on the
 heartbeat (validity / 3 with the agent's default validity).
 
 The simulation is pure Python and `random`; one call is one channel.
@@ -938,6 +938,6 @@ class Sipstatus:
 #: Where the agent's policies in this simulation come from.
 AGENT_SOURCE = (
     "scoring: agent/scoring.py (the agent's own code); notification: STAND-IN "
-    "(the agent's notifier has not landed): on a change of state or weight, at most 2/s, "
+    f"(the agent's notifier has not landed): on a change of state or weight, at most {NotifierConfig().max_rate:g}/s, "
     "heartbeat 5 s"
 )

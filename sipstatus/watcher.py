@@ -81,7 +81,7 @@ DEFAULT_AGENT_PORT = 5070
 #: every configured node has been heard from (see the module docstring).
 STARTUP_GRACE = 5.0
 #: Weights are recomputed at most this often; reports arriving closer
-#: together are taken in one computation (hundreds of agents at 2/s each).
+#: together are taken in one computation (hundreds of agents at up to 5/s each).
 RECOMPUTE_INTERVAL = 0.02
 #: A stopping watcher waits this long for its unsubscriptions (spec 4.7.4
 #: gives a stopping agent 2 s for its final NOTIFYs; the same bound here).

@@ -278,7 +278,7 @@ def test_sighup_applies_who_may_subscribe_and_defers_the_rest_to_a_restart(tmp_p
                 await agent.wait_measured()
                 old = await Watcher(("127.0.0.1", port)).open()
                 request, _, _ = await subscribed(old)
-                changed = agent_config(ami.port, notifier={"trust": ["127.0.0.2/32"], "max_rate": 5.0},
+                changed = agent_config(ami.port, notifier={"trust": ["127.0.0.2/32"], "max_rate": 8.0},
                                        agent={"interval": 30.0, "validity": 3},
                                        scoring={"unknown_capacity": 1.0})
                 agent.config_path.write_text(toml(changed))

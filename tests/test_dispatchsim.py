@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from agent.config import ScoringConfig
+from agent.config import NotifierConfig, ScoringConfig
 from bench.dispatchsim import (
     AgentNotifyPolicy,
     Ideal,
@@ -188,13 +188,14 @@ class Deliveries(Sipstatus):
 
 
 def test_agent_reports_keep_the_rate_ceiling_and_the_heartbeat():
+    ceiling = 1 / NotifierConfig().max_rate  # the agent's default (spec 8.2)
     proxy = Deliveries(LeastUtilisedSelector())
     simulate(SMALL, make_workload(SMALL, 2), proxy)
     for node in ("a", "b", "c", "d"):
         sent = [t for n, t, _ in proxy.log if n == node]
         gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
         # `time` crosses the wire rounded to the millisecond (spec section 6).
-        assert min(gaps) >= 0.5 - 0.001
+        assert min(gaps) >= ceiling - 0.001
         assert max(gaps) <= 5.0 + 0.001
     assert all(0.005 - 0.0005 <= received - sent <= 0.020 + 0.0005 for _, sent, received in proxy.log)
 

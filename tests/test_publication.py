@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sipstatus.sip import Request, SipError, make_response
 from sipstatus.sip.identifiers import IdGenerator
 from sipstatus.sip.publication import (
+    DEFAULT_CEILING,
     Compositor,
     PublicationFailed,
     PublicationReceived,
@@ -129,9 +130,9 @@ def test_one_publish_at_a_time_and_the_latest_body_wins():
 
 def test_bodies_are_not_published_faster_than_the_ceiling():
     pub = published(now=0.0)
-    assert sent(pub.publish(b"b2", 0.2)) == []
+    assert sent(pub.publish(b"b2", DEFAULT_CEILING / 2)) == []
     ((when, req),) = requests_of(run(pub, 1.0))
-    assert when == 0.5 and req.body == b"b2"
+    assert when == DEFAULT_CEILING and req.body == b"b2"
 
 
 def test_ceiling_is_never_below_100_ms():
@@ -149,7 +150,7 @@ def test_412_starts_over_with_an_initial_publish_as_soon_as_the_ceiling_allows()
     ((when, req),) = requests_of(run(pub, 600.0))
     assert sent(pub.handle_response(make_response(req, 412), req, when + 0.1)) == []
     ((again_at, again),) = requests_of(run(pub, when + 1))
-    assert again_at == when + 0.5
+    assert again_at == when + DEFAULT_CEILING
     assert again.sip_if_match is None and again.body == b"b1"
 
 

@@ -44,9 +44,9 @@ from .subscription import (
 )
 from .transaction import Destination
 
-# Spec 8.7: PUBLISHes carrying bodies start at least C apart (default 0.5 s),
+# Spec 8.7: PUBLISHes carrying bodies start at least C apart (default 0.2 s),
 # and any two at least 100 ms apart (8.1).
-DEFAULT_CEILING = 0.5
+DEFAULT_CEILING = 0.2
 ABSOLUTE_INTERVAL = 0.1
 # Entity tags: 64 random bits are unguessable enough for a tag that is only
 # valid together with the publication's Request-URI and lifetime.

@@ -49,7 +49,7 @@ from .uri import SipUri, parse_uri
 DEFAULT_EXPIRES = 600  # spec 4.4: without Expires
 MIN_EXPIRES = 60  # spec 4.4: below this, 423 with Min-Expires
 MAX_EXPIRES = 3600  # spec 4.4: never granted longer
-DEFAULT_MAX_RATE = 2.0  # spec 8.2: ceiling without max-rate (0.5 s apart)
+DEFAULT_MAX_RATE = 5.0  # spec 8.2: ceiling without max-rate (0.2 s apart)
 MAX_RATE_LIMIT = 10.0  # spec 8.1: 100 ms between NOTIFYs, whatever is asked
 DEFAULT_HEARTBEAT = 5.0  # spec 8.2: validity (15 s) / 3
 # Spec 8.2: the highest min-rate (and adaptive-min-rate) honoured.  The agent
