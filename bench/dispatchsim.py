@@ -937,7 +937,8 @@ class Sipstatus:
 
 #: Where the agent's policies in this simulation come from.
 AGENT_SOURCE = (
-    "scoring: agent/scoring.py (the agent's own code); notification: STAND-IN "
-    f"(the agent's notifier has not landed): on a change of state or weight, at most {NotifierConfig().max_rate:g}/s, "
+    "scoring: agent/scoring.py (the agent's own code); notification: a model of the agent's notifier "
+    f"(is_significant from agent/service.py; the ceiling and heartbeat of sipstatus/sip/subscription.py): "
+    f"on a significant change, at most {NotifierConfig().max_rate:g}/s, "
     "heartbeat 5 s"
 )
