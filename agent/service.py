@@ -115,7 +115,8 @@ class AgentService:
         self._announced: LoadStatus | None = None  # the last significant one
         self._seq = 0
         self._changed: set[str] = set()
-        self._unremoved: Publisher | None = None  # the publisher whose removal just failed
+        #: the publishers whose removal failed (one per package and target)
+        self._unremoved: set[int] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.sampler: Sampler | None = None
@@ -607,11 +608,12 @@ class AgentService:
             else:
                 retry = "not retried" if event.publisher.removing else "will retry with the next heartbeat"
                 if event.publisher.removing:
-                    self._unremoved = event.publisher
+                    self._unremoved.add(id(event.publisher))
             log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
-        elif isinstance(event, Unpublished) and event.publisher is not self._unremoved:
-            # (after a failed removal the failure line above said what happened)
-            log.info("publication at %s removed", event.publisher.target)
+        elif isinstance(event, Unpublished) and event.existed and id(event.publisher) not in self._unremoved:
+            # (after a failed removal the failure line above said what happened;
+            # a publication never made, say of rooms Asterisk never had, needs none)
+            log.info("%s publication at %s removed", event.publisher.package, event.publisher.target)
 
     def _describe_addresses(self) -> str:
         listening = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in self.addresses) or "no listener"

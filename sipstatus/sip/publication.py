@@ -78,9 +78,10 @@ class PublicationFailed:
 
 @dataclass(frozen=True, slots=True)
 class Unpublished:
-    """Our state is removed (or was never there)."""
+    """Our state is removed (or was never there: `existed` False)."""
 
     publisher: Publisher
+    existed: bool = True
 
 
 PublisherEvent = Published | PublicationFailed | Unpublished
@@ -195,7 +196,7 @@ class Publisher:
         self.retry_at = self.refresh_at = None
         out: list[PublisherOutput] = []
         if self.etag is None and self.pending is None:
-            out.append(Unpublished(self))
+            out.append(Unpublished(self, existed=False))
             return out
         self._service(now, out)
         return out
