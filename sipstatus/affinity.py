@@ -31,6 +31,7 @@ from .codec import (
     _json_type,
     _Number,
     _short,
+    check_envelope,
     parse_json_body,
 )
 
@@ -67,7 +68,6 @@ _INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,16}")
 SEQ = _Number(True, 0, MAX_SAFE_INTEGER)
 VALIDITY = _Number(True, 1, MAX_VALIDITY)
 PAGE = _Number(True, 1, MAX_PAGES)
-VERSION = _Number(True, 0, MAX_SAFE_INTEGER)
 
 REQUIRED = ("version", "node", "instance", "seq", "validity", "kind")
 
@@ -154,17 +154,7 @@ def decode(data: bytes | str) -> AffinityBody:
 
 
 def from_wire(obj: object) -> AffinityBody:
-    if not isinstance(obj, dict):
-        raise StatusError("", "type", f"must be a JSON object, got {_json_type(obj)}")
-    for name in REQUIRED:
-        if obj.get(name) is None:
-            raise StatusError(name, "required", "required member is missing or null")
-    if isinstance(obj["version"], float):
-        raise StatusError("version", "type", f"must be the JSON integer {FORMAT_VERSION}, "
-                          f"written without fraction or exponent, got {obj['version']!r}")
-    version = VERSION.check("version", obj["version"])
-    if version != FORMAT_VERSION:
-        raise StatusError("version", "const", f"version {version} is not supported (this receiver reads version {FORMAT_VERSION})")
+    obj = check_envelope(obj, REQUIRED, FORMAT_VERSION)
     node = _check_pattern("node", obj["node"], _NODE, "a host name or token of 1 to 64 characters")
     instance = _check_pattern("instance", obj["instance"], _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -")
     seq = int(SEQ.check("seq", obj["seq"]))

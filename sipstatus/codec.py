@@ -269,21 +269,29 @@ def parse_json_body(body: bytes | str, limit: int) -> object:
         raise StatusError("", "json", f"is not JSON: {_json_error(exc)}") from None
 
 
-def from_wire(obj: object) -> LoadStatus:
-    """The `LoadStatus` in an already parsed JSON value (see `decode`)."""
+def check_envelope(obj: object, required: tuple[str, ...], format_version: int) -> dict[str, Any]:
+    """`obj` as a JSON object that has every member of `required` (not null)
+    and is version `format_version`; StatusError otherwise. Shared by the status body and
+    the load-affinity body, whose envelopes follow the same rules."""
     if not isinstance(obj, dict):
         raise StatusError("", "type", f"must be a JSON object, got {_json_type(obj)}")
-    for name in REQUIRED:
+    for name in required:
         if obj.get(name) is None:
             raise StatusError(name, "required", "required member is missing or null")
     if isinstance(obj["version"], float):
         # Spec 6.1: version is the JSON integer 1, written without fraction
         # or exponent; 1.0 is not version 1 (unlike other integer members).
-        raise StatusError("version", "type", f"must be the JSON integer {FORMAT_VERSION}, "
+        raise StatusError("version", "type", f"must be the JSON integer {format_version}, "
                           f"written without fraction or exponent, got {obj['version']!r}")
     version = VERSION.check("version", obj["version"])
-    if version != FORMAT_VERSION:
-        raise StatusError("version", "const", f"version {version} is not supported (this receiver reads version {FORMAT_VERSION})")
+    if version != format_version:
+        raise StatusError("version", "const", f"version {version} is not supported (this receiver reads version {format_version})")
+    return obj
+
+
+def from_wire(obj: object) -> LoadStatus:
+    """The `LoadStatus` in an already parsed JSON value (see `decode`)."""
+    obj = check_envelope(obj, REQUIRED, FORMAT_VERSION)
     ignored = [k for k in obj if k not in _TOP_LEVEL]
     node = _check_pattern("node", obj["node"], _NODE, "a host name or token of 1 to 64 characters")
     instance = _check_pattern("instance", obj["instance"], _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -")
