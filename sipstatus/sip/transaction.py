@@ -17,9 +17,7 @@ ACK for that rejection is absorbed.
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import SipError
 from .headers import Via, split_list
@@ -31,11 +29,14 @@ from .message import (
     parse_message,
     salvage_error_response,
 )
+from .timers import TimerHeap
 
 # RFC 3261 section 17.1.1.1 / table 4.
 T1 = 0.5  # RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests
 T4 = 5.0  # maximum time a message remains in the network
+# The timers of non-INVITE transactions: E and F (client), J (server), K (client).
+TIMER_NAMES = ("E", "F", "J", "K")
 DEFAULT_SIP_PORT = 5060  # section 19.1.2; 5061 for TLS
 DEFAULT_SIPS_PORT = 5061
 
@@ -153,7 +154,6 @@ class _Transaction:
     request: Request
     reliable: bool
     state: State = State.TRYING
-    timers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -201,54 +201,27 @@ class TransactionLayer:
         self.malformed = 0
         self.last_malformed: str | None = None
         self.retransmissions_absorbed = 0
-        self._heap: list[tuple[float, int, _Transaction, str]] = []
-        self._stale = 0  # heap entries of timers cancelled or replaced
-        self._seq = itertools.count()
+        self._timers: TimerHeap[tuple[_Transaction, str]] = TimerHeap()
 
     # -- timers ------------------------------------------------------------------------
 
     def _set_timer(self, txn: _Transaction, name: str, when: float) -> None:
-        if name in txn.timers:
-            self._stale += 1
-        txn.timers[name] = when
-        heapq.heappush(self._heap, (when, next(self._seq), txn, name))
+        self._timers.set((txn, name), when)
 
     def _cancel_timers(self, txn: _Transaction, *names: str) -> None:
-        """Stop ``names`` (all timers if none). Their heap entries stay until
-        due, holding the transaction and its request: a transaction answered
-        at once would live for Timer F's 32 s instead of Timer K's 5 s. When
-        such entries make up half the heap, it is rebuilt without them."""
-        for name in names or list(txn.timers):
-            if txn.timers.pop(name, None) is not None:
-                self._stale += 1
-        if self._stale > 64 and 2 * self._stale > len(self._heap):
-            self._heap = [entry for entry in self._heap if self._live(entry)]
-            heapq.heapify(self._heap)
-            self._stale = 0
-
-    def _live(self, entry: tuple[float, int, _Transaction, str]) -> bool:
-        when, _, txn, name = entry
-        return txn.state is not State.TERMINATED and txn.timers.get(name) == when
+        """Stop ``names`` (all timers if none)."""
+        for name in names or TIMER_NAMES:
+            self._timers.cancel((txn, name))
 
     def next_timer(self) -> float | None:
         """When ``handle_timer`` must next be called (None: no timer runs)."""
-        heap = self._heap
-        while heap and not self._live(heap[0]):
-            heapq.heappop(heap)
-            self._stale = max(0, self._stale - 1)
-        return heap[0][0] if heap else None
+        return self._timers.next_time()
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now``."""
         events: list[Event] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if not self._live(entry):
-                self._stale = max(0, self._stale - 1)
-                continue
-            when, _, txn, name = entry
-            del txn.timers[name]
+        while (due := self._timers.pop(now)) is not None:
+            when, (txn, name) = due
             if isinstance(txn, ClientTransaction):
                 self._client_timer(txn, name, when, events)
             else:
