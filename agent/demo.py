@@ -25,9 +25,9 @@ import time
 from collections.abc import Sequence
 
 from sipstatus import codec
-from sipstatus.net.endpoint import Endpoint
 from sipstatus.net.service import SipService
-from sipstatus.sip.subscription import (
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.subscriber import (
     NotificationReceived,
     NotificationRejected,
     Subscribed,

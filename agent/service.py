@@ -43,19 +43,20 @@ from collections.abc import Callable
 
 from sipstatus import affinity, codec
 from sipstatus.affinity_feed import AffinityFeed, FeedReader
-from sipstatus.net.endpoint import Endpoint
 from sipstatus.net.service import SipService, StreamLimits, route_source
 from sipstatus.sip.digest import DigestClient, DigestServer, FailedAttempts, WrongCredentials
+from sipstatus.sip.endpoint import Endpoint
 from sipstatus.sip.errors import SipError
-from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
-from sipstatus.sip.subscription import (
+from sipstatus.sip.notifier import (
     Notifier,
     NotifyFailed,
     SubscriptionCreated,
     SubscriptionRejected,
     SubscriptionTerminated,
 )
+from sipstatus.sip.publisher import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import ClientId
 from sipstatus.status import LoadStatus, State
 
 from . import config as agent_config
@@ -116,7 +117,7 @@ class AgentService:
         self._seq = 0
         self._changed: set[str] = set()
         #: the publishers whose removal failed (one per package and target)
-        self._unremoved: set[int] = set()
+        self._unremoved: set[ClientId] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.sampler: Sampler | None = None
@@ -127,7 +128,7 @@ class AgentService:
         self.affinity_notifier: Notifier | None = None
         self.feed = AffinityFeed(config.node, self.instance, config.collectors.asterisk.rooms_validity)
         self._readers: dict[tuple[str, str], tuple[FeedReader, int]] = {}
-        self._room_readers: dict[int, FeedReader] = {}  # by id() of a room publisher
+        self._room_readers: dict[ClientId, tuple[Publisher, FeedReader]] = {}  # by room publisher
         self._rooms_known = False  # the rooms have been listed once
         self.room_publishers: list[Publisher] = []
         self._digests: dict[str, str] = {}
@@ -249,7 +250,7 @@ class AgentService:
                                   produce=None, heartbeat=None, min_interval=0.1, key=target)
             publisher.produce = self._room_producer(publisher, reader)
             publisher.heartbeat = self.feed.refresh
-            self._room_readers[id(publisher)] = reader
+            self._room_readers[publisher.id] = (publisher, reader)
             self.room_publishers.append(publisher)
         users = [self.notifier, self.affinity_notifier, *self.publishers, *self.room_publishers]
         self.endpoint = Endpoint(users, allow_events=[PACKAGE, affinity.PACKAGE])
@@ -598,19 +599,19 @@ class AgentService:
                 held[0].restart()  # not received: a full set next (spec/load-affinity.md 6)
         elif isinstance(event, Published):
             log.debug("published to %s (etag %s, %d s)", event.publisher.target, event.etag, event.expires)
-            reader = self._room_readers.get(id(event.publisher))
-            if reader is not None and reader.more and self.sip is not None:
+            room = self._room_readers.get(event.publisher)
+            if room is not None and room[1].more and self.sip is not None:
                 # The next page of a full set (or a delta that waited): at once.
-                self.sip.submit(event.publisher, event.publisher.publish(None, self.sip.now()))
+                self.sip.submit(room[0], room[0].publish(None, self.sip.now()))
         elif isinstance(event, PublicationFailed):
             if event.retry_at is not None:
                 retry = f"will retry in {max(0.0, event.retry_at - self.sip.now()) if self.sip else 0:.0f} s"
             else:
-                retry = "not retried" if event.publisher.removing else "will retry with the next heartbeat"
-                if event.publisher.removing:
-                    self._unremoved.add(id(event.publisher))
+                retry = "not retried" if event.removing else "will retry with the next heartbeat"
+                if event.removing:
+                    self._unremoved.add(event.publisher)
             log.warning("PUBLISH to %s failed: %d %s; %s", event.publisher.target, event.status, event.reason, retry)
-        elif isinstance(event, Unpublished) and event.existed and id(event.publisher) not in self._unremoved:
+        elif isinstance(event, Unpublished) and event.existed and event.publisher not in self._unremoved:
             # (after a failed removal the failure line above said what happened;
             # a publication never made, say of rooms Asterisk never had, needs none)
             log.info("%s publication at %s removed", event.publisher.package, event.publisher.target)

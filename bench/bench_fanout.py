@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
-from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
+from sipstatus.sip.notifier import DEFAULT_MAX_RATE  # noqa: E402
+from sipstatus.sip.subscriber import NotificationReceived, Subscribed  # noqa: E402
 from tests.agent_harness import (  # noqa: E402
     AgentProcess,
     ChannelEvents,

@@ -33,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
+from sipstatus.sip.notifier import DEFAULT_MAX_RATE  # noqa: E402
+from sipstatus.sip.subscriber import NotificationReceived, Subscribed  # noqa: E402
 from tests.agent_harness import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
 from tests.fakeami import FakeAmi, Scenario  # noqa: E402
 from tests.sipp_runner import free_port  # noqa: E402

@@ -286,7 +286,7 @@ def _status(state: State, capacity: float) -> LoadStatus:
 @dataclass
 class AgentNotifyPolicy:
     """The agent's notification policy (agent/service.py and the Notifier of
-    sipstatus/sip/subscription.py): a significant change (the agent's own
+    sipstatus/sip/notifier.py): a significant change (the agent's own
     `is_significant`) goes out as soon as `min_interval` since the last
     NOTIFY allows; an insignificant one waits for the heartbeat, which
     carries the current status."""
@@ -938,7 +938,7 @@ class Sipstatus:
 #: Where the agent's policies in this simulation come from.
 AGENT_SOURCE = (
     "scoring: agent/scoring.py (the agent's own code); notification: a model of the agent's notifier "
-    f"(is_significant from agent/service.py; the ceiling and heartbeat of sipstatus/sip/subscription.py): "
+    f"(is_significant from agent/service.py; the ceiling and heartbeat of sipstatus/sip/notifier.py): "
     f"on a significant change, at most {NotifierConfig().max_rate:g}/s, "
     "heartbeat 5 s"
 )

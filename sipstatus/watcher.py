@@ -39,18 +39,19 @@ from . import affinity
 from .affinity_table import DEFAULT_HOLD, AffinityTable, Applied
 from .codec import MEDIA_TYPE, StatusError, decode
 from .kamailio import Destination as DispatcherDestination
-from .net import Endpoint, Resolver, SipService
+from .net import Resolver, SipService
 from .nodetable import NodeTable, NodeView, Outcome
 from .policy import WaterFillPolicy, WeightDamper, WeightPolicy
-from .sip.errors import SipError
-from .sip.message import Request
-from .sip.publication import (
+from .sip.compositor import (
     Compositor,
     PublicationReceived,
     PublicationRefreshed,
     PublicationRemoved,
 )
-from .sip.subscription import (
+from .sip.endpoint import Endpoint
+from .sip.errors import SipError
+from .sip.message import Request
+from .sip.subscriber import (
     ACTIVE,
     STOPPED,
     SUBSCRIBING,
@@ -65,6 +66,7 @@ from .sip.subscription import (
     direct_destination,
 )
 from .sip.transaction import Destination
+from .sip.transaction_user import ClientId
 from .sip.uri import SipUri, parse_uri
 from .status import LoadStatus
 
@@ -536,7 +538,8 @@ class Watcher:
                 log.info("rooms of %s: delta %d->%d does not follow what we have; asking for a full set",
                          body.node, body.base or 0, body.seq)
                 assert self.service is not None
-                self.service.submit(self.pool, self.pool.refresh(sub, now))
+                rooms = self.affinity_subscribers[sub.key]
+                self.service.submit(self.pool, self.pool.refresh(rooms, now))
             elif applied is Applied.APPLIED:
                 self._mark_changed()
         elif isinstance(event, SubscriptionEnded):
@@ -568,7 +571,7 @@ class Watcher:
             self._last_refusal = str(err)
             raise
 
-    def _node_of(self, sub: Subscriber, status: LoadStatus) -> str | None:
+    def _node_of(self, sub: ClientId, status: LoadStatus) -> str | None:
         """The node a report on `sub` may be applied to, or None.
 
         Spec 4.8 step 6: a report for another node than the subscription's
@@ -591,7 +594,7 @@ class Watcher:
         self._report_misnamed(key, sub, status.node, misnamed(key, status.node, sub.target))
         return None
 
-    def _name(self, agent: Agent, sub: Subscriber, node: str) -> str | None:
+    def _name(self, agent: Agent, sub: ClientId, node: str) -> str | None:
         """Name an agent followed by its URI after its first valid report."""
         key = agent.key
         if node in self.table or node in self.agents:
@@ -603,7 +606,7 @@ class Watcher:
         del self.agents[key]
         self.agents[node] = Agent(node, agent.uri)
         self.subscribers[node] = self.subscribers.pop(key)
-        sub.key = node
+        self.subscribers[node].key = node
         self._link.pop(key, None)
         self._misnamed.pop(key, None)
         if key in self._answered:
@@ -613,7 +616,7 @@ class Watcher:
         log.info("the agent at %s is node %s (named by its report)", agent.uri, node)
         return node
 
-    def _report_misnamed(self, key: str, sub: Subscriber, reported: str, text: str) -> None:
+    def _report_misnamed(self, key: str, sub: ClientId, reported: str, text: str) -> None:
         self.counters["misnamed"] += 1
         self._link[key] = text
         if self._misnamed.get(key) != reported:
@@ -694,7 +697,7 @@ class Watcher:
     def _on_event(self, event: object) -> None:
         now = self.now()
         subscriber = getattr(event, "subscriber", None)
-        if isinstance(subscriber, Subscriber) and subscriber.config.package == affinity.PACKAGE:
+        if isinstance(subscriber, ClientId) and subscriber.package == affinity.PACKAGE:
             self._rooms_event(event, now)
             return
         if isinstance(event, NotificationReceived | NotificationRejected | SubscriptionEnded):
@@ -754,7 +757,7 @@ class Watcher:
             log.debug("%s: ignored %s seq %d of instance %s (out of date)", status.node, source,
                       status.seq, status.instance)
 
-    def _notify_rejected(self, sub: Subscriber, reason: str, now: float) -> None:
+    def _notify_rejected(self, sub: ClientId, reason: str, now: float) -> None:
         # Spec 6.6: log every refused body with the node, member and rule. The
         # subscription ends on it (4.7.3) and the Subscriber comes back later
         # (4.8: 30 s, doubling); the node keeps its last good status (7.3).

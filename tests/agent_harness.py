@@ -33,11 +33,11 @@ from pathlib import Path
 import psutil
 
 from sipstatus import codec
-from sipstatus.net.endpoint import Endpoint
 from sipstatus.net.service import SipService
 from sipstatus.sip import Request, Response, SipError, parse_message
+from sipstatus.sip.endpoint import Endpoint
 from sipstatus.sip.message import make_response
-from sipstatus.sip.subscription import Subscriber, SubscriberConfig, SubscriberPool
+from sipstatus.sip.subscriber import Subscriber, SubscriberConfig, SubscriberPool
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus
 from tests.fakeami import FakeAmi, Scenario, Transcript

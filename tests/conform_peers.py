@@ -15,16 +15,12 @@ import threading
 from collections.abc import Callable
 
 from sipstatus import codec
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.sip import Request, SipError
-from sipstatus.sip.publication import Compositor
-from sipstatus.sip.subscription import (
-    Notifier,
-    Subscriber,
-    SubscriberConfig,
-    SubscriberPool,
-    body_reason,
-)
+from sipstatus.sip.compositor import Compositor
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import Notifier
+from sipstatus.sip.subscriber import Subscriber, SubscriberConfig, SubscriberPool, body_reason
 
 PACKAGE, MEDIA_TYPE = "load-status", codec.MEDIA_TYPE
 NODE = "ast1.example.com"

@@ -47,9 +47,10 @@ from typing import Protocol
 import psutil
 
 from sipstatus.codec import encode
-from sipstatus.net import Endpoint, SipService
-from sipstatus.sip.publication import PublicationFailed, Published
-from sipstatus.sip.publication import Publisher as LibraryPublisher
+from sipstatus.net import SipService
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.publisher import PublicationFailed, Published
+from sipstatus.sip.publisher import Publisher as LibraryPublisher
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus, State
 from tests.fakeami import FakeAmi, Scenario
@@ -421,7 +422,7 @@ class SimulationStats:
 async def simulate_agents(proxy_port: int, names: Sequence[str], *, duration: float, change_every: float,
                           final: Mapping[str, int], validity: int = 6,
                           hosts: Sequence[str] | None = None) -> SimulationStats:
-    """Agents for `names`, each a `sipstatus.sip.publication.Publisher` in its
+    """Agents for `names`, each a `sipstatus.sip.publisher.Publisher` in its
     own `SipService` bound to its own address (127.0.0.10 to .209, then
     127.0.1.10 ..., unless `hosts`), publishing to the proxy as the agent does: a fresh body per
     PUBLISH (`produce`), a heartbeat every validity / 3, at most 10 PUBLISH

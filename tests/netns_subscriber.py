@@ -20,10 +20,10 @@ import sys
 from collections.abc import Sequence
 
 from sipstatus import codec
-from sipstatus.net.endpoint import Endpoint
 from sipstatus.net.service import SipService
 from sipstatus.sip import Request, SipError, parse_message
-from sipstatus.sip.subscription import (
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.subscriber import (
     NotificationReceived,
     Subscriber,
     SubscriberConfig,

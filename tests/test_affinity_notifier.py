@@ -9,7 +9,7 @@ import random
 from sipstatus.affinity import MEDIA_TYPE, PACKAGE, Kind, affinity_key, decode, encode
 from sipstatus.affinity_feed import AffinityFeed
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.subscription import Notifier
+from sipstatus.sip.notifier import Notifier
 from tests.test_subscription_notifier import PROXY, drive, notifies, ok, responses, subscribe
 
 

@@ -11,8 +11,9 @@ import socket
 
 import pytest
 
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.net import service as net_service
+from sipstatus.sip.endpoint import Endpoint
 
 
 def held_port() -> socket.socket:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import random
 
-from sipstatus.net import Endpoint, Resolve, Transmit
 from sipstatus.sip import parse_message
+from sipstatus.sip.endpoint import Endpoint, Resolve, Transmit
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.publication import Published, Publisher
-from sipstatus.sip.subscription import (
-    Notifier,
-    SubscriptionCreated,
-    SubscriptionTerminated,
-)
+from sipstatus.sip.notifier import Notifier, SubscriptionCreated, SubscriptionTerminated
+from sipstatus.sip.publisher import Published, Publisher
 from sipstatus.sip.transaction import Destination, TransactionLayer
 
 TYPE = "application/load-status+json"
@@ -273,7 +269,7 @@ def test_publisher_response_reaches_it_through_the_endpoint():
     reply = reply_to(sent.data, 200).replace(b"Content-Length: 0",
                                               b"SIP-ETag: abc\r\nExpires: 600\r\nContent-Length: 0")
     out = ep.receive(reply, PROXY, 0.1)
-    assert [o for o in out if isinstance(o, Published)] == [Published(pub, "abc", 600)]
+    assert [o for o in out if isinstance(o, Published)] == [Published(pub.id, "abc", 600)]
 
 
 def test_ipv6_via_is_bracketed():

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.sip import SipError
-from sipstatus.sip.publication import Compositor, PublicationReceived, Publisher
-from sipstatus.sip.subscription import (
+from sipstatus.sip.compositor import Compositor, PublicationReceived
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import Notifier, SubscriptionCreated
+from sipstatus.sip.publisher import Publisher
+from sipstatus.sip.subscriber import (
     NotificationReceived,
-    Notifier,
     Subscribed,
     Subscriber,
     SubscriberConfig,
     SubscriberPool,
-    SubscriptionCreated,
     SubscriptionEnded,
 )
 from sipstatus.sip.transaction import Destination
@@ -84,7 +85,7 @@ async def subscribe_and_notify(transport, host="127.0.0.1"):
     try:
         notifier.state_changed(b'{"seq":1}', a.service.now())
         w.service.submit(pool, pool.add(sub, w.service.now()))
-        assert (await w.next(Subscribed)).subscriber is sub
+        assert (await w.next(Subscribed)).subscriber == sub.id
         first = await w.next(NotificationReceived)
         assert first.body == b'{"seq":1}'
         created = await a.next(SubscriptionCreated)

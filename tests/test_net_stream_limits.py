@@ -12,8 +12,9 @@ import socket
 
 import pytest
 
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.net.service import StreamLimits, fit_to_descriptors
+from sipstatus.sip.endpoint import Endpoint
 from tests.test_net_service import _client_ctx, _server_ctx, pki  # noqa: F401 - pki is a fixture
 
 WAIT = 20.0

@@ -10,20 +10,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipstatus.sip import Request, SipError, make_response
-from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.publication import (
-    DEFAULT_CEILING,
+from sipstatus.sip.compositor import (
     Compositor,
-    PublicationFailed,
     PublicationReceived,
     PublicationRefreshed,
     PublicationRemoved,
+)
+from sipstatus.sip.identifiers import IdGenerator
+from sipstatus.sip.publisher import (
+    DEFAULT_CEILING,
+    PublicationFailed,
     Published,
     Publisher,
     Unpublished,
 )
-from sipstatus.sip.subscription import SendRequest, SendResponse, refresh_delay
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendRequest, SendResponse, refresh_delay
 
 TYPE = "application/load-status+json"
 PROXY = Destination("UDP", "192.0.2.10", 5060)
@@ -94,7 +96,7 @@ def test_200_keeps_the_entity_tag_and_schedules_a_refresh():
     pub = publisher()
     (req,) = sent(pub.publish(b"b", 0.0))
     out = pub.handle_response(ok(req, "tag1", 300), req, 1.0)
-    assert events(out, Published) == [Published(pub, "tag1", 300)]
+    assert events(out, Published) == [Published(pub.id, "tag1", 300)]
     assert pub.etag == "tag1" and pub.next_timer() == 1.0 + refresh_delay(300)
 
 
@@ -177,7 +179,7 @@ def test_remove_sends_expires_0_with_if_match():
     (req,) = sent(pub.remove(5.0))
     assert req.expires == 0 and req.sip_if_match == "e1" and req.body == b""
     out = pub.handle_response(make_response(req, 200), req, 5.1)
-    assert events(out, Unpublished) == [Unpublished(pub)]
+    assert events(out, Unpublished) == [Unpublished(pub.id)]
     assert pub.etag is None and pub.next_timer() is None
 
 

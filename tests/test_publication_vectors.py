@@ -15,16 +15,16 @@ import pytest
 
 from sipstatus.codec import MEDIA_TYPE, StatusError, decode
 from sipstatus.sip import Request, Response, SipError, parse_message
-from sipstatus.sip.publication import (
+from sipstatus.sip.compositor import (
     Compositor,
     PublicationReceived,
     PublicationRefreshed,
     PublicationRemoved,
-    Published,
-    Publisher,
 )
-from sipstatus.sip.subscription import SendResponse, body_reason
+from sipstatus.sip.publisher import Published, Publisher
+from sipstatus.sip.subscriber import body_reason
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendResponse
 
 VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "sip"
 with (VECTORS / "EXPECTED.tsv").open(newline="") as f:
@@ -126,6 +126,6 @@ def test_publisher_keeps_the_tag_of_the_200_and_uses_it_next():
                     "sip:agent@ast1.example.com", destination=Destination("UDP", "192.0.2.10", 5060))
     (sent,) = pub.publish(b"{}", 0.0)
     out = pub.handle_response(vector("publish-200.sip"), sent.request, 0.1)
-    assert [o for o in out if isinstance(o, Published)] == [Published(pub, "Zr4wXq9a.1", 600)]
+    assert [o for o in out if isinstance(o, Published)] == [Published(pub.id, "Zr4wXq9a.1", 600)]
     (modify,) = pub.publish(b"{}", 1.0)
     assert modify.request.sip_if_match == "Zr4wXq9a.1"

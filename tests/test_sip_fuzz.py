@@ -21,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipstatus.net.endpoint import Endpoint
 from sipstatus.sip import SipError, StreamFramer, parse_message
+from sipstatus.sip.compositor import Compositor
 from sipstatus.sip.digest import DigestServer
-from sipstatus.sip.publication import Compositor
-from sipstatus.sip.subscription import Notifier, Subscriber, SubscriberConfig, SubscriberPool
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import Notifier
+from sipstatus.sip.subscriber import Subscriber, SubscriberConfig, SubscriberPool
 from sipstatus.sip.transaction import Destination
 from sipstatus.sip.uri import parse_uri
 
@@ -268,7 +269,7 @@ def test_a_second_final_answer_to_one_request_is_one_log_line_not_a_traceback(ca
     # transaction.py refuses it (ValueError); the endpoint must not let that
     # become a traceback per message.
     from sipstatus.sip.message import make_response
-    from sipstatus.sip.subscription import SendResponse
+    from sipstatus.sip.transaction_user import SendResponse
 
     class AnswersTwice:
         def handle_request(self, request, source, now):

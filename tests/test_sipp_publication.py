@@ -17,9 +17,10 @@ import asyncio
 
 import pytest
 
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.sip.digest import DigestClient
-from sipstatus.sip.publication import PublicationFailed, Published, Publisher
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.publisher import PublicationFailed, Published, Publisher
 from sipstatus.sip.transaction import Destination
 from tests.sipp_runner import SIPP, free_port, run_sipp
 

@@ -20,8 +20,9 @@ import asyncio
 
 import pytest
 
-from sipstatus.net import Endpoint, SipService
-from sipstatus.sip.subscription import (
+from sipstatus.net import SipService
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import (
     Notifier,
     SubscriptionCreated,
     SubscriptionRefreshed,

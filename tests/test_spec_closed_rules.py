@@ -13,15 +13,9 @@ import pytest
 
 from sipstatus.sip import make_response
 from sipstatus.sip.headers import parse_event
-from sipstatus.sip.publication import PublicationFailed, Published
-from sipstatus.sip.subscription import (
-    ACTIVE,
-    MAX_MIN_RATE,
-    STOPPED,
-    WAITING,
-    SubscriptionEnded,
-    accepts,
-)
+from sipstatus.sip.notifier import MAX_MIN_RATE, accepts
+from sipstatus.sip.publisher import PublicationFailed, Published
+from sipstatus.sip.subscriber import ACTIVE, STOPPED, WAITING, SubscriptionEnded
 from tests.test_publication import counter, ok, publisher, requests_of
 from tests.test_publication import run as run_publisher
 from tests.test_publication import sent as sent_publish

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.sip import subscription
+from sipstatus.sip import subscriber
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 ROLES = ("notifier", "subscriber", "publisher", "compositor", "body-reader")
@@ -113,17 +113,17 @@ def test_the_codes_a_role_answers_are_those_of_appendix_a(name, section, who):
 def test_the_subscribers_refusals_are_the_codes_the_subscriber_treats_as_refusals():
     (rows,) = tables(role("subscriber"), "Responses it receives")
     (refusals,) = [r for r in rows if r["Code"].startswith("refusals")]
-    assert codes(refusals["Code"]) == set(subscription.REFUSALS)
+    assert codes(refusals["Code"]) == set(subscriber.REFUSALS)
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 405, 406, 415, 489, 501, 603, 422, 499])
 def test_a_listed_or_other_4xx_refusal_is_a_refusal_in_the_code(status):
-    assert subscription.Subscriber._is_refusal(status)
+    assert subscriber.Subscriber._is_refusal(status)
 
 
 @pytest.mark.parametrize("status", [408, 423, 480, 481, 486, 491, 500, 503, 600])
 def test_failures_with_their_own_rule_are_not_refusals_in_the_code(status):
-    assert not subscription.Subscriber._is_refusal(status)
+    assert not subscriber.Subscriber._is_refusal(status)
 
 
 # -- pointers ---------------------------------------------------------------------------------

@@ -8,12 +8,10 @@ import pytest
 
 from sipstatus.sip import Request, SipError, make_response, parse_message
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.subscription import (
+from sipstatus.sip.notifier import (
     DEFAULT_MAX_RATE,
     Notifier,
     NotifyFailed,
-    SendRequest,
-    SendResponse,
     SubscriptionCreated,
     SubscriptionRefreshed,
     SubscriptionRejected,
@@ -21,6 +19,7 @@ from sipstatus.sip.subscription import (
     accepts,
 )
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendRequest, SendResponse
 
 TYPE = "application/load-status+json"
 PROXY = Destination("UDP", "192.0.2.10", 5060)

@@ -15,14 +15,10 @@ from hypothesis import strategies as st
 
 from sipstatus.sip import Request, make_response
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.subscription import (
-    SendRequest,
-    SendResponse,
-    Subscriber,
-    SubscriberConfig,
-    SubscriptionTerminated,
-)
+from sipstatus.sip.notifier import SubscriptionTerminated
+from sipstatus.sip.subscriber import Subscriber, SubscriberConfig
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendRequest, SendResponse
 
 TYPE = "application/load-status+json"
 SOURCES = [Destination("UDP", "192.0.2.10", 5060), Destination("TCP", "192.0.2.11", 40000)]
@@ -55,7 +51,7 @@ def _subscribe(i: int, expires, rate: str, call: int) -> Request:
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(notifier_ops)
 def test_notifier_keeps_rates_order_and_timers_under_any_sequence(ops):
-    from sipstatus.sip.subscription import Notifier
+    from sipstatus.sip.notifier import Notifier
 
     n = Notifier("load-status", TYPE, "sip:agent@192.0.2.1",
                  ids=IdGenerator(random.Random(0).randbytes))

@@ -9,24 +9,22 @@ import pytest
 
 from sipstatus.sip import Request, make_response
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.subscription import (
+from sipstatus.sip.subscriber import (
     ACTIVE,
     NOTIFY_WAIT,
     STOPPED,
     WAITING,
     NotificationReceived,
     NotificationRejected,
-    SendRequest,
-    SendResponse,
     Subscribed,
     Subscriber,
     SubscriberConfig,
     SubscriberPool,
     SubscriptionEnded,
     backoff,
-    refresh_delay,
 )
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendRequest, SendResponse, refresh_delay
 
 TYPE = "application/load-status+json"
 AGENT = Destination("UDP", "192.0.2.1", 5060)
@@ -141,7 +139,7 @@ def test_200_makes_the_dialog_and_schedules_the_refresh():
     resp = reply(req, 200, headers=[("Expires", "600"),
                                     ("Record-Route", "<sip:p1@192.0.2.5;lr>, <sip:p2@192.0.2.6;lr>")])
     out = sub.handle_response(resp, req, 1.0)
-    assert events(out, Subscribed) == [Subscribed(sub, 600)]
+    assert events(out, Subscribed) == [Subscribed(sub.id, 600)]
     assert sub.state == ACTIVE and sub.dialog.remote_tag == "n1"
     assert sub.dialog.remote_target == "sip:agent@192.0.2.1:5060"
     # RFC 3261 section 12.1.2: the UAC's route set is Record-Route reversed.
@@ -164,7 +162,7 @@ def test_notify_before_the_200_makes_the_dialog():
     assert answers(out)[0].status == 200
     assert sub.state == ACTIVE and sub.dialog.remote_tag == "n1"
     assert sub.dialog.route_set == ["<sip:p1@192.0.2.5;lr>"]  # UAS: in order
-    assert events(out, Subscribed) == [Subscribed(sub, 600)]
+    assert events(out, Subscribed) == [Subscribed(sub.id, 600)]
     out = sub.handle_response(reply(req, 200, headers=[("Expires", "600")]), req, 0.2)
     assert events(out, Subscribed) == []  # announced once
 
@@ -583,7 +581,7 @@ def test_pool_routes_notify_by_call_id_and_answers_none_for_strangers():
     for s in subs:
         pool.add(s, 0.0)
     out = pool.handle_request(notify(subs[1], 1), AGENT, 0.1)
-    assert events(out, Subscribed)[0].subscriber is subs[1]
+    assert events(out, Subscribed)[0].subscriber == subs[1].id
     stranger = notify(subs[1], 2)
     stranger.set_header("Call-ID", "unknown")
     assert pool.handle_request(stranger, AGENT, 0.2) is None

@@ -16,20 +16,17 @@ import pytest
 from sipstatus.codec import MEDIA_TYPE, decode
 from sipstatus.sip import Request, Response, parse_message
 from sipstatus.sip.identifiers import IdGenerator
-from sipstatus.sip.subscription import (
+from sipstatus.sip.notifier import Notifier, SubscriptionTerminated
+from sipstatus.sip.subscriber import (
     ACTIVE,
     WAITING,
     NotificationReceived,
-    Notifier,
-    SendRequest,
-    SendResponse,
     Subscriber,
     SubscriberConfig,
     SubscriptionEnded,
-    SubscriptionTerminated,
-    refresh_delay,
 )
 from sipstatus.sip.transaction import Destination
+from sipstatus.sip.transaction_user import SendRequest, SendResponse, refresh_delay
 
 VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "sip"
 with (VECTORS / "EXPECTED.tsv").open(newline="") as f:

@@ -12,16 +12,13 @@ import dataclasses
 import pytest
 
 from sipstatus.codec import MEDIA_TYPE, encode
-from sipstatus.net import Endpoint, SipService
+from sipstatus.net import SipService
 from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy
-from sipstatus.sip import subscription
-from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
-from sipstatus.sip.subscription import (
-    STOPPED,
-    SUBSCRIBING,
-    SubscriptionCreated,
-    SubscriptionTerminated,
-)
+from sipstatus.sip import subscriber
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import SubscriptionCreated, SubscriptionTerminated
+from sipstatus.sip.publisher import PublicationFailed, Published, Publisher, Unpublished
+from sipstatus.sip.subscriber import STOPPED, SUBSCRIBING
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import State
 from sipstatus.watcher import Agent, Watcher, WatcherConfig
@@ -228,7 +225,7 @@ def test_probation_with_retry_after_resubscribes_after_retry_after():
 
 
 def test_probation_without_retry_after_waits_the_default(monkeypatch):
-    monkeypatch.setattr(subscription, "PROBATION_WAIT", 1.5)  # spec 4.7.4: 30 s
+    monkeypatch.setattr(subscriber, "PROBATION_WAIT", 1.5)  # spec 4.7.4: 30 s
 
     async def main():
         agent = await FakeAgent("ast1").start()
@@ -247,7 +244,7 @@ def test_probation_without_retry_after_waits_the_default(monkeypatch):
 
 
 def test_deactivated_resubscribes_at_once(monkeypatch):
-    monkeypatch.setattr(subscription, "MIN_LIFETIME", 0.0)  # one that lived 30 s
+    monkeypatch.setattr(subscriber, "MIN_LIFETIME", 0.0)  # one that lived 30 s
 
     async def main():
         agent = await FakeAgent("ast1").start()
@@ -285,7 +282,7 @@ def test_noresource_stops_following_the_agent():
 
 
 def test_a_refused_body_gets_400_and_the_agent_is_subscribed_again_later(monkeypatch):
-    monkeypatch.setattr(subscription, "BAD_NOTIFY_WAIT", 1.0)  # spec 4.8: 30 s
+    monkeypatch.setattr(subscriber, "BAD_NOTIFY_WAIT", 1.0)  # spec 4.8: 30 s
 
     async def main():
         agent = await FakeAgent("ast1", capacity=0.5).start()

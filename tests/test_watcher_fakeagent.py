@@ -33,8 +33,9 @@ import threading
 from pathlib import Path
 
 from sipstatus.codec import MEDIA_TYPE, decode, encode
-from sipstatus.net import Endpoint, SipService
-from sipstatus.sip.subscription import Notifier, SubscriptionCreated
+from sipstatus.net import SipService
+from sipstatus.sip.endpoint import Endpoint
+from sipstatus.sip.notifier import Notifier, SubscriptionCreated
 from sipstatus.status import Asterisk, Cpu, LoadStatus, Probe, Quality, State
 
 WAIT = 10.0

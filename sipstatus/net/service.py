@@ -27,10 +27,10 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from ..sip.endpoint import Endpoint, LogLimit, Resolve, TransactionUser, Transmit
 from ..sip.errors import SipError
 from ..sip.message import MAX_HEADER_BYTES, Request, StreamFramer, salvage_error_response
 from ..sip.transaction import Destination
-from .endpoint import Endpoint, LogLimit, Resolve, TransactionUser, Transmit
 from .resolver import Resolver
 
 log = logging.getLogger(__name__)

@@ -19,22 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..sip.errors import SipError
-from ..sip.headers import Via
-from ..sip.message import Request, Response, error_response, make_response
-from ..sip.subscription import SendRequest, SendResponse
-from ..sip.transaction import (
-    Destination,
-    RequestReceived,
-    ResponseReceived,
-    SendMessage,
-    TransactionLayer,
-    TransactionTimeout,
-    TransportError,
-    client_key,
-)
-from ..sip.uri import SipUri
-from ..sip.validation import SIPSTATUS_METHODS, check_request
+from . import transaction
+from .errors import SipError
+from .headers import Via
+from .message import Request, Response, error_response, make_response
+from .transaction import Destination, TransactionLayer, client_key
+from .transaction_user import SendRequest, SendResponse
+from .uri import SipUri
+from .validation import SIPSTATUS_METHODS, check_request
 
 log = logging.getLogger(__name__)
 
@@ -317,19 +309,19 @@ class Endpoint:
 
     def _transmits(self, events: Iterable[object]) -> list[object]:
         return [Transmit(e.data, e.destination, e.message) for e in events
-                if isinstance(e, SendMessage)]
+                if isinstance(e, transaction.SendMessage)]
 
     def _transaction_events(self, events: Iterable[object], now: float) -> list[object]:
         out: list[object] = []
         for event in events:
-            if isinstance(event, SendMessage):
+            if isinstance(event, transaction.SendMessage):
                 out.append(Transmit(event.data, event.destination, event.message))
-            elif isinstance(event, RequestReceived):
+            elif isinstance(event, transaction.RequestReceived):
                 out.extend(self._request(event.request, event.source, now))
-            elif isinstance(event, ResponseReceived):
+            elif isinstance(event, transaction.ResponseReceived):
                 out.extend(self._response(event.response, event.request, now))
-            elif isinstance(event, TransactionTimeout | TransportError):
-                status = 408 if isinstance(event, TransactionTimeout) else 503
+            elif isinstance(event, transaction.TransactionTimeout | transaction.TransportError):
+                status = 408 if isinstance(event, transaction.TransactionTimeout) else 503
                 key = client_key(event.request)
                 again = self._failover(key, now)
                 if again is not None:
