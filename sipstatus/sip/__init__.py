@@ -63,6 +63,32 @@ digest
 dialog
     ``Dialog`` (``create_request``, ``receive_request``, ``next_hop``),
     ``dialog_as_uac``, ``dialog_as_uas``, ``dialog_id_of``.
+timers
+    ``TimerHeap`` -- one deadline per key, earliest first (``set``,
+    ``cancel``, ``next_time``, ``pop``); the transaction layer and every
+    transaction user keep their timers in one.
+
+Transaction users (each ``handle_request``, ``handle_response``,
+``next_timer``, ``handle_timer``; outputs and events, never I/O):
+
+transaction_user
+    What they share: ``SendRequest``, ``SendResponse``, ``ClientId`` (the
+    subscriber or publisher an event names), the hooks ``Authorizer``,
+    ``ClientAuthorizer``, ``Producer``; the 489, 423 and 401/407/423-retry
+    rules; the expiry defaults of spec section 8.
+notifier
+    ``Notifier`` (RFC 6665 section 4.2, RFC 6446 rates) and its events.
+subscriber
+    ``Subscriber`` (RFC 6665 section 4.1; states ``SubscriberState`` and
+    their ``TRANSITIONS``), ``SubscriberPool``, ``SubscriberConfig`` and the
+    events.
+publisher
+    ``Publisher`` (the EPA of RFC 3903) and its events.
+compositor
+    ``Compositor`` (the ESC of RFC 3903) and its events.
+endpoint
+    ``Endpoint`` -- the transaction layer and the transaction users of one
+    element, driven by the asyncio shell (``sipstatus.net.SipService``).
 """
 
 from .dialog import Dialog, dialog_as_uac, dialog_as_uas, dialog_id_of

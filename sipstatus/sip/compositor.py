@@ -29,6 +29,7 @@ from .transaction_user import (
     SendResponse,
     event_for,
     granted_expires,
+    handles,
 )
 
 # Entity tags: 64 random bits are unguessable enough for a tag that is only
@@ -141,11 +142,8 @@ class Compositor:
 
     def handle_request(self, request: Request, source: Destination,
                        now: float) -> list[CompositorOutput] | None:
-        if request.method != "PUBLISH":
+        if not handles(request, "PUBLISH", self.other_packages):
             return None
-        event = request.event
-        if event is not None and event.package in self.other_packages:
-            return None  # another compositor of the endpoint serves it
         out: list[CompositorOutput] = []
         try:
             self._publish(request, source, now, out)

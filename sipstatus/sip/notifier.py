@@ -39,7 +39,9 @@ from .transaction_user import (
     event_for,
     format_rate,
     granted_expires,
+    handles,
     in_dialog_request,
+    retry_after_seconds,
     tag_of,
 )
 
@@ -382,11 +384,8 @@ class Notifier:
     def handle_request(self, request: Request, source: Destination,
                        now: float) -> list[NotifierOutput] | None:
         """A SUBSCRIBE for us; None for requests this notifier does not handle."""
-        if request.method != "SUBSCRIBE":
+        if not handles(request, "SUBSCRIBE", self.other_packages):
             return None
-        event = request.event
-        if event is not None and event.package in self.other_packages:
-            return None  # another notifier of the endpoint serves it
         out: list[NotifierOutput] = []
         try:
             self._subscribe(request, source, now, out)
@@ -424,15 +423,12 @@ class Notifier:
                                                                            response, now, out):
             return out
         else:
-            try:
-                retry_after = response.retry_after
-            except SipError:
-                retry_after = None
+            retry_after = retry_after_seconds(response)
             if retry_after is None:
                 # A failed NOTIFY ends the subscription (RFC 6665 4.2.2).
                 self._forget(sub, "notify-failed", out, status)
                 return out
-            sub.paused_until = now + retry_after.seconds  # not a failure
+            sub.paused_until = now + retry_after  # not a failure
         if sub.ending is not None:
             self._service_final(sub, now, out)
         else:

@@ -32,7 +32,9 @@ from .transaction_user import (
     Producer,
     SendRequest,
     SendResponse,
+    doubling,
     refresh_delay,
+    retry_after_seconds,
     retry_request,
 )
 
@@ -386,17 +388,14 @@ class Publisher:
         else:
             base, cap = CLIENT_ERROR_WAIT if 400 <= status < 500 and status != 408 \
                 else SERVER_ERROR_WAIT
-            wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+            wait = doubling(self.failures, base, cap)
             wait *= 1 + JITTER * (1 - self.random())
-            try:
-                retry_after = response.retry_after
-            except SipError:
-                retry_after = None
+            retry_after = retry_after_seconds(response)
             if retry_after is not None:
                 # Spec 5.7: the longer of Retry-After and the doubling, so a
                 # compositor that always says "Retry-After: 5" still sees
                 # the waits grow (5, 10, 20 ... 60 s).
-                wait = max(wait, float(retry_after.seconds))
+                wait = max(wait, float(retry_after))
         self.retry_at = now + wait
         out.append(PublicationFailed(self.id, status, response.reason or "", self.retry_at,
                                      self.removing))

@@ -34,9 +34,11 @@ from .transaction_user import (
     ClientId,
     SendRequest,
     SendResponse,
+    doubling,
     format_rate,
     in_dialog_request,
     refresh_delay,
+    retry_after_seconds,
     retry_request,
     tag_of,
 )
@@ -88,7 +90,7 @@ MIN_LIFETIME = 30.0
 def backoff(failures: int, random: Callable[[], float], base: float = BACKOFF_BASE,
             cap: float = BACKOFF_MAX) -> float:
     """The wait after ``failures`` consecutive failures (1, 2, ...)."""
-    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
+    ceiling = doubling(failures, base, cap)
     return ceiling * (0.5 + 0.5 * random())
 
 
@@ -483,7 +485,7 @@ class Subscriber:
 
     def _refusal_wait(self) -> float:
         base, cap = REFUSAL_WAIT
-        wait = min(cap, base * 2 ** min(self.failures - 1, 30))
+        wait = doubling(self.failures, base, cap)
         return wait * (1 + REFUSAL_JITTER * (1 - self.config.random()))
 
     def _failed(self, status: int, reason: str, now: float, out: list[SubscriberOutput],
@@ -498,12 +500,9 @@ class Subscriber:
             wait = backoff(self.failures, self.config.random, self.config.backoff_base,
                            self.config.backoff_max)
         if response is not None:
-            try:
-                retry_after = response.retry_after
-            except SipError:
-                retry_after = None
+            retry_after = retry_after_seconds(response)
             if retry_after is not None:
-                wait = max(wait, float(retry_after.seconds))
+                wait = max(wait, float(retry_after))
         self._resubscribe_later(now, wait, reason or "failed", status, out)
 
     def _resubscribe_later(self, now: float, wait: float, reason: str, status: int | None,
@@ -608,7 +607,7 @@ class Subscriber:
             self._finish("unsubscribed", error.status, out)
             return
         self.bad_notifies += 1
-        wait = min(self.config.backoff_max, BAD_NOTIFY_WAIT * 2 ** min(self.bad_notifies - 1, 30))
+        wait = doubling(self.bad_notifies, BAD_NOTIFY_WAIT, self.config.backoff_max)
         self._resubscribe_later(now, wait, "notify-refused", error.status, out)
 
     def _terminated(self, reason: str | None, retry_after: int | None, now: float,

@@ -26,7 +26,7 @@ _COMPACT_ABOVE = 64
 
 
 class TimerHeap(Generic[K]):
-    """The deadline of each key (``set``, ``cancel``, ``get``), earliest first
+    """The deadline of each key (``set``, ``cancel``), earliest first
     (``next_time``), handed out when due (``pop``).  Keys due at the same
     time come out in the order their deadlines were set."""
 
@@ -35,16 +35,6 @@ class TimerHeap(Generic[K]):
         self._heap: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
         self._dead = 0  # heap entries no longer any key's deadline
-
-    def __len__(self) -> int:
-        return len(self._when)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._when
-
-    def get(self, key: K) -> float | None:
-        """The deadline of ``key``, None if it has none."""
-        return self._when.get(key)
 
     def set(self, key: K, when: float | None) -> None:
         """Make ``when`` the deadline of ``key`` (None: cancel it)."""

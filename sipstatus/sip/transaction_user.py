@@ -142,6 +142,31 @@ def granted_expires(request: Request, default: int, minimum: int, maximum: int) 
     return min(expires, maximum)
 
 
+def handles(request: Request, method: str, other_packages: Iterable[str]) -> bool:
+    """Whether ``request`` is for a user serving ``method``: that method, and
+    no Event naming a package another user of the endpoint serves."""
+    if request.method != method:
+        return False
+    event = request.event
+    return event is None or event.package not in other_packages
+
+
+def retry_after_seconds(response: Response) -> int | None:
+    """The seconds of a response's Retry-After; None without one, or when it
+    does not parse (it is then ignored)."""
+    try:
+        retry_after = response.retry_after
+    except SipError:
+        return None
+    return None if retry_after is None else retry_after.seconds
+
+
+def doubling(failures: int, first: float, last: float) -> float:
+    """A wait after ``failures`` failures in a row (1, 2, ...): ``first``,
+    doubling with each further one, at most ``last``."""
+    return min(last, first * 2 ** min(failures - 1, 30))
+
+
 def retry_request(request: Request, response: Response, authorize: ClientAuthorizer | None,
                   asked: int) -> Request | None:
     """``request`` again after ``response``, or None to give up.
