@@ -176,7 +176,6 @@ def _rate_parameter(value: str | None, name: str) -> float | None:
     return float(value)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Rates:
     """The rates applied to one subscription (spec 8.2)."""

@@ -175,7 +175,6 @@ SubscriberEvent = Subscribed | NotificationReceived | NotificationRejected | Sub
 SubscriberOutput = SendRequest | SendResponse | SubscriberEvent
 
 
-
 class SubscriberState(enum.Enum):
     IDLE = "idle"  # not started
     SUBSCRIBING = "subscribing"  # initial SUBSCRIBE in flight, no dialog yet
@@ -677,7 +676,6 @@ class Subscriber:
         return out
 
 
-
 def _uac_dialog(request: Request, response: Response, target: str) -> Dialog:
     """The dialog of a 2xx (RFC 3261 section 12.1.2); a 2xx without the
     Contact RFC 6665 requires gets the Request-URI as remote target."""
@@ -695,8 +693,6 @@ def _contact_host(contact: str) -> str:
     except SipError:
         return "-"
     return uri.hostport if isinstance(uri, SipUri) else "-"
-
-
 
 
 def direct_destination(uri: SipUri, default_transport: str = "UDP") -> Destination | None:
@@ -719,7 +715,6 @@ def direct_destination(uri: SipUri, default_transport: str = "UDP") -> Destinati
     return Destination(transport, host.strip("[]"), port)
 
 
-
 def next_hop_destination(request: Request, default_transport: str = "UDP") -> Destination | None:
     """Where ``request`` goes without DNS: its first Route or Request-URI, if numeric."""
     routes = request.routes
@@ -727,7 +722,6 @@ def next_hop_destination(request: Request, default_transport: str = "UDP") -> De
     if not isinstance(uri, SipUri):
         return None
     return direct_destination(uri, default_transport)
-
 
 
 class SubscriberPool:
