@@ -1,5 +1,5 @@
 """Benchmark: the agent's CPU time per sample and its resident memory, with
-every collector on and AMI connected to the fake Asterisk (tests/fakeami.py,
+every collector on and AMI connected to the fake Asterisk (tests/support/fake_ami.py,
 in a separate process so its CPU is not counted) streaming the recorded
 event_stream.txt in a loop, sped up; the probe goes to SIPp (if installed)
 answering OPTIONS.
@@ -39,7 +39,7 @@ RESULTS = REPO / "bench" / "results" / "agent_sample.txt"
 
 def serve(port_file: str, speed: float) -> None:
     """Child process: the fake AMI server, streaming event_stream.txt forever."""
-    from tests.fakeami import FakeAmi, Scenario
+    from tests.support.fake_ami import FakeAmi, Scenario
 
     async def main():
         scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels"}, stream="event_stream",

@@ -2,7 +2,7 @@
 effect inside the proxy: Kamailio, and OpenSIPS where its tier exists.
 
 The real agent (`python -m agent run`, its own process) reads the fake AMI
-server (tests/fakeami.py, the recorded Asterisk bytes) served by this
+server (tests/support/fake_ami.py, the recorded Asterisk bytes) served by this
 process; the real Kamailio runs one of the examples; each change is one
 recorded Newchannel or Hangup written to the AMI socket (the node's calls
 go 0 -> 1 -> 0 ..., its weight hint 100 -> 90 -> 100 with a limit of 10).
@@ -24,7 +24,7 @@ in effect there is the load_balancer capacity of the node's destination,
 min(OpenSIPS's calls on it, its own calls) + its free slots (see
 packaging/examples/opensips/README.md): 10 -> 9 -> 10 ... here (no call
 goes through OpenSIPS, limit 10). The examples as the tests run them
-(tests/opensips_runner.py: only their CUSTOMIZE ME lines changed, plus the
+(tests/support/opensips.py: only their CUSTOMIZE ME lines changed, plus the
 README's mi_http lines):
 
 - opensips-compositor: the agent PUBLISHes to
@@ -64,10 +64,10 @@ sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from sipstatus.kamailio import JsonRpcClient, RpcError  # noqa: E402
-from tests.agent_harness import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
-from tests.kamailio_runner import EXAMPLES, HOST, Destinationless, Kamailio, Sidecar, start_example  # noqa: E402
-from tests.opensips_runner import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402
-from tests.opensips_runner import (  # noqa: E402
+from tests.support.agents import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
+from tests.support.kamailio import EXAMPLES, HOST, Destinationless, Kamailio, Sidecar, start_example  # noqa: E402
+from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402
+from tests.support.opensips import (  # noqa: E402
     OpenSips,
     OpenSipsSidecar,
     PoolEntry,
@@ -76,13 +76,13 @@ from tests.opensips_runner import (  # noqa: E402
     dbtext_tables,
     opensips_build,
 )
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.sipp import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "kamailio_reaction.txt"
 OPENSIPS_RESULTS = REPO / "bench" / "results" / "opensips_reaction.txt"
 KAMAILIO_WAYS = ("native", "sidecar")
 OPENSIPS_WAYS = ("opensips-compositor", "opensips-subscriber", "opensips-sidecar")
-NODE = "ast-test"  # tests.agent_harness.agent_config's node
+NODE = "ast-test"  # tests.support.agents.agent_config's node
 LIMIT = 10
 
 

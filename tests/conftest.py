@@ -4,7 +4,7 @@ from functools import cache
 
 import pytest
 
-from tests.kamailio_rpc_fixture import running_kamailio
+from tests.support.kamailio_rpc import running_kamailio
 
 
 @pytest.fixture
@@ -19,9 +19,9 @@ def kamailio(tmp_path):
 def _peer_missing(marker: str) -> str:
     """Why the real-peer tier `marker` cannot run here, or "" if it can."""
     if marker == "asterisk":
-        from tests.asterisk_live import PREFIX, WHY_NOT
+        from tests.support.asterisk_live import PREFIX, WHY_NOT
         return "" if PREFIX is not None else WHY_NOT or "Asterisk is not available"
-    from tests.opensips_runner import opensips_build
+    from tests.support.opensips import opensips_build
     return opensips_build()[1]
 
 

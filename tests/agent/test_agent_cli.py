@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -15,16 +14,16 @@ import pytest
 from agent import cli
 from sipstatus import __version__, codec
 from sipstatus.status import State
-from tests.agent_harness import AgentProcess, OptionsResponder, agent_config
-from tests.fakeami import FakeAmi, Scenario
-from tests.sipp_runner import free_port
+from tests.support import ROOT
+from tests.support.agents import AgentProcess, OptionsResponder, agent_config
+from tests.support.fake_ami import FakeAmi, Scenario
+from tests.support.sipp import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((REPO / "spec" / "load-status.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "spec" / "load-status.schema.json").read_text())
 
 
 def agent(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_version():
@@ -180,7 +179,7 @@ def test_status_shows_the_drain_flag_and_since_when_whatever_the_state(drained_w
 
 
 def test_the_drain_line_gives_the_time_and_age_of_the_flag():
-    status = codec.from_wire(json.loads((REPO / "spec/vectors/body/valid-typical.json").read_text()))
+    status = codec.from_wire(json.loads((ROOT / "spec/vectors/body/valid-typical.json").read_text()))
     since = 1_795_440_000.0
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
     assert cli.drain_line(dataclasses.replace(status, state=State.DOWN), {"on": True, "since": since},

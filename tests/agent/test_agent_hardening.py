@@ -12,8 +12,8 @@ import pytest
 
 from sipstatus.sip import Request
 from sipstatus.sip.digest import DigestClient, challenges_of
-from tests.agent_harness import SipPeer, Watcher, agent_config, fake_asterisk
-from tests.test_agent_service_faults import QUICK, agent_with_watchers, new_branch, run
+from tests.interop.test_agent_service_faults import QUICK, agent_with_watchers, new_branch, run
+from tests.support.agents import SipPeer, Watcher, agent_config, fake_asterisk
 
 pytestmark = pytest.mark.slow
 

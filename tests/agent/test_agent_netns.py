@@ -6,7 +6,7 @@
 
 Each agent listens on udp:0.0.0.0:5070 (a wildcard, as in production) and
 trusts both networks; the collectors are off (no Asterisk in the
-namespaces), so both report `active`. The subscriber (tests/netns_subscriber.py,
+namespaces), so both report `active`. The subscriber (tests/support/netns_subscriber.py,
 the library's SubscriberPool) subscribes to both over the bridge. Every
 NOTIFY and 200 must name the agent by the address the subscriber reached it
 at, in Via and in Contact: never the wildcard, never loopback. Agent 2's
@@ -29,7 +29,7 @@ import sys
 
 import pytest
 
-from tests.agent_harness import REPO, AgentProcess
+from tests.support.agents import REPO, AgentProcess
 
 pytestmark = [
     pytest.mark.netns, pytest.mark.slow,
@@ -84,7 +84,7 @@ def test_two_agents_in_their_namespaces_notify_a_subscriber_with_their_real_addr
                 agents.append(agent)
                 await agent.start()
             subscriber = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", namespaces["sub"], sys.executable, "-m", "tests.netns_subscriber",
+                "ip", "netns", "exec", namespaces["sub"], sys.executable, "-m", "tests.support.netns_subscriber",
                 "--agent", f"{AGENTS['a1']}:{PORT},{SUBSCRIBER[0]}", "--agent", f"{AGENTS['a2']}:{PORT},{SUBSCRIBER[1]}",
                 "--count", "3", "--timeout", "30", cwd=REPO,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -20,7 +20,7 @@ import signal
 import pytest
 
 from sipstatus import codec
-from tests.agent_harness import (
+from tests.support.agents import (
     AgentProcess,
     ChannelEvents,
     OptionsResponder,
@@ -30,7 +30,7 @@ from tests.agent_harness import (
     seqs,
     toml,
 )
-from tests.sipp_runner import free_port
+from tests.support.sipp import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -239,7 +239,7 @@ def test_publication_heartbeats_keep_their_interval_whatever_the_sampling_interv
     # 8.7), while the agent samples only every 10 s. Heartbeats tied to the
     # sampling tick would leave the node stale at the compositor for 7 s in 10.
     async def main():
-        from tests.agent_harness import Compositor
+        from tests.support.agents import Compositor
 
         compositor = await Compositor().open()
         try:

@@ -16,7 +16,7 @@ import signal
 import pytest
 
 from sipstatus.sip import make_response
-from tests.agent_harness import AgentProcess, Compositor, agent_config, fake_asterisk
+from tests.support.agents import AgentProcess, Compositor, agent_config, fake_asterisk
 
 pytestmark = pytest.mark.slow
 

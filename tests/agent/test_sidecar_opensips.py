@@ -1,5 +1,5 @@
 """`sipstatus sidecar --opensips-mi`: load_balancer capacities and states in
-an OpenSIPS (the MI server of tests/fake_opensips_mi.py, which follows the
+an OpenSIPS (the MI server of tests/support/fake_opensips_mi.py, which follows the
 OpenSIPS documentation; OpenSIPS is not in Debian) follow the agents."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.fake_opensips_mi import FakeMiServer, FakeOpenSips, LbDst
-from tests.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support.fake_opensips_mi import FakeMiServer, FakeOpenSips, LbDst
 
 
 def lb_view(state: FakeOpenSips) -> dict[str, tuple[int, bool]]:

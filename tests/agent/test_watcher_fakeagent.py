@@ -8,7 +8,7 @@ body (next seq) as heartbeat, new bodies when told. The real
 Run as a program it serves several agents in one process, for the CLI and
 scale tests:
 
-    python -m tests.test_watcher_fakeagent ast1:0.5:100 ast2:0.8:200 [--hosts 127.0.0.x]
+    python -m tests.agent.test_watcher_fakeagent ast1:0.5:100 ast2:0.8:200 [--hosts 127.0.0.x]
 
 It prints one JSON line per agent ({"node", "uri"}) and then "ready", and
 takes commands on standard input, answering each with "ok" (or "error ..."):
@@ -30,12 +30,12 @@ import secrets
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from sipstatus.codec import MEDIA_TYPE, decode, encode
 from sipstatus.net import Endpoint, SipService
 from sipstatus.sip.subscription import Notifier, SubscriptionCreated
 from sipstatus.status import Asterisk, Cpu, LoadStatus, Probe, Quality, State
+from tests.support import ROOT
 
 WAIT = 10.0
 
@@ -203,7 +203,6 @@ if __name__ == "__main__":
 
 # -- driving the program from a test ------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Lines:
@@ -231,12 +230,12 @@ class Lines:
 
 
 class AgentsProcess:
-    """`python -m tests.test_watcher_fakeagent SPECS...` as a context manager:
+    """`python -m tests.agent.test_watcher_fakeagent SPECS...` as a context manager:
     `uris` maps node -> agent URI; `command("set ast2 state=draining")`."""
 
     def __init__(self, *specs: str, hosts: str = "127.0.0.1", validity: int = 15, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_watcher_fakeagent", *specs, "--hosts", hosts,
+            [sys.executable, "-m", "tests.agent.test_watcher_fakeagent", *specs, "--hosts", hosts,
              "--validity", str(validity), "--port", str(port)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.out = Lines(self.proc.stdout)

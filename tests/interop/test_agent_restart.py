@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeami import Scenario
-from tests.kamailio_runner import (
+from tests.support import SIPP_SCENARIOS
+from tests.support.fake_ami import Scenario
+from tests.support.kamailio import (
     HOST,
     Agent,
     FakeAmis,
@@ -36,7 +37,7 @@ from tests.kamailio_runner import (
 
 pytestmark = pytest.mark.skipif(not have_tools(), reason="needs Debian package sip-tester (SIPp) and iproute2")
 
-UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
+UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 
 
 @pytest.fixture

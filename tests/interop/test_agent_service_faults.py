@@ -15,7 +15,7 @@ import pytest
 
 from sipstatus.sip import Request, make_response
 from sipstatus.sip.digest import DigestClient, challenges_of
-from tests.agent_harness import (
+from tests.support.agents import (
     AgentProcess,
     Compositor,
     Watcher,
@@ -23,7 +23,7 @@ from tests.agent_harness import (
     fake_asterisk,
     rss,
 )
-from tests.sipp_runner import SIPP, free_port, run_sipp
+from tests.support.sipp import SIPP, free_port, run_sipp
 
 pytestmark = pytest.mark.slow
 

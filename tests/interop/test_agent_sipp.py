@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import AgentProcess, ChannelEvents, agent_config, fake_asterisk
-from tests.sipp_runner import SIPP, free_port, run_sipp
+from tests.support.agents import AgentProcess, ChannelEvents, agent_config, fake_asterisk
+from tests.support.sipp import SIPP, free_port, run_sipp
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus import cli, conform
-from tests.agent_harness import AgentProcess, agent_config, fake_asterisk
-from tests.conform_peers import (
+from tests.support.agents import AgentProcess, agent_config, fake_asterisk
+from tests.support.conform_peers import (
     Served,
     bodies,
     case_blind_notifier,
@@ -26,8 +26,8 @@ from tests.conform_peers import (
     notifier,
     subscriber,
 )
-from tests.kamailio_runner import EXAMPLES, ROOT, have_tools, start_example
-from tests.sipp_runner import free_port
+from tests.support.kamailio import EXAMPLES, ROOT, have_tools, start_example
+from tests.support.sipp import free_port
 
 
 def failures(report: conform.Report) -> str:

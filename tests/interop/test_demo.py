@@ -4,15 +4,13 @@ too. The summary's arithmetic (demo/report.py) is checked on its own."""
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from demo import report
 from demo.report import Phase, Recording
-from tests.kamailio_runner import have_tools
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support.kamailio import have_tools
 
 
 def test_the_single_demo_shows_notifies_a_drain_and_the_final_notify():

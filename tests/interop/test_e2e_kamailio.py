@@ -7,7 +7,7 @@ Each node is three things (`E2eNode`):
   INVITEs (naming itself in X-Node), logs the arrival time of each, and
   answers the OPTIONS of its agent's probe (a probe left unanswered would
   make the agent report the node down);
-- a fake AMI (tests/fakeami.py, replaying real Asterisk 20 transcripts) with
+- a fake AMI (tests/support/fake_ami.py, replaying real Asterisk 20 transcripts) with
   its own channel count;
 - its agent, a real process (`python -m agent run`), reading that AMI,
   probing that UAS, with its own `max_calls`.
@@ -82,8 +82,9 @@ from sipstatus.kamailio import JsonRpcClient, KamailioSink
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
-from tests.fakeami import Scenario
-from tests.kamailio_runner import (
+from tests.support import SIPP_SCENARIOS
+from tests.support.fake_ami import Scenario
+from tests.support.kamailio import (
     EXAMPLES,
     HOST,
     ROOT,
@@ -113,7 +114,7 @@ pytestmark = [
     ),
 ]
 
-UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
+UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 VALIDITY = 3
 CALLS = 600
 #: Calls per second of the background callers of the drain and kill tests.

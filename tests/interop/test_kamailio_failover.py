@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, KamailioSink
-from tests.kamailio_runner import (
+from tests.support import SIPP_SCENARIOS
+from tests.support.kamailio import (
     EXAMPLES,
     HOST,
     PING_INTERVAL,
@@ -52,7 +53,7 @@ pytestmark = [
     ),
 ]
 
-E2E_UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
+E2E_UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 NODES = {
     "ok": E2E_UAS,
     "full": SCENARIOS / "refuse.xml",

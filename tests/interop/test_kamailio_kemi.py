@@ -20,7 +20,7 @@ from sipstatus.codec import StatusError, decode
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
 from sipstatus.status import State
-from tests.kamailio_runner import (
+from tests.support.kamailio import (
     EXAMPLES,
     MEDIA_TYPE,
     ROOT,

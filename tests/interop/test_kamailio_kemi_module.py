@@ -26,9 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_e2e_kamailio as e2e
-from tests import test_kamailio_failover as failover
-from tests.kamailio_runner import (
+from tests.interop import test_e2e_kamailio as e2e
+from tests.interop import test_kamailio_failover as failover
+from tests.interop.test_e2e_kamailio import pool  # noqa: F401  (the e2e scenarios' SIPp nodes and fake AMIs)
+from tests.interop.test_kamailio_failover import nodes  # noqa: F401  (the failover scenarios' SIPp nodes)
+from tests.support import TESTS
+from tests.support.kamailio import (
     HOST,
     ROOT,
     Agent,
@@ -41,8 +44,6 @@ from tests.kamailio_runner import (
     have_tools,
     start_example,
 )
-from tests.test_e2e_kamailio import pool  # noqa: F401  (the e2e scenarios' SIPp nodes and fake AMIs)
-from tests.test_kamailio_failover import nodes  # noqa: F401  (the failover scenarios' SIPp nodes)
 
 pytestmark = [
     pytest.mark.interop,
@@ -50,7 +51,7 @@ pytestmark = [
                        reason="needs Debian packages kamailio, kamailio-python3-modules, sip-tester"),
 ]
 
-OPERATOR = Path(__file__).resolve().parent / "kemi_operator"
+OPERATOR = TESTS / "kemi_operator"
 CONFIG = OPERATOR / "kamailio.cfg"
 DEFINES = {"KEMI_SCRIPT": f'"{OPERATOR / "routes.py"}"'}
 #: The library as the Debian package puts it: on the embedded Python's path.

@@ -22,7 +22,7 @@ from sipstatus.codec import decode
 from sipstatus.kamailio import JsonRpcClient
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import make_policy
-from tests.kamailio_runner import (
+from tests.support.kamailio import (
     EXAMPLES,
     ROOT,
     Kamailio,

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.status import State
-from tests.kamailio_runner import (
+from tests.support import ROOT
+from tests.support.kamailio import (
     EXAMPLES,
     MEDIA_TYPE,
     Kamailio,
@@ -43,7 +44,7 @@ pytestmark = [
 ]
 
 CONFIG = EXAMPLES / "native" / "kamailio.cfg"
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors" / "body"
+VECTORS = ROOT / "spec" / "vectors" / "body"
 CALLS = 600
 #: rweight in the dispatcher list: the cold-start split, unlike any reported one.
 RWEIGHTS = {"ast1": 10, "ast2": 30, "ast3": 60}

@@ -7,7 +7,7 @@ import pytest
 from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
 
 # The `kamailio` fixture (tests/conftest.py) runs a real Kamailio whose pool is
-# tests/kamailio_rpc_fixture.py DISPATCHER_LIST: ast1..ast3 in group 1.
+# tests/support/kamailio_rpc.py DISPATCHER_LIST: ast1..ast3 in group 1.
 
 
 class Recording(JsonRpcClient):

@@ -1,10 +1,10 @@
 """The sidecar example (packaging/examples/kamailio/sidecar/) against the real
 Kamailio from Debian, three SIPp nodes, a SIPp caller, and `sipstatus
 sidecar` following three agents (served in another process by
-tests/test_watcher_fakeagent.py).
+tests/agent/test_watcher_fakeagent.py).
 
 The split of the weighted random choice is checked against a binomial bound
-(`split_within`, 5 sigma + 1): see tests/test_kamailio_native.py.
+(`split_within`, 5 sigma + 1): see tests/interop/test_kamailio_native.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, RpcError
-from tests.kamailio_runner import (
+from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support.kamailio import (
     EXAMPLES,
     Kamailio,
     SippNode,
@@ -27,7 +28,6 @@ from tests.kamailio_runner import (
     split_within,
     start_example,
 )
-from tests.test_watcher_fakeagent import ROOT, AgentsProcess
 
 pytestmark = [
     pytest.mark.interop,

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeami import Scenario
-from tests.kamailio_runner import (
+from tests.support import SIPP_SCENARIOS
+from tests.support.fake_ami import Scenario
+from tests.support.kamailio import (
     EXAMPLES,
     ROOT,
     Agent,
@@ -43,7 +44,7 @@ pytestmark = [
                        reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester, iproute2"),
 ]
 
-UAS = Path(__file__).resolve().parent / "sipp" / "e2e" / "uas.xml"
+UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 VALIDITY = 3
 EXPIRES = 60
 #: node -> (CoreShowChannels transcript, agent max_calls).

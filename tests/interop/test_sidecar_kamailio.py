@@ -1,9 +1,9 @@
 """`sipstatus sidecar` pushing into a REAL Kamailio 5.6 over JSON-RPC: the
 htable values and dispatcher states follow what the agents report.
 
-The agents are served by another process (tests/test_watcher_fakeagent.py)
+The agents are served by another process (tests/agent/test_watcher_fakeagent.py)
 over UDP on the loopback; Kamailio is started per test
-(tests/kamailio_rpc_fixture.py). The tests wait for Kamailio to show what
+(tests/support/kamailio_rpc.py). The tests wait for Kamailio to show what
 they expect, with a deadline.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError
-from tests.kamailio_rpc_fixture import running_kamailio
-from tests.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support.kamailio_rpc import running_kamailio
 
 pytestmark = pytest.mark.interop
 

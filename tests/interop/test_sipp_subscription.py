@@ -10,7 +10,7 @@ What SIPp cannot express, and where it is tested instead: the timing of
 NOTIFYs (ceiling, heartbeat, 100 ms limit: a scenario has a fixed sequence
 of messages, so the heartbeat is set long here; see the fake-clock and
 hypothesis tests), a variable number of NOTIFYs between two requests, and
-TLS (not in Debian's build; tests/test_net_service.py runs our own TLS
+TLS (not in Debian's build; tests/unit/test_net_service.py runs our own TLS
 client and server).
 """
 
@@ -27,7 +27,7 @@ from sipstatus.sip.subscription import (
     SubscriptionRefreshed,
     SubscriptionTerminated,
 )
-from tests.sipp_runner import SIPP, free_port, run_sipp
+from tests.support.sipp import SIPP, free_port, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

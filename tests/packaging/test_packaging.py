@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 DEBIAN = ROOT / "packaging" / "debian"
 UNIT = DEBIAN / "sipstatus-agent.service"
 OUT = ROOT / "build" / "deb"

@@ -14,7 +14,7 @@ import shlex
 
 import pytest
 
-from tests.test_packaging import Container, built, container, system  # noqa: F401 - fixtures
+from tests.packaging.test_packaging import Container, built, container, system  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_the_units_descriptor_limit_leaves_room_beyond_the_connection_cap():
     from agent.config import NotifierConfig
     from sipstatus.net.service import FD_RESERVE
-    from tests.test_packaging import UNIT, unit_values
+    from tests.packaging.test_packaging import UNIT, unit_values
 
     (limit,) = unit_values(UNIT.read_text(), "LimitNOFILE")
     assert int(limit) >= NotifierConfig().max_connections + FD_RESERVE

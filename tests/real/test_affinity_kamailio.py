@@ -4,12 +4,12 @@ caller of a room reaches the node hosting it.
 The pool, behind packaging/examples/kamailio/sidecar/kamailio.cfg (Debian's
 Kamailio) and a real `sipstatus sidecar` with `[affinity] enabled`:
 
-- `ast-live`: a real Asterisk 22 (tests/asterisk_runner.py; extension
+- `ast-live`: a real Asterisk 22 (tests/support/asterisk.py; extension
   `room` puts the caller in the ConfBridge named by its X-Exec-App-Data
   header) with the real agent reading its AMI;
 - `fake1`, `fake2`: SIPp UASes (tests/sipp/affinity/room-node.xml) whose
   agents read a fake AMI that says what ConfBridge would about their calls
-  (tests/fakeami_rooms.py, built from a real Asterisk recording);
+  (tests/support/fake_ami_rooms.py, built from a real Asterisk recording);
 - `refuser`: a SIPp UAS answering every INVITE 503 (tests/sipp/kamailio/
   refuse.xml), whose fake Asterisk hosts the room `moving`.
 
@@ -29,11 +29,12 @@ import pytest
 from sipstatus.affinity import affinity_key
 from sipstatus.kamailio import JsonRpcClient, RpcError
 from sipstatus.opensips import MiClient, MiError
-from tests.asterisk_live import PREFIX
-from tests.asterisk_runner import Asterisk, AsteriskConfig
-from tests.fakeami import FakeAmi, Scenario
-from tests.fakeami_rooms import RoomsAmi
-from tests.kamailio_runner import (
+from tests.support import ROOT, SIPP_SCENARIOS
+from tests.support.asterisk import Asterisk, AsteriskConfig
+from tests.support.asterisk_live import PREFIX
+from tests.support.fake_ami import FakeAmi, Scenario
+from tests.support.fake_ami_rooms import RoomsAmi
+from tests.support.kamailio import (
     EXAMPLES,
     HOST,
     Agent,
@@ -44,8 +45,8 @@ from tests.kamailio_runner import (
     have_tools,
     start_example,
 )
-from tests.opensips_runner import EXAMPLES as OPENSIPS_EXAMPLES
-from tests.opensips_runner import (
+from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES
+from tests.support.opensips import (
     OpenSips,
     OpenSipsSidecar,
     PoolEntry,
@@ -67,8 +68,7 @@ CONFIG = EXAMPLES / "sidecar" / "kamailio.cfg"
 KEMI_CONFIG = EXAMPLES / "kemi" / "kamailio.cfg"
 NATIVE_CONFIG = EXAMPLES / "native" / "kamailio.cfg"
 KEMI_SCRIPT = EXAMPLES / "kemi" / "sipstatus_kemi.py"
-ROOT = Path(__file__).resolve().parents[1]
-SIPP = Path(__file__).resolve().parent / "sipp"
+SIPP = SIPP_SCENARIOS
 ROOM_DIALPLAN = """exten => room,1,Answer()
  same => n,ConfBridge(${PJSIP_HEADER(read,X-Exec-App-Data)})
  same => n,Hangup()

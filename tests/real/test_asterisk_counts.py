@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.asterisk_live import LiveNode, counts, settle
-from tests.asterisk_runner import G711A_PCAP, AsteriskConfig, Calls, pcap_without_every
+from tests.support.asterisk import G711A_PCAP, AsteriskConfig, Calls, pcap_without_every
+from tests.support.asterisk_live import LiveNode, counts, settle
 
 # (a missing peer skips the whole tier: tests/conftest.py)
 pytestmark = [pytest.mark.asterisk]

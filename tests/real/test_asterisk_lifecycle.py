@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from tests.asterisk_live import LiveNode, body_counts, describe, report, settle
-from tests.asterisk_runner import Calls
+from tests.support.asterisk import Calls
+from tests.support.asterisk_live import LiveNode, body_counts, describe, report, settle
 
 # (a missing peer skips the whole tier: tests/conftest.py)
 pytestmark = [pytest.mark.asterisk]

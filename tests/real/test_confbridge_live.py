@@ -1,7 +1,7 @@
 """The agent learns a real Asterisk 22's ConfBridge rooms and announces them
 in the load-affinity package (spec/load-affinity.md), as a proxy reads them.
 
-Each test starts its own Asterisk (tests/asterisk_runner.py: extension
+Each test starts its own Asterisk (tests/support/asterisk.py: extension
 `room-NNNN` puts the caller in ConfBridge room NNNN, with the channel
 variable TENANT=acme), the agent daemon and a subscriber to load-affinity
 whose NOTIFYs go through the library's AffinityTable, as a proxy's would."""
@@ -12,8 +12,8 @@ import pytest
 
 from sipstatus.affinity import MEDIA_TYPE, PACKAGE, affinity_key, decode
 from sipstatus.affinity_table import AffinityTable
-from tests.asterisk_live import LiveNode, settle
-from tests.asterisk_runner import AsteriskConfig, Calls
+from tests.support.asterisk import AsteriskConfig, Calls
+from tests.support.asterisk_live import LiveNode, settle
 
 # (a missing peer skips the whole tier: tests/conftest.py)
 pytestmark = [pytest.mark.asterisk]
@@ -143,7 +143,7 @@ def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it
 
 def test_rooms_published_to_a_compositor_route_the_room_to_its_node(tmp_path):
     from sipstatus.watcher import Watcher, WatcherConfig
-    from tests.sipp_runner import free_port
+    from tests.support.sipp import free_port
 
     async def main():
         port = free_port()

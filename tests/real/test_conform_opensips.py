@@ -1,6 +1,6 @@
 """The conformance kit (`sipstatus conform compositor`) against the real OpenSIPS 3.6.8
 running packaging/examples/opensips/compositor/opensips.cfg, as the real-OpenSIPS
-tier runs it (tests/opensips_runner.py: only its CUSTOMIZE ME lines changed).
+tier runs it (tests/support/opensips.py: only its CUSTOMIZE ME lines changed).
 
 Every rule the kit checks must pass, the same rules, in the same order, as
 against the library's own compositor (so a run cut short cannot pass); the
@@ -28,9 +28,9 @@ from sipstatus.conform.common import status_of
 from sipstatus.conform.compositor import CompositorCheck
 from sipstatus.conform.peer import Peer, Received
 from sipstatus.sip import Request, Response
-from tests.conform_peers import Served, compositor
-from tests.kamailio_runner import HOST, free_udp_port
-from tests.opensips_runner import (
+from tests.support.conform_peers import Served, compositor
+from tests.support.kamailio import HOST, free_udp_port
+from tests.support.opensips import (
     EXAMPLES,
     OpenSips,
     PoolEntry,

@@ -1,5 +1,5 @@
 """The real OpenSIPS 3.6.8 with the example configurations and the sidecar,
-three real agents, SIPp nodes and a SIPp caller (tests/opensips_runner.py).
+three real agents, SIPp nodes and a SIPp caller (tests/support/opensips.py).
 
 Three ways for OpenSIPS to learn the nodes' loads (`WAYS`), each a stack of
 its own (one per module run, in order):
@@ -59,8 +59,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.status import State
-from tests.kamailio_runner import HOST, Destinationless, FakeAmis, free_udp_port, stream_reports
-from tests.opensips_runner import (
+from tests.support.kamailio import HOST, Destinationless, FakeAmis, free_udp_port, stream_reports
+from tests.support.opensips import (
     EXAMPLES,
     Calls,
     LiveNode,
@@ -75,7 +75,7 @@ from tests.opensips_runner import (
     readme_block,
     wait_for,
 )
-from tests.sipp_runner import free_port
+from tests.support.sipp import free_port
 
 PREFIX, WHY = opensips_build()
 
@@ -460,10 +460,10 @@ def test_compositor_cpu_per_thousand_reports(tmp_path):
 
 
 def test_the_fake_mi_server_answers_as_the_real_opensips(tmp_path):
-    # tests/fake_opensips_mi.py serves the fast unit tests; here the same
+    # tests/support/fake_opensips_mi.py serves the fast unit tests; here the same
     # requests go to a real OpenSIPS and to the fake holding the same
     # destinations, and the answers must be equal.
-    from tests.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
+    from tests.support.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
 
     assert PREFIX is not None
     port, mi_port = free_udp_port(), free_port()

@@ -40,9 +40,12 @@ from sipstatus.sip.message import make_response
 from sipstatus.sip.subscription import Subscriber, SubscriberConfig, SubscriberPool
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus
-from tests.fakeami import FakeAmi, Scenario, Transcript
+from tests.support import ROOT
+from tests.support.fake_ami import FakeAmi, Scenario, Transcript
 
-REPO = Path(__file__).resolve().parents[1]
+#: Where `python -m agent` runs from (bench/bench_attacks.py points it at
+#: another checkout).
+REPO = ROOT
 TYPE = "application/load-status+json"
 
 

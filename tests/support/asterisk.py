@@ -32,10 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sipp_runner import free_port
+from tests.support import ROOT
+from tests.support.sipp import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "tests" / "peers" / "asterisk.sh"
+BUILD = ROOT / "tests" / "peers" / "asterisk.sh"
 VERSION = "22.10.1"
 
 #: The AMI user's permissions, exactly as packaging/agent.toml documents them.
@@ -44,7 +44,7 @@ AGENT_WRITE = "system,reporting"
 
 
 def sources_dir() -> Path:
-    return Path(os.environ.get("SIPSTATUS_PEER_SOURCES", REPO.parent / "shared" / "peers"))
+    return Path(os.environ.get("SIPSTATUS_PEER_SOURCES", ROOT.parent / "shared" / "peers"))
 
 
 def asterisk_prefix() -> tuple[Path | None, str]:
@@ -56,7 +56,7 @@ def asterisk_prefix() -> tuple[Path | None, str]:
     found = subprocess.run([str(BUILD), "prefix"], capture_output=True, text=True, check=False)
     prefix = found.stdout.strip()
     if found.returncode != 0 or not prefix:
-        return None, f"Asterisk {VERSION} is not built: run `{BUILD.relative_to(REPO)} build` (./dev test does)"
+        return None, f"Asterisk {VERSION} is not built: run `{BUILD.relative_to(ROOT)} build` (./dev test does)"
     return Path(prefix), ""
 
 
@@ -335,7 +335,7 @@ def copy_config(asterisk: Asterisk, to: Path) -> None:
 # -- calls ---------------------------------------------------------------------
 
 
-SCENARIO = REPO / "tests" / "sipp" / "asterisk" / "call.xml"
+SCENARIO = ROOT / "tests" / "sipp" / "asterisk" / "call.xml"
 
 
 class Calls:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sipstatus.status import LoadStatus
-from tests.agent_harness import AgentProcess, Received, Watcher
-from tests.asterisk_runner import Asterisk, AsteriskConfig, asterisk_prefix
-from tests.sipp_runner import free_port
+from tests.support.agents import AgentProcess, Received, Watcher
+from tests.support.asterisk import Asterisk, AsteriskConfig, asterisk_prefix
+from tests.support.sipp import free_port
 
 PREFIX, WHY_NOT = asterisk_prefix()
 

@@ -28,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import DATA
+
 #: The recorded transcripts, kept in the repository (README.txt there says how
 #: they were recorded).
-AMI_DIR = Path(__file__).resolve().parent / "data" / "ami"
+AMI_DIR = DATA / "ami"
 
 CRLF = b"\r\n"
 
@@ -237,7 +238,7 @@ class FakeAmi:
         self.port = 0
         #: Answers for actions no Scenario replays: (action, ActionID) ->
         #: the bytes to send, or None for the unknown-action error
-        #: (tests/fakeami_rooms.py answers ConfBridge's actions this way).
+        #: (tests/support/fake_ami_rooms.py answers ConfBridge's actions this way).
         self.extra_answer: Callable[[str, str, list[tuple[str, str]]], bytes | None] | None = None
 
     async def __aenter__(self) -> FakeAmi:

@@ -9,7 +9,7 @@ others, ConfbridgeLeave, and ConfbridgeEnd after the last; the answers to
 ConfbridgeListRooms ("No active conferences." as an Error when there is
 none, else one ConfbridgeListRooms event per room and the Complete event)
 and ConfbridgeList. The agent's handling of the same messages from the real
-Asterisk is proven by tests/test_confbridge_live.py.
+Asterisk is proven by tests/real/test_confbridge_live.py.
 
 The SIPp UAS (tests/sipp/affinity/room-node.xml) appends "join ROOM CALLID"
 and "leave ROOM CALLID" lines to a file that `follow()` reads.
@@ -21,7 +21,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from tests.fakeami import FakeAmi, Transcript, with_action_id
+from tests.support.fake_ami import FakeAmi, Transcript, with_action_id
 
 RECORDING = "22/confbridge_rooms"
 

@@ -31,7 +31,7 @@ repository, 3.x sources and module READMEs):
   and dispatch.c `ds_print_mi_list()`); each destination also carries
   `resolved_addresses`, ["host:port"], as a real OpenSIPS 3.6.8 answered.
 
-tests/test_opensips_real.py compares this fake's answers with a real
+tests/real/test_opensips_real.py compares this fake's answers with a real
 OpenSIPS 3.6.8's for the same destinations (lb_list, ds_list with and
 without "full", wrong parameter names, an unknown method); an empty body
 (400) and a GET (405) were checked by hand against it.

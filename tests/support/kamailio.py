@@ -17,7 +17,7 @@
   runs many publishing agents in one process with the library's Publisher,
   each from its own loopback address.
 - `Agent` runs a real `sipstatus-agent run` process; `FakeAmis` serves the
-  fake Asterisk managers (tests/fakeami.py) such agents read; `Sidecar` runs
+  fake Asterisk managers (tests/support/fake_ami.py) such agents read; `Sidecar` runs
   a real `sipstatus sidecar` that follows agents and pushes into Kamailio.
 
 Everything binds 127.0.0.1 only. Every process is started in its own session
@@ -52,11 +52,11 @@ from sipstatus.sip.publication import PublicationFailed, Published
 from sipstatus.sip.publication import Publisher as LibraryPublisher
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus, State
-from tests.fakeami import FakeAmi, Scenario
+from tests.support import ROOT, SIPP_SCENARIOS
+from tests.support.fake_ami import FakeAmi, Scenario
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
-SCENARIOS = Path(__file__).resolve().parent / "sipp" / "kamailio"
+SCENARIOS = SIPP_SCENARIOS / "kamailio"
 HOST = "127.0.0.1"
 MEDIA_TYPE = "application/load-status+json"
 #: Seconds between dispatcher's OPTIONS probes in the tests' Kamailios.
@@ -907,7 +907,7 @@ def place_calls(proxy_port: int, calls: int, workdir: Path, *, rate: int = 300, 
 
 
 class FakeAmis:
-    """Fake Asterisk managers (tests/fakeami.py, replaying real Asterisk 20
+    """Fake Asterisk managers (tests/support/fake_ami.py, replaying real Asterisk 20
     transcripts) for agents that run as processes: the servers live in one
     background thread with its own event loop."""
 

@@ -1,6 +1,6 @@
-"""A proxy's subscriber in a few lines, for tests/test_agent_netns.py.
+"""A proxy's subscriber in a few lines, for tests/agent/test_agent_netns.py.
 
-    python -m tests.netns_subscriber --agent 192.0.2.11:5070,192.0.2.10 ... [--count N]
+    python -m tests.support.netns_subscriber --agent 192.0.2.11:5070,192.0.2.10 ... [--count N]
 
 Listens on udp:0.0.0.0 and subscribes to every agent (HOST:PORT) with the
 library (SubscriberPool + SipService), giving as Contact its own address on

@@ -15,7 +15,7 @@ real-OpenSIPS tier (pytest marker `opensips`).
   or restarts it.
 - `LiveNode` is one Asterisk node: a SIPp UAS (tests/sipp/opensips/node.xml
   or refuse.xml) that logs each INVITE and BYE, a fake AMI
-  (tests/fakeami.py) to which those become Newchannel and Hangup events
+  (tests/support/fake_ami.py) to which those become Newchannel and Hangup events
   (recorded bytes, with a Uniqueid per call), so that the node's real agent
   counts the calls it carries, as with a real Asterisk; and that agent.
 - `Calls` is a SIPp caller (tests/sipp/opensips/caller.xml) whose calls last
@@ -46,13 +46,14 @@ from pathlib import Path
 
 import psutil
 
-from tests.agent_harness import ChannelEvents
-from tests.fakeami import FakeAmi, Scenario
-from tests.kamailio_runner import HOST, ROOT, Agent, FakeAmis, SippNode, _stop_group, free_udp_port
+from tests.support import SIPP_SCENARIOS
+from tests.support.agents import ChannelEvents
+from tests.support.fake_ami import FakeAmi, Scenario
+from tests.support.kamailio import HOST, ROOT, Agent, FakeAmis, SippNode, _stop_group, free_udp_port
 
 EXAMPLES = ROOT / "packaging" / "examples" / "opensips"
 README = EXAMPLES / "README.md"
-SCENARIOS = Path(__file__).resolve().parent / "sipp" / "opensips"
+SCENARIOS = SIPP_SCENARIOS / "opensips"
 PEER_SCRIPT = ROOT / "tests" / "peers" / "opensips.sh"
 VERSION = "3.6.8"
 

@@ -16,7 +16,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIOS = Path(__file__).parent / "sipp"
+from tests.support import SIPP_SCENARIOS
+
+SCENARIOS = SIPP_SCENARIOS
 SIPP = shutil.which("sipp")
 
 

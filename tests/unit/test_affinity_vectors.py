@@ -8,15 +8,15 @@ a note wherever the two differ because of a rule of section 4.2.
 
 import csv
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from sipstatus.affinity import decode
 from sipstatus.codec import StatusError
+from tests.support import ROOT
 
-SPEC = Path(__file__).resolve().parents[1] / "spec"
+SPEC = ROOT / "spec"
 VECTORS = SPEC / "vectors" / "affinity"
 SCHEMA = json.loads((SPEC / "load-affinity.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)

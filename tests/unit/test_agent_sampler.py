@@ -4,7 +4,6 @@ the body valid, and the whole agent against the fake AMI server."""
 import asyncio
 import json
 import logging
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -15,9 +14,10 @@ from agent.config import Config, from_dict
 from agent.sampler import Sampler
 from sipstatus import codec
 from sipstatus.status import Asterisk, Cpu, Probe, Quality, State
-from tests.fakeami import FakeAmi, Scenario, eventually
+from tests.support import ROOT
+from tests.support.fake_ami import FakeAmi, Scenario, eventually
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "spec" / "load-status.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "spec" / "load-status.schema.json").read_text())
 
 
 class Fixed:

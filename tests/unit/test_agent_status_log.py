@@ -13,7 +13,7 @@ import pytest
 from agent import config as agent_config
 from agent.service import STATUS_LOG_INTERVAL, AgentService
 from sipstatus.status import LoadStatus, State
-from tests.kamailio_runner import free_udp_port
+from tests.support.kamailio import free_udp_port
 
 
 def service(**sections: dict) -> AgentService:

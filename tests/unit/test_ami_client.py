@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.collectors import ami
-from tests.fakeami import FakeAmi, Scenario, Transcript, ami_dir, eventually
+from tests.support.fake_ami import FakeAmi, Scenario, Transcript, ami_dir, eventually
 
 
 def run(coro, timeout=20.0):

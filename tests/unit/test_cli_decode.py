@@ -1,10 +1,10 @@
 """`sipstatus decode`: validate a body and print it, or name what is wrong."""
 
-from pathlib import Path
 
 from sipstatus.cli import main
+from tests.support import ROOT
 
-VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "body"
+VECTORS = ROOT / "spec" / "vectors" / "body"
 
 
 def test_decode_prints_a_valid_body_readably(capsys):

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import jsonschema
 from hypothesis import given, settings
@@ -10,8 +9,9 @@ from hypothesis import strategies as st
 
 from sipstatus.codec import MAX_BODY_OCTETS, SECTIONS, StatusError, _LoadAverage, decode, encode
 from sipstatus.status import LoadStatus, State
+from tests.support import ROOT
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "spec" / "load-status.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "spec" / "load-status.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 PRINTABLE_NO_QUOTE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
@@ -148,7 +148,7 @@ def _get(obj, path):
     return obj
 
 
-TYPICAL = json.loads((Path(__file__).resolve().parents[1] / "spec/vectors/body/valid-typical.json").read_text())
+TYPICAL = json.loads((ROOT / "spec/vectors/body/valid-typical.json").read_text())
 NUMERIC_PATHS = [p for p in _paths(TYPICAL) if isinstance(_get(TYPICAL, p), int | float)
                  and p not in {("version",), ("weight",)}] + [("cpu", "load", i) for i in range(3)]
 

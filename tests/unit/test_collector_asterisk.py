@@ -11,7 +11,7 @@ import pytest
 from agent.collectors import AsteriskLink
 from agent.collectors.asterisk import AsteriskCollector, CallTable
 from agent.config import AsteriskConfig
-from tests.fakeami import FakeAmi, Scenario, Transcript, eventually
+from tests.support.fake_ami import FakeAmi, Scenario, Transcript, eventually
 
 
 def run(coro, timeout=20.0):

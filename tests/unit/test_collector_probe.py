@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,9 @@ from agent.collectors.probe import (
     nearest_rank,
 )
 from agent.config import ProbeConfig
+from tests.support import SIPP_SCENARIOS
 
-SCENARIO = Path(__file__).with_name("sipp") / "options_uas.xml"
+SCENARIO = SIPP_SCENARIOS / "options_uas.xml"
 
 
 def run(coro, timeout=20.0):

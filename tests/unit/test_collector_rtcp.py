@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from agent.collectors.rtcp import RtcpTracker
-from tests.fakeami import Transcript
+from tests.support.fake_ami import Transcript
 
 CALLERS = {"ua1": "clean", "ua2": "clean", "ua3": "clean", "lossy1": "lossy", "lossy2": "lossy"}
 

@@ -1,9 +1,9 @@
 """The ConfBridge room table (agent/collectors/confbridge.py), fed with what
 Asterisk 22.10.1 sent (tests/data/ami/22/event_stream_confbridge.txt, and
-the fields tests/test_confbridge_live.py sees live)."""
+the fields tests/real/test_confbridge_live.py sees live)."""
 
 from agent.collectors.confbridge import RoomTable, channel_variables
-from tests.fakeami import Transcript
+from tests.support.fake_ami import Transcript
 
 
 def confbridge_events():

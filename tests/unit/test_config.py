@@ -2,14 +2,12 @@
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 
 from agent import config
-from tests.fakeami import ami_dir
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support.fake_ami import ami_dir
 
 
 def test_no_file_gives_working_defaults():
@@ -106,8 +104,8 @@ def test_manager_conf_problems_are_named(tmp_path, text, message):
 
 
 def test_packaging_example_documents_every_key_with_its_default():
-    text = (REPO / "packaging" / "agent.toml").read_text()
-    assert config.load(REPO / "packaging" / "agent.toml") == config.Config()
+    text = (ROOT / "packaging" / "agent.toml").read_text()
+    assert config.load(ROOT / "packaging" / "agent.toml") == config.Config()
     uncommented = re.sub(r"(?m)^# (\w+ = )", r"\1", text)
     import tomllib
 

@@ -1,6 +1,6 @@
 """sipstatus.kemi outside Kamailio: what can be checked without app_python3
-(the module itself runs only inside Kamailio: tests/test_kamailio_kemi_module.py
-and tests/test_kamailio_kemi.py run it there)."""
+(the module itself runs only inside Kamailio: tests/interop/test_kamailio_kemi_module.py
+and tests/interop/test_kamailio_kemi.py run it there)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from sipstatus import kemi
-from tests.kamailio_runner import EXAMPLES
+from tests.support.kamailio import EXAMPLES
 
 DROP_IN = EXAMPLES / "kemi" / "sipstatus.cfg"
 

@@ -26,7 +26,7 @@ from sipstatus.sip.subscription import (
     SubscriptionEnded,
 )
 from sipstatus.sip.transaction import Destination
-from tests.test_net_resolver import dns_server
+from tests.unit.test_net_resolver import dns_server
 
 TYPE = "application/load-status+json"
 WAIT = 10.0

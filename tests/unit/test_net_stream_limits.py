@@ -14,7 +14,7 @@ import pytest
 
 from sipstatus.net import Endpoint, SipService
 from sipstatus.net.service import StreamLimits, fit_to_descriptors
-from tests.test_net_service import _client_ctx, _server_ctx, pki  # noqa: F401 - pki is a fixture
+from tests.unit.test_net_service import _client_ctx, _server_ctx, pki  # noqa: F401 - pki is a fixture
 
 WAIT = 20.0
 OPTIONS = (b"OPTIONS sip:agent@127.0.0.1 SIP/2.0\r\n"

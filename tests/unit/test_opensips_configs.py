@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 CONFIGS = sorted((ROOT / "packaging" / "examples" / "opensips").glob("*/opensips.cfg"))
 
 
@@ -382,7 +383,7 @@ def test_the_real_tier_changes_only_the_customize_me_lines(config):
     # it must change nothing a reader is not told to change.
     import difflib
 
-    from tests.opensips_runner import PoolEntry, customize
+    from tests.support.opensips import PoolEntry, customize
 
     original = config.read_text()
     changed = customize(original, port=45678, dbtext=Path("/tmp/x/dbtext"),

@@ -1,5 +1,5 @@
 """The OpenSIPS sidecar push over MI (mi_http JSON-RPC), against a fake mi_http
-that answers as OpenSIPS 3.x does (tests/fake_opensips_mi.py cites the sources)."""
+that answers as OpenSIPS 3.x does (tests/support/fake_opensips_mi.py cites the sources)."""
 
 import json
 import socket
@@ -18,7 +18,7 @@ from sipstatus.opensips import (
     parse_lb_list,
 )
 from sipstatus.status import Asterisk, LoadStatus, State
-from tests.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
+from tests.support.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
 
 
 def view(node, capacity, limit=100, state=State.ACTIVE, fresh=True, seq=1):

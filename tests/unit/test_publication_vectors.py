@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-from pathlib import Path
 
 import pytest
 
@@ -25,8 +24,9 @@ from sipstatus.sip.publication import (
 )
 from sipstatus.sip.subscription import SendResponse, body_reason
 from sipstatus.sip.transaction import Destination
+from tests.support import ROOT
 
-VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "sip"
+VECTORS = ROOT / "spec" / "vectors" / "sip"
 with (VECTORS / "EXPECTED.tsv").open(newline="") as f:
     EXPECTED = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
 AGENT = Destination("UDP", "198.51.100.21", 5070)

@@ -10,7 +10,6 @@ through ``parse_message`` and then ``validate_response`` (the UAC checks).
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +17,11 @@ from sipstatus.sip import Request, Response, SipError, SipUri, StreamFramer, par
 from sipstatus.sip.transaction import Destination, RequestReceived, SendMessage, TransactionLayer
 from sipstatus.sip.uri import AbsoluteUri
 from sipstatus.sip.validation import check_max_forwards, check_request, validate_response
+from tests.support import DATA
 
 #: The RFC's own messages, extracted from its text; bytes exact (see
 #: tests/data/rfc4475/README.md and SHA256SUMS there).
-CORPUS = Path(__file__).resolve().parent / "data" / "rfc4475"
+CORPUS = DATA / "rfc4475"
 EXPECTATIONS = {
     row["file"]: row
     for row in (

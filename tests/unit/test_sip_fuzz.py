@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,8 +27,8 @@ from sipstatus.sip.publication import Compositor
 from sipstatus.sip.subscription import Notifier, Subscriber, SubscriberConfig, SubscriberPool
 from sipstatus.sip.transaction import Destination
 from sipstatus.sip.uri import parse_uri
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [p.read_bytes() for p in sorted((ROOT / "spec" / "vectors" / "sip").glob("*.sip"))] + \
     [p.read_bytes() for p in sorted((ROOT / "tests" / "data" / "rfc4475").glob("*.dat"))]
 EXAMPLES = int(os.environ.get("SIPSTATUS_FUZZ_EXAMPLES", "300"))

@@ -8,14 +8,14 @@ package and body outcome.
 
 import csv
 import re
-from pathlib import Path
 
 import pytest
 
 from sipstatus.codec import MEDIA_TYPE, StatusError, decode
 from sipstatus.sip import Request, Response, parse_message
+from tests.support import ROOT
 
-VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "sip"
+VECTORS = ROOT / "spec" / "vectors" / "sip"
 with (VECTORS / "EXPECTED.tsv").open(newline="") as f:
     ROWS = list(csv.DictReader(f, delimiter="\t"))
 

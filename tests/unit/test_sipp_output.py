@@ -1,13 +1,13 @@
 """Reading SIPp's final scenario screen, as recorded from the real SIPp of
 Debian 12 (3.6.1) and Debian 13 (3.7.3): tests/data/sipp/README.md."""
 
-from pathlib import Path
 
 import pytest
 
-from tests.sipp_runner import SippResult
+from tests.support import DATA
+from tests.support.sipp import SippResult
 
-DATA = Path(__file__).parent / "data" / "sipp"
+DATA = DATA / "sipp"
 
 
 def result_of(name: str) -> SippResult:

@@ -22,13 +22,13 @@ from sipstatus.sip.subscription import (
     SubscriptionEnded,
     accepts,
 )
-from tests.test_publication import counter, ok, publisher, requests_of
-from tests.test_publication import run as run_publisher
-from tests.test_publication import sent as sent_publish
-from tests.test_subscription_notifier import PROXY, established, notifier, responses, state_of
-from tests.test_subscription_notifier import subscribe as subscribe_request
-from tests.test_subscription_subscriber import active, events, reply, sent, subscriber
-from tests.test_subscription_subscriber import run as run_subscriber
+from tests.unit.test_publication import counter, ok, publisher, requests_of
+from tests.unit.test_publication import run as run_publisher
+from tests.unit.test_publication import sent as sent_publish
+from tests.unit.test_subscription_notifier import PROXY, established, notifier, responses, state_of
+from tests.unit.test_subscription_notifier import subscribe as subscribe_request
+from tests.unit.test_subscription_subscriber import active, events, reply, sent, subscriber
+from tests.unit.test_subscription_subscriber import run as run_subscriber
 
 TYPE = "application/load-status+json"
 

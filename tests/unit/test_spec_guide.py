@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 GUIDE = (ROOT / "spec" / "implementing.md").read_text()
 KAMAILIO = ROOT / "packaging/examples/kamailio/native/sipstatus.cfg"
 OPENSIPS = ROOT / "packaging/examples/opensips/compositor/opensips.cfg"

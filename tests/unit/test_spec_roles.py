@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 
 from sipstatus.sip import subscription
+from tests.support import ROOT
 
-SPEC = Path(__file__).resolve().parents[1] / "spec"
+SPEC = ROOT / "spec"
 ROLES = ("notifier", "subscriber", "publisher", "compositor", "body-reader")
 FULL_TEXT = (SPEC / "load-status.md").read_text()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -30,8 +29,9 @@ from sipstatus.sip.subscription import (
     refresh_delay,
 )
 from sipstatus.sip.transaction import Destination
+from tests.support import ROOT
 
-VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "sip"
+VECTORS = ROOT / "spec" / "vectors" / "sip"
 with (VECTORS / "EXPECTED.tsv").open(newline="") as f:
     EXPECTED = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
 PROXY = Destination("UDP", "192.0.2.10", 5060)

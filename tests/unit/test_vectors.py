@@ -8,14 +8,14 @@ a rule that JSON Schema cannot express, and the row's note says which.
 
 import csv
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from sipstatus.codec import StatusError, decode
+from tests.support import ROOT
 
-SPEC = Path(__file__).resolve().parents[1] / "spec"
+SPEC = ROOT / "spec"
 VECTORS = SPEC / "vectors" / "body"
 SCHEMA = json.loads((SPEC / "load-status.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())

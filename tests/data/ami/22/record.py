@@ -5,7 +5,7 @@ of tests/peers/asterisk.sh in the cache:
     SIPSTATUS_PEER_SOURCES=/path/to/peers .venv/bin/python tests/data/ami/22/record.py
 
 It starts Asterisk 22 from a scratch directory with the configuration of
-tests/asterisk_runner.py (copied to asterisk-conf/ here), places calls with
+tests/support/asterisk.py (copied to asterisk-conf/ here), places calls with
 SIPp, and records each AMI connection with a raw socket client (no AMI
 library): NAME.txt is every byte received, sent/NAME.sent.txt every byte
 sent, meta/NAME.chunks.txt the time and size of each recv()/send(), the
@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 
-from tests.asterisk_runner import Asterisk, AsteriskConfig, Calls, asterisk_prefix, copy_config  # noqa: E402
+from tests.support.asterisk import Asterisk, AsteriskConfig, Calls, asterisk_prefix, copy_config  # noqa: E402
 
 CRLF = "\r\n"
 
