@@ -35,7 +35,8 @@ from tests.support.kamailio import (
     parse_response,
 )
 
-pytestmark = pytest.mark.skipif(not have_tools(), reason="needs Debian package sip-tester (SIPp) and iproute2")
+pytestmark = [pytest.mark.interop,
+              pytest.mark.skipif(not have_tools(), reason="needs Debian package sip-tester (SIPp) and iproute2")]
 
 UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 

@@ -69,7 +69,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -98,7 +97,7 @@ from tests.support.kamailio import (
     SipClient,
     SippNode,
     dispatcher_list,
-    have_tools,
+    needs_kamailio,
     simulate_agents,
     split_within,
     start_example,
@@ -106,13 +105,7 @@ from tests.support.kamailio import (
     stream_reports,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not have_tools("jansson", "app_python3"),
-        reason="needs Debian packages kamailio, kamailio-extra-modules, kamailio-python3-modules, sip-tester, iproute2",
-    ),
-]
+pytestmark = needs_kamailio("jansson", "app_python3")
 
 UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 VALIDITY = 3
@@ -251,15 +244,6 @@ WAYS = {
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Logs, configurations and sockets of the module's processes; removed
-    at the end (failing assertions quote the log tails they need)."""
-    path = tmp_path_factory.mktemp("e2e")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -40,18 +40,12 @@ from tests.support.kamailio import (
     Publisher,
     SipClient,
     SippNode,
-    have_tools,
+    needs_kamailio,
     start_example,
     stock_config,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not have_tools("jansson", "app_python3"),
-        reason="needs Debian packages kamailio, kamailio-extra-modules, kamailio-python3-modules, sip-tester",
-    ),
-]
+pytestmark = needs_kamailio("jansson", "app_python3")
 
 E2E_UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 NODES = {
@@ -64,11 +58,6 @@ NODES = {
 #: (SIPp sends no 100 Trying: an answering node slowed down by a busy test
 #: machine must not be taken for a silent one).
 FAILOVER_TIMEOUT = 3000
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kamailio-failover")
 
 
 @pytest.fixture(scope="module")

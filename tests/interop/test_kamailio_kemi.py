@@ -29,43 +29,19 @@ from tests.support.kamailio import (
     SipClient,
     SippNode,
     body,
-    have_tools,
+    needs_kamailio,
     place_calls,
     split_within,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not have_tools("app_python3"),
-        reason="needs Debian packages kamailio, kamailio-python3-modules, sip-tester, iproute2",
-    ),
-]
+pytestmark = needs_kamailio("app_python3")
 
 CONFIG = EXAMPLES / "kemi" / "kamailio.cfg"
 SCRIPT = EXAMPLES / "kemi" / "sipstatus_kemi.py"
 VECTORS = ROOT / "spec" / "vectors" / "body"
 RWEIGHTS = {"ast1": 10, "ast2": 30, "ast3": 60}
 CALLS = 600
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kamailio-kemi")
-
-
-@pytest.fixture(scope="module")
-def nodes(workdir: Path) -> Iterator[dict[str, SippNode]]:
-    started: dict[str, SippNode] = {}
-    try:
-        for name, rweight in RWEIGHTS.items():
-            started[name] = SippNode(name, workdir, rweight)
-            started[name].start()
-        yield started
-    finally:
-        for node in started.values():
-            node.stop()
 
 
 def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | int | None) -> Kamailio:
@@ -79,15 +55,8 @@ def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | i
 #: The tests of what reports do (drain, expiry, ordering, ...) read the
 #: split off the weight hints: the headroom policy weighs a node by its hint.
 HINTS_POLICY = '"headroom"'
-
-
-@pytest.fixture
-def kam(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    kam = start_kamailio(workdir, nodes, POLICY=HINTS_POLICY)
-    try:
-        yield kam
-    finally:
-        kam.stop()
+#: `kam` (tests/conftest.py) runs with the hints policy; `shared` with the default.
+KAM_DEFINES = {"POLICY": HINTS_POLICY}
 
 
 @pytest.fixture(params=[None, '"free-slots"'], ids=["default policy", "free-slots"])
@@ -98,22 +67,6 @@ def policy_kam(request: pytest.FixtureRequest, workdir: Path, nodes: dict[str, S
         yield kam
     finally:
         kam.stop()
-
-
-@pytest.fixture(scope="module")
-def shared(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    kam = start_kamailio(workdir, nodes)
-    try:
-        yield kam
-    finally:
-        kam.stop()
-
-
-@pytest.fixture
-def client(kam: Kamailio) -> Iterator[SipClient]:
-    c = SipClient(kam.port)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ Besides: a parameter the module cannot use is named in the answer.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,28 +40,17 @@ from tests.support.kamailio import (
     SipClient,
     SippNode,
     free_udp_port,
-    have_tools,
+    needs_kamailio,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not have_tools("app_python3"),
-                       reason="needs Debian packages kamailio, kamailio-python3-modules, sip-tester"),
-]
+pytestmark = needs_kamailio("app_python3")
 
 OPERATOR = TESTS / "kemi_operator"
 CONFIG = OPERATOR / "kamailio.cfg"
 DEFINES = {"KEMI_SCRIPT": f'"{OPERATOR / "routes.py"}"'}
 #: The library as the Debian package puts it: on the embedded Python's path.
 ENV = {"PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("kemi-module")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def start_operator(workdir: Path, members: list, **defines: str | int) -> Kamailio:

@@ -13,7 +13,7 @@ standard deviations + 1 of calls x its share (`split_within`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,18 +30,13 @@ from tests.support.kamailio import (
     SipClient,
     SippNode,
     body,
-    have_tools,
+    needs_kamailio,
     place_calls,
     split_within,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not have_tools("jansson", "app_python3"),
-                       reason="needs Debian packages kamailio, kamailio-extra-modules, kamailio-python3-modules, "
-                              "sip-tester"),
-]
+pytestmark = needs_kamailio("jansson", "app_python3")
 
 NODES = 60
 CALLS = 1200
@@ -49,25 +44,6 @@ NAMES = [f"n{i:02d}" for i in range(NODES)]
 #: Cold-start rweights 1..10 and reported weight hints 5..100, all over the place.
 RWEIGHTS = {name: 1 + (7 * i) % 10 for i, name in enumerate(NAMES)}
 HINTS = {name: 5 + (37 * i) % 96 for i, name in enumerate(NAMES)}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kamailio-large-pool")
-
-
-@pytest.fixture(scope="module")
-def nodes(workdir: Path) -> Iterator[list[SippNode]]:
-    started: list[SippNode] = []
-    try:
-        for name in NAMES:
-            node = SippNode(name, workdir, RWEIGHTS[name])
-            node.start()
-            started.append(node)
-        yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def publish(kam: Kamailio) -> None:
@@ -104,11 +80,12 @@ WAYS: dict[str, tuple[Path, Callable[[Kamailio], None], Callable[[], dict[str, i
 
 @pytest.mark.parametrize("phase", ["cold start", "reported"])
 @pytest.mark.parametrize("way", list(WAYS))
-def test_sixty_nodes_split_by_their_weights(workdir: Path, nodes: list[SippNode], way: str, phase: str) -> None:
+def test_sixty_nodes_split_by_their_weights(workdir: Path, nodes: dict[str, SippNode], way: str,
+                                            phase: str) -> None:
     config, weigh, weights, defines, env = WAYS[way]
     # No failover and no probing here: 60 SIPp processes on a busy test
     # machine may answer late, and that is not what this test is about.
-    kam = start_example(config, workdir, nodes, {"FAILOVER_TIMEOUT": 30000, "DS_PING_INTERVAL": 0, **defines}, env)
+    kam = start_example(config, workdir, nodes.values(), {"FAILOVER_TIMEOUT": 30000, "DS_PING_INTERVAL": 0, **defines}, env)
     try:
         expected = RWEIGHTS
         if phase == "reported":

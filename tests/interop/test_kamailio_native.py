@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sipstatus.status import State
 from tests.support import ROOT
@@ -29,19 +26,13 @@ from tests.support.kamailio import (
     SipClient,
     SippNode,
     body,
-    have_tools,
+    needs_kamailio,
     place_calls,
     split_within,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not have_tools("jansson"),
-        reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester, iproute2",
-    ),
-]
+pytestmark = needs_kamailio("jansson")
 
 CONFIG = EXAMPLES / "native" / "kamailio.cfg"
 VECTORS = ROOT / "spec" / "vectors" / "body"
@@ -50,53 +41,8 @@ CALLS = 600
 RWEIGHTS = {"ast1": 10, "ast2": 30, "ast3": 60}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kamailio-native")
-
-
-@pytest.fixture(scope="module")
-def nodes(workdir: Path) -> Iterator[dict[str, SippNode]]:
-    started: dict[str, SippNode] = {}
-    try:
-        for name, rweight in RWEIGHTS.items():
-            started[name] = SippNode(name, workdir, rweight)
-            started[name].start()
-        yield started
-    finally:
-        for node in started.values():
-            node.stop()
-
-
 def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | int | None) -> Kamailio:
     return start_example(CONFIG, workdir, nodes.values(), defines)
-
-
-@pytest.fixture
-def kam(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    """A fresh Kamailio for a test that changes its state."""
-    kam = start_kamailio(workdir, nodes)
-    try:
-        yield kam
-    finally:
-        kam.stop()
-
-
-@pytest.fixture(scope="module")
-def shared(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    """One Kamailio for the tests of requests that must change nothing."""
-    kam = start_kamailio(workdir, nodes)
-    try:
-        yield kam
-    finally:
-        kam.stop()
-
-
-@pytest.fixture
-def client(kam: Kamailio) -> Iterator[SipClient]:
-    c = SipClient(kam.port)
-    yield c
-    c.close()
 
 
 def publishers(client: SipClient) -> dict[str, Publisher]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,48 +22,21 @@ from tests.support.kamailio import (
     EXAMPLES,
     Kamailio,
     SippNode,
-    have_tools,
+    needs_kamailio,
     place_calls,
     split_within,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not have_tools("jansson"),
-                       reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester, iproute2"),
-]
+pytestmark = needs_kamailio("jansson")
 
 CONFIG = EXAMPLES / "sidecar" / "kamailio.cfg"
 CALLS = 600
 RWEIGHTS = {"ast1": 10, "ast2": 30, "ast3": 60}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kamailio-sidecar")
-
-
-@pytest.fixture(scope="module")
-def nodes(workdir: Path) -> Iterator[dict[str, SippNode]]:
-    started: dict[str, SippNode] = {}
-    try:
-        for name, rweight in RWEIGHTS.items():
-            started[name] = SippNode(name, workdir, rweight)
-            started[name].start()
-        yield started
-    finally:
-        for node in started.values():
-            node.stop()
-
-
-@pytest.fixture
-def kam(workdir: Path, nodes: dict[str, SippNode]) -> Iterator[Kamailio]:
-    kam = start_example(CONFIG, workdir, nodes.values())
-    try:
-        yield kam
-    finally:
-        kam.stop()
+def start_kamailio(workdir: Path, nodes: dict[str, SippNode], **defines: str | int | None) -> Kamailio:
+    return start_example(CONFIG, workdir, nodes.values(), defines)
 
 
 def sidecar(kam: Kamailio, agents: AgentsProcess, workdir: Path) -> subprocess.Popen:

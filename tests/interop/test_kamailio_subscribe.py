@@ -34,15 +34,11 @@ from tests.support.kamailio import (
     FakeAmis,
     Kamailio,
     SippNode,
-    have_tools,
+    needs_kamailio,
     start_example,
 )
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(not have_tools("jansson"),
-                       reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester, iproute2"),
-]
+pytestmark = needs_kamailio("jansson")
 
 UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 VALIDITY = 3

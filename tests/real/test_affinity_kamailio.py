@@ -42,7 +42,7 @@ from tests.support.kamailio import (
     Sidecar,
     SippNode,
     free_udp_port,
-    have_tools,
+    needs_kamailio,
     start_example,
 )
 from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES
@@ -57,10 +57,8 @@ from tests.support.opensips import (
 )
 
 pytestmark = [
-    pytest.mark.interop,
+    *needs_kamailio("jansson"),
     pytest.mark.asterisk,
-    pytest.mark.skipif(not have_tools("jansson"),
-                       reason="needs Debian packages kamailio, kamailio-extra-modules, sip-tester"),
     # (a missing Asterisk or OpenSIPS skips the tier: tests/conftest.py)
 ]
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Protocol
 
 import psutil
+import pytest
 
 from sipstatus.codec import encode
 from sipstatus.net import Endpoint, SipService
@@ -68,6 +69,18 @@ def have_tools(*modules: str) -> bool:
     if not all(shutil.which(tool) for tool in ("kamailio", "sipp", "kamcmd", "ss")):
         return False
     return all(any(Path("/usr/lib").glob(f"*/kamailio/modules/{m}.so")) for m in modules)
+
+
+#: The Debian package of each Kamailio module the examples load beyond the core.
+MODULE_PACKAGES = {"jansson": "kamailio-extra-modules", "app_python3": "kamailio-python3-modules"}
+
+
+def needs_kamailio(*modules: str) -> list[pytest.MarkDecorator]:
+    """The marks of a test module that runs a real Kamailio loading `modules`:
+    `interop`, and a skip naming the Debian packages when one is missing."""
+    packages = ["kamailio", *(MODULE_PACKAGES[m] for m in modules), "sip-tester", "iproute2"]
+    return [pytest.mark.interop,
+            pytest.mark.skipif(not have_tools(*modules), reason=f"needs Debian packages {', '.join(packages)}")]
 
 
 # -- ports -------------------------------------------------------------------
