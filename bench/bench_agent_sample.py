@@ -18,7 +18,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from agent.collectors.registry import build_collectors  # noqa: E402
 from agent.config import from_dict  # noqa: E402
 from agent.sampler import Sampler  # noqa: E402
 from sipstatus import codec  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "agent_sample.txt"
 
@@ -51,14 +51,8 @@ def serve(port_file: str, speed: float) -> None:
     asyncio.run(main())
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_sipp() -> tuple[subprocess.Popen | None, int]:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port()
     if shutil.which("sipp") is None:
         return None, port
     proc = subprocess.Popen(

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support import agents  # noqa: E402
 from tests.support.agents import AgentProcess, agent_config  # noqa: E402
-from tests.support.sipp import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "attacks.txt"
 NOFILE = 1024

@@ -48,7 +48,7 @@ from tests.support.agents import (  # noqa: E402
     fake_asterisk,
     subscriber_pool,
 )
-from tests.support.sipp import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "fanout.txt"
 RCVBUF = 4 * 2**20  # net.core.rmem_max here

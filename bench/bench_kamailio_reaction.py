@@ -76,7 +76,7 @@ from tests.support.opensips import (  # noqa: E402
     dbtext_tables,
     opensips_build,
 )
-from tests.support.sipp import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "kamailio_reaction.txt"
 OPENSIPS_RESULTS = REPO / "bench" / "results" / "opensips_reaction.txt"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from tests.support.agents import AgentProcess, ChannelEvents, Watcher, agent_config, fake_asterisk  # noqa: E402
-from tests.support.sipp import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "reaction.txt"
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
 from tests.support.agents import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
 from tests.support.fake_ami import FakeAmi, Scenario  # noqa: E402
-from tests.support.sipp import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "steady.txt"
 FULL_RUN = 300.0

@@ -17,7 +17,7 @@ from sipstatus.status import State
 from tests.support import ROOT
 from tests.support.agents import AgentProcess, OptionsResponder, agent_config
 from tests.support.fake_ami import FakeAmi, Scenario
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 SCHEMA = json.loads((ROOT / "spec" / "load-status.schema.json").read_text())
 

@@ -30,7 +30,7 @@ from tests.support.agents import (
     seqs,
     toml,
 )
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

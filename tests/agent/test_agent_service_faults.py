@@ -23,7 +23,8 @@ from tests.support.agents import (
     fake_asterisk,
     rss,
 )
-from tests.support.sipp import SIPP, free_port, run_sipp
+from tests.support.ports import free_port
+from tests.support.sipp import SIPP, run_sipp
 
 pytestmark = pytest.mark.slow
 

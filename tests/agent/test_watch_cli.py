@@ -15,6 +15,7 @@ from sipstatus.nodetable import NodeView
 from sipstatus.watcher import node_row
 from sipstatus.watchview import CLEAR, render_json, render_table, sort_rows, state_text
 from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess, Lines, status_for
+from tests.support.ports import free_port
 
 
 def watch(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -132,7 +133,6 @@ def readme_watch_example() -> list[str]:
 def test_the_readme_watch_example_works_against_a_default_configured_agent(tmp_path):
     from agent.config import host_node_name
     from tests.support.agents import AgentProcess
-    from tests.support.sipp import free_port
 
     async def main():
         port = free_port()
@@ -151,7 +151,6 @@ def test_the_readme_watch_example_works_against_a_default_configured_agent(tmp_p
 
 def test_a_name_the_agent_does_not_report_is_explained_not_refused(tmp_path):
     from tests.support.agents import AgentProcess
-    from tests.support.sipp import free_port
 
     async def main():
         port = free_port()

@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import AgentProcess, ChannelEvents, agent_config, fake_asterisk
-from tests.support.sipp import SIPP, free_port, run_sipp
+from tests.support.ports import free_port
+from tests.support.sipp import SIPP, run_sipp
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

@@ -27,7 +27,7 @@ from tests.support.conform_peers import (
     subscriber,
 )
 from tests.support.kamailio import EXAMPLES, ROOT, have_tools, start_example
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 
 def failures(report: conform.Report) -> str:

@@ -39,10 +39,10 @@ from tests.support.kamailio import (
     Publisher,
     SipClient,
     SippNode,
-    free_udp_port,
     needs_kamailio,
     start_example,
 )
+from tests.support.ports import free_port
 
 pytestmark = needs_kamailio("app_python3")
 
@@ -124,7 +124,7 @@ def test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_ge
 def test_a_parameter_it_cannot_use_gets_500_naming_it(workdir: Path) -> None:
     """POLICY names no policy: reports and calls get 500 with the reason
     (not silence, not a default the operator did not ask for)."""
-    kam = start_operator(workdir, [Destinationless("ast1", free_udp_port())], POLICY='"nonsense"', DS_PING_INTERVAL=0)
+    kam = start_operator(workdir, [Destinationless("ast1", free_port())], POLICY='"nonsense"', DS_PING_INTERVAL=0)
     client = SipClient(kam.port)
     try:
         reply = Publisher(client, "ast1").report(50)

@@ -9,7 +9,6 @@ they expect, with a deadline.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError
 from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
 from tests.support.kamailio_rpc import running_kamailio
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.interop
 
@@ -113,25 +113,10 @@ def test_what_kamailio_lost_is_pushed_again(tmp_path):
             stop(proc, log)
 
 
-def _free_port_on(hosts: list[str]) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-            first.bind((hosts[0], 0))
-            port = first.getsockname()[1]
-            try:
-                for host in hosts[1:]:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
-                        other.bind((host, port))
-            except OSError:
-                continue
-            return port
-    pytest.fail(f"no port free on all of {hosts}")
-
-
 def test_agents_discovered_from_the_dispatcher_and_the_list_file_rewritten(tmp_path):
     log = tmp_path / "sidecar.log"
     hosts = ["127.0.0.10", "127.0.0.11"]
-    port = _free_port_on(hosts)
+    port = free_port(hosts=hosts)
     with AgentsProcess("ast1:0.6:100", "ast2:0.2:100", hosts="127.0.0.x", port=port) as agents, \
             running_kamailio(tmp_path, dispatcher_list(agents.uris)) as run:
         assert agents.uris == {"ast1": f"sip:127.0.0.10:{port}", "ast2": f"sip:127.0.0.11:{port}"}

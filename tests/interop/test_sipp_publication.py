@@ -21,7 +21,8 @@ from sipstatus.net import Endpoint, SipService
 from sipstatus.sip.digest import DigestClient
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher
 from sipstatus.sip.transaction import Destination
-from tests.support.sipp import SIPP, free_port, run_sipp
+from tests.support.ports import free_port
+from tests.support.sipp import SIPP, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

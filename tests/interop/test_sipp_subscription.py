@@ -27,7 +27,8 @@ from sipstatus.sip.subscription import (
     SubscriptionRefreshed,
     SubscriptionTerminated,
 )
-from tests.support.sipp import SIPP, free_port, run_sipp
+from tests.support.ports import free_port
+from tests.support.sipp import SIPP, run_sipp
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) not installed")]

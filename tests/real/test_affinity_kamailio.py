@@ -41,7 +41,6 @@ from tests.support.kamailio import (
     Destinationless,
     Sidecar,
     SippNode,
-    free_udp_port,
     needs_kamailio,
     start_example,
 )
@@ -55,6 +54,7 @@ from tests.support.opensips import (
     dbtext_tables,
     opensips_build,
 )
+from tests.support.ports import free_port
 
 pytestmark = [
     *needs_kamailio("jansson"),
@@ -151,7 +151,7 @@ class Pool:
         run = self.workdir / "opensips"
         run.mkdir()
         pool = [PoolEntry(m.name, i + 1, m.port) for i, m in enumerate(members)]
-        port, mi_port = free_udp_port(), free_udp_port()
+        port, mi_port = free_port(), free_port()
         text = customize((OPENSIPS_EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,
                          dbtext=run / "dbtext", pool=pool, modules=prefix / "lib64" / "opensips" / "modules")
         dbtext_tables(run / "dbtext", pool)
@@ -226,13 +226,13 @@ class Pool:
 async def call_rooms(pool: Pool, rooms: list[str], *, rate: float, hold_ms: int) -> tuple[dict[str, list[str]], int]:
     """One SIPp caller per entry of `rooms`, in that order; returns room ->
     the nodes that answered its callers, and how many calls were refused."""
-    tag = f"{free_udp_port()}"
+    tag = f"{free_port()}"
     inf = pool.workdir / f"rooms-{tag}.csv"
     inf.write_text("SEQUENTIAL\n" + "".join(f"{room};\n" for room in rooms))
     log = pool.workdir / f"caller-{tag}.log"
     cmd = ["sipp", "-sf", str(SIPP / "affinity" / "caller.xml"), "-inf", str(inf),
-           "-i", HOST, "-p", str(free_udp_port()), "-cp", str(free_udp_port()), "-ci", HOST,
-           "-mp", str(free_udp_port(4)), "-m", str(len(rooms)), "-r", f"{rate:g}", "-l", str(len(rooms)),
+           "-i", HOST, "-p", str(free_port()), "-cp", str(free_port()), "-ci", HOST,
+           "-mp", str(free_port(4)), "-m", str(len(rooms)), "-r", f"{rate:g}", "-l", str(len(rooms)),
            "-d", str(hold_ms), "-timeout", "120s", "-recv_timeout", "20s",
            "-trace_logs", "-log_file", str(log), "-trace_err", "-error_file", str(log.with_suffix(".err")),
            "-nostdin", f"{HOST}:{pool.proxy_port}"]

@@ -14,6 +14,7 @@ from sipstatus.affinity import MEDIA_TYPE, PACKAGE, affinity_key, decode
 from sipstatus.affinity_table import AffinityTable
 from tests.support.asterisk import AsteriskConfig, Calls
 from tests.support.asterisk_live import LiveNode, settle
+from tests.support.ports import free_port
 
 # (a missing peer skips the whole tier: tests/conftest.py)
 pytestmark = [pytest.mark.asterisk]
@@ -143,7 +144,6 @@ def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it
 
 def test_rooms_published_to_a_compositor_route_the_room_to_its_node(tmp_path):
     from sipstatus.watcher import Watcher, WatcherConfig
-    from tests.support.sipp import free_port
 
     async def main():
         port = free_port()

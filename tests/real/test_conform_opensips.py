@@ -29,7 +29,7 @@ from sipstatus.conform.compositor import CompositorCheck
 from sipstatus.conform.peer import Peer, Received
 from sipstatus.sip import Request, Response
 from tests.support.conform_peers import Served, compositor
-from tests.support.kamailio import HOST, free_udp_port
+from tests.support.kamailio import HOST
 from tests.support.opensips import (
     EXAMPLES,
     OpenSips,
@@ -38,6 +38,7 @@ from tests.support.opensips import (
     dbtext_tables,
     opensips_build,
 )
+from tests.support.ports import free_port
 
 PREFIX, WHY = opensips_build()
 
@@ -48,8 +49,8 @@ pytestmark = [pytest.mark.opensips]
 def start_compositor(tmp_path: Path) -> OpenSips:
     """The compositor example as the tier runs it, with one node, ast1, in its pool."""
     assert PREFIX is not None
-    port = free_udp_port()
-    pool = [PoolEntry("ast1", 1, free_udp_port())]  # nothing listens there: no call is made
+    port = free_port()
+    pool = [PoolEntry("ast1", 1, free_port())]  # nothing listens there: no call is made
     run = tmp_path / "opensips"
     text = customize((EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port, dbtext=run / "dbtext",
                      pool=pool, modules=PREFIX / "lib64" / "opensips" / "modules")
@@ -131,10 +132,10 @@ def test_the_opensips_subscriber_example_refuses_load_status_in_capitals_and_loo
     # `Event: LOAD-STATUS` (489 with Allow-Events; it got 200 before), then
     # the LOOKALIKES bodies (400 naming member and rule; 200 before).
     assert PREFIX is not None
-    port = free_udp_port()
+    port = free_port()
     agent = Peer(HOST)
     agent.policy = lambda request: (200, [("Expires", "600"), ("Contact", f"<sip:load-status@{agent.hostport}>")])
-    pool = [PoolEntry("ast1", 1, free_udp_port())]
+    pool = [PoolEntry("ast1", 1, free_port())]
     run = tmp_path / "opensips"
     text = customize((EXAMPLES / "subscriber" / "opensips.cfg").read_text(), port=port, dbtext=run / "dbtext",
                      pool=pool, agents=[("ast1", f"sip:load-status@{agent.hostport}")],

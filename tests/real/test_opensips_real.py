@@ -59,7 +59,7 @@ from pathlib import Path
 import pytest
 
 from sipstatus.status import State
-from tests.support.kamailio import HOST, Destinationless, FakeAmis, free_udp_port, stream_reports
+from tests.support.kamailio import HOST, Destinationless, FakeAmis, stream_reports
 from tests.support.opensips import (
     EXAMPLES,
     Calls,
@@ -75,7 +75,7 @@ from tests.support.opensips import (
     readme_block,
     wait_for,
 )
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 PREFIX, WHY = opensips_build()
 
@@ -142,7 +142,7 @@ def build_stack(way: str, workdir: Path, *, specs: dict[str, tuple[str, int, int
                 scenarios: dict[str, str] | None = None, expires: int | None = None) -> Stack:
     prefix = PREFIX
     assert prefix is not None
-    port = free_udp_port()
+    port = free_port()
     mi_port = free_port()
     amis = FakeAmis()
     publish = [f"sip:load-status@{HOST}:{port}"] if way == "compositor" else []
@@ -432,8 +432,8 @@ def test_compositor_cpu_per_thousand_reports(tmp_path):
     # costs an lb_list and an lb_resize); every one must be answered 200.
     prefix = PREFIX
     assert prefix is not None
-    port, mi_port = free_udp_port(), free_port()
-    nodes = [Destinationless(f"ast{i}", free_udp_port()) for i in (1, 2, 3)]
+    port, mi_port = free_port(), free_port()
+    nodes = [Destinationless(f"ast{i}", free_port()) for i in (1, 2, 3)]
     pool = [PoolEntry(n.name, i, n.port) for i, n in enumerate(nodes, 1)]
     run = tmp_path / "opensips"
     text = add_mi_http(customize((EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,
@@ -466,8 +466,8 @@ def test_the_fake_mi_server_answers_as_the_real_opensips(tmp_path):
     from tests.support.fake_opensips_mi import DsDst, FakeMiServer, FakeOpenSips, LbDst
 
     assert PREFIX is not None
-    port, mi_port = free_udp_port(), free_port()
-    nodes = [Destinationless(f"ast{i}", free_udp_port()) for i in (1, 2)]
+    port, mi_port = free_port(), free_port()
+    nodes = [Destinationless(f"ast{i}", free_port()) for i in (1, 2)]
     pool = [PoolEntry(n.name, i, n.port) for i, n in enumerate(nodes, 1)]
     run = tmp_path / "opensips"
     text = add_mi_http(customize((EXAMPLES / "compositor" / "opensips.cfg").read_text(), port=port,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import ROOT
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 BUILD = ROOT / "tests" / "peers" / "asterisk.sh"
 VERSION = "22.10.1"

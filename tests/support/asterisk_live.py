@@ -18,7 +18,7 @@ from pathlib import Path
 from sipstatus.status import LoadStatus
 from tests.support.agents import AgentProcess, Received, Watcher
 from tests.support.asterisk import Asterisk, AsteriskConfig, asterisk_prefix
-from tests.support.sipp import free_port
+from tests.support.ports import free_port
 
 PREFIX, WHY_NOT = asterisk_prefix()
 

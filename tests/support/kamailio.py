@@ -55,6 +55,7 @@ from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus, State
 from tests.support import ROOT, SIPP_SCENARIOS
 from tests.support.fake_ami import FakeAmi, Scenario
+from tests.support.ports import free_port
 
 EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
 SCENARIOS = SIPP_SCENARIOS / "kamailio"
@@ -81,37 +82,6 @@ def needs_kamailio(*modules: str) -> list[pytest.MarkDecorator]:
     packages = ["kamailio", *(MODULE_PACKAGES[m] for m in modules), "sip-tester", "iproute2"]
     return [pytest.mark.interop,
             pytest.mark.skipif(not have_tools(*modules), reason=f"needs Debian packages {', '.join(packages)}")]
-
-
-# -- ports -------------------------------------------------------------------
-
-_handed_out: set[int] = set()
-
-
-def free_udp_port(span: int = 1) -> int:
-    """A port p on 127.0.0.1 with p..p+span-1 free for UDP right now (SIPp's
-    -mp needs p and p+2). Ports handed out before in this process are not
-    handed out again, so processes started together do not collide."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((HOST, 0))
-            base = probe.getsockname()[1]
-        ports = range(base, base + span)
-        if base + span > 65535 or any(p in _handed_out for p in ports):
-            continue
-        if all(_udp_free(p) for p in ports):
-            _handed_out.update(ports)
-            return base
-    raise RuntimeError("no free UDP port on 127.0.0.1")
-
-
-def _udp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def _bound_by(port: int, pid: int) -> bool:
@@ -526,7 +496,7 @@ class Kamailio:
         self.config = config
         self.env = {**os.environ, **env}
         self.workdir = workdir
-        self.port = free_udp_port()
+        self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "kamailio.log"
         self.ctl = f"unix:{workdir}/kamailio_ctl"
@@ -742,7 +712,7 @@ class SippNode:
         self.name = name
         self.extra = list(extra)  # more SIPp arguments (e.g. -key NAME VALUE)
         self.rweight = rweight
-        self.port = free_udp_port()
+        self.port = free_port()
         self.workdir = workdir
         self.scenario = scenario or SCENARIOS / "uas.xml"
         self.log_path = workdir / f"uas-{name}-{secrets.token_hex(3)}.log" if log else None
@@ -756,7 +726,7 @@ class SippNode:
         cmd = [
             "sipp", "-sf", str(self.scenario), "-s", self.name,
             "-i", HOST, "-p", str(self.port),
-            "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
+            "-cp", str(free_port()), "-ci", HOST, "-mp", str(free_port(4)),
             "-nostdin", *self.extra,
         ]
         if self.log_path is not None:
@@ -829,8 +799,8 @@ class Caller:
         self.errors = workdir / f"uac-{tag}.err"  # what a failed call received
         self.cmd = [
             "sipp", "-sf", str(SCENARIOS / "uac.xml"), "-s", "load",
-            "-i", HOST, "-p", str(free_udp_port()),
-            "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
+            "-i", HOST, "-p", str(free_port()),
+            "-cp", str(free_port()), "-ci", HOST, "-mp", str(free_port(4)),
             "-m", str(calls), "-r", f"{rate:g}", "-l", str(limit or max(10, int(rate))),
             "-timeout", f"{int(timeout)}s", "-recv_timeout", "5s",
             "-trace_logs", "-log_file", str(self.log),
@@ -975,7 +945,7 @@ class Agent:
         self.node = node
         self.dir = workdir / f"agent-{node}-{secrets.token_hex(6)}"
         self.dir.mkdir(parents=True)
-        self.port = free_udp_port()
+        self.port = free_port()
         self.control = str(self.dir / "control")
         self.config_path = self.dir / "agent.toml"
         self.log_path = self.dir / "agent.log"
@@ -1075,7 +1045,7 @@ class Sidecar:
             f'[kamailio]\nhtable = "{htable}"\ngroup = 1\n'
         )
         self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
-                    "--listen", f"udp:{HOST}:{free_udp_port()}", "--policy", policy, "--log-level", "info",
+                    "--listen", f"udp:{HOST}:{free_port()}", "--policy", policy, "--log-level", "info",
                     "--kamailio-rpc", f"unix:{kam.workdir}/kamailio_rpc.sock",
                     *(f"--agent={node}={uri}" for node, uri in agents.items())]
         self.proc: subprocess.Popen[bytes] | None = None

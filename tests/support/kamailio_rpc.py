@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, RpcError
+from tests.support.ports import free_port
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 
@@ -53,12 +53,6 @@ DISPATCHER_LIST = """# pool 1: three Asterisk nodes; duid names the sipstatus no
 """
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_kamailio(run: Path, dispatcher_list: str = DISPATCHER_LIST,
                      memory_mb: int = 64) -> Iterator[Path]:
@@ -68,7 +62,7 @@ def running_kamailio(run: Path, dispatcher_list: str = DISPATCHER_LIST,
         pytest.fail("kamailio is not installed: ./dev test installs it from Debian")
     (run / "dispatcher.list").write_text(dispatcher_list)
     cfg = run / "kamailio.cfg"
-    cfg.write_text(CONFIG.format(port=free_udp_port(), run=run))
+    cfg.write_text(CONFIG.format(port=free_port(), run=run))
     log = open(run / "kamailio.log", "w")
     proc = subprocess.Popen([KAMAILIO, "-DD", "-E", "-w", str(run), "-m", str(memory_mb), "-f", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -49,7 +49,8 @@ import psutil
 from tests.support import SIPP_SCENARIOS
 from tests.support.agents import ChannelEvents
 from tests.support.fake_ami import FakeAmi, Scenario
-from tests.support.kamailio import HOST, ROOT, Agent, FakeAmis, SippNode, _stop_group, free_udp_port
+from tests.support.kamailio import HOST, ROOT, Agent, FakeAmis, SippNode, _stop_group
+from tests.support.ports import free_port
 
 EXAMPLES = ROOT / "packaging" / "examples" / "opensips"
 README = EXAMPLES / "README.md"
@@ -457,8 +458,8 @@ class Calls:
         self.timeout = timeout or calls / rate + duration + 30
         self.cmd = [
             "sipp", "-sf", str(SCENARIOS / "caller.xml"), "-s", "pool",
-            "-i", HOST, "-p", str(free_udp_port()),
-            "-cp", str(free_udp_port()), "-ci", HOST, "-mp", str(free_udp_port(4)),
+            "-i", HOST, "-p", str(free_port()),
+            "-cp", str(free_port()), "-ci", HOST, "-mp", str(free_port(4)),
             "-m", str(calls), "-r", f"{rate:g}", "-l", str(max(10, int(rate * (duration + 3)))),
             "-d", str(int(duration * 1000)),
             "-timeout", f"{int(self.timeout)}s", "-recv_timeout", "10s",
@@ -528,7 +529,7 @@ class OpenSipsSidecar:
         self.config_path = self.dir / "sidecar.toml"
         self.config_path.write_text(config)
         self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
-                    "--listen", f"udp:{HOST}:{free_udp_port()}", "--policy", "free-slots", "--log-level", "info",
+                    "--listen", f"udp:{HOST}:{free_port()}", "--policy", "free-slots", "--log-level", "info",
                     "--opensips-mi", mi_url, *(f"--agent={node}={uri}" for node, uri in agents.items())]
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -12,37 +12,14 @@ import asyncio
 import re
 import shutil
 import signal
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import SIPP_SCENARIOS
+from tests.support.ports import free_port
 
 SCENARIOS = SIPP_SCENARIOS
 SIPP = shutil.which("sipp")
-
-
-def _free(port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(span: int = 1) -> int:
-    """A port N such that N..N+span-1 are free for UDP and TCP on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + span > 65535:
-            continue
-        if all(_free(p, k) for p in range(port, port + span)
-               for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
-            return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

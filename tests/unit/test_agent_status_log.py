@@ -13,7 +13,7 @@ import pytest
 from agent import config as agent_config
 from agent.service import STATUS_LOG_INTERVAL, AgentService
 from sipstatus.status import LoadStatus, State
-from tests.support.kamailio import free_udp_port
+from tests.support.ports import free_port
 
 
 def service(**sections: dict) -> AgentService:
@@ -37,7 +37,7 @@ def test_the_alive_line_before_any_status() -> None:
 
 
 def test_a_running_agent_logs_the_alive_line_at_info_repeatedly(caplog: pytest.LogCaptureFixture) -> None:
-    agent = service(notifier={"listen": [f"udp:127.0.0.1:{free_udp_port()}"]},
+    agent = service(notifier={"listen": [f"udp:127.0.0.1:{free_port()}"]},
                     publisher={"targets": ["sip:load-status@127.0.0.1:9"]})
     agent.status_log_interval = 0.3
 

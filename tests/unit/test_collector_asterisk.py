@@ -3,7 +3,6 @@ unreachable AMI, against the fake server replaying the real transcripts."""
 
 import asyncio
 import re
-import socket
 from datetime import datetime
 
 import pytest
@@ -12,6 +11,7 @@ from agent.collectors import AsteriskLink
 from agent.collectors.asterisk import AsteriskCollector, CallTable
 from agent.config import AsteriskConfig
 from tests.support.fake_ami import FakeAmi, Scenario, Transcript, eventually
+from tests.support.ports import free_port
 
 
 def run(coro, timeout=20.0):
@@ -143,12 +143,6 @@ def test_limit_is_coremaxcalls_else_the_configured_one_else_unknown(core_max_cal
     reading = run(main())
     assert reading.asterisk.limit == expected
     assert reading.max_load == 2.5
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():

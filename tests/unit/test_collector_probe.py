@@ -20,6 +20,7 @@ from agent.collectors.probe import (
 )
 from agent.config import ProbeConfig
 from tests.support import SIPP_SCENARIOS
+from tests.support.ports import free_port
 
 SCENARIO = SIPP_SCENARIOS / "options_uas.xml"
 
@@ -105,24 +106,12 @@ def test_no_answers_is_unknown_latency_not_zero():
 # -- real round trips -------------------------------------------------------------
 
 
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def sipp_uas():
     """SIPp answering OPTIONS on a free UDP port; stopped with USR1 by PID."""
     if shutil.which("sipp") is None:
         pytest.skip("sipp not installed (Debian package sip-tester)")
-    port, control = free_udp_port(), free_tcp_port()
+    port, control = free_port(), free_port()
     proc = subprocess.Popen(
         ["sipp", "-sf", str(SCENARIO), "-i", "127.0.0.1", "-p", str(port), "-cp", str(control),
          "-ci", "127.0.0.1", "-nostdin", "-m", "100000"],
@@ -173,7 +162,7 @@ def test_a_port_that_never_answers_gives_timeouts():
 
 
 def test_a_closed_port_fails_at_once_with_the_reason():
-    port = free_udp_port()  # nothing bound: the kernel answers ICMP port unreachable
+    port = free_port()  # nothing bound: the kernel answers ICMP port unreachable
     reading, _ = run(probe_for(f"sip:127.0.0.1:{port}", 0.5, interval=0.1, timeout=5.0))
     assert reading.probe.timeouts >= 3  # failed long before the 5 s timeout
     assert "ICMP port unreachable" in reading.error
