@@ -64,8 +64,15 @@ sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from sipstatus.kamailio import JsonRpcClient, RpcError  # noqa: E402
-from tests.support.agents import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
-from tests.support.kamailio import EXAMPLES, HOST, Destinationless, Kamailio, Sidecar, start_example  # noqa: E402
+from tests.support import HOST  # noqa: E402
+from tests.support.agents import (  # noqa: E402
+    AgentProcess,
+    ChannelEvents,
+    Sidecar,  # noqa: E402
+    agent_config,
+    fake_asterisk,
+)
+from tests.support.kamailio import EXAMPLES, Destinationless, Kamailio, start_example  # noqa: E402
 from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402
 from tests.support.opensips import (  # noqa: E402
     OpenSips,

@@ -37,14 +37,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.kamailio import (  # noqa: E402
-    EXAMPLES,
-    Destinationless,
-    Kamailio,
-    have_tools,
-    simulate_agents,
-    start_example,
-)
+from tests.support.kamailio import EXAMPLES, Destinationless, Kamailio, have_tools, start_example  # noqa: E402
+from tests.support.reports import simulate_agents  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "kamailio_reports.txt"
 #: Idle consumption is measured over two periods of the native example's

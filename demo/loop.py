@@ -12,7 +12,7 @@ and the agents' SIP probes). Recorded: what each agent reads from
 "Asterisk" is a fake AMI server (tests/support/fake_ami.py) replaying real Asterisk
 20 transcripts (tests/data/ami/), so that the three nodes carry different
 call counts without three Asterisks. The processes are started with the
-tests' own runners (tests/support/kamailio.py), the code that runs them in
+tests' own runners (tests/support/), the code that runs them in
 the test suite.
 
 The script: steady load; a CPU hog (busy processes) while ast2's agent
@@ -48,19 +48,11 @@ from sipstatus import watchview
 from sipstatus.kamailio import JsonRpcClient, RpcError
 from sipstatus.watcher import Agent as WatchedAgent
 from sipstatus.watcher import Watcher, WatcherConfig
-from tests.support.fake_ami import Scenario
-from tests.support.kamailio import (
-    EXAMPLES,
-    ROOT,
-    Agent,
-    Caller,
-    FakeAmis,
-    Kamailio,
-    Sidecar,
-    SippNode,
-    have_tools,
-    start_example,
-)
+from tests.support import ROOT
+from tests.support.agents import Agent, Sidecar
+from tests.support.fake_ami import FakeAmis, Scenario
+from tests.support.kamailio import EXAMPLES, Kamailio, have_tools, start_example
+from tests.support.sipp import Caller, SippNode
 
 from . import report
 from .report import Phase, Recording

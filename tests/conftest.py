@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kamailio import Kamailio, SipClient, SippNode
+from tests.support.kamailio import Kamailio
 from tests.support.kamailio_rpc import running_kamailio
+from tests.support.sip import SipClient
+from tests.support.sipp import SippNode
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import asyncio
 import dataclasses
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +14,7 @@ from agent import cli
 from sipstatus import __version__, codec
 from sipstatus.status import State
 from tests.support import ROOT
-from tests.support.agents import AgentProcess, OptionsResponder, agent_config
+from tests.support.agents import REPO, AgentProcess, OptionsResponder, agent_command, agent_config
 from tests.support.fake_ami import FakeAmi, Scenario
 from tests.support.ports import free_port
 
@@ -23,7 +22,7 @@ SCHEMA = json.loads((ROOT / "spec" / "load-status.schema.json").read_text())
 
 
 def agent(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(agent_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_version():

@@ -22,18 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SIPP_SCENARIOS
-from tests.support.fake_ami import Scenario
-from tests.support.kamailio import (
-    HOST,
-    Agent,
-    FakeAmis,
-    Response,
-    SipClient,
-    SippNode,
-    have_tools,
-    parse_response,
-)
+from tests.support import HOST, SIPP_SCENARIOS
+from tests.support.agents import Agent
+from tests.support.fake_ami import FakeAmis, Scenario
+from tests.support.kamailio import have_tools
+from tests.support.sip import Response, SipClient, parse_response
+from tests.support.sipp import SippNode
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(not have_tools(), reason="needs Debian package sip-tester (SIPp) and iproute2")]

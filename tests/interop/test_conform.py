@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipstatus import cli, conform
+from tests.support import ROOT
 from tests.support.agents import AgentProcess, agent_config, fake_asterisk
 from tests.support.conform_peers import (
     Served,
@@ -26,7 +27,7 @@ from tests.support.conform_peers import (
     notifier,
     subscriber,
 )
-from tests.support.kamailio import EXAMPLES, ROOT, have_tools, start_example
+from tests.support.kamailio import EXAMPLES, have_tools, start_example
 from tests.support.ports import free_port
 
 

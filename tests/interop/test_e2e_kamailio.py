@@ -18,7 +18,7 @@ Four ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
   script keeps the reports in an htable and picks nodes by weight hint;
 - stock: the same script as the drop-in sipstatus.cfg, included into
   Debian's own /etc/kamailio/kamailio.cfg with the three edits its "Use"
-  section asks for (kamailio_runner.stock_config);
+  section asks for (tests.support.kamailio.stock_config);
 - kemi: the same against packaging/examples/kamailio/kemi (Python: the
   library's KEMI module, sipstatus.kemi: its codec, NodeTable and default
   policy, water-filling);
@@ -26,7 +26,7 @@ Four ways for Kamailio to learn the weights (`WAYS`), each test runs in each:
   packaging/examples/kamailio/sidecar (weights into the htable `sipstatus`,
   whose script picks nodes by them, and dispatcher states).
 
-The agents run with the host collector off (see `kamailio_runner.Agent`):
+The agents run with the host collector off (see `tests.support.agents.Agent`):
 the shared test machine's CPU (often 100 % busy with other jobs) is not the
 node's, and with any `cpu_max` (at most 1.0) a busy machine gives capacity
 0 or `overloaded`. Capacity is then the free call slots, which the test
@@ -81,29 +81,21 @@ from sipstatus.kamailio import JsonRpcClient, KamailioSink
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
-from tests.support import SIPP_SCENARIOS
-from tests.support.fake_ami import Scenario
+from tests.support import HOST, ROOT, SIPP_SCENARIOS
+from tests.support.agents import Agent, Sidecar
+from tests.support.fake_ami import FakeAmis, Scenario
 from tests.support.kamailio import (
     EXAMPLES,
-    HOST,
-    ROOT,
-    Agent,
-    Caller,
     Destinationless,
-    FakeAmis,
     Kamailio,
-    Publisher,
-    Sidecar,
-    SipClient,
-    SippNode,
     dispatcher_list,
     needs_kamailio,
-    simulate_agents,
-    split_within,
     start_example,
     stock_config,
-    stream_reports,
 )
+from tests.support.reports import simulate_agents, stream_reports
+from tests.support.sip import Publisher, SipClient
+from tests.support.sipp import Caller, SippNode, split_within
 
 pytestmark = needs_kamailio("jansson", "app_python3")
 
@@ -161,7 +153,7 @@ def _native_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
 
 def _stock_start(workdir: Path, nodes: list[SippNode]) -> Kamailio:
     """Debian's own kamailio.cfg with packaging/examples/kamailio/native/
-    sipstatus.cfg dropped in (kamailio_runner.stock_config)."""
+    sipstatus.cfg dropped in (tests.support.kamailio.stock_config)."""
     return start_example(stock_config(workdir / "stock"), workdir, nodes)
 
 
@@ -176,7 +168,7 @@ def hint_weights(statuses: dict[str, dict]) -> dict[str, int]:
 
 
 def free_slot_weights(statuses: dict[str, dict]) -> dict[str, int]:
-    """The sidecar's weights here: sipstatus.policy.FreeSlotsPolicy (kamailio_runner.Sidecar's policy)."""
+    """The sidecar's weights here: sipstatus.policy.FreeSlotsPolicy (tests.support.agents.Sidecar's policy)."""
     now = time.time()
     table = NodeTable(statuses)
     for body in statuses.values():

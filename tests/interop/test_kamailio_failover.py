@@ -28,31 +28,26 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, KamailioSink
-from tests.support import SIPP_SCENARIOS
+from tests.support import HOST, ROOT, SIPP_SCENARIOS
 from tests.support.kamailio import (
     EXAMPLES,
-    HOST,
     PING_INTERVAL,
-    ROOT,
-    SCENARIOS,
-    Caller,
     Kamailio,
-    Publisher,
-    SipClient,
-    SippNode,
     needs_kamailio,
     start_example,
     stock_config,
 )
+from tests.support.sip import Publisher, SipClient
+from tests.support.sipp import CALL_SCENARIOS, Caller, SippNode
 
 pytestmark = needs_kamailio("jansson", "app_python3")
 
 E2E_UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
 NODES = {
     "ok": E2E_UAS,
-    "full": SCENARIOS / "refuse.xml",
-    "full2": SCENARIOS / "refuse.xml",
-    "dead": SCENARIOS / "silent.xml",
+    "full": CALL_SCENARIOS / "refuse.xml",
+    "full2": CALL_SCENARIOS / "refuse.xml",
+    "dead": CALL_SCENARIOS / "silent.xml",
 }
 #: Milliseconds Kamailio waits for any answer from a node in these tests
 #: (SIPp sends no 100 Trying: an answering node slowed down by a busy test

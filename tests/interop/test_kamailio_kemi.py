@@ -20,20 +20,10 @@ from sipstatus.codec import StatusError, decode
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
 from sipstatus.status import State
-from tests.support.kamailio import (
-    EXAMPLES,
-    MEDIA_TYPE,
-    ROOT,
-    Kamailio,
-    Publisher,
-    SipClient,
-    SippNode,
-    body,
-    needs_kamailio,
-    place_calls,
-    split_within,
-    start_example,
-)
+from tests.support import ROOT
+from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.sip import MEDIA_TYPE, Publisher, SipClient, body
+from tests.support.sipp import SippNode, place_calls, split_within
 
 pytestmark = needs_kamailio("app_python3")
 

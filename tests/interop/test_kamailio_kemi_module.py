@@ -29,20 +29,12 @@ from tests.interop import test_e2e_kamailio as e2e
 from tests.interop import test_kamailio_failover as failover
 from tests.interop.test_e2e_kamailio import pool  # noqa: F401  (the e2e scenarios' SIPp nodes and fake AMIs)
 from tests.interop.test_kamailio_failover import nodes  # noqa: F401  (the failover scenarios' SIPp nodes)
-from tests.support import TESTS
-from tests.support.kamailio import (
-    HOST,
-    ROOT,
-    Agent,
-    Destinationless,
-    Kamailio,
-    Publisher,
-    SipClient,
-    SippNode,
-    needs_kamailio,
-    start_example,
-)
+from tests.support import HOST, ROOT, TESTS
+from tests.support.agents import Agent
+from tests.support.kamailio import Destinationless, Kamailio, needs_kamailio, start_example
 from tests.support.ports import free_port
+from tests.support.sip import Publisher, SipClient
+from tests.support.sipp import SippNode
 
 pytestmark = needs_kamailio("app_python3")
 

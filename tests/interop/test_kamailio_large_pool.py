@@ -22,19 +22,10 @@ from sipstatus.codec import decode
 from sipstatus.kamailio import JsonRpcClient
 from sipstatus.nodetable import NodeTable
 from sipstatus.policy import make_policy
-from tests.support.kamailio import (
-    EXAMPLES,
-    ROOT,
-    Kamailio,
-    Publisher,
-    SipClient,
-    SippNode,
-    body,
-    needs_kamailio,
-    place_calls,
-    split_within,
-    start_example,
-)
+from tests.support import ROOT
+from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.sip import Publisher, SipClient, body
+from tests.support.sipp import SippNode, place_calls, split_within
 
 pytestmark = needs_kamailio("jansson", "app_python3")
 

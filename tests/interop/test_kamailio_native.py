@@ -18,19 +18,9 @@ from pathlib import Path
 
 from sipstatus.status import State
 from tests.support import ROOT
-from tests.support.kamailio import (
-    EXAMPLES,
-    MEDIA_TYPE,
-    Kamailio,
-    Publisher,
-    SipClient,
-    SippNode,
-    body,
-    needs_kamailio,
-    place_calls,
-    split_within,
-    start_example,
-)
+from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.sip import MEDIA_TYPE, Publisher, SipClient, body
+from tests.support.sipp import SippNode, place_calls, split_within
 
 pytestmark = needs_kamailio("jansson")
 

@@ -18,15 +18,8 @@ import pytest
 
 from sipstatus.kamailio import JsonRpcClient, RpcError
 from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
-from tests.support.kamailio import (
-    EXAMPLES,
-    Kamailio,
-    SippNode,
-    needs_kamailio,
-    place_calls,
-    split_within,
-    start_example,
-)
+from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.sipp import SippNode, place_calls, split_within
 
 pytestmark = needs_kamailio("jansson")
 

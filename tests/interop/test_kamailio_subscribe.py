@@ -25,18 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SIPP_SCENARIOS
-from tests.support.fake_ami import Scenario
-from tests.support.kamailio import (
-    EXAMPLES,
-    ROOT,
-    Agent,
-    FakeAmis,
-    Kamailio,
-    SippNode,
-    needs_kamailio,
-    start_example,
-)
+from tests.support import ROOT, SIPP_SCENARIOS
+from tests.support.agents import Agent
+from tests.support.fake_ami import FakeAmis, Scenario
+from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.sipp import SippNode
 
 pytestmark = needs_kamailio("jansson")
 

@@ -29,21 +29,13 @@ import pytest
 from sipstatus.affinity import affinity_key
 from sipstatus.kamailio import JsonRpcClient, RpcError
 from sipstatus.opensips import MiClient, MiError
-from tests.support import ROOT, SIPP_SCENARIOS
+from tests.support import HOST, ROOT, SIPP_SCENARIOS
+from tests.support.agents import Agent, Sidecar
 from tests.support.asterisk import Asterisk, AsteriskConfig
 from tests.support.asterisk_live import PREFIX
 from tests.support.fake_ami import FakeAmi, Scenario
 from tests.support.fake_ami_rooms import RoomsAmi
-from tests.support.kamailio import (
-    EXAMPLES,
-    HOST,
-    Agent,
-    Destinationless,
-    Sidecar,
-    SippNode,
-    needs_kamailio,
-    start_example,
-)
+from tests.support.kamailio import EXAMPLES, Destinationless, needs_kamailio, start_example
 from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES
 from tests.support.opensips import (
     OpenSips,
@@ -55,6 +47,7 @@ from tests.support.opensips import (
     opensips_build,
 )
 from tests.support.ports import free_port
+from tests.support.sipp import SippNode
 
 pytestmark = [
     *needs_kamailio("jansson"),
@@ -99,7 +92,7 @@ class Pool:
             assert PREFIX is not None
             asterisk = self.asterisk = Asterisk(PREFIX, self.workdir / "asterisk",
                                                 AsteriskConfig(dialplan=ROOM_DIALPLAN))
-            asterisk.agent_secret = "secret"  # what kamailio_runner.Agent logs in with
+            asterisk.agent_secret = "secret"  # what tests.support.agents.Agent logs in with
             asterisk._write_config()
             await asyncio.to_thread(asterisk.start)
             members.append(Destinationless("ast-live", asterisk.sip_port))

@@ -28,8 +28,8 @@ from sipstatus.conform.common import status_of
 from sipstatus.conform.compositor import CompositorCheck
 from sipstatus.conform.peer import Peer, Received
 from sipstatus.sip import Request, Response
+from tests.support import HOST
 from tests.support.conform_peers import Served, compositor
-from tests.support.kamailio import HOST
 from tests.support.opensips import (
     EXAMPLES,
     OpenSips,

@@ -59,7 +59,9 @@ from pathlib import Path
 import pytest
 
 from sipstatus.status import State
-from tests.support.kamailio import HOST, Destinationless, FakeAmis, stream_reports
+from tests.support import HOST
+from tests.support.fake_ami import FakeAmis
+from tests.support.kamailio import Destinationless
 from tests.support.opensips import (
     EXAMPLES,
     Calls,
@@ -76,6 +78,7 @@ from tests.support.opensips import (
     wait_for,
 )
 from tests.support.ports import free_port
+from tests.support.reports import stream_reports
 
 PREFIX, WHY = opensips_build()
 

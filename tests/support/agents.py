@@ -21,12 +21,15 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
 import secrets
 import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +43,11 @@ from sipstatus.sip.message import make_response
 from sipstatus.sip.subscription import Subscriber, SubscriberConfig, SubscriberPool
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import LoadStatus
-from tests.support import ROOT
+from tests.support import HOST, ROOT
 from tests.support.fake_ami import FakeAmi, Scenario, Transcript
+from tests.support.kamailio import Kamailio
+from tests.support.ports import free_port
+from tests.support.processes import stop_group
 
 #: Where `python -m agent` runs from (bench/bench_attacks.py points it at
 #: another checkout).
@@ -105,6 +111,12 @@ def agent_config(ami_port: int | None, *, probe_port: int | None = None, **overr
 # -- the agent process ---------------------------------------------------------------
 
 
+def agent_command(*args: str) -> list[str]:
+    """`sipstatus-agent ARGS` as every test runs it: `python -m agent` with
+    this interpreter (run it with cwd=REPO, so that it is this checkout's)."""
+    return [sys.executable, "-m", "agent", *args]
+
+
 class AgentProcess:
     """`async with AgentProcess(tmp, config, "--listen", "udp:127.0.0.1:5070") as agent:`
 
@@ -140,8 +152,8 @@ class AgentProcess:
 
     async def start(self, timeout: float = 30.0) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.wrap, sys.executable, "-m", "agent", "run", "--config", str(self.config_path),
-            "--control", self.control, *self.args, cwd=REPO,
+            *self.wrap, *agent_command("run", "--config", str(self.config_path), "--control", self.control,
+                                      *self.args), cwd=REPO,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         self._reader = asyncio.ensure_future(self._read_log())
@@ -218,7 +230,7 @@ class AgentProcess:
         separate process, as an operator runs it; its stdout. RuntimeError
         when it fails."""
         process = await asyncio.create_subprocess_exec(
-            *self.wrap, sys.executable, "-m", "agent", *args, "--control", self.control, cwd=REPO,
+            *self.wrap, *agent_command(*args, "--control", self.control), cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(process.communicate(), timeout)
         if process.returncode != 0:
@@ -547,3 +559,148 @@ def fake_asterisk(max_calls: int = 10) -> FakeAmi:
 
 def rss(process: psutil.Process) -> int:
     return process.memory_info().rss
+
+
+# -- an Asterisk node's agent, run from synchronous tests -------------------------
+
+
+class Agent:
+    """A real `sipstatus-agent run` process (`python -m agent` from the
+    repository), configured as one Asterisk node's agent:
+
+    - the asterisk collector reads a fake AMI (`ami_port`); the probe sends
+      OPTIONS to `probe` (the SIPp node standing for that Asterisk);
+    - the host collector is off and `scoring.unknown_capacity` is 1: the
+      host's CPU would be that of the shared test machine (often at 100 %
+      with other jobs), not the node's, and would decide the capacity. With
+      it unknown and not capping, capacity = the free call slots
+      (limit - calls) / limit, as the node's fake Asterisk reports them;
+    - notifier on udp:127.0.0.1:<port> (trusting 127.0.0.0/8), and PUBLISH
+      to each of `publish`; both at the spec's ceiling of 10 per second, so
+      that a drain goes out at once.
+
+    `collectors` adds others (`./dev demo` gives one node "host", so that a
+    CPU hog counts against it). `start` waits until the agent answers on its
+    control socket with a measured status. `ctl` runs `sipstatus-agent
+    <command> --control`.
+    """
+
+    def __init__(self, node: str, workdir: Path, *, ami_port: int, probe: str, max_calls: int = 0,
+                 validity: int = 3, publish: Sequence[str] = (), interval: float = 1.0,
+                 collectors: Sequence[str] = ("asterisk", "probe")) -> None:
+        self.node = node
+        self.dir = workdir / f"agent-{node}-{secrets.token_hex(6)}"
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        self.control = str(self.dir / "control")
+        self.config_path = self.dir / "agent.toml"
+        self.log_path = self.dir / "agent.log"
+        self.publish = list(publish)
+        self.config_path.write_text(toml({
+            "agent": {"node": node, "validity": validity, "interval": interval, "sample_gap": 0.2},
+            "collectors": {"enabled": list(collectors)},
+            "collectors.asterisk": {"port": ami_port, "secret": "secret", "max_calls": max_calls},
+            "collectors.probe": {"target": probe, "interval": 0.5, "timeout": 2.0, "window": 5.0},
+            "scoring": {"unknown_capacity": 1.0},
+            "notifier": {"listen": [f"udp:{HOST}:{self.port}"], "trust": ["127.0.0.0/8"], "max_rate": 10.0},
+            "publisher": {"max_rate": 10.0},
+        }))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        """Where this agent's notifier takes SUBSCRIBEs."""
+        return f"sip:{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = agent_command("run", "--config", str(self.config_path), "--control", self.control)
+        for target in self.publish:
+            cmd += ["--publish", target]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        from agent.control import ControlError, request
+
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent {self.node} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if request(self.control, "status", 2.0).get("reason") != "starting":
+                    return
+            except ControlError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"agent {self.node} not serving within {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def ctl(self, command: str, *args: str) -> str:
+        """`sipstatus-agent <command> --control PATH [args]`: its output."""
+        done = subprocess.run(agent_command(command, "--control", self.control, *args),
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"sipstatus-agent {command}: exit {done.returncode}: {done.stderr}")
+        return done.stdout
+
+    def status(self) -> dict:
+        """The running agent's status body (`sipstatus-agent status --json`)."""
+        return json.loads(self.ctl("status", "--json"))
+
+    def kill(self) -> None:
+        """SIGKILL: the agent says nothing more (no final NOTIFY, no removal)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Sidecar:
+    """A real `sipstatus sidecar` process (`python -m sipstatus.cli`): it
+    subscribes to `agents` (node -> SIP URI) and pushes their weights into
+    Kamailio over its jsonrpcs datagram socket (RUN_DIR/kamailio_rpc.sock):
+    `htable.seti TABLE NODE WEIGHT` (unless `htable` is "") and dispatcher
+    states (`dispatcher.set_duid_state`), as packaging/examples/kamailio/
+    sidecar expects. `expires` is the subscription duration it asks for."""
+
+    def __init__(self, kam: Kamailio, agents: Mapping[str, str], workdir: Path, *, expires: int = 60,
+                 policy: str = "free-slots", htable: str = "sipstatus") -> None:
+        self.dir = workdir / f"sidecar-{secrets.token_hex(6)}"
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / "sidecar.log"
+        self.config_path = self.dir / "sidecar.toml"
+        self.config_path.write_text(
+            f"[sip]\nexpires = {expires}\n"
+            f'[kamailio]\nhtable = "{htable}"\ngroup = 1\n'
+        )
+        self.cmd = [sys.executable, "-m", "sipstatus.cli", "sidecar", "--config", str(self.config_path),
+                    "--listen", f"udp:{HOST}:{free_port()}", "--policy", policy, "--log-level", "info",
+                    "--kamailio-rpc", f"unix:{kam.workdir}/kamailio_rpc.sock",
+                    *(f"--agent={node}={uri}" for node, uri in agents.items())]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT, start_new_session=True)
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])

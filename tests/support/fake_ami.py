@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,3 +465,35 @@ async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+# -- for agents that run as processes ------------------------------------------------------------------
+
+
+class FakeAmis:
+    """Fake Asterisk managers (tests/support/fake_ami.py, replaying real Asterisk 20
+    transcripts) for agents that run as processes: the servers live in one
+    background thread with its own event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-ami", daemon=True)
+        self.thread.start()
+        self.servers: list[FakeAmi] = []
+
+    def serve(self, scenario: Scenario) -> int:
+        """A new server playing `scenario`; returns its TCP port on 127.0.0.1."""
+        async def open_server() -> FakeAmi:
+            return await FakeAmi(scenario).__aenter__()
+
+        server = asyncio.run_coroutine_threadsafe(open_server(), self.loop).result(10)
+        self.servers.append(server)
+        return server.port
+
+    def close(self) -> None:
+        for server in self.servers:
+            asyncio.run_coroutine_threadsafe(server.close(), self.loop).result(10)
+        self.servers.clear()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -46,11 +46,12 @@ from pathlib import Path
 
 import psutil
 
-from tests.support import SIPP_SCENARIOS
-from tests.support.agents import ChannelEvents
-from tests.support.fake_ami import FakeAmi, Scenario
-from tests.support.kamailio import HOST, ROOT, Agent, FakeAmis, SippNode, _stop_group
+from tests.support import HOST, ROOT, SIPP_SCENARIOS
+from tests.support.agents import Agent, ChannelEvents
+from tests.support.fake_ami import FakeAmi, FakeAmis, Scenario
 from tests.support.ports import free_port
+from tests.support.processes import stop_group
+from tests.support.sipp import SippNode
 
 EXAMPLES = ROOT / "packaging" / "examples" / "opensips"
 README = EXAMPLES / "README.md"
@@ -255,7 +256,7 @@ class OpenSips:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            _stop_group(self.proc, sig, wait=10.0)
+            stop_group(self.proc, sig, wait=10.0)
 
     def restart(self) -> None:
         self.stop()
@@ -298,7 +299,7 @@ class OpenSips:
 
 
 class NodeAgent(Agent):
-    """kamailio_runner.Agent with the periodic CoreShowChannels check off:
+    """tests.support.agents.Agent with the periodic CoreShowChannels check off:
     the fake AMI answers it with a recorded list that does not hold the
     calls this test places (they reach the agent as events, see LiveNode);
     the check after each Login still runs."""
@@ -491,7 +492,7 @@ class Calls:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-        _stop_group(self.proc, signal.SIGKILL)
+        stop_group(self.proc, signal.SIGKILL)
         return self.counts()
 
     def counts(self) -> CallCounts:
@@ -509,7 +510,7 @@ class Calls:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_group(self.proc, signal.SIGKILL)
+            stop_group(self.proc, signal.SIGKILL)
 
 
 # -- the sidecar --------------------------------------------------------------------------------
@@ -543,7 +544,7 @@ class OpenSipsSidecar:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_group(self.proc)
+            stop_group(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -379,7 +379,7 @@ def test_the_subscriber_refreshes_from_the_first_notify_of_a_subscription_only()
 
 
 def test_the_real_tier_changes_only_the_customize_me_lines(config):
-    # tests/opensips_runner.customize() is how the real tier adapts a config;
+    # tests/support/opensips.customize() is how the real tier adapts a config;
     # it must change nothing a reader is not told to change.
     import difflib
 
