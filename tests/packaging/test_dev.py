@@ -22,7 +22,8 @@ def checkout(tmp_path: Path) -> Path:
     """A copy of the files ./dev reads before it runs anything else."""
     where = tmp_path / "checkout"
     where.mkdir()
-    for name in ("dev", "setup.py", "requirements.txt", "requirements-test.txt", "README.md"):
+    for name in ("dev", "tests/peers/lib.sh", "setup.py", "requirements.txt", "requirements-test.txt", "README.md"):
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, where / name)
     return where
 
