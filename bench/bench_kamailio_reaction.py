@@ -109,6 +109,20 @@ def weight_reader(kam: Kamailio, way: str):
     return read
 
 
+def node_agent(workdir: Path, ami_port: int, port: int, publish_port: int | None) -> AgentProcess:
+    """The node's agent as every way runs it: no sampling tick or heartbeat
+    in the way of a change (interval 30 s, validity 60 s), the rate ceiling
+    at 10/s, the capacity from the call slots alone; listening on `port`,
+    and PUBLISHing to `publish_port` when there is one."""
+    cfg = agent_config(ami_port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
+                       notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
+                       scoring={"unknown_capacity": 1.0})
+    args = ["--listen", f"udp:{HOST}:{port}"]
+    if publish_port is not None:
+        args += ["--publish", f"sip:load-status@{HOST}:{publish_port}"]
+    return AgentProcess(workdir, cfg, *args)
+
+
 async def measure(way: str, changes: int) -> dict:
     channel = ChannelEvents.recorded()
     rng = random.Random(1)
@@ -120,13 +134,7 @@ async def measure(way: str, changes: int) -> dict:
         try:
             async with fake_asterisk(LIMIT) as ami:
                 port = free_port()
-                cfg = agent_config(ami.port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
-                                   notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
-                                   scoring={"unknown_capacity": 1.0})
-                args = ["--listen", f"udp:{HOST}:{port}"]
-                if way == "native":
-                    args += ["--publish", f"sip:load-status@{HOST}:{kam.port}"]
-                async with AgentProcess(workdir, cfg, *args) as agent:
+                async with node_agent(workdir, ami.port, port, kam.port if way == "native" else None) as agent:
                     await agent.wait_measured()
                     if way == "sidecar":
                         sidecar = Sidecar(kam, {NODE: f"sip:{HOST}:{port}"}, workdir, policy="headroom")
@@ -234,13 +242,8 @@ async def measure_opensips(way: str, changes: int, prefix: Path) -> dict:
         try:
             opensips.start()
             async with fake_asterisk(LIMIT) as ami:
-                cfg = agent_config(ami.port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
-                                   notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
-                                   scoring={"unknown_capacity": 1.0})
-                args = ["--listen", f"udp:{HOST}:{agent_port}"]
-                if way == "opensips-compositor":
-                    args += ["--publish", f"sip:load-status@{HOST}:{port}"]
-                async with AgentProcess(workdir, cfg, *args) as agent:
+                async with node_agent(workdir, ami.port, agent_port,
+                                      port if way == "opensips-compositor" else None) as agent:
                     await agent.wait_measured()
                     if way == "opensips-sidecar":
                         sidecar = OpenSipsSidecar(opensips.mi_url, {NODE: f"sip:{HOST}:{agent_port}"}, workdir)

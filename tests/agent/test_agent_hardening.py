@@ -93,35 +93,30 @@ async def _wrong_then_right(watcher: Watcher, wrong: int) -> list[int]:
     return statuses
 
 
-def test_repeated_wrong_passwords_from_one_source_get_403_instead_of_a_challenge(tmp_path):
+def _statuses_with_failure_limit_3(tmp_path, wrong: int) -> list[int]:
+    """_wrong_then_right against an agent that locks a source out after 3
+    failed authentications."""
     async def main():
         async with fake_asterisk() as ami:
             config = agent_config(ami.port, notifier={
                 "users": {"proxy1": "s3cret"}, "trust": [], "auth_failure_limit": 3}, **QUICK)
             agent, _, (watcher,) = await agent_with_watchers(tmp_path, ami, "127.0.0.1", config=config)
             try:
-                return await _wrong_then_right(watcher, 3)
+                return await _wrong_then_right(watcher, wrong)
             finally:
                 watcher.close()
                 await agent.kill()
 
+    return run(main())
+
+
+def test_repeated_wrong_passwords_from_one_source_get_403_instead_of_a_challenge(tmp_path):
     # Three wrong passwords are challenged again; then even the right one is refused.
-    assert run(main()) == [401, 401, 401, 403]
+    assert _statuses_with_failure_limit_3(tmp_path, 3) == [401, 401, 401, 403]
 
 
 def test_wrong_passwords_below_the_limit_do_not_lock_a_source_out(tmp_path):
-    async def main():
-        async with fake_asterisk() as ami:
-            config = agent_config(ami.port, notifier={
-                "users": {"proxy1": "s3cret"}, "trust": [], "auth_failure_limit": 3}, **QUICK)
-            agent, _, (watcher,) = await agent_with_watchers(tmp_path, ami, "127.0.0.1", config=config)
-            try:
-                return await _wrong_then_right(watcher, 2)
-            finally:
-                watcher.close()
-                await agent.kill()
-
-    assert run(main()) == [401, 401, 200]
+    assert _statuses_with_failure_limit_3(tmp_path, 2) == [401, 401, 200]
 
 
 def test_sha256_only_challenges_offer_no_md5(tmp_path):
