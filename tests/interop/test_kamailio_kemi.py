@@ -21,9 +21,9 @@ from sipstatus.nodetable import NodeTable
 from sipstatus.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
 from sipstatus.status import State
 from tests.support import ROOT
-from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.kamailio import EXAMPLES, Kamailio, assert_split, needs_kamailio, start_example
 from tests.support.sip import MEDIA_TYPE, Publisher, SipClient, body
-from tests.support.sipp import SippNode, place_calls, split_within
+from tests.support.sipp import SippNode, split_within
 
 pytestmark = needs_kamailio("app_python3")
 
@@ -86,13 +86,6 @@ def report_all(client: SipClient, reports: dict[str, tuple[int, int | None]]) ->
         reply = pubs[name].report(weight, limit=limit)
         assert reply.status == 200, f"{name}: {reply}"
     return pubs
-
-
-def assert_split(kam: Kamailio, weights: dict[str, int], calls: int = CALLS) -> None:
-    counts = place_calls(kam.port, calls, kam.workdir)
-    print(f"weights {weights}: {calls} calls split {dict(sorted(counts.items()))}")
-    problems = split_within(counts, weights, calls)
-    assert not problems, f"split {dict(counts)} for weights {weights}: {problems}\n{kam.log_tail()}"
 
 
 # -- calls -------------------------------------------------------------------

@@ -18,15 +18,14 @@ from pathlib import Path
 
 from sipstatus.status import State
 from tests.support import ROOT
-from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
+from tests.support.kamailio import EXAMPLES, Kamailio, assert_split, needs_kamailio, start_example
 from tests.support.sip import MEDIA_TYPE, Publisher, SipClient, body
-from tests.support.sipp import SippNode, place_calls, split_within
+from tests.support.sipp import SippNode, place_calls
 
 pytestmark = needs_kamailio("jansson")
 
 CONFIG = EXAMPLES / "native" / "kamailio.cfg"
 VECTORS = ROOT / "spec" / "vectors" / "body"
-CALLS = 600
 #: rweight in the dispatcher list: the cold-start split, unlike any reported one.
 RWEIGHTS = {"ast1": 10, "ast2": 30, "ast3": 60}
 
@@ -43,13 +42,6 @@ def report_all(pubs: dict[str, Publisher], weights: dict[str, int], validity: in
     for name, weight in weights.items():
         reply = pubs[name].report(weight, validity=validity)
         assert reply.status == 200, f"{name}: {reply}"
-
-
-def assert_split(kam: Kamailio, weights: dict[str, int], calls: int = CALLS) -> None:
-    counts = place_calls(kam.port, calls, kam.workdir)
-    print(f"weights {weights}: {calls} calls split {dict(sorted(counts.items()))}")
-    problems = split_within(counts, weights, calls)
-    assert not problems, f"split {dict(counts)} for weights {weights}: {problems}\n{kam.log_tail()}"
 
 
 # -- calls follow the reports ----------------------------------------------

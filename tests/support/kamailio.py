@@ -28,6 +28,7 @@ from tests.support import HOST, ROOT
 from tests.support.ports import free_port
 from tests.support.processes import stop_group
 from tests.support.sip import SipClient
+from tests.support.sipp import place_calls, split_within
 
 EXAMPLES = ROOT / "packaging" / "examples" / "kamailio"
 #: Seconds between dispatcher's OPTIONS probes in the tests' Kamailios.
@@ -267,3 +268,12 @@ def dispatcher_list(path: Path, nodes: Iterable[PoolNode], set_id: int = 1, attr
              + (f";{attrs[n.name]}" if n.name in attrs else "") for n in nodes]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def assert_split(kam: Kamailio, weights: Mapping[str, int], calls: int = 600) -> None:
+    """`calls` calls through `kam` split by `weights` (split_within), or an
+    assertion error quoting the split and Kamailio's log."""
+    counts = place_calls(kam.port, calls, kam.workdir)
+    print(f"weights {weights}: {calls} calls split {dict(sorted(counts.items()))}")
+    problems = split_within(counts, weights, calls)
+    assert not problems, f"split {dict(counts)} for weights {weights}: {problems}\n{kam.log_tail()}"
