@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support import ROOT
+from tests.support.fake_agents import AgentsProcess
 from tests.support.fake_opensips_mi import FakeMiServer, FakeOpenSips, LbDst
 
 

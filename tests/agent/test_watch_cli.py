@@ -14,7 +14,8 @@ from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.nodetable import NodeView
 from sipstatus.watcher import node_row
 from sipstatus.watchview import CLEAR, render_json, render_table, sort_rows, state_text
-from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess, Lines, status_for
+from tests.support import ROOT
+from tests.support.fake_agents import AgentsProcess, Lines, status_for
 from tests.support.ports import free_port
 
 

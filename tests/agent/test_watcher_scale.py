@@ -17,7 +17,7 @@ import pytest
 
 from sipstatus.policy import FreeSlotsPolicy
 from sipstatus.watcher import Agent, Watcher
-from tests.agent.test_watcher_fakeagent import AgentsProcess
+from tests.support.fake_agents import AgentsProcess
 
 pytestmark = pytest.mark.slow
 

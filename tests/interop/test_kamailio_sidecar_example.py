@@ -1,7 +1,7 @@
 """The sidecar example (packaging/examples/kamailio/sidecar/) against the real
 Kamailio from Debian, three SIPp nodes, a SIPp caller, and `sipstatus
 sidecar` following three agents (served in another process by
-tests/agent/test_watcher_fakeagent.py).
+tests/support/fake_agents.py).
 
 The split of the weighted random choice is checked against a binomial bound
 (`split_within`, 5 sigma + 1): see tests/interop/test_kamailio_native.py.
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, RpcError
-from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support import ROOT
+from tests.support.fake_agents import AgentsProcess
 from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
 from tests.support.sipp import SippNode, place_calls, split_within
 

@@ -1,7 +1,7 @@
 """`sipstatus sidecar` pushing into a REAL Kamailio 5.6 over JSON-RPC: the
 htable values and dispatcher states follow what the agents report.
 
-The agents are served by another process (tests/agent/test_watcher_fakeagent.py)
+The agents are served by another process (tests/support/fake_agents.py)
 over UDP on the loopback; Kamailio is started per test
 (tests/support/kamailio_rpc.py). The tests wait for Kamailio to show what
 they expect, with a deadline.
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError
-from tests.agent.test_watcher_fakeagent import ROOT, AgentsProcess
+from tests.support import ROOT
+from tests.support.fake_agents import AgentsProcess
 from tests.support.kamailio_rpc import running_kamailio
 from tests.support.ports import free_port
 

@@ -1,4 +1,4 @@
-"""In-process agents for the watcher's tests, and the tests of those agents.
+"""In-process agents for the watcher's tests (tested in tests/agent/test_watcher_fakeagent.py).
 
 `FakeAgent` serves the `load-status` package with the library's Notifier on
 its own SipService (UDP on a 127.0.0.x address): a body at once, a fresh
@@ -8,7 +8,7 @@ body (next seq) as heartbeat, new bodies when told. The real
 Run as a program it serves several agents in one process, for the CLI and
 scale tests:
 
-    python -m tests.agent.test_watcher_fakeagent ast1:0.5:100 ast2:0.8:200 [--hosts 127.0.0.x]
+    python -m tests.support.fake_agents ast1:0.5:100 ast2:0.8:200 [--hosts 127.0.0.x]
 
 It prints one JSON line per agent ({"node", "uri"}) and then "ready", and
 takes commands on standard input, answering each with "ok" (or "error ..."):
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 
-from sipstatus.codec import MEDIA_TYPE, decode, encode
+from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.net import Endpoint, SipService
 from sipstatus.sip.subscription import Notifier, SubscriptionCreated
 from sipstatus.status import Asterisk, Cpu, LoadStatus, Probe, Quality, State
@@ -230,12 +230,12 @@ class Lines:
 
 
 class AgentsProcess:
-    """`python -m tests.agent.test_watcher_fakeagent SPECS...` as a context manager:
+    """`python -m tests.support.fake_agents SPECS...` as a context manager:
     `uris` maps node -> agent URI; `command("set ast2 state=draining")`."""
 
     def __init__(self, *specs: str, hosts: str = "127.0.0.1", validity: int = 15, port: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.agent.test_watcher_fakeagent", *specs, "--hosts", hosts,
+            [sys.executable, "-m", "tests.support.fake_agents", *specs, "--hosts", hosts,
              "--validity", str(validity), "--port", str(port)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.out = Lines(self.proc.stdout)
@@ -262,31 +262,3 @@ class AgentsProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-# -- tests of the helper ------------------------------------------------------------------------
-
-
-def test_fake_agent_status_is_a_valid_body():
-    status = status_for("ast1", capacity=0.625, limit=200)
-    assert decode(encode(status)).weight == 63
-
-
-def test_fake_agent_set_bumps_seq_and_keeps_instance():
-    async def run():
-        agent = await FakeAgent("ast1").start()
-        try:
-            first = agent.status
-            second = agent.set(state="draining", channels=40)
-            assert (second.seq, second.instance) == (first.seq + 1, first.instance)
-            assert second.state is State.DRAINING and second.asterisk.channels == 40
-        finally:
-            await agent.stop()
-
-    asyncio.run(run())
-
-
-def test_agents_process_serves_and_obeys_commands():
-    with AgentsProcess("ast1:0.5:100", "ast2:0.8:100") as agents:
-        assert set(agents.uris) == {"ast1", "ast2"}
-        agents.command("set ast2 state=draining")

@@ -11,7 +11,7 @@ import pytest
 
 from sipstatus.sidecar_config import ConfigError, SidecarConfig, from_mapping, load, with_flags
 from sipstatus.watcher import Agent
-from tests.agent.test_watcher_fakeagent import ROOT
+from tests.support import ROOT
 
 EXAMPLE = ROOT / "packaging" / "examples" / "sidecar.toml"
 KEY_LINE = re.compile(r"^# (\"[^\"]+\"|[A-Za-z0-9_]+) = (.*)$")

@@ -25,7 +25,7 @@ from sipstatus.sip.subscription import (
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import State
 from sipstatus.watcher import Agent, Watcher, WatcherConfig
-from tests.agent.test_watcher_fakeagent import FakeAgent, status_for
+from tests.support.fake_agents import FakeAgent, status_for
 
 WAIT = 10.0
 
