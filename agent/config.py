@@ -26,7 +26,6 @@ from typing import Any
 
 from sipstatus.sip import SipError, SipUri, parse_uri
 
-DEFAULT_PATH = Path("/etc/sipstatus/agent.toml")
 COLLECTOR_NAMES = ("host", "asterisk", "probe", "network")
 
 

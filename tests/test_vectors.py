@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sipstatus.codec import StatusError, decode
+from sipstatus.codec import SECTIONS, StatusError, decode
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC / "vectors" / "body"
@@ -63,6 +63,12 @@ def test_schema_and_codec_differ_only_where_the_note_says_why():
     for row in ROWS:
         if row["schema"] != "not-json" and row["schema"] != row["codec"]:
             assert row["note"] != "-", row["file"]
+
+
+def test_the_schema_has_every_metric_section_with_the_codecs_members():
+    schema_sections = {name: list(value["properties"]) for name, value in SCHEMA["properties"].items()
+                       if "object" in value.get("type", ()) and "properties" in value}
+    assert schema_sections == {name: list(members) for name, (_, members) in SECTIONS.items()}
 
 
 def _reject(name: str) -> None:
