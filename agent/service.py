@@ -245,8 +245,8 @@ class AgentService:
             bound = await self.sip.listen(transport, host, port, ssl_context=context, advertise=advertise)
             self.addresses.append((transport, *bound))
 
-    def _notifier(self, package: str, media_type: str, other_package: str, heartbeat: float, validity: int,
-                  **produce: Callable) -> Notifier:
+    def _notifier(self, package: str, media_type: str, other_package: str,
+                  heartbeat: float, validity: int, **produce: Callable) -> Notifier:
         """The notifier of one event package: both share the limits and who may subscribe."""
         n = self.config.notifier
         return Notifier(
@@ -259,7 +259,7 @@ class AgentService:
             busy_retry_after=60,
             heartbeat=heartbeat,
             max_rate=n.max_rate,
-            lowest_max_rate=3 / validity,  # spec 8.2: a body every validity / 3 s
+            lowest_max_rate=3 / validity,  # spec 8.2
             other_packages=[other_package],
             **produce,
         )
