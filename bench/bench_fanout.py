@@ -42,14 +42,14 @@ import psutil  # noqa: E402
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from sipstatus.sip.notifier import DEFAULT_MAX_RATE  # noqa: E402
 from sipstatus.sip.subscriber import NotificationReceived, Subscribed  # noqa: E402
-from tests.agent_harness import (  # noqa: E402
+from tests.support.agents import (  # noqa: E402
     AgentProcess,
     ChannelEvents,
     agent_config,
     fake_asterisk,
     subscriber_pool,
 )
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "fanout.txt"
 RCVBUF = 4 * 2**20  # net.core.rmem_max here

@@ -31,7 +31,7 @@ from . import __version__, sidecar, watchview
 from .codec import StatusError, decode
 from .policy import DEFAULT_POLICY, POLICIES
 from .sidecar_config import ConfigError, SidecarConfig, load, with_flags
-from .status import LoadStatus
+from .status import SECTIONS, LoadStatus
 from .watcher import Watcher, parse_agent_uri
 
 
@@ -42,7 +42,7 @@ def describe(status: LoadStatus) -> str:
         f"state      {status.state.value}" + (f"  ({status.reason})" if status.reason else ""),
         f"capacity   {status.capacity:.4g}  weight {status.weight}  valid {status.validity} s",
     ]
-    for name in ("cpu", "memory", "asterisk", "quality", "probe", "network"):
+    for name in SECTIONS:
         section = getattr(status, name)
         if section is None:
             lines.append(f"{name:10s} unknown")
