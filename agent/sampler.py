@@ -60,6 +60,7 @@ class Sampler:
         self.scorer = scorer or Scorer(config.scoring)
         self.node = config.node
         self.instance = instance or new_instance()
+        #: The seq of the last body numbered (0: none yet; the first is 1).
         self.seq = 0
         self.clock = clock
         self.wall = wall
@@ -149,7 +150,7 @@ class Sampler:
         if waiting and score.state is not State.DOWN:
             score = Score(State.DOWN, 0.0, reason_text("starting: waiting for " + ", ".join(waiting)))
         self.last_score = score
-        status = self.numbered(LoadStatus(
+        status = self.current(LoadStatus(
             node=self.node,
             instance=self.instance,
             seq=0,
@@ -167,14 +168,19 @@ class Sampler:
             self._note(f"value {error.member}", f"dropped: {error}")
         return status
 
+    def current(self, status: LoadStatus) -> LoadStatus:
+        """`status` with this run's instance and the seq of the last body
+        numbered: what a measurement or the control socket shows, which
+        takes no number of its own."""
+        return dataclasses.replace(status, instance=self.instance, seq=self.seq)
+
     def numbered(self, status: LoadStatus) -> LoadStatus:
-        """`status` as this run's next one: its instance and the next seq.
+        """`status` as this run's next body: its instance and the next seq.
         The sampler is the one owner of both (spec 7.1: a new instance every
-        run, seq +1 for every status produced); a body sent again, as a
-        heartbeat, is numbered here afresh."""
-        status = dataclasses.replace(status, instance=self.instance, seq=self.seq)
+        run, seq starting at 1 and +1 for every body produced); a body sent
+        again, as a heartbeat, is numbered here afresh."""
         self.seq += 1
-        return status
+        return dataclasses.replace(status, instance=self.instance, seq=self.seq)
 
     def _note(self, name: str, error: str | None) -> None:
         before = self.errors.get(name)

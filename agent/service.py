@@ -13,7 +13,7 @@ One asyncio task owns the loop (`AgentService.run`):
   else rides on the next heartbeat;
 - every body sent is rendered afresh with a new `seq` (spec 7.1), so a
   heartbeat is never mistaken for an old, reordered body; the Sampler
-  numbers it (`Sampler.numbered`), as it numbers every status it measures;
+  numbers it (`Sampler.numbered`, the one owner of instance and seq);
 - `drain`/`undrain` on the control socket rescore at once;
 - SIGTERM (or SIGINT): a final NOTIFY `terminated;reason=probation` with a
   `down` body to every subscriber, publications removed (Expires: 0), at
@@ -427,7 +427,7 @@ class AgentService:
             status = self.set_draining(False)
         else:
             status = self.status or self._placeholder("starting")
-        return codec.to_wire(status)
+        return codec.to_wire(self.sampler.current(status))
 
     def _drain_flag(self) -> dict:
         return {"drain": {"on": self.draining, "since": self.draining_since}}

@@ -86,7 +86,18 @@ def test_a_raising_collector_is_logged_once_and_the_others_go_on(caplog):
         statuses = [sampler.sample() for _ in range(5)]
     assert [r.message for r in caplog.records] == ["collector probe: RuntimeError: socket exploded"]
     assert all(s.cpu.usage == 0.2 and s.probe is None for s in statuses)
-    assert [s.seq for s in statuses] == [0, 1, 2, 3, 4]
+    assert [sampler.numbered(s).seq for s in statuses] == [1, 2, 3, 4, 5]
+
+
+def test_bodies_are_numbered_from_1_and_a_measurement_takes_no_number():
+    # spec 7.1: seq starts at 1 and grows by one for every body; the sampler
+    # is its one owner, and a sample only shows the last body's seq.
+    sampler = Sampler(Config(), [Fixed("host", Reading(cpu=Cpu(usage=0.2)))])
+    first = sampler.sample()
+    assert first.seq == 0 and first.instance == sampler.instance
+    bodies = [sampler.numbered(first), sampler.numbered(first)]
+    assert [b.seq for b in bodies] == [1, 2]
+    assert sampler.sample().seq == 2 and sampler.numbered(first).seq == 3
 
 
 def test_a_new_failure_is_logged_again_and_recovery_once(caplog):
