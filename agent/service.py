@@ -57,7 +57,7 @@ from sipstatus.sip.notifier import (
 )
 from sipstatus.sip.publisher import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.transaction import Destination
-from sipstatus.sip.transaction_user import ClientId
+from sipstatus.sip.transaction_user import ClientId, Producer
 from sipstatus.status import LoadStatus, State
 
 from . import config as agent_config
@@ -210,10 +210,8 @@ class AgentService:
         p = cfg.publisher
         client = DigestClient(p.username, p.password) if p.username else None
         self.publishers = [
-            Publisher(target, PACKAGE, codec.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
-                      authorize=client.authorize if client else None, expires=p.expires,
-                      produce=lambda now: self.render(), heartbeat=self.heartbeat,
-                      min_interval=1 / p.max_rate, key=target)
+            self._publisher(target, client, PACKAGE, codec.MEDIA_TYPE, produce=lambda now: self.render(),
+                            heartbeat=self.heartbeat, min_interval=1 / p.max_rate)
             for target in p.targets
         ]
         # The rooms (load-affinity) to the same targets: pages of a full set
@@ -222,9 +220,8 @@ class AgentService:
         self.room_publishers = []
         for target in p.targets:
             reader = self.feed.reader()
-            publisher = Publisher(target, affinity.PACKAGE, affinity.MEDIA_TYPE, f"sip:{cfg.node}@{cfg.node}",
-                                  authorize=client.authorize if client else None, expires=p.expires,
-                                  produce=None, heartbeat=None, min_interval=0.1, key=target)
+            publisher = self._publisher(target, client, affinity.PACKAGE, affinity.MEDIA_TYPE,
+                                        produce=None, heartbeat=None, min_interval=0.1)
             publisher.produce = self._room_producer(publisher, reader)
             publisher.heartbeat = self.feed.refresh
             self._room_readers[publisher.id] = (publisher, reader)
@@ -245,6 +242,15 @@ class AgentService:
             advertise = _route_address(host) if ipaddress.ip_address(host).is_unspecified else None
             bound = await self.sip.listen(transport, host, port, ssl_context=context, advertise=advertise)
             self.addresses.append((transport, *bound))
+
+    def _publisher(self, target: str, client: DigestClient | None, package: str, media_type: str, *,
+                   produce: Producer | None, heartbeat: float | None, min_interval: float) -> Publisher:
+        """The publisher of one event package to one target: both packages
+        share the target, the credentials and the Expires."""
+        cfg = self.config
+        return Publisher(target, package, media_type, f"sip:{cfg.node}@{cfg.node}",
+                         authorize=client.authorize if client else None, expires=cfg.publisher.expires,
+                         produce=produce, heartbeat=heartbeat, min_interval=min_interval, key=target)
 
     def _notifier(self, package: str, media_type: str, other_package: str,
                   heartbeat: float, validity: int, **produce: Callable) -> Notifier:
