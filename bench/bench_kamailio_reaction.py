@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
-from sipstatus.kamailio import JsonRpcClient, RpcError  # noqa: E402
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError  # noqa: E402
 from tests.agent_harness import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
 from tests.kamailio_runner import EXAMPLES, HOST, Destinationless, Kamailio, Sidecar, start_example  # noqa: E402
 from tests.opensips_runner import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policy import DEFAULT_POLICY, POLICIES
-from .watcher import (
+from .proxy.policy import DEFAULT_POLICY, POLICIES
+from .proxy.watcher import (
     DEFAULT_AGENT_PORT,
     STARTUP_GRACE,
     Agent,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 

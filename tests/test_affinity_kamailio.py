@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.affinity import affinity_key
-from sipstatus.kamailio import JsonRpcClient, RpcError
-from sipstatus.opensips import MiClient, MiError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.opensips import MiClient, MiError
 from tests.asterisk_live import PREFIX
 from tests.asterisk_runner import Asterisk, AsteriskConfig
 from tests.fakeami import FakeAmi, Scenario

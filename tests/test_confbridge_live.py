@@ -119,7 +119,7 @@ def test_a_tenant_variable_prefixes_the_key_and_rooms_present_at_login_are_liste
 
 
 def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it_ends(tmp_path):
-    from sipstatus.watcher import Agent, Watcher, WatcherConfig
+    from sipstatus.proxy.watcher import Agent, Watcher, WatcherConfig
 
     async def main():
         async with LiveNode(tmp_path, config()) as node:
@@ -142,7 +142,7 @@ def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it
 
 
 def test_rooms_published_to_a_compositor_route_the_room_to_its_node(tmp_path):
-    from sipstatus.watcher import Watcher, WatcherConfig
+    from sipstatus.proxy.watcher import Watcher, WatcherConfig
     from tests.sipp_runner import free_port
 
     async def main():

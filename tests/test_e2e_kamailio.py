@@ -78,9 +78,9 @@ from pathlib import Path
 import pytest
 
 from sipstatus import codec
-from sipstatus.kamailio import JsonRpcClient, KamailioSink
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy, make_policy
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink
+from sipstatus.proxy.nodetable import NodeTable
+from sipstatus.proxy.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
 from tests.fakeami import Scenario
 from tests.kamailio_runner import (
@@ -182,7 +182,7 @@ def hint_weights(statuses: dict[str, dict]) -> dict[str, int]:
 
 
 def free_slot_weights(statuses: dict[str, dict]) -> dict[str, int]:
-    """The sidecar's weights here: sipstatus.policy.FreeSlotsPolicy (kamailio_runner.Sidecar's policy)."""
+    """The sidecar's weights here: sipstatus.proxy.policy.FreeSlotsPolicy (kamailio_runner.Sidecar's policy)."""
     now = time.time()
     table = NodeTable(statuses)
     for body in statuses.values():

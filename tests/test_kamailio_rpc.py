@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
 
 # The `kamailio` fixture (tests/conftest.py) runs a real Kamailio whose pool is
 # tests/kamailio_rpc_fixture.py DISPATCHER_LIST: ast1..ast3 in group 1.

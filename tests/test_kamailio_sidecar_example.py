@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 from tests.kamailio_runner import (
     EXAMPLES,
     Kamailio,

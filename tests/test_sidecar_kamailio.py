@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink, RpcError
 from tests.kamailio_rpc_fixture import running_kamailio
 from tests.test_watcher_fakeagent import ROOT, AgentsProcess
 

@@ -13,7 +13,8 @@ import pytest
 
 from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.net import Endpoint, SipService
-from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy
+from sipstatus.proxy.policy import FreeSlotsPolicy, HeadroomPolicy
+from sipstatus.proxy.watcher import Agent, Watcher, WatcherConfig
 from sipstatus.sip import subscription
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.subscription import (
@@ -24,7 +25,6 @@ from sipstatus.sip.subscription import (
 )
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import State
-from sipstatus.watcher import Agent, Watcher, WatcherConfig
 from tests.test_watcher_fakeagent import FakeAgent, status_for
 
 WAIT = 10.0

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from sipstatus.policy import FreeSlotsPolicy
-from sipstatus.watcher import Agent, Watcher
+from sipstatus.proxy.policy import FreeSlotsPolicy
+from sipstatus.proxy.watcher import Agent, Watcher
 from tests.test_watcher_fakeagent import AgentsProcess
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ agents (configured, or the destinations of a dispatcher group), optionally
 accepts their PUBLISH, and keeps the proxy in step with what the agents
 report: Kamailio's htable and dispatcher states (and, in list-file mode,
 the rewritten dispatcher.list) over JSON-RPC; OpenSIPS's load_balancer
-capacities and destination states over MI (sipstatus.opensips). See
+capacities and destination states over MI (sipstatus.proxy.opensips). See
 packaging/examples/sidecar.toml for every setting.
 """
 
@@ -18,11 +18,11 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+from ..sidecar_config import PolicySection, SidecarConfig
 from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
 from .nodetable import NodeView
 from .opensips import MiClient, MiError, OpenSipsRoomSink, OpenSipsSink, PushResult
 from .policy import WeightPolicy, make_policy
-from .sidecar_config import PolicySection, SidecarConfig
 from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class RefreshingOpenSips:
     """OpenSipsSink as a view sink, given the watcher's (damped) weights of
     the configured policy. Before every push it reads lb_list: the
     capacities pushed add back OpenSIPS's load as it is now (a load read
-    earlier counts the calls placed since twice: sipstatus.opensips), and a
+    earlier counts the calls placed since twice: sipstatus.proxy.opensips), and a
     resize lost to lb_reload or an OpenSIPS restart is found and pushed
     again. ds_list is read every `interval` seconds."""
 

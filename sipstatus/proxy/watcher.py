@@ -35,22 +35,19 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import affinity
-from .affinity_table import DEFAULT_HOLD, AffinityTable, Applied
-from .codec import MEDIA_TYPE, StatusError, decode
-from .kamailio import Destination as DispatcherDestination
-from .net import Endpoint, Resolver, SipService
-from .nodetable import NodeTable, NodeView, Outcome
-from .policy import WaterFillPolicy, WeightDamper, WeightPolicy
-from .sip.errors import SipError
-from .sip.message import Request
-from .sip.publication import (
+from .. import affinity
+from ..affinity_table import DEFAULT_HOLD, AffinityTable, Applied
+from ..codec import MEDIA_TYPE, StatusError, decode
+from ..net import Endpoint, Resolver, SipService
+from ..sip.errors import SipError
+from ..sip.message import Request
+from ..sip.publication import (
     Compositor,
     PublicationReceived,
     PublicationRefreshed,
     PublicationRemoved,
 )
-from .sip.subscription import (
+from ..sip.subscription import (
     ACTIVE,
     STOPPED,
     SUBSCRIBING,
@@ -64,9 +61,12 @@ from .sip.subscription import (
     body_reason,
     direct_destination,
 )
-from .sip.transaction import Destination
-from .sip.uri import SipUri, parse_uri
-from .status import LoadStatus
+from ..sip.transaction import Destination
+from ..sip.uri import SipUri, parse_uri
+from ..status import LoadStatus
+from .kamailio import Destination as DispatcherDestination
+from .nodetable import NodeTable, NodeView, Outcome
+from .policy import WaterFillPolicy, WeightDamper, WeightPolicy
 
 log = logging.getLogger(__name__)
 

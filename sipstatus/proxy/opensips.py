@@ -44,7 +44,7 @@ repository and on opensips.org):
   error 404 "destination not found".
 
 What is pushed (`OpenSipsSink`), given the pool's nodes and the weights of
-the configured weight policy (`sipstatus.policy`, water-filling unless
+the configured weight policy (`sipstatus.proxy.policy`, water-filling unless
 configured otherwise; the sidecar gives the damped weights its Kamailio
 sinks get):
 - load_balancer: a node that takes calls gets `lb_resize` of its resource to
@@ -120,7 +120,7 @@ from typing import Any
 
 from .nodetable import NodeView
 
-log = logging.getLogger("sipstatus.opensips")
+log = logging.getLogger("sipstatus.opensips")  # the name operators know
 
 #: mi_http's default root path (modules/mi_http README, parameter `root`).
 DEFAULT_ROOT = "mi"

@@ -8,7 +8,7 @@ at the same free fraction do not have the same room. Two shapes of policy:
   that choose by weight (Kamailio dispatcher algorithm 11 `rweight`, the
   script-side weighted choice over an htable); OpenSIPS's load_balancer
   takes from them which nodes take calls, its sizes being the free slots
-  (sipstatus/opensips.py says why). `WaterFillPolicy` is the default
+  (sipstatus/proxy/opensips.py says why). `WaterFillPolicy` is the default
   (`DEFAULT_POLICY`): it aims every node at the pool's utilisation level;
 - a `Selector` chooses the node for each call, and can correct what it knows
   for the calls it has itself sent since the last report (the proxy knows
