@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import TextIO
 
 from sipstatus import watchview
+from sipstatus.proxy.agents import Agent as WatchedAgent
 from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
-from sipstatus.proxy.watcher import Agent as WatchedAgent
 from sipstatus.proxy.watcher import Watcher, WatcherConfig
 from tests.fakeami import Scenario
 from tests.kamailio_runner import (

@@ -23,15 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .proxy.agents import DEFAULT_AGENT_PORT, Agent, parse_agent
 from .proxy.policy import DEFAULT_POLICY, POLICIES
-from .proxy.watcher import (
-    DEFAULT_AGENT_PORT,
-    STARTUP_GRACE,
-    Agent,
-    WatcherConfig,
-    parse_agent,
-    parse_listen,
-)
+from .proxy.pool import STARTUP_GRACE
+from .proxy.watcher import WatcherConfig, parse_listen
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from sipstatus.proxy.watcher import Agent
+from sipstatus.proxy.agents import Agent
 from sipstatus.sidecar_config import ConfigError, SidecarConfig, from_mapping, load, with_flags
 from tests.test_watcher_fakeagent import ROOT
 

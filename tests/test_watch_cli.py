@@ -12,7 +12,7 @@ import sys
 
 from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.proxy.nodetable import NodeView
-from sipstatus.proxy.watcher import node_row
+from sipstatus.proxy.rows import node_row
 from sipstatus.proxy.watchview import CLEAR, render_json, render_table, sort_rows, state_text
 from tests.test_watcher_fakeagent import ROOT, AgentsProcess, Lines, status_for
 

@@ -13,8 +13,9 @@ import pytest
 
 from sipstatus.codec import MEDIA_TYPE, encode
 from sipstatus.net import Endpoint, SipService
+from sipstatus.proxy.agents import Agent
 from sipstatus.proxy.policy import FreeSlotsPolicy, HeadroomPolicy
-from sipstatus.proxy.watcher import Agent, Watcher, WatcherConfig
+from sipstatus.proxy.watcher import Watcher, WatcherConfig
 from sipstatus.sip import subscription
 from sipstatus.sip.publication import PublicationFailed, Published, Publisher, Unpublished
 from sipstatus.sip.subscription import (

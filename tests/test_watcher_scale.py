@@ -15,8 +15,9 @@ import time
 
 import pytest
 
+from sipstatus.proxy.agents import Agent
 from sipstatus.proxy.policy import FreeSlotsPolicy
-from sipstatus.proxy.watcher import Agent, Watcher
+from sipstatus.proxy.watcher import Watcher
 from tests.test_watcher_fakeagent import AgentsProcess
 
 pytestmark = pytest.mark.slow

@@ -119,16 +119,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .nodetable import NodeView
+from .sinks import RoomSink, SinkError
 
 log = logging.getLogger("sipstatus.opensips")  # the name operators know
 
-#: mi_http's default root path (modules/mi_http README, parameter `root`).
-DEFAULT_ROOT = "mi"
 #: The attribute that names a destination's sipstatus node (our convention).
 NODE_ATTR = "node"
 
 
-class MiError(Exception):
+class MiError(SinkError):
     """OpenSIPS answered an MI command with a JSON-RPC error object.
 
     Carries the method and params that caused it, for the operator's log."""
@@ -475,7 +474,7 @@ class OpenSipsSink:
             self._ds_applied.pop(node, None)
 
 
-class OpenSipsRoomSink:
+class OpenSipsRoomSink(RoomSink):
     """Pushes room key -> node (spec/load-affinity.md 7.2) into OpenSIPS's
     cachedb_local over MI: `cache_store` of PREFIX<key> = node for a new or
     moved room, `cache_remove` for one that ended (or whose node no longer
@@ -484,29 +483,15 @@ class OpenSipsRoomSink:
     MI commands and parameter names as OpenSIPS 3.6.8 answered them."""
 
     def __init__(self, mi: MiClient, prefix: str = "affinity_", system: str = "local") -> None:
+        super().__init__()
         self.mi, self.prefix, self.system = mi, prefix, system
-        self._pushed: dict[str, str] = {}
 
-    def push(self, assignments: Mapping[str, str], now: float) -> None:
-        for key in [k for k in self._pushed if k not in assignments]:
-            try:
-                self.mi.call("cache_remove", {"system": self.system, "attr": self.prefix + key})
-            except MiError as err:
-                if "not found" not in str(err).lower():
-                    raise
-            del self._pushed[key]
-        for key, node in assignments.items():
-            if self._pushed.get(key) != node:
-                self.mi.call("cache_store", {"system": self.system, "attr": self.prefix + key, "value": node})
-                self._pushed[key] = node
+    def store(self, key: str, node: str) -> None:
+        self.mi.call("cache_store", {"system": self.system, "attr": self.prefix + key, "value": node})
 
-    def next_flush(self) -> float | None:
-        return None
-
-    def flush(self, now: float) -> bool:
-        return False
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._pushed.pop(key, None)
-
+    def remove(self, key: str) -> None:
+        try:
+            self.mi.call("cache_remove", {"system": self.system, "attr": self.prefix + key})
+        except MiError as err:
+            if "not found" not in str(err).lower():
+                raise

@@ -247,9 +247,6 @@ POLICIES: dict[str, type] = {
     "headroom": HeadroomPolicy,
     "free-slots": FreeSlotsPolicy,
 }
-SELECTORS: dict[str, type] = {
-    "least-utilised": LeastUtilisedSelector,
-}
 
 
 def make_policy(name: str = DEFAULT_POLICY, default_limit: int = 100) -> WeightPolicy:

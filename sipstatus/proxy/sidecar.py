@@ -19,13 +19,21 @@ import time
 from collections.abc import Callable, Mapping
 
 from ..sidecar_config import PolicySection, SidecarConfig
-from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
+from .agents import Agent
+from .kamailio import (
+    JsonRpcClient,
+    KamailioRoomSink,
+    KamailioSink,
+    RpcError,
+    agents_from_destinations,
+)
 from .nodetable import NodeView
 from .opensips import MiClient, MiError, OpenSipsRoomSink, OpenSipsSink, PushResult
 from .policy import WeightPolicy, make_policy
-from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
+from .sinks import Sink, ViewSink
+from .watcher import Watcher
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipstatus.sidecar")  # the name operators know
 
 #: Discovery is tried again this often while Kamailio does not answer.
 DISCOVERY_RETRY = 2.0
