@@ -74,8 +74,8 @@ Capacity mapping. load_balancer sends a call to the destination with the
 largest free slot, `max - load`, where `load` is the calls OpenSIPS itself
 has on it (README "Overview"). The agent reports the node's own free
 fraction `capacity` and its channel `limit`, so the slots it has free are
-`capacity x limit` (FreeSlotsPolicy's measure; `default_limit` stands in for
-an unknown limit). Those free slots already exclude the calls the node had
+`capacity x limit` (`policy.free_slots`, counted as the configured weight
+policy counts them: its `default_limit` stands in for an unknown limit). Those free slots already exclude the calls the node had
 when it measured, OpenSIPS's among them, but not the calls OpenSIPS placed
 since (they are in its load, not yet in the report). So the load added back
 is the part of OpenSIPS's load the report has counted, which is at most the
@@ -119,6 +119,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .nodetable import NodeView
+from .policy import WeightPolicy, free_slots
 from .sinks import RoomSink, SinkError
 
 log = logging.getLogger("sipstatus.opensips")  # the name operators know
@@ -278,20 +279,21 @@ def parse_ds_list(result: Mapping[str, Any]) -> list[DsDestination]:
     return out
 
 
-def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100) -> int:
+def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100,
+                policy: WeightPolicy | None = None) -> int:
     """The load_balancer `max` for a node: the part of OpenSIPS's current
     `load` that the report already counts (at most the node's own call count,
     `asterisk.calls`; all of it when the report has none) plus the slots the
-    node reports free (capacity x limit, as FreeSlotsPolicy counts them).
-    0 free slots for a node that takes no calls."""
+    node reports free, as the weight policy counts them (`policy.free_slots`:
+    capacity x limit, the policy's `default_limit` for an unknown limit, else
+    `default_limit`). 0 free slots for a node that takes no calls."""
     if not view.accepts_calls:
         return load
     asterisk = view.status.asterisk
-    limit = asterisk.limit if asterisk is not None and asterisk.limit is not None else default_limit
     counted = load
     if asterisk is not None and asterisk.calls is not None:
         counted = min(load, asterisk.calls)
-    return counted + math.floor(view.status.capacity * limit)
+    return counted + math.floor(free_slots(view, policy, default_limit=default_limit))
 
 
 # -- pushing --------------------------------------------------------------------
@@ -325,11 +327,14 @@ class OpenSipsSink:
     """
 
     def __init__(self, mi: MiClient, *, lb_group: int | None = 1, resource: str = "channels",
-                 ds_set: int | None = None, ds_partition: str = "default", default_limit: int = 100) -> None:
+                 ds_set: int | None = None, ds_partition: str = "default", default_limit: int = 100,
+                 policy: WeightPolicy | None = None) -> None:
         if lb_group is None and ds_set is None:
             raise ValueError("OpenSipsSink: give an lb_group, a ds_set, or both")
         self.mi, self.lb_group, self.resource = mi, lb_group, resource
         self.ds_set, self.ds_partition, self.default_limit = ds_set, ds_partition, default_limit
+        #: The watcher's weight policy: it counts the free slots the sizes are made of.
+        self.policy = policy
         self._lb: dict[str, LbDestination] = {}
         self._ds: dict[str, DsDestination] = {}
         self._ambiguous: set[str] = set()
@@ -432,7 +437,7 @@ class OpenSipsSink:
                                          f"destination {dst.uri} has no resource {self.resource!r} in lb_list; not sent"))
             log.error("%s", result.errors[-1])
             return
-        capacity = lb_capacity(view, res.load, default_limit=self.default_limit)
+        capacity = lb_capacity(view, res.load, default_limit=self.default_limit, policy=self.policy)
         if applied.capacity != capacity:
             # lb_resize: destination_id, res_name, new_capacity (README "lb_resize")
             params = {"destination_id": dst.id, "res_name": self.resource, "new_capacity": capacity}

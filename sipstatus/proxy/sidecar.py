@@ -82,13 +82,14 @@ class RefreshingOpenSips:
         return result
 
 
-def opensips_sink(config: SidecarConfig) -> ViewSink | None:
+def opensips_sink(config: SidecarConfig, policy: WeightPolicy) -> ViewSink | None:
+    """The OpenSIPS sink, sized by the watcher's `policy` (its free slots)."""
     o = config.opensips
     if not o.mi_url:
         return None
     sink = OpenSipsSink(MiClient(o.mi_url, timeout=o.timeout), lb_group=o.lb_group or None,
                         resource=o.resource, ds_set=o.ds_set or None, ds_partition=o.ds_partition,
-                        default_limit=config.policy.default_limit)
+                        default_limit=config.policy.default_limit, policy=policy)
     return RefreshingOpenSips(sink, o.refresh_interval, time.monotonic)
 
 
@@ -139,7 +140,8 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     if not agents and not config.compositor.enabled and not config.compositor.auto_join:
         raise ValueError("nothing to follow: give agents (--agent [NODE=]URI, [agents], "
                          "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
-    views = [sink for sink in (opensips_sink(config),) if sink is not None]
+    policy = build_policy(config.policy)
+    views = [sink for sink in (opensips_sink(config, policy),) if sink is not None]
     rooms: list[Sink] = []
     if config.affinity.enabled and config.kamailio.rpc and config.kamailio.affinity_htable:
         room_rpc = kamailio_rpc(config)
@@ -148,7 +150,7 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     if config.affinity.enabled and config.opensips.mi_url and config.opensips.affinity_prefix:
         rooms.append(OpenSipsRoomSink(MiClient(config.opensips.mi_url, timeout=config.opensips.timeout),
                                       config.opensips.affinity_prefix))
-    watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
+    watcher = Watcher(agents, config=config.watcher_config(), policy=policy,
                       sinks=sinks, view_sinks=views, affinity_sinks=rooms, nodes=config.compositor.nodes)
     await watcher.start()
     where = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in watcher.addresses)
