@@ -178,7 +178,7 @@ class ProxyPool:
         self._due_at: float | None = None  # staleness, rooms' expiry, the end of the grace
 
     def add_sink(self, kind: str, *, can_forget: bool = False) -> SinkSchedule:
-        schedule = SinkSchedule(resync=self.sink_resync if can_forget else None)
+        schedule = SinkSchedule(resync=self.sink_resync if can_forget and self.sink_resync else None)
         self.sinks[kind].append(schedule)
         return schedule
 
