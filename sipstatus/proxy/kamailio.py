@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import secrets
 import select
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .agents import DEFAULT_AGENT_PORT, Agent, parse_agent_uri
-from .sinks import RoomSink, SinkError
+from .sinks import RoomSink, SinkError, parse_attrs, uri_host
 
 #: Kamailio 5.6's shared `reload_delta` for dispatcher.reload (README.dispatcher 3.40).
 DISPATCHER_RELOAD_DELTA = 5.0
@@ -162,7 +161,7 @@ class Destination:
     @property
     def node(self) -> str:
         """The sipstatus node this destination is: its `duid`, else its host."""
-        return self.attrs.get("duid") or _uri_host(self.uri)
+        return self.attrs.get("duid") or uri_host(self.uri)
 
     @property
     def active(self) -> bool:
@@ -181,21 +180,6 @@ def parse_dispatcher_list(result: Mapping[str, Any]) -> list[Destination]:
                 group=int(group["ID"]), uri=dest["URI"], flags=dest.get("FLAGS", ""),
                 priority=int(dest.get("PRIORITY", 0)), attrs=parse_attrs(body)))
     return destinations
-
-
-def parse_attrs(body: str) -> dict[str, str]:
-    """`name1=value1;name2=value2` (README.dispatcher 6.1) as a dict."""
-    attrs = {}
-    for item in body.split(";"):
-        name, sep, value = item.partition("=")
-        if sep and name.strip():
-            attrs[name.strip()] = value.strip()
-    return attrs
-
-
-def _uri_host(uri: str) -> str:
-    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
-    return match.group(1).strip("[]") if match else uri
 
 
 def agents_from_destinations(destinations: Iterable[Destination],
@@ -227,7 +211,7 @@ class _ListLine:
 
     @property
     def node(self) -> str:
-        return self.attrs.get("duid") or _uri_host(self.uri)
+        return self.attrs.get("duid") or uri_host(self.uri)
 
     def render(self) -> str:
         if self.group is None:

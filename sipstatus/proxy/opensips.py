@@ -111,7 +111,6 @@ import itertools
 import json
 import logging
 import math
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -120,7 +119,7 @@ from typing import Any
 
 from .nodetable import NodeView
 from .policy import WeightPolicy, free_slots
-from .sinks import RoomSink, SinkError
+from .sinks import RoomSink, SinkError, parse_attrs, uri_host
 
 log = logging.getLogger("sipstatus.opensips")  # the name operators know
 
@@ -195,21 +194,6 @@ class MiClient:
 
 
 # -- destinations ------------------------------------------------------------
-
-
-def parse_attrs(text: str | None) -> dict[str, str]:
-    """`name1=value1;name2=value2` as a dict (our convention for the opaque attrs)."""
-    attrs = {}
-    for item in (text or "").split(";"):
-        name, sep, value = item.partition("=")
-        if sep and name.strip():
-            attrs[name.strip()] = value.strip()
-    return attrs
-
-
-def uri_host(uri: str) -> str:
-    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
-    return match.group(1).strip("[]") if match else uri
 
 
 @dataclass(frozen=True)

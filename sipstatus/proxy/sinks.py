@@ -12,6 +12,7 @@ pool's (`ProxyPool.pushed`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -21,6 +22,24 @@ from .nodetable import NodeView
 class SinkError(Exception):
     """A proxy refused a command or could not be reached (`kamailio.RpcError`,
     `opensips.MiError`): the watcher logs it and tries again later."""
+
+
+def parse_attrs(text: str | None) -> dict[str, str]:
+    """`name1=value1;name2=value2` as a dict: a destination's attributes, in
+    Kamailio's dispatcher (README.dispatcher 6.1) and by our convention in
+    OpenSIPS's opaque attrs."""
+    attrs = {}
+    for item in (text or "").split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            attrs[name.strip()] = value.strip()
+    return attrs
+
+
+def uri_host(uri: str) -> str:
+    """The host of a destination's SIP URI (an IPv6 reference without brackets)."""
+    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
+    return match.group(1).strip("[]") if match else uri
 
 
 class Sink(Protocol):
