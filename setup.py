@@ -31,7 +31,9 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["sipstatus", "sipstatus.*", "agent", "agent.*"]),
-    package_data={"sipstatus": ["load-status.schema.json"]},
+    # No package_data: the code validates bodies itself (sipstatus/codec.py); the
+    # JSON Schemas are spec/load-status.schema.json and spec/load-affinity.schema.json,
+    # read only by the tests from the checkout.
     install_requires=["dnspython>=2.3.0,<3"],
     extras_require={"agent": ["psutil>=5.9.4,<8", "pyroute2>=0.7.2,<0.10"]},
     entry_points={

@@ -24,11 +24,11 @@ import logging
 import ssl
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from sipstatus import codec
-from sipstatus.status import LoadStatus
+from sipstatus.status import SECTIONS, LoadStatus
 
 from . import __version__
 from .collectors.registry import build_collectors
@@ -276,29 +276,30 @@ def render(s: LoadStatus) -> str:
         f"node      {s.node}  instance {s.instance}  seq {s.seq}  validity {s.validity} s",
         f"state     {s.state.value}  capacity {s.capacity:.2f}  weight {s.weight}  reason {s.reason or '-'}",
     ]
-    c = s.cpu
-    lines.append("cpu       " + ("unknown" if c is None else
-                 f"usage {_v(None if c.usage is None else 100 * c.usage, '{:.1f}', ' %')}  "
-                 f"cores {_v(c.cores)}  steal {_v(None if c.steal is None else 100 * c.steal, '{:.1f}', ' %')}  "
-                 f"load {_v(None if c.load is None else ' '.join(f'{x:.2f}' for x in c.load))}"))
-    m = s.memory
-    lines.append("memory    " + ("unknown" if m is None else
-                 f"total {_bytes(m.total)}  available {_bytes(m.available)}  used {_bytes(m.used)}"))
-    a = s.asterisk
-    lines.append("asterisk  " + ("unknown" if a is None else
-                 f"channels {_v(a.channels)}  calls {_v(a.calls)}  limit {_v(a.limit) if a.limit is not None else 'none or unknown'}  "
-                 f"cps {_v(a.cps, '{:.2f}')}  cpu {_v(a.cpu, '{:.2f}', ' cores')}  rss {_bytes(a.rss)}"))
-    q = s.quality
-    lines.append("quality   " + ("unknown" if q is None else
-                 f"mos {_v(q.mos, '{:.2f}')}  loss {_v(None if q.loss is None else 100 * q.loss, '{:.1f}', ' %')}  "
-                 f"jitter {_v(q.jitter, '{:.1f}', ' ms')}  rtt {_v(q.rtt, '{:.1f}', ' ms')}  "
-                 f"streams {_v(q.streams)}  mes {_v(q.mes, '{:.1f}')}"))
-    p = s.probe
-    lines.append("probe     " + ("unknown" if p is None else
-                 f"p50 {_v(p.p50, '{:.2f}', ' ms')}  p95 {_v(p.p95, '{:.2f}', ' ms')}  max {_v(p.max, '{:.2f}', ' ms')}  "
-                 f"samples {_v(p.samples)}  timeouts {_v(p.timeouts)}"))
-    n = s.network
-    lines.append("network   " + ("unknown" if n is None else
-                 f"rx {_v(n.rx_pps, '{:.0f}', ' pkt/s')} {_rate(n.rx_bps)}  tx {_v(n.tx_pps, '{:.0f}', ' pkt/s')} {_rate(n.tx_bps)}  "
-                 f"errors {_v(n.errors, '{:.2f}', '/s')}  dropped {_v(n.dropped, '{:.2f}', '/s')}"))
+    for name in SECTIONS:
+        section = getattr(s, name)
+        lines.append(f"{name:10s}" + ("unknown" if section is None else _RENDER[name](section)))
     return "\n".join(lines)
+
+
+#: How `render` shows each metric section (status.SECTIONS): units, percentages, "unknown".
+_RENDER: dict[str, Callable[[Any], str]] = {
+    "cpu": lambda c: (
+        f"usage {_v(None if c.usage is None else 100 * c.usage, '{:.1f}', ' %')}  "
+        f"cores {_v(c.cores)}  steal {_v(None if c.steal is None else 100 * c.steal, '{:.1f}', ' %')}  "
+        f"load {_v(None if c.load is None else ' '.join(f'{x:.2f}' for x in c.load))}"),
+    "memory": lambda m: f"total {_bytes(m.total)}  available {_bytes(m.available)}  used {_bytes(m.used)}",
+    "asterisk": lambda a: (
+        f"channels {_v(a.channels)}  calls {_v(a.calls)}  limit {_v(a.limit) if a.limit is not None else 'none or unknown'}  "
+        f"cps {_v(a.cps, '{:.2f}')}  cpu {_v(a.cpu, '{:.2f}', ' cores')}  rss {_bytes(a.rss)}"),
+    "quality": lambda q: (
+        f"mos {_v(q.mos, '{:.2f}')}  loss {_v(None if q.loss is None else 100 * q.loss, '{:.1f}', ' %')}  "
+        f"jitter {_v(q.jitter, '{:.1f}', ' ms')}  rtt {_v(q.rtt, '{:.1f}', ' ms')}  "
+        f"streams {_v(q.streams)}  mes {_v(q.mes, '{:.1f}')}"),
+    "probe": lambda p: (
+        f"p50 {_v(p.p50, '{:.2f}', ' ms')}  p95 {_v(p.p95, '{:.2f}', ' ms')}  max {_v(p.max, '{:.2f}', ' ms')}  "
+        f"samples {_v(p.samples)}  timeouts {_v(p.timeouts)}"),
+    "network": lambda n: (
+        f"rx {_v(n.rx_pps, '{:.0f}', ' pkt/s')} {_rate(n.rx_bps)}  tx {_v(n.tx_pps, '{:.0f}', ' pkt/s')} {_rate(n.tx_bps)}  "
+        f"errors {_v(n.errors, '{:.2f}', '/s')}  dropped {_v(n.dropped, '{:.2f}', '/s')}"),
+}

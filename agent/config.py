@@ -15,206 +15,125 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import re
 import socket
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sipstatus.configkit import (
+    NODE,
+    ConfigError,
+    ListenError,
+    boolean,
+    choice,
+    integer,
+    names,
+    number,
+    option,
+    parse_listen,
+    show,
+    text,
+)
 from sipstatus.sip import SipError, SipUri, parse_uri
 
-DEFAULT_PATH = Path("/etc/sipstatus/agent.toml")
 COLLECTOR_NAMES = ("host", "asterisk", "probe", "network")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}" if key else problem)
-
-
-# -- checks: each returns the cleaned value or raises ValueError(problem) ----
-
-
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
-def integer(lo: int, hi: int) -> Callable[[object], int]:
-    def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"must be an integer {lo}..{hi}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def number(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[object], float]:
-    def check(value: object) -> float:
-        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-        if ok:
-            ok = (value > lo if lo_open else value >= lo) and value <= hi
-        if not ok:
-            what = f"above {lo:g} and at most {hi:g}" if lo_open else f"{lo:g}..{hi:g}"
-            raise ValueError(f"must be a number {what}, got {_show(value)}")
-        return float(value)  # type: ignore[arg-type]
-
-    return check
-
-
-def text(pattern: str | None = None, what: str = "a string") -> Callable[[object], str]:
-    def check(value: object) -> str:
-        if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
-            raise ValueError(f"must be {what}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {_show(value)}")
-    return value
-
-
-def choice(*options: str) -> Callable[[object], str]:
-    def check(value: object) -> str:
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(_show(o) for o in options)}, got {_show(value)}")
-        return value  # type: ignore[return-value]
-
-    return check
-
-
-def names(allowed: tuple[str, ...] | None = None, what: str = "names") -> Callable[[object], tuple[str, ...]]:
-    def check(value: object) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ValueError(f"must be an array of {what}, got {_show(value)}")
-        if allowed is not None:
-            for v in value:
-                if v not in allowed:
-                    raise ValueError(f"{_show(v)} is not one of {', '.join(allowed)}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"lists a name twice: {_show(value)}")
-        return tuple(value)
-
-    return check
-
-
-def _opt(default: Any, check: Callable[[object], Any]) -> Any:
-    return field(default=default, metadata={"check": check})
 
 
 # -- the sections ------------------------------------------------------------
 
-_NODE = r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?"  # spec section 6 (node)
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     #: The node name sent in every status; "" = this host's name.
-    node: str = _opt("", text(f"(?:{_NODE})?", "a host name or token of 1 to 64 characters (A-Z a-z 0-9 . _ : -)"))
+    node: str = option("", text(f"(?:{NODE})?", "a host name or token of 1 to 64 characters (A-Z a-z 0-9 . _ : -)"))
     #: Seconds a proxy may trust one status (spec: validity, 1..3600).
-    validity: int = _opt(15, integer(1, 3600))
+    validity: int = option(15, integer(1, 3600))
     #: Seconds between samples of the service loop.
-    interval: float = _opt(1.0, number(0.1, 60.0))
+    interval: float = option(1.0, number(0.1, 60.0))
     #: Seconds between the two readings `sipstatus-agent sample` takes
     #: (CPU and network rates need two readings a window apart).
-    sample_gap: float = _opt(1.0, number(0.1, 60.0))
-    log_level: str = _opt("info", choice("debug", "info", "warning", "error"))
+    sample_gap: float = option(1.0, number(0.1, 60.0))
+    log_level: str = option("info", choice("debug", "info", "warning", "error"))
 
 
 @dataclass(frozen=True)
 class HostConfig:
     #: Name of the Asterisk process whose CPU and memory are reported.
-    process_name: str = _opt("asterisk", text(r"[^\s/]{1,15}", "a process name (at most 15 characters, as in /proc/PID/comm)"))
+    process_name: str = option("asterisk", text(r"[^\s/]{1,15}", "a process name (at most 15 characters, as in /proc/PID/comm)"))
     #: Between samples, the CPU is also read over windows this short
     #: (seconds; 0 = off): a jump shows within one or two of them, not at the
     #: next sample (bench/bench_dispatch.py: calls put on a node at its limit).
-    cpu_watch_interval: float = _opt(0.05, number(0.0, 10.0))
+    cpu_watch_interval: float = option(0.05, number(0.0, 10.0))
     #: A short window whose CPU usage differs from the figure in use by this
     #: much (fraction of all cores) is taken at once, and the status rescored.
-    cpu_jump: float = _opt(0.1, number(0.0, 1.0, lo_open=True))
+    cpu_jump: float = option(0.1, number(0.0, 1.0, lo_open=True))
 
 
 @dataclass(frozen=True)
 class AsteriskConfig:
-    host: str = _opt("127.0.0.1", text(r"[^\s]+", "a host name or address"))
-    port: int = _opt(5038, integer(1, 65535))
-    username: str = _opt("agent", text(r"[^\s\r\n]+", "an AMI user name"))
+    host: str = option("127.0.0.1", text(r"[^\s]+", "a host name or address"))
+    port: int = option(5038, integer(1, 65535))
+    username: str = option("agent", text(r"[^\s\r\n]+", "an AMI user name"))
     #: The AMI secret; "" with `manager_conf` set reads it from there.
-    secret: str = _opt("", text(r"[^\r\n]*", "a string without line breaks"))
+    secret: str = option("", text(r"[^\r\n]*", "a string without line breaks"))
     #: Asterisk's manager.conf: the secret of [username] is read from it
     #: when `secret` is "".
-    manager_conf: str = _opt("", text(None, "a file path"))
+    manager_conf: str = option("", text(None, "a file path"))
     #: "md5" logs in with Challenge/Key (the secret never crosses the
     #: socket); "plain" sends it.
-    auth: str = _opt("md5", choice("md5", "plain"))
+    auth: str = option("md5", choice("md5", "plain"))
     #: The call limit used when Asterisk has none (CoreMaxCalls 0); 0 = none.
-    max_calls: int = _opt(0, integer(0, 999_999))
+    max_calls: int = option(0, integer(0, 999_999))
     #: Seconds between CoreShowChannels checks of the event-built counts.
-    reconcile_interval: float = _opt(30.0, number(1.0, 3600.0))
+    reconcile_interval: float = option(30.0, number(1.0, 3600.0))
     #: Seconds of RTCP reports the quality figures are computed over.
-    quality_window: float = _opt(10.0, number(1.0, 600.0))
+    quality_window: float = option(10.0, number(1.0, 600.0))
     #: Seconds over which new calls per second are counted.
-    cps_window: float = _opt(10.0, number(1.0, 600.0))
+    cps_window: float = option(10.0, number(1.0, 600.0))
     #: RTP clock rate of the calls' codec, Hz (8000 for G.711).
-    clock_rate: int = _opt(8000, integer(1000, 192_000))
-    connect_timeout: float = _opt(3.0, number(0.1, 60.0))
-    action_timeout: float = _opt(5.0, number(0.1, 120.0))
-    backoff_initial: float = _opt(0.5, number(0.01, 60.0))
-    backoff_max: float = _opt(30.0, number(0.01, 3600.0))
+    clock_rate: int = option(8000, integer(1000, 192_000))
+    connect_timeout: float = option(3.0, number(0.1, 60.0))
+    action_timeout: float = option(5.0, number(0.1, 120.0))
+    backoff_initial: float = option(0.5, number(0.01, 60.0))
+    backoff_max: float = option(30.0, number(0.01, 3600.0))
     #: Seconds between Pings while logged in (a graceful stop and a stalled
     #: session are noticed through them); 0 = no Pings.
-    ping_interval: float = _opt(1.0, number(0.0, 60.0))
+    ping_interval: float = option(1.0, number(0.0, 60.0))
     #: Seconds a Ping may go unanswered before the session is reopened.
-    ping_timeout: float = _opt(2.5, number(0.1, 60.0))
+    ping_timeout: float = option(2.5, number(0.1, 60.0))
     #: Follow the ConfBridge rooms and announce them (load-affinity package).
-    rooms: bool = _opt(True, boolean)
+    rooms: bool = option(True, boolean)
     #: Seconds a proxy may keep the node's rooms (3..86400); the full set
     #: goes to each subscriber every rooms_validity / 3.
-    rooms_validity: int = _opt(900, integer(3, 86_400))
+    rooms_validity: int = option(900, integer(3, 86_400))
     #: Channel variable whose value prefixes a room's key string
     #: ("<value>/<conference>"), for tenants reusing room names; it must be
     #: in manager.conf's channelvars. "" = the conference name alone.
-    room_key_variable: str = _opt("", text(r"[A-Za-z0-9_]*", "a channel variable name (letters, digits, _)"))
+    room_key_variable: str = option("", text(r"[A-Za-z0-9_]*", "a channel variable name (letters, digits, _)"))
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     #: Where OPTIONS go: sip:HOST[:PORT] over UDP.
-    target: str = _opt("sip:127.0.0.1:5060", text(r"sip:[^\s;?]+", "a sip: URI (sip:host[:port])"))
+    target: str = option("sip:127.0.0.1:5060", text(r"sip:[^\s;?]+", "a sip: URI (sip:host[:port])"))
     #: Seconds between probes.
-    interval: float = _opt(1.0, number(0.05, 60.0))
+    interval: float = option(1.0, number(0.05, 60.0))
     #: Seconds after which an unanswered probe counts as a timeout.
-    timeout: float = _opt(1.0, number(0.01, 30.0))
+    timeout: float = option(1.0, number(0.01, 30.0))
     #: Seconds of probes the percentiles are computed over.
-    window: float = _opt(10.0, number(1.0, 600.0))
+    window: float = option(10.0, number(1.0, 600.0))
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     #: Interfaces summed; [] = every interface that is up, except loopback.
-    interfaces: tuple[str, ...] = _opt((), names(None, "interface names"))
+    interfaces: tuple[str, ...] = option((), names(None, "interface names"))
 
 
 @dataclass(frozen=True)
 class CollectorsConfig:
-    enabled: tuple[str, ...] = _opt(COLLECTOR_NAMES, names(COLLECTOR_NAMES, "collector names"))
+    enabled: tuple[str, ...] = option(COLLECTOR_NAMES, names(COLLECTOR_NAMES, "collector names"))
     host: HostConfig = field(default_factory=HostConfig)
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -229,91 +148,76 @@ class ScoringConfig:
     #: calls (state overloaded: stop sending calls). Below it, the CPU
     #: headroom (cpu_max - usage) / cpu_max is what makes proxies prefer
     #: other nodes. Saturation by default; the evidence is in spec/scoring.md.
-    cpu_max: float = _opt(1.0, number(0.0, 1.0, lo_open=True))
+    cpu_max: float = option(1.0, number(0.0, 1.0, lo_open=True))
     #: Overloaded by CPU ends only below cpu_max - cpu_margin.
-    cpu_margin: float = _opt(0.05, number(0.0, 0.5))
+    cpu_margin: float = option(0.05, number(0.0, 0.5))
     #: What Asterisk's call limit counts: "calls" (what maxcalls is compared
     #: with in Asterisk's pbx.c) or "channels".
-    limit_applies_to: str = _opt("calls", choice("calls", "channels"))
+    limit_applies_to: str = option("calls", choice("calls", "channels"))
     #: Overloaded at the limit ends below limit - max(1, limit_margin * limit).
-    limit_margin: float = _opt(0.01, number(0.0, 0.5))
+    limit_margin: float = option(0.01, number(0.0, 0.5))
     #: New calls per second the node takes at most; 0 = no limit.
-    cps_max: float = _opt(0.0, number(0.0, 99_999.0))
-    cps_margin: float = _opt(0.1, number(0.0, 0.5))
+    cps_max: float = option(0.0, number(0.0, 99_999.0))
+    cps_margin: float = option(0.1, number(0.0, 0.5))
     #: Mean MOS below which the node is overloaded, if at least
     #: mos_min_streams streams were measured; 0 = never.
-    mos_min: float = _opt(3.0, number(0.0, 4.5))
-    mos_margin: float = _opt(0.2, number(0.0, 1.0))
-    mos_min_streams: int = _opt(3, integer(1, 999_999))
+    mos_min: float = option(3.0, number(0.0, 4.5))
+    mos_margin: float = option(0.2, number(0.0, 1.0))
+    mos_min_streams: int = option(3, integer(1, 999_999))
     #: Overloaded when available memory falls below this fraction of total.
-    memory_min_available: float = _opt(0.05, number(0.0, 0.5))
-    memory_margin: float = _opt(0.02, number(0.0, 0.5))
+    memory_min_available: float = option(0.05, number(0.0, 0.5))
+    memory_margin: float = option(0.02, number(0.0, 0.5))
     #: Overloaded by load average (vs Asterisk's CoreMaxLoadAvg) ends below
     #: the ceiling minus this, in load units.
-    load_margin: float = _opt(0.5, number(0.0, 100.0))
+    load_margin: float = option(0.5, number(0.0, 100.0))
     #: Unanswered probes in a row after which the node is down.
-    probe_down_after: int = _opt(3, integer(1, 1000))
+    probe_down_after: int = option(3, integer(1, 1000))
     #: The most capacity a node may claim while a limited resource is unknown.
-    unknown_capacity: float = _opt(0.5, number(0.0, 1.0))
+    unknown_capacity: float = option(0.5, number(0.0, 1.0))
 
 
 def listen_addresses(value: object) -> tuple[str, ...]:
     """`udp:HOST:PORT`, `tcp:[IPv6]:PORT`, `tls:HOST:PORT` (see parse_listen)."""
     if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of addresses like \"udp:0.0.0.0:5070\", got {_show(value)}")
+        raise ValueError(f"must be a list of addresses like \"udp:0.0.0.0:5070\", got {show(value)}")
     for item in value:
         if not isinstance(item, str):
-            raise ValueError(f"must be a list of strings, got {_show(item)}")
-        parse_listen(item)
+            raise ValueError(f"must be a list of strings, got {show(item)}")
+        try:
+            parse_listen(item)
+        except ListenError as exc:
+            raise ValueError(f"{show(exc.address)}: {exc.problem}") from None
     return tuple(value)
-
-
-def parse_listen(text: str) -> tuple[str, str, int]:
-    """("UDP"|"TCP"|"TLS", host, port) from `udp:HOST:PORT`; ValueError naming the problem."""
-    transport, sep, rest = text.partition(":")
-    if not sep or transport.lower() not in ("udp", "tcp", "tls"):
-        raise ValueError(f"{_show(text)}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT")
-    if rest.startswith("["):
-        host, sep, port_text = rest[1:].partition("]:")
-    else:
-        host, sep, port_text = rest.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{_show(text)}: expected a host and a port 1..65535 (IPv6 in brackets: tcp:[::1]:5070)")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{_show(text)}: {host!r} is not an IP address (listen on an address, not a name)") from None
-    return transport.upper(), host, int(port_text)
 
 
 def networks(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of networks like \"192.0.2.0/24\", got {_show(value)}")
+        raise ValueError(f"must be a list of networks like \"192.0.2.0/24\", got {show(value)}")
     for item in value:
         try:
             ipaddress.ip_network(item, strict=False)
         except (TypeError, ValueError):
-            raise ValueError(f"{_show(item)} is not an IP network (CIDR, e.g. 192.0.2.0/24 or 2001:db8::/32)") from None
+            raise ValueError(f"{show(item)} is not an IP network (CIDR, e.g. 192.0.2.0/24 or 2001:db8::/32)") from None
     return tuple(value)
 
 
 def sip_uris(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of SIP URIs, got {_show(value)}")
+        raise ValueError(f"must be a list of SIP URIs, got {show(value)}")
     for item in value:
         try:
             uri = parse_uri(item) if isinstance(item, str) else None
         except SipError as exc:
-            raise ValueError(f"{_show(item)} is not a SIP URI: {exc.reason}") from None
+            raise ValueError(f"{show(item)} is not a SIP URI: {exc.reason}") from None
         if not isinstance(uri, SipUri):
-            raise ValueError(f"{_show(item)} is not a sip: or sips: URI")
+            raise ValueError(f"{show(item)} is not a sip: or sips: URI")
     return tuple(value)
 
 
 def credentials(value: object) -> tuple[tuple[str, str], ...]:
     """A table of user name = "password", kept as sorted pairs (frozen)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()):
-        raise ValueError(f"must be a table of user name = \"password\", got {_show(value)}")
+        raise ValueError(f"must be a table of user name = \"password\", got {show(value)}")
     return tuple(sorted(value.items()))
 
 
@@ -323,56 +227,56 @@ class NotifierConfig:
 
     #: Where SUBSCRIBEs are received (udp:, tcp:, tls: HOST:PORT); 5070 is
     #: clear of Asterisk's 5060/5061. [] = no notifier.
-    listen: tuple[str, ...] = _opt(("udp:0.0.0.0:5070", "tcp:0.0.0.0:5070"), listen_addresses)
+    listen: tuple[str, ...] = option(("udp:0.0.0.0:5070", "tcp:0.0.0.0:5070"), listen_addresses)
     #: Sources allowed to subscribe without credentials (CIDR networks).
-    trust: tuple[str, ...] = _opt(("127.0.0.0/8", "::1/128"), networks)
+    trust: tuple[str, ...] = option(("127.0.0.0/8", "::1/128"), networks)
     #: Digest users allowed to subscribe from anywhere (name = password);
     #: empty = no digest (untrusted sources get 403).
-    users: tuple[tuple[str, str], ...] = _opt((), credentials)
+    users: tuple[tuple[str, str], ...] = option((), credentials)
     #: Digest realm; "" = the node name.
-    realm: str = _opt("", text(r"[^\"\r\n]*", "a realm without quotes"))
+    realm: str = option("", text(r"[^\"\r\n]*", "a realm without quotes"))
     #: TLS listener: certificate and key (PEM files).
-    tls_certificate: str = _opt("", text(None, "a file path"))
-    tls_key: str = _opt("", text(None, "a file path"))
+    tls_certificate: str = option("", text(None, "a file path"))
+    tls_key: str = option("", text(None, "a file path"))
     #: CA (PEM) that signs the proxies' client certificates; a proxy with a
     #: certificate verified against it may subscribe over TLS. "" = none.
-    tls_client_ca: str = _opt("", text(None, "a file path"))
+    tls_client_ca: str = option("", text(None, "a file path"))
     #: Digest algorithms offered, strongest first (spec 4.6.2: SHA-256 is a
     #: MUST; MD5 only for peers, such as SIPp, that have nothing else).
-    digest_algorithms: tuple[str, ...] = _opt(("SHA-256", "MD5"), names(("SHA-256", "MD5"), "digest algorithms"))
+    digest_algorithms: tuple[str, ...] = option(("SHA-256", "MD5"), names(("SHA-256", "MD5"), "digest algorithms"))
     #: Wrong digest credentials from one source address within
     #: auth_failure_window seconds before that source gets 403 for
     #: auth_lockout seconds (spec 4.6.2); 0 = never.
-    auth_failure_limit: int = _opt(5, integer(0, 1_000_000))
-    auth_failure_window: float = _opt(600.0, number(1.0, 86_400.0))
-    auth_lockout: float = _opt(60.0, number(1.0, 86_400.0))
+    auth_failure_limit: int = option(5, integer(0, 1_000_000))
+    auth_failure_window: float = option(600.0, number(1.0, 86_400.0))
+    auth_lockout: float = option(60.0, number(1.0, 86_400.0))
     #: Caps (spec 4.6.2): beyond them a new subscription gets 503 + Retry-After.
-    max_subscriptions: int = _opt(256, integer(1, 100_000))
-    max_per_source: int = _opt(16, integer(1, 100_000))
+    max_subscriptions: int = option(256, integer(1, 100_000))
+    max_per_source: int = option(16, integer(1, 100_000))
     #: TCP and TLS connections proxies open to the agent, held at once in all
     #: and per source address; one beyond is closed at once. The unit's
     #: LimitNOFILE= leaves room for them (the cap is lowered to fit the limit).
-    max_connections: int = _opt(512, integer(1, 1_000_000))
-    max_connections_per_source: int = _opt(32, integer(1, 1_000_000))
+    max_connections: int = option(512, integer(1, 1_000_000))
+    max_connections_per_source: int = option(32, integer(1, 1_000_000))
     #: Seconds before a TCP/TLS connection with no traffic either way is closed.
-    idle_timeout: float = _opt(120.0, number(1.0, 86_400.0))
+    idle_timeout: float = option(120.0, number(1.0, 86_400.0))
     #: Seconds a SIP message may take to arrive whole over TCP/TLS.
-    message_timeout: float = _opt(10.0, number(0.1, 3600.0))
+    message_timeout: float = option(10.0, number(0.1, 3600.0))
     #: Seconds a TLS client has to complete its handshake.
-    tls_handshake_timeout: float = _opt(10.0, number(0.1, 3600.0))
+    tls_handshake_timeout: float = option(10.0, number(0.1, 3600.0))
     #: Receive buffer asked for each UDP socket, octets (the kernel caps it
     #: at net.core.rmem_max unless the agent runs as root); 0 = the kernel's default.
-    udp_receive_buffer: int = _opt(4 * 1024 * 1024, integer(0, 1 << 30))
+    udp_receive_buffer: int = option(4 * 1024 * 1024, integer(0, 1 << 30))
     #: NOTIFYs per second per subscription at most (spec 8: default 5, absolute 10).
-    max_rate: float = _opt(5.0, number(0.0, 10.0, lo_open=True))
+    max_rate: float = option(5.0, number(0.0, 10.0, lo_open=True))
     #: Seconds between NOTIFYs without a change at most; 0 = validity / 3.
-    heartbeat: float = _opt(0.0, number(0.0, 3600.0))
-    default_expires: int = _opt(600, integer(60, 86_400))
-    max_expires: int = _opt(3600, integer(60, 86_400))
+    heartbeat: float = option(0.0, number(0.0, 3600.0))
+    default_expires: int = option(600, integer(60, 86_400))
+    max_expires: int = option(3600, integer(60, 86_400))
     #: Seconds a proxy is told to wait before re-subscribing when the agent
     #: stops (Subscription-State: terminated;reason=probation;retry-after):
     #: the agent's downtime in a restart, a few seconds (spec 4.7.4).
-    restart_retry_after: int = _opt(2, integer(0, 86_400))
+    restart_retry_after: int = option(2, integer(0, 86_400))
 
 
 @dataclass(frozen=True)
@@ -380,14 +284,14 @@ class PublisherConfig:
     """The publisher: the agent PUBLISHes load-status to these proxies (spec section 5)."""
 
     #: Compositors to publish to (SIP URIs, resolved per RFC 3263); [] = none.
-    targets: tuple[str, ...] = _opt((), sip_uris)
+    targets: tuple[str, ...] = option((), sip_uris)
     #: Requested publication lifetime, seconds (spec 5.3: default 600, minimum 60).
-    expires: int = _opt(600, integer(60, 86_400))
+    expires: int = option(600, integer(60, 86_400))
     #: PUBLISHes per second per target at most (spec 8.7: default 5, absolute 10).
-    max_rate: float = _opt(5.0, number(0.0, 10.0, lo_open=True))
+    max_rate: float = option(5.0, number(0.0, 10.0, lo_open=True))
     #: Digest credentials, when a compositor challenges.
-    username: str = _opt("", text(r"[^\s]*", "a user name without spaces"))
-    password: str = _opt("", text(r"[^\r\n]*", "a string without line breaks"))
+    username: str = option("", text(r"[^\s]*", "a user name without spaces"))
+    password: str = option("", text(r"[^\r\n]*", "a string without line breaks"))
 
 
 @dataclass(frozen=True)
@@ -432,7 +336,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def _build(cls: type, raw: object, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(prefix.rstrip("."), f"must be a table, got {_show(raw)}")
+        raise ConfigError(prefix.rstrip("."), f"must be a table, got {show(raw)}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
@@ -485,7 +389,7 @@ def _check_relations(config: Config) -> None:
             raise ConfigError(key, f"must be at least 3 / agent.validity ({3 / config.agent.validity:g}/s) "
                                    f"for a heartbeat every validity / 3 s, got {rate:g}")
     if "SHA-256" not in n.digest_algorithms:
-        raise ConfigError("notifier.digest_algorithms", f"must offer SHA-256 (spec 4.6.2), got {_show(list(n.digest_algorithms))}")
+        raise ConfigError("notifier.digest_algorithms", f"must offer SHA-256 (spec 4.6.2), got {show(list(n.digest_algorithms))}")
     if n.max_connections_per_source > n.max_connections:
         raise ConfigError("notifier.max_connections_per_source", f"must be at most max_connections ({n.max_connections}), got {n.max_connections_per_source}")
     tls = [a for a in n.listen if a.lower().startswith("tls:")]

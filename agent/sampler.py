@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from sipstatus import codec
-from sipstatus.status import LoadStatus, State
+from sipstatus.status import SECTIONS, LoadStatus, State
 
 from .collectors.interface import Collector, Reading, merge
 from .config import Config
@@ -149,42 +149,32 @@ class Sampler:
         if waiting and score.state is not State.DOWN:
             score = Score(State.DOWN, 0.0, reason_text("starting: waiting for " + ", ".join(waiting)))
         self.last_score = score
-        status = LoadStatus(
+        status = self.numbered(LoadStatus(
             node=self.node,
             instance=self.instance,
-            seq=self.seq,
+            seq=0,
             validity=self.config.agent.validity,
             state=score.state,
             capacity=score.capacity,
             time=self.wall(),
             reason=score.reason,
-            cpu=reading.cpu,
-            memory=reading.memory,
-            asterisk=reading.asterisk,
-            quality=reading.quality,
-            probe=reading.probe,
-            network=reading.network,
-        )
-        self.seq += 1
-        return self._valid(status)
+            **{name: getattr(reading, name) for name in SECTIONS},
+        ))
+        # A reading outside the spec's range is a measurement fault: unknown
+        # is better than a body every receiver rejects. Logged once.
+        status, dropped = codec.without_invalid_metrics(status)
+        for error in dropped:
+            self._note(f"value {error.member}", f"dropped: {error}")
+        return status
 
-    def _valid(self, status: LoadStatus) -> LoadStatus:
-        """`status` with every member the codec refuses made unknown (a
-        reading outside the spec's range is a measurement fault, and unknown
-        is better than a body every receiver rejects). Logged once."""
-        for _ in range(64):
-            try:
-                codec.to_wire(status)
-                return status
-            except codec.StatusError as exc:
-                section, _, member = exc.member.partition(".")
-                member = member.split("[", 1)[0]
-                value = getattr(status, section, None)
-                if not member or value is None or not hasattr(value, member):
-                    raise  # a top-level member: a bug, not a measurement
-                self._note(f"value {exc.member}", f"dropped: {exc}")
-                status = dataclasses.replace(status, **{section: dataclasses.replace(value, **{member: None})})
-        raise RuntimeError("could not make the status valid")  # pragma: no cover
+    def numbered(self, status: LoadStatus) -> LoadStatus:
+        """`status` as this run's next one: its instance and the next seq.
+        The sampler is the one owner of both (spec 7.1: a new instance every
+        run, seq +1 for every status produced); a body sent again, as a
+        heartbeat, is numbered here afresh."""
+        status = dataclasses.replace(status, instance=self.instance, seq=self.seq)
+        self.seq += 1
+        return status
 
     def _note(self, name: str, error: str | None) -> None:
         before = self.errors.get(name)

@@ -12,7 +12,8 @@ One asyncio task owns the loop (`AgentService.run`):
   set) is sent as soon as each subscription's rate ceiling allows; anything
   else rides on the next heartbeat;
 - every body sent is rendered afresh with a new `seq` (spec 7.1), so a
-  heartbeat is never mistaken for an old, reordered body;
+  heartbeat is never mistaken for an old, reordered body; the Sampler
+  numbers it (`Sampler.numbered`), as it numbers every status it measures;
 - `drain`/`undrain` on the control socket rescore at once;
 - SIGTERM (or SIGINT): a final NOTIFY `terminated;reason=probation` with a
   `down` body to every subscriber, publications removed (Expires: 0), at
@@ -113,7 +114,6 @@ class AgentService:
         self.draining_since: float | None = None  # Unix time the operator drained
         self.status: LoadStatus | None = None  # the latest scored status
         self._announced: LoadStatus | None = None  # the last significant one
-        self._seq = 0
         self._changed: set[str] = set()
         #: the publishers whose removal failed (one per package and target)
         self._unremoved: set[int] = set()
@@ -145,9 +145,8 @@ class AgentService:
 
     def render(self) -> bytes:
         """The current status as a body with a fresh seq (spec 7.1)."""
-        self._seq += 1
-        status = self.status or self._placeholder("starting")
-        return codec.encode(dataclasses.replace(status, seq=self._seq, instance=self.instance))
+        assert self.sampler is not None
+        return codec.encode(self.sampler.numbered(self.status or self._placeholder("starting")))
 
     def _placeholder(self, reason: str) -> LoadStatus:
         """Before the first measurement, and when stopping: state down (spec 4.7.2, 4.7.4)."""
@@ -201,34 +200,12 @@ class AgentService:
 
     async def _start_sip(self) -> None:
         cfg = self.config
-        self.notifier = Notifier(
-            PACKAGE, codec.MEDIA_TYPE, self._contact,
-            authorize=self._authorize,
-            default_expires=cfg.notifier.default_expires,
-            max_expires=cfg.notifier.max_expires,
-            max_subscriptions=cfg.notifier.max_subscriptions,
-            max_per_source=cfg.notifier.max_per_source,
-            busy_retry_after=60,
-            heartbeat=self.heartbeat,
-            max_rate=cfg.notifier.max_rate,
-            lowest_max_rate=3 / cfg.agent.validity,  # spec 8.2
-            produce=lambda now: self.render(),
-            other_packages=[affinity.PACKAGE],
-        )
-        self.affinity_notifier = Notifier(
-            affinity.PACKAGE, affinity.MEDIA_TYPE, self._contact,
-            authorize=self._authorize,
-            default_expires=cfg.notifier.default_expires,
-            max_expires=cfg.notifier.max_expires,
-            max_subscriptions=cfg.notifier.max_subscriptions,
-            max_per_source=cfg.notifier.max_per_source,
-            busy_retry_after=60,
-            heartbeat=self.feed.refresh,
-            max_rate=cfg.notifier.max_rate,
-            lowest_max_rate=3 / cfg.collectors.asterisk.rooms_validity,
-            produce_for=self._affinity_body,
-            other_packages=[PACKAGE],
-        )
+        self.notifier = self._notifier(
+            PACKAGE, codec.MEDIA_TYPE, affinity.PACKAGE, self.heartbeat, cfg.agent.validity,
+            produce=lambda now: self.render())
+        self.affinity_notifier = self._notifier(
+            affinity.PACKAGE, affinity.MEDIA_TYPE, PACKAGE, self.feed.refresh, cfg.collectors.asterisk.rooms_validity,
+            produce_for=self._affinity_body)
         p = cfg.publisher
         client = DigestClient(p.username, p.password) if p.username else None
         self.publishers = [
@@ -267,6 +244,25 @@ class AgentService:
             advertise = _route_address(host) if ipaddress.ip_address(host).is_unspecified else None
             bound = await self.sip.listen(transport, host, port, ssl_context=context, advertise=advertise)
             self.addresses.append((transport, *bound))
+
+    def _notifier(self, package: str, media_type: str, other_package: str,
+                  heartbeat: float, validity: int, **produce: Callable) -> Notifier:
+        """The notifier of one event package: both share the limits and who may subscribe."""
+        n = self.config.notifier
+        return Notifier(
+            package, media_type, self._contact,
+            authorize=self._authorize,
+            default_expires=n.default_expires,
+            max_expires=n.max_expires,
+            max_subscriptions=n.max_subscriptions,
+            max_per_source=n.max_per_source,
+            busy_retry_after=60,
+            heartbeat=heartbeat,
+            max_rate=n.max_rate,
+            lowest_max_rate=3 / validity,  # spec 8.2
+            other_packages=[other_package],
+            **produce,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         n = self.config.notifier
@@ -430,7 +426,7 @@ class AgentService:
             status = self.set_draining(False)
         else:
             status = self.status or self._placeholder("starting")
-        return codec.to_wire(dataclasses.replace(status, seq=self._seq, instance=self.instance))
+        return codec.to_wire(status)
 
     def _drain_flag(self) -> dict:
         return {"drain": {"on": self.draining, "since": self.draining_since}}

@@ -1,5 +1,5 @@
 """Benchmark: the agent's CPU time per sample and its resident memory, with
-every collector on and AMI connected to the fake Asterisk (tests/fakeami.py,
+every collector on and AMI connected to the fake Asterisk (tests/support/fake_ami.py,
 in a separate process so its CPU is not counted) streaming the recorded
 event_stream.txt in a loop, sped up; the probe goes to SIPp (if installed)
 answering OPTIONS.
@@ -18,7 +18,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,13 +32,14 @@ from agent.collectors.registry import build_collectors  # noqa: E402
 from agent.config import from_dict  # noqa: E402
 from agent.sampler import Sampler  # noqa: E402
 from sipstatus import codec  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "agent_sample.txt"
 
 
 def serve(port_file: str, speed: float) -> None:
     """Child process: the fake AMI server, streaming event_stream.txt forever."""
-    from tests.fakeami import FakeAmi, Scenario
+    from tests.support.fake_ami import FakeAmi, Scenario
 
     async def main():
         scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels"}, stream="event_stream",
@@ -51,14 +51,8 @@ def serve(port_file: str, speed: float) -> None:
     asyncio.run(main())
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_sipp() -> tuple[subprocess.Popen | None, int]:
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port()
     if shutil.which("sipp") is None:
         return None, port
     proc = subprocess.Popen(

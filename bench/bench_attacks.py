@@ -43,9 +43,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import agent_harness  # noqa: E402
-from tests.agent_harness import AgentProcess, agent_config  # noqa: E402
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support import agents  # noqa: E402
+from tests.support.agents import AgentProcess, agent_config  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "attacks.txt"
 NOFILE = 1024
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--reflect-window", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    agent_harness.REPO = args.repo.resolve()  # where `python -m agent` runs from
+    agents.REPO = args.repo.resolve()  # where `python -m agent` runs from
     r = asyncio.run(measure(args))
     c, f, b, g = r["connections"], r["reflection"], r["burst"], r["garbage"]
     yes = {True: "answered", False: "NO ANSWER"}

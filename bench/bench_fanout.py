@@ -41,14 +41,14 @@ import psutil  # noqa: E402
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
-from tests.agent_harness import (  # noqa: E402
+from tests.support.agents import (  # noqa: E402
     AgentProcess,
     ChannelEvents,
     agent_config,
     fake_asterisk,
     subscriber_pool,
 )
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "fanout.txt"
 RCVBUF = 4 * 2**20  # net.core.rmem_max here

@@ -2,7 +2,7 @@
 effect inside the proxy: Kamailio, and OpenSIPS where its tier exists.
 
 The real agent (`python -m agent run`, its own process) reads the fake AMI
-server (tests/fakeami.py, the recorded Asterisk bytes) served by this
+server (tests/support/fake_ami.py, the recorded Asterisk bytes) served by this
 process; the real Kamailio runs one of the examples; each change is one
 recorded Newchannel or Hangup written to the AMI socket (the node's calls
 go 0 -> 1 -> 0 ..., its weight hint 100 -> 90 -> 100 with a limit of 10).
@@ -24,7 +24,7 @@ in effect there is the load_balancer capacity of the node's destination,
 min(OpenSIPS's calls on it, its own calls) + its free slots (see
 packaging/examples/opensips/README.md): 10 -> 9 -> 10 ... here (no call
 goes through OpenSIPS, limit 10). The examples as the tests run them
-(tests/opensips_runner.py: only their CUSTOMIZE ME lines changed, plus the
+(tests/support/opensips.py: only their CUSTOMIZE ME lines changed, plus the
 README's mi_http lines):
 
 - opensips-compositor: the agent PUBLISHes to
@@ -64,10 +64,17 @@ sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
 from sipstatus.proxy.kamailio import JsonRpcClient, RpcError  # noqa: E402
-from tests.agent_harness import AgentProcess, ChannelEvents, agent_config, fake_asterisk  # noqa: E402
-from tests.kamailio_runner import EXAMPLES, HOST, Destinationless, Kamailio, Sidecar, start_example  # noqa: E402
-from tests.opensips_runner import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402
-from tests.opensips_runner import (  # noqa: E402
+from tests.support import HOST  # noqa: E402
+from tests.support.agents import (  # noqa: E402
+    AgentProcess,
+    ChannelEvents,
+    Sidecar,  # noqa: E402
+    agent_config,
+    fake_asterisk,
+)
+from tests.support.kamailio import EXAMPLES, Destinationless, Kamailio, start_example  # noqa: E402
+from tests.support.opensips import EXAMPLES as OPENSIPS_EXAMPLES  # noqa: E402
+from tests.support.opensips import (  # noqa: E402
     OpenSips,
     OpenSipsSidecar,
     PoolEntry,
@@ -76,13 +83,13 @@ from tests.opensips_runner import (  # noqa: E402
     dbtext_tables,
     opensips_build,
 )
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "kamailio_reaction.txt"
 OPENSIPS_RESULTS = REPO / "bench" / "results" / "opensips_reaction.txt"
 KAMAILIO_WAYS = ("native", "sidecar")
 OPENSIPS_WAYS = ("opensips-compositor", "opensips-subscriber", "opensips-sidecar")
-NODE = "ast-test"  # tests.agent_harness.agent_config's node
+NODE = "ast-test"  # tests.support.agents.agent_config's node
 LIMIT = 10
 
 
@@ -102,6 +109,20 @@ def weight_reader(kam: Kamailio, way: str):
     return read
 
 
+def node_agent(workdir: Path, ami_port: int, port: int, publish_port: int | None) -> AgentProcess:
+    """The node's agent as every way runs it: no sampling tick or heartbeat
+    in the way of a change (interval 30 s, validity 60 s), the rate ceiling
+    at 10/s, the capacity from the call slots alone; listening on `port`,
+    and PUBLISHing to `publish_port` when there is one."""
+    cfg = agent_config(ami_port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
+                       notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
+                       scoring={"unknown_capacity": 1.0})
+    args = ["--listen", f"udp:{HOST}:{port}"]
+    if publish_port is not None:
+        args += ["--publish", f"sip:load-status@{HOST}:{publish_port}"]
+    return AgentProcess(workdir, cfg, *args)
+
+
 async def measure(way: str, changes: int) -> dict:
     channel = ChannelEvents.recorded()
     rng = random.Random(1)
@@ -113,13 +134,7 @@ async def measure(way: str, changes: int) -> dict:
         try:
             async with fake_asterisk(LIMIT) as ami:
                 port = free_port()
-                cfg = agent_config(ami.port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
-                                   notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
-                                   scoring={"unknown_capacity": 1.0})
-                args = ["--listen", f"udp:{HOST}:{port}"]
-                if way == "native":
-                    args += ["--publish", f"sip:load-status@{HOST}:{kam.port}"]
-                async with AgentProcess(workdir, cfg, *args) as agent:
+                async with node_agent(workdir, ami.port, port, kam.port if way == "native" else None) as agent:
                     await agent.wait_measured()
                     if way == "sidecar":
                         sidecar = Sidecar(kam, {NODE: f"sip:{HOST}:{port}"}, workdir, policy="headroom")
@@ -227,13 +242,8 @@ async def measure_opensips(way: str, changes: int, prefix: Path) -> dict:
         try:
             opensips.start()
             async with fake_asterisk(LIMIT) as ami:
-                cfg = agent_config(ami.port, agent={"interval": 30.0, "validity": 60, "log_level": "info"},
-                                   notifier={"max_rate": 10.0}, publisher={"max_rate": 10.0},
-                                   scoring={"unknown_capacity": 1.0})
-                args = ["--listen", f"udp:{HOST}:{agent_port}"]
-                if way == "opensips-compositor":
-                    args += ["--publish", f"sip:load-status@{HOST}:{port}"]
-                async with AgentProcess(workdir, cfg, *args) as agent:
+                async with node_agent(workdir, ami.port, agent_port,
+                                      port if way == "opensips-compositor" else None) as agent:
                     await agent.wait_measured()
                     if way == "opensips-sidecar":
                         sidecar = OpenSipsSidecar(opensips.mi_url, {NODE: f"sip:{HOST}:{agent_port}"}, workdir)

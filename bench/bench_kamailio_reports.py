@@ -1,7 +1,7 @@
 """What load-status reports cost Kamailio: CPU seconds per 1,000 reports.
 
 Many simulated agents (the library's `Publisher`, each in its own
-`SipService` on its own loopback address, as `tests.kamailio_runner.
+`SipService` on its own loopback address, as `tests.support.kamailio.
 simulate_agents` runs them) PUBLISH to the real Kamailio 5.6 running one of
 the example configurations (packaging/examples/kamailio/native or kemi),
 with a dispatcher list of as many destinations. Each node publishes a new
@@ -37,14 +37,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.kamailio_runner import (  # noqa: E402
-    EXAMPLES,
-    Destinationless,
-    Kamailio,
-    have_tools,
-    simulate_agents,
-    start_example,
-)
+from tests.support.kamailio import EXAMPLES, Destinationless, Kamailio, have_tools, start_example  # noqa: E402
+from tests.support.reports import simulate_agents  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "kamailio_reports.txt"
 #: Idle consumption is measured over two periods of the native example's

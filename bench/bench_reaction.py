@@ -1,7 +1,7 @@
 """Benchmark: from an Asterisk channel event to the NOTIFY at a subscriber.
 
 The real agent (`python -m agent run`, its own process) is connected to the
-fake AMI server (tests/fakeami.py, the recorded Asterisk bytes) in this
+fake AMI server (tests/support/fake_ami.py, the recorded Asterisk bytes) in this
 process; a raw UDP watcher here subscribes. Each change is one recorded
 Newchannel or Hangup written to the AMI socket; the time is taken just
 before the write and when the NOTIFY carrying the new call count is read
@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
-from tests.agent_harness import AgentProcess, ChannelEvents, Watcher, agent_config, fake_asterisk  # noqa: E402
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.agents import AgentProcess, ChannelEvents, Watcher, agent_config, fake_asterisk  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "reaction.txt"
 

@@ -3,7 +3,7 @@
 The real agent (`python -m agent run`, its own process) with every collector
 on (host, asterisk, probe, network) and the default rates (sampling every
 1 s, validity 5 s: a heartbeat every 1.67 s per subscription, ceiling
-0.5 s). Its AMI peer is the fake Asterisk (tests/fakeami.py) replaying the
+0.5 s). Its AMI peer is the fake Asterisk (tests/support/fake_ami.py) replaying the
 recorded event_stream.txt in real time, over and over (5 calls coming and
 going, RTCP reports); its SIP probe is answered by a UDP responder. 50
 library `Subscriber` objects (one `SubscriberPool`, one socket, distinct
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sipstatus.sip.subscription import DEFAULT_MAX_RATE, NotificationReceived, Subscribed  # noqa: E402
-from tests.agent_harness import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
-from tests.fakeami import FakeAmi, Scenario  # noqa: E402
-from tests.sipp_runner import free_port  # noqa: E402
+from tests.support.agents import AgentProcess, OptionsResponder, subscriber_pool  # noqa: E402
+from tests.support.fake_ami import FakeAmi, Scenario  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "steady.txt"
 FULL_RUN = 300.0

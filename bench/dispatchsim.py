@@ -322,7 +322,7 @@ class AgentNotifyPolicy:
     def _significant(self, state: State, capacity: float) -> bool:
         """agent.service.is_significant(announced, status), without building
         a LoadStatus on every channel change (the simulation has no affinity).
-        tests/test_dispatchsim.py checks that both agree."""
+        tests/unit/test_dispatchsim.py checks that both agree."""
         a = self._announced
         if a is None or a.state is not state:
             return True

@@ -9,10 +9,10 @@ process, Kamailio 5.6 from Debian running
 packaging/examples/kamailio/sidecar/kamailio.cfg unchanged, SIPp placing
 calls and SIPp standing for the three Asterisk nodes (answering the calls
 and the agents' SIP probes). Recorded: what each agent reads from
-"Asterisk" is a fake AMI server (tests/fakeami.py) replaying real Asterisk
+"Asterisk" is a fake AMI server (tests/support/fake_ami.py) replaying real Asterisk
 20 transcripts (tests/data/ami/), so that the three nodes carry different
 call counts without three Asterisks. The processes are started with the
-tests' own runners (tests/kamailio_runner.py), the code that runs them in
+tests' own runners (tests/support/), the code that runs them in
 the test suite.
 
 The script: steady load; a CPU hog (busy processes) while ast2's agent
@@ -48,19 +48,11 @@ from sipstatus import watchview
 from sipstatus.proxy.agents import Agent as WatchedAgent
 from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 from sipstatus.proxy.watcher import Watcher, WatcherConfig
-from tests.fakeami import Scenario
-from tests.kamailio_runner import (
-    EXAMPLES,
-    ROOT,
-    Agent,
-    Caller,
-    FakeAmis,
-    Kamailio,
-    Sidecar,
-    SippNode,
-    have_tools,
-    start_example,
-)
+from tests.support import ROOT
+from tests.support.agents import Agent, Sidecar
+from tests.support.fake_ami import FakeAmis, Scenario
+from tests.support.kamailio import EXAMPLES, Kamailio, have_tools, start_example
+from tests.support.sipp import Caller, SippNode
 
 from . import report
 from .report import Phase, Recording
@@ -236,7 +228,7 @@ def screen(recording: Recording, watcher: Watcher, weights: dict[str, int], phas
         f"phase {index}/4: {title} ({left:.0f} s left)",
         textwrap.fill(what, 100, initial_indent="  ", subsequent_indent="  "),
         "  real: the agents, the sidecar, Kamailio (its sidecar example), SIPp calls and nodes",
-        "  recorded: what each agent reads from Asterisk (AMI transcripts replayed by tests/fakeami.py)",
+        "  recorded: what each agent reads from Asterisk (AMI transcripts replayed by tests/support/fake_ami.py)",
         "",
         watchview.render_table(watcher.rows(), policy=watcher.policy.name),
         "",

@@ -2,7 +2,7 @@
 weights Kamailio held, the drain, the kill, and the plot.
 
 Pure functions over a `Recording` (no processes, no clock), so that the
-summary's arithmetic is tested on its own (tests/test_demo.py).
+summary's arithmetic is tested on its own (tests/interop/test_demo.py).
 
 The split. Kamailio's script (packaging/examples/kamailio/sidecar) sends
 each new call to node i with probability w_i / sum(w) over the weights in
@@ -11,7 +11,7 @@ a call is compared with the weights of the last reading before it, and left
 out when the next reading differs (which weights Kamailio used for it is not
 known). A node's count over a phase is then a sum of independent Bernoulli
 trials with those probabilities: it must lie within `SIGMAS` standard
-deviations (plus one call) of their sum, as tests/kamailio_runner.py's
+deviations (plus one call) of their sum, as tests/support/sipp.py's
 `split_within` asks of a fixed split; a node whose weight was 0 for a call
 must not have got it.
 """

@@ -34,7 +34,7 @@ from .proxy.agents import parse_agent_uri
 from .proxy.policy import DEFAULT_POLICY, POLICIES
 from .proxy.watcher import Watcher
 from .sidecar_config import ConfigError, SidecarConfig, load, with_flags
-from .status import LoadStatus
+from .status import SECTIONS, LoadStatus
 
 
 def describe(status: LoadStatus) -> str:
@@ -44,7 +44,7 @@ def describe(status: LoadStatus) -> str:
         f"state      {status.state.value}" + (f"  ({status.reason})" if status.reason else ""),
         f"capacity   {status.capacity:.4g}  weight {status.weight}  valid {status.validity} s",
     ]
-    for name in ("cpu", "memory", "asterisk", "quality", "probe", "network"):
+    for name in SECTIONS:
         section = getattr(status, name)
         if section is None:
             lines.append(f"{name:10s} unknown")

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .status import (
@@ -27,6 +27,7 @@ from .status import (
     Quality,
     State,
 )
+from .status import SECTIONS as SECTION_TYPES
 
 #: The media type of the body (spec section 6).
 MEDIA_TYPE = "application/load-status+json"
@@ -41,9 +42,10 @@ MAX_BODY_OCTETS = 1024
 #: The largest integer a JSON number carries exactly in every implementation
 #: (RFC 8259 section 6: IEEE 754 binary64).
 MAX_SAFE_INTEGER = 2**53 - 1
-MAX_COUNT = 2**32 - 1
 
-_NODE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
+#: A node name (spec section 6.4, node): a host name or token of 1 to 64
+#: characters, alphanumeric at both ends. Configurations check names with it.
+NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 _INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,16}")
 _REASON = re.compile(r'[ !#-\[\]-~]{0,48}')
 _AFFINITY_KEY = re.compile(r'[!#-\[\]-~]{1,24}')
@@ -131,48 +133,52 @@ class _LoadAverage:
 
 _Member = _Number | _LoadAverage
 
-#: Each optional section: its model type and the rule of each member, in wire order.
-SECTIONS: dict[str, tuple[type, dict[str, _Member]]] = {
-    "cpu": (Cpu, {
+#: The rule of each member of each metric section's type, in wire order.
+_MEMBERS: dict[type, dict[str, _Member]] = {
+    Cpu: {
         "usage": FRACTION,
         "cores": _Number(True, 1, 4_096),
         "steal": FRACTION,
         "load": _LoadAverage(),
-    }),
-    "memory": (Memory, {"total": BYTES, "available": BYTES, "used": BYTES}),
-    "asterisk": (Asterisk, {
+    },
+    Memory: {"total": BYTES, "available": BYTES, "used": BYTES},
+    Asterisk: {
         "channels": COUNT,
         "calls": COUNT,
         "limit": _Number(True, 1, 999_999),
         "cps": _Number(False, 0, 99_999.99, 2),
         "cpu": _Number(False, 0, 4_096, 2),
         "rss": BYTES,
-    }),
-    "quality": (Quality, {
+    },
+    Quality: {
         "mos": _Number(False, 1, 4.5, 2),
         "loss": FRACTION,
         "jitter": MILLISECONDS,
         "rtt": MILLISECONDS,
         "streams": COUNT,
         "mes": _Number(False, 0, 100, 1),
-    }),
-    "probe": (Probe, {
+    },
+    Probe: {
         "p50": MILLISECONDS,
         "p95": MILLISECONDS,
         "max": MILLISECONDS,
         "samples": COUNT,
         "timeouts": COUNT,
-    }),
+    },
     # Packet and bit rates are sent as whole numbers; error and drop rates
     # keep two decimals, since one error a minute (0.02/s) already matters.
-    "network": (Network, {
+    Network: {
         "rx_pps": _Number(False, 0, 1e9, 0),
         "tx_pps": _Number(False, 0, 1e9, 0),
         "rx_bps": _Number(False, 0, 1e12, 0),
         "tx_bps": _Number(False, 0, 1e12, 0),
         "errors": _Number(False, 0, 999_999.99, 2),
         "dropped": _Number(False, 0, 999_999.99, 2),
-    }),
+    },
+}
+#: Each metric section (status.SECTIONS, in wire order): its model type and the rule of each member.
+SECTIONS: dict[str, tuple[type, dict[str, _Member]]] = {
+    name: (section, _MEMBERS[section]) for name, section in SECTION_TYPES.items()
 }
 VERSION = _Number(True, 0, MAX_SAFE_INTEGER)  # any integer; only 1 is read (section 6.1)
 SEQ = _Number(True, 0, MAX_SAFE_INTEGER)
@@ -203,11 +209,57 @@ def encode(status: LoadStatus) -> bytes:
 
 def to_wire(status: LoadStatus) -> dict[str, Any]:
     """The JSON object for `status`, validated and rounded (see `encode`)."""
+    out = _envelope(status)
+    for name, (_, members) in SECTIONS.items():
+        section = getattr(status, name)
+        if section is None:
+            continue
+        encoded = {member: rule.wire(rule.check(f"{name}.{member}", value))
+                   for member, rule in members.items() if (value := getattr(section, member)) is not None}
+        if encoded:
+            out[name] = encoded
+    if status.affinity:
+        out["affinity"] = _check_affinity(list(status.affinity))
+    return out
+
+
+def without_invalid_metrics(status: LoadStatus) -> tuple[LoadStatus, list[StatusError]]:
+    """`status` with every metric member that breaks its rule made unknown,
+    and the error of each, in wire order: a reading outside the spec's range
+    is a measurement fault, and unknown is better than a body every receiver
+    rejects. Any other member that breaks a rule (node, capacity, affinity
+    ...) raises StatusError: that is a bug, not a measurement."""
+    _envelope(status)
+    if status.affinity:
+        _check_affinity(list(status.affinity))
+    errors: list[StatusError] = []
+    changes: dict[str, Any] = {}
+    for name, (_, members) in SECTIONS.items():
+        section = getattr(status, name)
+        if section is None:
+            continue
+        unknown: dict[str, None] = {}
+        for member, rule in members.items():
+            value = getattr(section, member)
+            if value is None:
+                continue
+            try:
+                rule.check(f"{name}.{member}", value)
+            except StatusError as exc:
+                errors.append(exc)
+                unknown[member] = None
+        if unknown:
+            changes[name] = replace(section, **unknown)
+    return (replace(status, **changes) if changes else status), errors
+
+
+def _envelope(status: LoadStatus) -> dict[str, Any]:
+    """The members before the metric sections, checked and rounded."""
     capacity = CAPACITY.wire(CAPACITY.check("capacity", status.capacity))
     state = State(status.state)
     out: dict[str, Any] = {
         "version": FORMAT_VERSION,
-        "node": _check_pattern("node", status.node, _NODE, "a host name or token of 1 to 64 characters"),
+        "node": _check_pattern("node", status.node, NODE_NAME, "a host name or token of 1 to 64 characters"),
         "instance": _check_pattern("instance", status.instance, _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -"),
         "seq": SEQ.check("seq", status.seq),
     }
@@ -219,25 +271,7 @@ def to_wire(status: LoadStatus) -> dict[str, Any]:
     out["weight"] = LoadStatus(status.node, status.instance, 0, 1, state, capacity).weight
     if status.reason is not None:
         out["reason"] = _check_pattern("reason", status.reason, _REASON, "printable ASCII without quote or backslash, at most 48 characters")
-    for name, (_, members) in SECTIONS.items():
-        section = getattr(status, name)
-        if section is None:
-            continue
-        encoded = _encode_members(name, section, members)
-        if encoded:
-            out[name] = encoded
-    if status.affinity:
-        out["affinity"] = _check_affinity(list(status.affinity))
     return out
-
-
-def _encode_members(path: str, section: object, members: Mapping[str, _Member]) -> dict[str, Any]:
-    encoded = {}
-    for member, rule in members.items():
-        value = getattr(section, member)
-        if value is not None:
-            encoded[member] = rule.wire(rule.check(f"{path}.{member}", value))
-    return encoded
 
 
 # -- decode ----------------------------------------------------------------
@@ -293,7 +327,7 @@ def from_wire(obj: object) -> LoadStatus:
     """The `LoadStatus` in an already parsed JSON value (see `decode`)."""
     obj = check_envelope(obj, REQUIRED, FORMAT_VERSION)
     ignored = [k for k in obj if k not in _TOP_LEVEL]
-    node = _check_pattern("node", obj["node"], _NODE, "a host name or token of 1 to 64 characters")
+    node = _check_pattern("node", obj["node"], NODE_NAME, "a host name or token of 1 to 64 characters")
     instance = _check_pattern("instance", obj["instance"], _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -")
     state_text = obj["state"]
     try:
@@ -417,4 +451,5 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-__all__ = ["MEDIA_TYPE", "MAX_BODY_OCTETS", "StatusError", "decode", "encode", "from_wire", "to_wire"]
+__all__ = ["MEDIA_TYPE", "MAX_BODY_OCTETS", "NODE_NAME", "SECTIONS", "StatusError", "decode", "encode", "from_wire",
+           "to_wire", "without_invalid_metrics"]

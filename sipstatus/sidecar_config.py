@@ -15,133 +15,59 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .configkit import (
+    NODE,
+    ConfigError,
+    boolean,
+    choice,
+    integer,
+    number,
+    option,
+    parse_listen,
+    show,
+    strings,
+    text,
+)
 from .proxy.agents import DEFAULT_AGENT_PORT, Agent, parse_agent
 from .proxy.policy import DEFAULT_POLICY, POLICIES
 from .proxy.pool import STARTUP_GRACE
-from .proxy.watcher import WatcherConfig, parse_listen
+from .proxy.watcher import WatcherConfig
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}" if key else problem)
-
-
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
-# -- checks: each returns the cleaned value or raises ValueError(problem) ------------------
-
-
-def integer(lo: int, hi: int) -> Callable[[object], int]:
-    def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"must be an integer {lo}..{hi}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def number(lo: float, hi: float) -> Callable[[object], float]:
-    def check(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or not lo <= value <= hi:
-            raise ValueError(f"must be a number {lo:g}..{hi:g}, got {_show(value)}")
-        return float(value)
-
-    return check
-
-
-def boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {_show(value)}")
-    return value
-
-
-def text(pattern: str | None = None, what: str = "a string") -> Callable[[object], str]:
-    def check(value: object) -> str:
-        if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
-            raise ValueError(f"must be {what}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def choice(*options: str) -> Callable[[object], str]:
-    def check(value: object) -> str:
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(_show(o) for o in options)}, got {_show(value)}")
-        return value  # type: ignore[return-value]
-
-    return check
-
-
-def strings(item: Callable[[object], Any], what: str) -> Callable[[object], tuple]:
-    def check(value: object) -> tuple:
-        if not isinstance(value, list):
-            raise ValueError(f"must be an array of {what}, got {_show(value)}")
-        items = []
-        for i, v in enumerate(value):
-            try:
-                items.append(item(v))
-            except ValueError as err:
-                raise ValueError(f"item {i + 1}: {err}") from None
-        if len(set(items)) != len(items):
-            raise ValueError(f"lists the same value twice: {_show(value)}")
-        return tuple(items)
-
-    return check
+# -- checks of this file's own values: each returns the cleaned value or raises ValueError(problem) --
 
 
 def listen_address(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be a string such as \"udp:127.0.0.1:5080\", got {_show(value)}")
-    parse_listen(value)  # its ValueError names the address
+        raise ValueError(f"must be a string such as \"udp:127.0.0.1:5080\", got {show(value)}")
+    # The watcher listens on UDP and TCP; port 0 takes any free port.
+    parse_listen(value, ("udp", "tcp"), port_zero=True)  # its ValueError names the address
     return value
 
 
 def network(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be a network such as \"10.0.0.0/8\", got {_show(value)}")
+        raise ValueError(f"must be a network such as \"10.0.0.0/8\", got {show(value)}")
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"{_show(value)} is not an IP network (address/prefix)") from None
+        raise ValueError(f"{show(value)} is not an IP network (address/prefix)") from None
     return value
 
 
 def rpc_address(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"(unix|fifo):\S+|", value):
-        raise ValueError(f"expected unix:PATH or fifo:PATH (or \"\" for none), got {_show(value)}")
+        raise ValueError(f"expected unix:PATH or fifo:PATH (or \"\" for none), got {show(value)}")
     return value
 
 
 _NODE_WHAT = "a node name of 1 to 64 of A-Z a-z 0-9 . _ : -"
-_NODE = r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?"
-
-
-def _opt(default: Any, check: Callable[[object], Any]) -> Any:
-    return field(default=default, metadata={"check": check})
 
 
 # -- the sections ---------------------------------------------------------------------------------
@@ -149,115 +75,115 @@ def _opt(default: Any, check: Callable[[object], Any]) -> Any:
 
 @dataclass(frozen=True)
 class SidecarSection:
-    log_level: str = _opt("info", choice("debug", "info", "warning", "error"))
+    log_level: str = option("info", choice("debug", "info", "warning", "error"))
 
 
 @dataclass(frozen=True)
 class SipSection:
     #: Where NOTIFY (and PUBLISH) come in: udp:HOST:PORT or tcp:HOST:PORT.
-    listen: tuple[str, ...] = _opt(("udp:127.0.0.1:5080",), strings(listen_address, "listen addresses"))
+    listen: tuple[str, ...] = option(("udp:127.0.0.1:5080",), strings(listen_address, "listen addresses"))
     #: The address Contact and Via carry when listening on 0.0.0.0 or ::; "" = the listen address.
-    advertise: str = _opt("", text(r"|[0-9A-Za-z.:_-]+", "a host name or IP address"))
+    advertise: str = option("", text(r"|[0-9A-Za-z.:_-]+", "a host name or IP address"))
     #: Subscription duration asked for, seconds (spec 4.4).
-    expires: int = _opt(600, integer(60, 3600))
+    expires: int = option(600, integer(60, 3600))
     #: RFC 6446 max-rate and min-rate sent in SUBSCRIBE, per second; 0 = not sent.
-    max_rate: float = _opt(0.0, number(0.0, 10.0))
-    min_rate: float = _opt(0.0, number(0.0, 10.0))
+    max_rate: float = option(0.0, number(0.0, 10.0))
+    min_rate: float = option(0.0, number(0.0, 10.0))
 
 
 @dataclass(frozen=True)
 class DiscoverSection:
     #: Dispatcher group whose destinations are the agents; 0 = no discovery.
-    dispatcher_group: int = _opt(0, integer(0, 2**31 - 1))
+    dispatcher_group: int = option(0, integer(0, 2**31 - 1))
     #: The agents' SIP port on each destination host.
-    agent_port: int = _opt(DEFAULT_AGENT_PORT, integer(1, 65535))
+    agent_port: int = option(DEFAULT_AGENT_PORT, integer(1, 65535))
 
 
 @dataclass(frozen=True)
 class CompositorSection:
     #: Accept PUBLISH from agents (spec section 5).
-    enabled: bool = _opt(False, boolean)
+    enabled: bool = option(False, boolean)
     #: An initial PUBLISH for a node outside the pool adds it (spec 5.6).
-    auto_join: bool = _opt(False, boolean)
+    auto_join: bool = option(False, boolean)
     #: Nodes of the pool that publish (and are not subscribed to).
-    nodes: tuple[str, ...] = _opt((), strings(text(_NODE, _NODE_WHAT), "node names"))
+    nodes: tuple[str, ...] = option((), strings(text(NODE, _NODE_WHAT), "node names"))
     #: The Request-URI user part PUBLISH must carry; "" = any (else 404).
-    resource: str = _opt("", text(r"[^\s@;]*", "a user part without spaces, @ or ;"))
+    resource: str = option("", text(r"[^\s@;]*", "a user part without spaces, @ or ;"))
     #: Source networks allowed to publish; [] = any source.
-    trusted: tuple[str, ...] = _opt((), strings(network, "networks"))
+    trusted: tuple[str, ...] = option((), strings(network, "networks"))
 
 
 @dataclass(frozen=True)
 class AffinitySection:
     #: Follow each agent's rooms too (the load-affinity package,
     #: spec/load-affinity.md) and push room key -> node to the proxy.
-    enabled: bool = _opt(False, boolean)
+    enabled: bool = option(False, boolean)
     #: Seconds a placement holds before the node announces the room.
-    hold: float = _opt(10.0, number(0.0, 3600.0))
+    hold: float = option(10.0, number(0.0, 3600.0))
 
 
 @dataclass(frozen=True)
 class PolicySection:
     #: water-fill (equal utilisation across nodes), free-slots (capacity x
     #: channel limit) or headroom (the node's own hint).
-    name: str = _opt(DEFAULT_POLICY, choice(*POLICIES))
+    name: str = option(DEFAULT_POLICY, choice(*POLICIES))
     #: water-fill, free-slots: the channel limit assumed for a node that reports none.
-    default_limit: int = _opt(100, integer(1, 999_999))
+    default_limit: int = option(100, integer(1, 999_999))
     #: A weight changes only by this many points, or to or from 0.
-    damper_step: int = _opt(5, integer(1, 100))
+    damper_step: int = option(5, integer(1, 100))
     #: Seconds after start before nodes never heard from are pushed as 0.
-    startup_grace: float = _opt(STARTUP_GRACE, number(0.0, 600.0))
+    startup_grace: float = option(STARTUP_GRACE, number(0.0, 600.0))
 
 
 @dataclass(frozen=True)
 class KamailioSection:
     #: jsonrpcs address: unix:PATH (dgram_socket) or fifo:PATH; "" = no Kamailio.
-    rpc: str = _opt("", rpc_address)
+    rpc: str = option("", rpc_address)
     #: The dispatcher group whose states (duid) are set.
-    group: int = _opt(1, integer(0, 2**31 - 1))
+    group: int = option(1, integer(0, 2**31 - 1))
     #: htable the weights go into ($sht(TABLE=>NODE)); "" = none.
-    htable: str = _opt("sipstatus", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
+    htable: str = option("sipstatus", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
     #: dispatcher list file to rewrite with rweight and states; "" = no rewrite.
-    list_file: str = _opt("", text(None, "a file path"))
+    list_file: str = option("", text(None, "a file path"))
     #: Seconds between dispatcher.reload calls at most (Kamailio's reload_delta).
-    reload_interval: float = _opt(5.0, number(1.0, 3600.0))
+    reload_interval: float = option(5.0, number(1.0, 3600.0))
     #: Seconds between full pushes of every node's weight and state (a
     #: restarted Kamailio has lost them; changes alone would not restore them); 0 = never.
-    resync_interval: float = _opt(30.0, number(0.0, 86_400.0))
+    resync_interval: float = option(30.0, number(0.0, 86_400.0))
     #: Seconds to wait for one RPC answer.
-    timeout: float = _opt(2.0, number(0.1, 60.0))
+    timeout: float = option(2.0, number(0.1, 60.0))
     #: jsonrpcs fifo_reply_dir (fifo: only).
-    fifo_reply_dir: str = _opt("/tmp", text(r"\S+", "a directory"))
+    fifo_reply_dir: str = option("/tmp", text(r"\S+", "a directory"))
     #: htable room keys go into with [affinity] on ($sht(TABLE=>KEY) = NODE); "" = none.
-    affinity_htable: str = _opt("affinity", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
+    affinity_htable: str = option("affinity", text(r"[A-Za-z0-9_]*", "an htable name (A-Z a-z 0-9 _) or \"\""))
 
 
 def mi_url(value: object) -> str:
     if not isinstance(value, str) or not (value == "" or re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)):
-        raise ValueError(f"expected the mi_http URL, e.g. \"http://127.0.0.1:8888/mi\", got {_show(value)}")
+        raise ValueError(f"expected the mi_http URL, e.g. \"http://127.0.0.1:8888/mi\", got {show(value)}")
     return value
 
 
 @dataclass(frozen=True)
 class OpenSipsSection:
     #: OpenSIPS MI over HTTP (mi_http), e.g. "http://127.0.0.1:8888/mi"; "" = no OpenSIPS.
-    mi_url: str = _opt("", mi_url)
+    mi_url: str = option("", mi_url)
     #: load_balancer group whose destinations are the pool (lb_resize); 0 = none.
-    lb_group: int = _opt(1, integer(0, 2**31 - 1))
+    lb_group: int = option(1, integer(0, 2**31 - 1))
     #: The load_balancer resource sized by lb_resize.
-    resource: str = _opt("channels", text(r"[A-Za-z0-9_-]+", "a resource name"))
+    resource: str = option("channels", text(r"[A-Za-z0-9_-]+", "a resource name"))
     #: Dispatcher set switched on and off by ds_set_state; 0 = none.
-    ds_set: int = _opt(0, integer(0, 2**31 - 1))
-    ds_partition: str = _opt("default", text(r"[A-Za-z0-9_-]+", "a partition name"))
+    ds_set: int = option(0, integer(0, 2**31 - 1))
+    ds_partition: str = option("default", text(r"[A-Za-z0-9_-]+", "a partition name"))
     #: Seconds between readings of ds_list (lb_list is read before every push:
     #: the capacities add back OpenSIPS's current load, and a resize lost on
     #: lb_reload or an OpenSIPS restart is found and pushed again).
-    refresh_interval: float = _opt(60.0, number(1.0, 86_400.0))
+    refresh_interval: float = option(60.0, number(1.0, 86_400.0))
     #: Seconds to wait for one MI answer.
-    timeout: float = _opt(2.0, number(0.1, 60.0))
+    timeout: float = option(2.0, number(0.1, 60.0))
     #: With [affinity] enabled: cachedb_local keys PREFIX<room key> = node
     #: (MI cache_store / cache_remove); "" = none.
-    affinity_prefix: str = _opt("affinity_", text(r"[A-Za-z0-9_]*", "a key prefix (A-Z a-z 0-9 _) or \"\""))
+    affinity_prefix: str = option("affinity_", text(r"[A-Za-z0-9_]*", "a key prefix (A-Z a-z 0-9 _) or \"\""))
 
 
 @dataclass(frozen=True)
@@ -324,7 +250,7 @@ def from_mapping(data: Mapping[str, Any]) -> SidecarConfig:
         if spec is None:
             raise ConfigError(name, f"unknown section (known: {', '.join(_SECTIONS)})")
         if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a table ([{name}]), got {_show(value)}")
+            raise ConfigError(name, f"must be a table ([{name}]), got {show(value)}")
         if name == "agents":
             values[name] = _agents(value)
         else:
@@ -350,7 +276,7 @@ def _agents(data: Mapping[str, Any]) -> tuple[Agent, ...]:
     agents = []
     for node, uri in data.items():
         if not isinstance(uri, str):
-            raise ConfigError(f"agents.{node}", f"must be the agent's SIP URI, e.g. \"sip:192.0.2.21:5070\", got {_show(uri)}")
+            raise ConfigError(f"agents.{node}", f"must be the agent's SIP URI, e.g. \"sip:192.0.2.21:5070\", got {show(uri)}")
         try:
             agents.append(Agent(node, uri))
         except ValueError as err:
@@ -403,7 +329,7 @@ def with_flags(config: SidecarConfig, *, agents: list[str] | None = None, listen
         config = dataclasses.replace(config, opensips=dataclasses.replace(config.opensips, mi_url=opensips_mi))
     if policy is not None:
         if policy not in POLICIES:
-            raise ConfigError("--policy", f"must be one of {', '.join(POLICIES)}, got {_show(policy)}")
+            raise ConfigError("--policy", f"must be one of {', '.join(POLICIES)}, got {show(policy)}")
         config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, name=policy))
     if discover_group is not None:
         if discover_group < 1:

@@ -111,6 +111,19 @@ class Network:
     dropped: float | None = None  # packets dropped (receive and transmit) per second
 
 
+#: The metric sections of a status, in wire order (spec section 6.4), and
+#: each one's type: the codec, the collectors' readings, the agent's and the
+#: proxy side's renderings all go through this one list.
+SECTIONS: dict[str, type] = {
+    "cpu": Cpu,
+    "memory": Memory,
+    "asterisk": Asterisk,
+    "quality": Quality,
+    "probe": Probe,
+    "network": Network,
+}
+
+
 @dataclass(frozen=True)
 class LoadStatus:
     """The load status of one node at one moment (spec section 6)."""

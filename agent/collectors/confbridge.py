@@ -1,7 +1,7 @@
 """The ConfBridge rooms an Asterisk hosts, from AMI, as affinity key strings.
 
 Sans-I/O: the Asterisk collector feeds it AMI events and list answers.
-What Asterisk 22.10.1 sends (recorded live: tests/test_confbridge_live.py
+What Asterisk 22.10.1 sends (recorded live: tests/real/test_confbridge_live.py
 runs it again; tests/data/ami/22/event_stream_confbridge.txt has a stream):
 
 - `ConfbridgeStart` (Conference) when a room's first caller enters, and

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from sipstatus.status import Asterisk, Cpu, Memory, Network, Probe, Quality
+from sipstatus.status import SECTIONS, Asterisk, Cpu, Memory, Network, Probe, Quality
 
 #: Called by an event-driven collector when something changed that should
 #: reach the proxies at once (a channel appeared or went away, Asterisk
@@ -67,7 +67,6 @@ class Reading:
     probe_failures_in_row: int | None = None
 
 
-SECTIONS = ("cpu", "memory", "asterisk", "quality", "probe", "network")
 _FACTS = ("link", "max_load", "asterisk_process", "probe_failures_in_row")
 
 

@@ -2,7 +2,7 @@
 added: the three lines marked `sipstatus` and the import. Everything else
 is the operator's: initial checks, in-dialog requests, a relay wrapper
 with a failure route of its own (kept out of the way when one is set, as
-Debian's basic KEMI script does). tests/test_kamailio_kemi_module.py runs
+Debian's basic KEMI script does). tests/interop/test_kamailio_kemi_module.py runs
 it with the real Kamailio."""
 
 import KSR

@@ -13,10 +13,11 @@
 # later run on the same machine reuses it.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-SOURCES=${SIPSTATUS_PEER_SOURCES:-$ROOT/../shared/peers}
-CACHE=${SIPSTATUS_PEER_CACHE:-/var/cache/sipstatus/peers}
+ME=asterisk.sh
+SAY_PREFIX="$ME: "
+# shellcheck source=tests/peers/lib.sh
+. "$(dirname "$0")/lib.sh"
+
 VERSION=22.10.1
 TARBALL=$SOURCES/asterisk-$VERSION.tar.xz
 PJPROJECT=$SOURCES/pjproject-2.17.tar.bz2
@@ -53,27 +54,6 @@ MODULES=(chan_pjsip
 # Bump when the recipe changes so an old cache is not reused.
 RECIPE=3
 
-say() { printf 'asterisk.sh: %s\n' "$*" >&2; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else say "need root for: $*"; return 1
-    fi
-}
-
-apt_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing Debian packages: ${missing[*]}"
-    as_root apt-get -o DPkg::Lock::Timeout=900 update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 \
-        install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
 prefix_dir() {
     local sum
     sum=$( { sha256sum "$TARBALL" | cut -d' ' -f1; echo "recipe $RECIPE ${MODULES[*]}"; } \
@@ -82,28 +62,13 @@ prefix_dir() {
 }
 
 build() {
-    if [ ! -r "$TARBALL" ]; then
-        say "no $TARBALL (set SIPSTATUS_PEER_SOURCES): the asterisk tier will not run"
-        exit 0
-    fi
-    if [ ! -r "$PJPROJECT" ]; then
-        say "no $PJPROJECT (set SIPSTATUS_PEER_SOURCES): the asterisk tier will not run"
-        exit 0
-    fi
+    peer_source "$TARBALL" asterisk
+    peer_source "$PJPROJECT" asterisk
     local prefix
     prefix=$(prefix_dir)
-    if [ -x "$prefix/sbin/asterisk" ] && [ -e "$prefix/.complete" ]; then
-        echo "$prefix"
-        return 0
-    fi
-    mkdir -p "$CACHE"
-    # One build at a time per machine; a second caller waits, then reuses it.
-    exec 9>"$prefix.lock"
-    flock 9
-    if [ -x "$prefix/sbin/asterisk" ] && [ -e "$prefix/.complete" ]; then
-        echo "$prefix"
-        return 0
-    fi
+    peer_built "$prefix" sbin/asterisk && return 0
+    peer_lock "$prefix"
+    peer_built "$prefix" sbin/asterisk && return 0
     apt_install "${BUILD_DEBS[@]}"
     local work
     work=$(mktemp -d "$CACHE/asterisk-build.XXXXXX")

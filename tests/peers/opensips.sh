@@ -9,11 +9,12 @@
 # $SIPSTATUS_PEER_CACHE/opensips-<sha256 of the tarball>.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
+ME=opensips.sh
+SAY_PREFIX="$ME: "
+# shellcheck source=tests/peers/lib.sh
+. "$(dirname "$0")/lib.sh"
+
 VERSION=3.6.8
-SOURCES=${SIPSTATUS_PEER_SOURCES:-$ROOT/../shared/peers}
-CACHE=${SIPSTATUS_PEER_CACHE:-/var/cache/sipstatus/peers}
 TARBALL=$SOURCES/opensips-$VERSION.tar.xz
 
 # What packaging/examples/opensips/*/opensips.cfg load, and the MI over HTTP
@@ -25,49 +26,15 @@ DEBS=(build-essential bison flex libssl-dev libjson-c-dev libmicrohttpd-dev
 
 work=""  # the build folder, removed on exit
 
-say() { printf 'opensips.sh: %s\n' "$*" >&2; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else say "need root for: $*"; return 1
-    fi
-}
-
-install_debs() {
-    local missing=() pkg
-    for pkg in "${DEBS[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing build dependencies: ${missing[*]}"
-    as_root apt-get -o DPkg::Lock::Timeout=900 update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 \
-        install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
 build() {
-    if [ ! -f "$TARBALL" ]; then
-        say "no $TARBALL (set SIPSTATUS_PEER_SOURCES): the real-OpenSIPS tier will not run"
-        exit 0
-    fi
+    peer_source "$TARBALL" real-OpenSIPS
     local sha prefix
     sha=$(sha256sum "$TARBALL" | cut -d' ' -f1)
     prefix=$CACHE/opensips-$sha
-    if [ -x "$prefix/sbin/opensips" ] && [ -f "$prefix/.complete" ]; then
-        echo "$prefix"
-        return 0
-    fi
-    install_debs
-    as_root mkdir -p "$CACHE"
-    [ -w "$CACHE" ] || as_root chown "$(id -u):$(id -g)" "$CACHE"
-    # One build at a time: a second caller waits, then finds the first's result.
-    exec 9>"$CACHE/opensips-$sha.lock"
-    flock 9
-    if [ -x "$prefix/sbin/opensips" ] && [ -f "$prefix/.complete" ]; then
-        echo "$prefix"
-        return 0
-    fi
+    peer_built "$prefix" sbin/opensips && return 0
+    apt_install "${DEBS[@]}"
+    peer_lock "$prefix"
+    peer_built "$prefix" sbin/opensips && return 0
     work=$(mktemp -d "$CACHE/.opensips-build.XXXXXX")
     trap 'rm -rf "${work:-}"' EXIT
     say "building OpenSIPS $VERSION in $work (a few minutes)"

@@ -5,7 +5,7 @@ of tests/peers/asterisk.sh in the cache:
     SIPSTATUS_PEER_SOURCES=/path/to/peers .venv/bin/python tests/data/ami/22/record.py
 
 It starts Asterisk 22 from a scratch directory with the configuration of
-tests/asterisk_runner.py (copied to asterisk-conf/ here), places calls with
+tests/support/asterisk.py (copied to asterisk-conf/ here), places calls with
 SIPp, and records each AMI connection with a raw socket client (no AMI
 library): NAME.txt is every byte received, sent/NAME.sent.txt every byte
 sent, meta/NAME.chunks.txt the time and size of each recv()/send(), the
@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 
-from tests.asterisk_runner import Asterisk, AsteriskConfig, Calls, asterisk_prefix, copy_config  # noqa: E402
+from tests.support.asterisk import Asterisk, AsteriskConfig, Calls, asterisk_prefix, copy_config  # noqa: E402
 
 CRLF = "\r\n"
 
@@ -128,6 +128,26 @@ def wait_counts(asterisk: Asterisk, want: tuple[int, int] | None = None, calls: 
     raise RuntimeError(f"counts never reached {want or calls}: {asterisk.counts()}")
 
 
+def record_channels(asterisk: Asterisk, name: str) -> None:
+    """NAME.txt: a CoreShowChannels answer, as the agent's check reads it."""
+    snap = Recorder(name, asterisk.ami_port)
+    snap.login("agent", asterisk.agent_secret, "off")
+    snap.send(action("CoreShowChannels", "csc-1"))
+    snap.until("CoreShowChannelsComplete")
+    snap.logoff()
+    snap.save()
+
+
+def record_commands(asterisk: Asterisk, name: str, *commands: str) -> None:
+    """NAME.txt: CLI commands over AMI (the tester's login), ActionIDs cmd-1, cmd-2, ..."""
+    cli = Recorder(name, asterisk.ami_port)
+    cli.login("tester", asterisk.tester_secret, "off")
+    for n, text in enumerate(commands, 1):
+        command(cli, text, f"cmd-{n}")
+    cli.logoff()
+    cli.save()
+
+
 AGENT_EVENTS = "system,call,reporting,dialplan"
 
 
@@ -162,17 +182,8 @@ async def main() -> None:
             local = await place(ast, tmp, "local", 2, hold=6)
             await asyncio.to_thread(wait_counts, ast, (7, 5))
             events.pump(1.0)
-            snap = Recorder("coreshowchannels_local", ast.ami_port)
-            snap.login("agent", ast.agent_secret, "off")
-            snap.send(action("CoreShowChannels", "csc-1"))
-            snap.until("CoreShowChannelsComplete")
-            snap.logoff()
-            snap.save()
-            cli = Recorder("command_core_show_channels_count_local", ast.ami_port)
-            cli.login("tester", ast.tester_secret, "off")
-            command(cli, "core show channels count", "cmd-1")
-            cli.logoff()
-            cli.save()
+            record_channels(ast, "coreshowchannels_local")
+            record_commands(ast, "command_core_show_channels_count_local", "core show channels count")
             await echo.finish()
             await local.finish()
             await asyncio.to_thread(wait_counts, ast, (0, 0))
@@ -186,18 +197,9 @@ async def main() -> None:
             conf = await place(ast, tmp, "conf", 3, hold=6)
             await asyncio.to_thread(wait_counts, ast, None, 3)
             events.pump(1.5)
-            snap = Recorder("coreshowchannels_confbridge", ast.ami_port)
-            snap.login("agent", ast.agent_secret, "off")
-            snap.send(action("CoreShowChannels", "csc-1"))
-            snap.until("CoreShowChannelsComplete")
-            snap.logoff()
-            snap.save()
-            cli = Recorder("command_core_show_channels_confbridge", ast.ami_port)
-            cli.login("tester", ast.tester_secret, "off")
-            command(cli, "core show channels count", "cmd-1")
-            command(cli, "core show channels concise", "cmd-2")
-            cli.logoff()
-            cli.save()
+            record_channels(ast, "coreshowchannels_confbridge")
+            record_commands(ast, "command_core_show_channels_confbridge",
+                            "core show channels count", "core show channels concise")
             await conf.finish()
             await asyncio.to_thread(wait_counts, ast, (0, 0))
             events.pump(1.0)

@@ -5,8 +5,8 @@ in the cache:
 
     SIPSTATUS_PEER_SOURCES=/path/to/peers .venv/bin/python tests/data/ami/22/record_rooms.py
 
-The configuration is tests/asterisk_runner.py's with the dialplan of
-tests/test_confbridge_live.py (extension room-NNNN: Set(TENANT=acme),
+The configuration is tests/support/asterisk.py's with the dialplan of
+tests/real/test_confbridge_live.py (extension room-NNNN: Set(TENANT=acme),
 ConfBridge(NNNN)) and manager.conf channelvars = TENANT.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from record import AGENT_EVENTS, Recorder, action  # noqa: E402
 
-from tests.asterisk_runner import Asterisk, AsteriskConfig, Calls, asterisk_prefix  # noqa: E402
+from tests.support.asterisk import Asterisk, AsteriskConfig, Calls, asterisk_prefix  # noqa: E402
 
 ROOMS = """exten => _room-.,1,Answer()
  same => n,Set(TENANT=acme)
