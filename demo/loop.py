@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from sipstatus import watchview
+from sipstatus.proxy import watchview
 from sipstatus.proxy.agents import Agent as WatchedAgent
 from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 from sipstatus.proxy.watcher import Watcher, WatcherConfig
