@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .. import affinity
 from ..affinity_table import DEFAULT_HOLD, AffinityTable, Applied
 from ..codec import MEDIA_TYPE, StatusError, decode
+from ..configkit import parse_listen
 from ..net import Resolver, SipService
 from ..sip.compositor import (
     Compositor,
@@ -75,22 +75,6 @@ ROOMS_KEY = "rooms:"
 #: A stopping watcher waits this long for its unsubscriptions (spec 4.7.4
 #: gives a stopping agent 2 s for its final NOTIFYs; the same bound here).
 CLOSE_WAIT = 2.0
-
-
-def parse_listen(text: str) -> tuple[str, str, int]:
-    """`udp:127.0.0.1:5080`, `tcp:[::1]:5080`: (transport, host, port)."""
-    match = re.fullmatch(r"(?i)(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
-    if not match:
-        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
-                         "(IPv6 in brackets), e.g. udp:127.0.0.1:5080")
-    transport, host, port = match.group(1).upper(), match.group(2).strip("[]"), int(match.group(3))
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
-    if port > 65535:
-        raise ValueError(f"listen address {text!r}: port {port} is above 65535")
-    return transport, host, port
 
 
 # -- the watcher ---------------------------------------------------------------------------------
@@ -233,7 +217,7 @@ class Watcher:
         endpoint = Endpoint(users, allow_events=packages)  # type: ignore[arg-type]
         self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
         for text in self.config.listen:
-            transport, host, port = parse_listen(text)
+            transport, host, port = parse_listen(text, ("udp", "tcp"), port_zero=True)
             try:
                 bound = await self.service.listen(transport, host, port, advertise=self.config.advertise)
             except OSError as err:
