@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..codec import NODE_NAME
 from ..sip.errors import SipError
 from ..sip.uri import SipUri, parse_uri
 
-#: A node name (spec section 6.4).
-NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 #: The port an agent listens on when the URI does not say (packaging/agent.toml).
 DEFAULT_AGENT_PORT = 5070
 
