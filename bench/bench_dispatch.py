@@ -67,10 +67,15 @@ from bench.dispatchsim import (  # noqa: E402
     make_workload,
     simulate,
 )
-from sipstatus.nodetable import NodeView  # noqa: E402
-from sipstatus.policy import FreeSlotsPolicy, HeadroomPolicy, LeastUtilisedSelector, WaterFillPolicy  # noqa: E402
-from sipstatus.policy import _load as policy_load  # noqa: E402
-from sipstatus.policy import _scale as policy_scale  # noqa: E402
+from sipstatus.proxy.nodetable import NodeView  # noqa: E402
+from sipstatus.proxy.policy import (  # noqa: E402
+    FreeSlotsPolicy,
+    HeadroomPolicy,
+    LeastUtilisedSelector,
+    WaterFillPolicy,
+)
+from sipstatus.proxy.policy import _load as policy_load  # noqa: E402
+from sipstatus.proxy.policy import _scale as policy_scale  # noqa: E402
 
 SEEDS = 30
 RESULTS = ROOT / "bench" / "results"

@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.collectors.probe import nearest_rank  # noqa: E402
-from sipstatus.kamailio import JsonRpcClient, RpcError  # noqa: E402
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError  # noqa: E402
 from tests.support import HOST  # noqa: E402
 from tests.support.agents import (  # noqa: E402
     AgentProcess,

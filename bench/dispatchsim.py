@@ -54,8 +54,8 @@ from agent.config import AgentConfig, HostConfig, NotifierConfig, ScoringConfig
 from agent.scoring import Scorer as AgentScorer
 from agent.service import SIGNIFICANT_WEIGHT_STEP, is_significant
 from sipstatus import codec
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import Selector, WeightPolicy
+from sipstatus.proxy.nodetable import NodeTable
+from sipstatus.proxy.policy import Selector, WeightPolicy
 from sipstatus.status import Asterisk, Cpu, LoadStatus, State, weight_hint
 
 INF = math.inf

@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from sipstatus import watchview
-from sipstatus.kamailio import JsonRpcClient, RpcError
-from sipstatus.watcher import Agent as WatchedAgent
-from sipstatus.watcher import Watcher, WatcherConfig
+from sipstatus.proxy import watchview
+from sipstatus.proxy.agents import Agent as WatchedAgent
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.watcher import Watcher, WatcherConfig
 from tests.support import ROOT
 from tests.support.agents import Agent, Sidecar
 from tests.support.fake_ami import FakeAmis, Scenario

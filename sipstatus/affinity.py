@@ -26,6 +26,7 @@ from typing import Any
 
 from .codec import (
     MAX_SAFE_INTEGER,
+    NODE_NAME,
     StatusError,
     _check_pattern,
     _json_type,
@@ -62,7 +63,6 @@ MAX_PAGES = 65_535
 MAX_VALIDITY = 86_400
 
 _KEY = re.compile(r"[0-9a-f]{16}")
-_NODE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
 _INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,16}")
 
 SEQ = _Number(True, 0, MAX_SAFE_INTEGER)
@@ -126,7 +126,7 @@ def encode(body: AffinityBody) -> bytes:
 def to_wire(body: AffinityBody) -> dict[str, Any]:
     out: dict[str, Any] = {
         "version": FORMAT_VERSION,
-        "node": _check_pattern("node", body.node, _NODE, "a host name or token of 1 to 64 characters"),
+        "node": _check_pattern("node", body.node, NODE_NAME, "a host name or token of 1 to 64 characters"),
         "instance": _check_pattern("instance", body.instance, _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -"),
         "seq": SEQ.check("seq", body.seq),
         "validity": VALIDITY.check("validity", body.validity),
@@ -155,7 +155,7 @@ def decode(data: bytes | str) -> AffinityBody:
 
 def from_wire(obj: object) -> AffinityBody:
     obj = check_envelope(obj, REQUIRED, FORMAT_VERSION)
-    node = _check_pattern("node", obj["node"], _NODE, "a host name or token of 1 to 64 characters")
+    node = _check_pattern("node", obj["node"], NODE_NAME, "a host name or token of 1 to 64 characters")
     instance = _check_pattern("instance", obj["instance"], _INSTANCE, "1 to 16 of A-Z a-z 0-9 . _ -")
     seq = int(SEQ.check("seq", obj["seq"]))
     validity = int(VALIDITY.check("validity", obj["validity"]))

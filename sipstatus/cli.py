@@ -27,12 +27,14 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from . import __version__, sidecar, watchview
+from . import __version__
 from .codec import StatusError, decode
-from .policy import DEFAULT_POLICY, POLICIES
+from .proxy import sidecar, watchview
+from .proxy.agents import parse_agent_uri
+from .proxy.policy import DEFAULT_POLICY, POLICIES
+from .proxy.watcher import Watcher
 from .sidecar_config import ConfigError, SidecarConfig, load, with_flags
 from .status import SECTIONS, LoadStatus
-from .watcher import Watcher, parse_agent_uri
 
 
 def describe(status: LoadStatus) -> str:

@@ -45,7 +45,7 @@ What the calls do:
   goes through `sipstatus.codec.decode` (spec section 6): a bad body gets
   400 with spec 6.6's reason phrase and a Warning, and changes nothing.
   Ordering (instance, seq) and staleness (validity) follow
-  `sipstatus.nodetable.NodeTable`. Anything else: False, untouched.
+  `sipstatus.proxy.nodetable.NodeTable`. Anything else: False, untouched.
 - `dispatch()`: sets `$du` to a node chosen at random in proportion to the
   policy's weights among the nodes that take calls and whose destination
   dispatcher holds active; with no fresh report at all (cold start) by the
@@ -108,8 +108,8 @@ from typing import Any
 
 from .affinity import affinity_key
 from .codec import MAX_BODY_OCTETS, MEDIA_TYPE, StatusError, decode
-from .nodetable import NodeTable, Outcome
-from .policy import DEFAULT_POLICY, WeightPolicy, make_policy
+from .proxy.nodetable import NodeTable, Outcome
+from .proxy.policy import DEFAULT_POLICY, WeightPolicy, make_policy
 from .status import LoadStatus
 
 EVENT = "load-status"
@@ -161,7 +161,7 @@ class Settings:
     max_attempts: int = dataclasses.field(default=3, metadata={"define": "MAX_ATTEMPTS"})
     #: Milliseconds to wait for any answer from a node before the next one.
     failover_timeout: int = dataclasses.field(default=2000, metadata={"define": "FAILOVER_TIMEOUT"})
-    #: The weight policy: a name in sipstatus.policy.POLICIES, "water-fill"
+    #: The weight policy: a name in sipstatus.proxy.policy.POLICIES, "water-fill"
     #: (the library's default), "free-slots" or "headroom".
     policy: str = dataclasses.field(default=DEFAULT_POLICY, metadata={"define": "POLICY"})
     #: The call limit the policy assumes for a node that reports none.

@@ -35,8 +35,10 @@ from .configkit import (
     strings,
     text,
 )
-from .policy import DEFAULT_POLICY, POLICIES
-from .watcher import DEFAULT_AGENT_PORT, STARTUP_GRACE, Agent, WatcherConfig, parse_agent
+from .proxy.agents import DEFAULT_AGENT_PORT, Agent, parse_agent
+from .proxy.policy import DEFAULT_POLICY, POLICIES
+from .proxy.pool import STARTUP_GRACE
+from .proxy.watcher import WatcherConfig
 
 # -- checks of this file's own values: each returns the cleaned value or raises ValueError(problem) --
 

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 from sipstatus.codec import MEDIA_TYPE, encode
-from sipstatus.nodetable import NodeView
-from sipstatus.watcher import node_row
-from sipstatus.watchview import CLEAR, render_json, render_table, sort_rows, state_text
+from sipstatus.proxy.nodetable import NodeView
+from sipstatus.proxy.rows import node_row
+from sipstatus.proxy.watchview import CLEAR, render_json, render_table, sort_rows, state_text
 from tests.support import ROOT
 from tests.support.fake_agents import AgentsProcess, Lines, status_for
 from tests.support.ports import free_port

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from sipstatus.policy import FreeSlotsPolicy
-from sipstatus.watcher import Agent, Watcher
+from sipstatus.proxy.agents import Agent
+from sipstatus.proxy.policy import FreeSlotsPolicy
+from sipstatus.proxy.watcher import Watcher
 from tests.support.fake_agents import AgentsProcess
 
 pytestmark = pytest.mark.slow

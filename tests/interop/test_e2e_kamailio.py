@@ -77,9 +77,9 @@ from pathlib import Path
 import pytest
 
 from sipstatus import codec
-from sipstatus.kamailio import JsonRpcClient, KamailioSink
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy, make_policy
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink
+from sipstatus.proxy.nodetable import NodeTable
+from sipstatus.proxy.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
 from tests.support import HOST, ROOT
 from tests.support.agents import Agent, Sidecar
@@ -146,7 +146,7 @@ def hint_weights(statuses: dict[str, dict]) -> dict[str, int]:
 
 
 def free_slot_weights(statuses: dict[str, dict]) -> dict[str, int]:
-    """The sidecar's weights here: sipstatus.policy.FreeSlotsPolicy (tests.support.agents.Sidecar's policy)."""
+    """The sidecar's weights here: sipstatus.proxy.policy.FreeSlotsPolicy (tests.support.agents.Sidecar's policy)."""
     now = time.time()
     table = NodeTable(statuses)
     for body in statuses.values():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, KamailioSink
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink
 from tests.support import HOST, ROOT, failover_pool
 from tests.support.kamailio import (
     EXAMPLES,

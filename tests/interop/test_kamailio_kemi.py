@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.codec import StatusError, decode
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
+from sipstatus.proxy.nodetable import NodeTable
+from sipstatus.proxy.policy import FreeSlotsPolicy, WaterFillPolicy, WeightPolicy
 from sipstatus.status import State
 from tests.support import ROOT
 from tests.support.kamailio import EXAMPLES, Kamailio, assert_split, needs_kamailio, start_example

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from sipstatus.codec import decode
-from sipstatus.kamailio import JsonRpcClient
-from sipstatus.nodetable import NodeTable
-from sipstatus.policy import make_policy
+from sipstatus.proxy.kamailio import JsonRpcClient
+from sipstatus.proxy.nodetable import NodeTable
+from sipstatus.proxy.policy import make_policy
 from tests.support import ROOT
 from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example
 from tests.support.sip import Publisher, SipClient, body

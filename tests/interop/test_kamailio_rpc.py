@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink, RpcError, rewrite_list_file
 
 # Kamailio missing fails these (the `kamailio` fixture): ./dev test installs it.
 pytestmark = pytest.mark.interop

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 from tests.support import ROOT
 from tests.support.fake_agents import AgentsProcess
 from tests.support.kamailio import EXAMPLES, Kamailio, needs_kamailio, start_example

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, KamailioSink, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink, RpcError
 from tests.support import ROOT
 from tests.support.fake_agents import AgentsProcess
 from tests.support.kamailio_rpc import running_kamailio

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from sipstatus.affinity import affinity_key
-from sipstatus.kamailio import JsonRpcClient, RpcError
-from sipstatus.opensips import MiClient, MiError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.opensips import MiClient, MiError
 from tests.support import HOST, ROOT, SIPP_SCENARIOS
 from tests.support.agents import Agent, Sidecar
 from tests.support.asterisk import Asterisk, AsteriskConfig

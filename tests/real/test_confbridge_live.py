@@ -120,7 +120,8 @@ def test_a_tenant_variable_prefixes_the_key_and_rooms_present_at_login_are_liste
 
 
 def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it_ends(tmp_path):
-    from sipstatus.watcher import Agent, Watcher, WatcherConfig
+    from sipstatus.proxy.agents import Agent
+    from sipstatus.proxy.watcher import Watcher, WatcherConfig
 
     async def main():
         async with LiveNode(tmp_path, config()) as node:
@@ -143,7 +144,7 @@ def test_the_watcher_routes_a_room_to_the_node_hosting_it_and_forgets_it_when_it
 
 
 def test_rooms_published_to_a_compositor_route_the_room_to_its_node(tmp_path):
-    from sipstatus.watcher import Watcher, WatcherConfig
+    from sipstatus.proxy.watcher import Watcher, WatcherConfig
 
     async def main():
         port = free_port()

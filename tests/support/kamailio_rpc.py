@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sipstatus.kamailio import JsonRpcClient, RpcError
+from sipstatus.proxy.kamailio import JsonRpcClient, RpcError
 from tests.support.ports import free_port
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"

@@ -2,6 +2,7 @@
 unreachable AMI, against the fake server replaying the real transcripts."""
 
 import asyncio
+import contextlib
 import re
 from datetime import datetime
 
@@ -22,6 +23,32 @@ def config_for(server, **kw):
     kw.setdefault("auth", "plain")
     return AsteriskConfig(host=server.host, port=server.port, username="agent", secret="secret",
                           backoff_initial=0.01, backoff_max=0.05, connect_timeout=1.0, **kw)
+
+
+@contextlib.asynccontextmanager
+async def collecting(config, **kw):
+    """An AsteriskCollector on `config`, started; stopped on leaving."""
+    collector = AsteriskCollector(config, **kw)
+    await collector.start()
+    try:
+        yield collector
+    finally:
+        await collector.stop()
+
+
+async def after_asterisk_went_away(stream, gone, what):
+    """The reading and the changes once the server has streamed `stream` and
+    closed (reconnections refused), and the collector has seen it: `gone(collector)`."""
+    scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream=stream,
+                        stream_after="CoreShowChannels")
+    server = FakeAmi(scenario)
+    await server.__aenter__()
+    changes = []
+    async with collecting(config_for(server), on_change=changes.append) as collector:
+        await server.streamed.wait()
+        await server.close()
+        await eventually(lambda: gone(collector), what=what)
+        return collector.collect(collector.clock()), changes
 
 
 def command_counts(name):
@@ -45,14 +72,12 @@ async def counts_after_stream(stream, until=None):
                         stream_after="CoreShowChannels", stream_until=until)
     async with FakeAmi(scenario) as server:
         changes = []
-        collector = AsteriskCollector(config_for(server), on_change=changes.append)
-        await collector.start()
-        await server.streamed.wait()
-        await eventually(lambda: collector.table.synced, what="the first CoreShowChannels")
-        await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
-        reading = collector.collect(collector.clock())
-        await collector.stop()
-        return reading, changes
+        async with collecting(config_for(server), on_change=changes.append) as collector:
+            await server.streamed.wait()
+            await eventually(lambda: collector.table.synced, what="the first CoreShowChannels")
+            await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
+            reading = collector.collect(collector.clock())
+            return reading, changes
 
 
 @pytest.mark.parametrize(
@@ -112,13 +137,11 @@ def test_every_channel_and_call_is_gone_after_the_last_hangup(stream):
 def test_counts_come_from_core_show_channels_after_login():
     async def main():
         async with FakeAmi(Scenario(answers={"CoreShowChannels": "coreshowchannels_b2b"})) as server:
-            collector = AsteriskCollector(config_for(server))
-            await collector.start()
-            before = collector.collect(collector.clock())
-            await eventually(lambda: collector.table.synced, what="sync")
-            after = collector.collect(collector.clock())
-            await collector.stop()
-            return before, after
+            async with collecting(config_for(server)) as collector:
+                before = collector.collect(collector.clock())
+                await eventually(lambda: collector.table.synced, what="sync")
+                after = collector.collect(collector.clock())
+                return before, after
 
     before, after = run(main())
     assert before.asterisk is None or before.asterisk.channels is None  # unknown until listed
@@ -133,12 +156,10 @@ def test_limit_is_coremaxcalls_else_the_configured_one_else_unknown(core_max_cal
     async def main():
         scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, max_calls=core_max_calls, max_load=2.5)
         async with FakeAmi(scenario) as server:
-            collector = AsteriskCollector(config_for(server, max_calls=config_max_calls))
-            await collector.start()
-            await eventually(lambda: collector.table.synced, what="sync")
-            reading = collector.collect(collector.clock())
-            await collector.stop()
-            return reading
+            async with collecting(config_for(server, max_calls=config_max_calls)) as collector:
+                await eventually(lambda: collector.table.synced, what="sync")
+                reading = collector.collect(collector.clock())
+                return reading
 
     reading = run(main())
     assert reading.asterisk.limit == expected
@@ -150,12 +171,10 @@ def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():
 
     async def main():
         config = AsteriskConfig(port=port, secret="x", backoff_initial=0.01, backoff_max=0.02)
-        collector = AsteriskCollector(config)
-        await collector.start()
-        await eventually(lambda: len(collector.client.backoffs) >= 2, what="two attempts")
-        reading = collector.collect(collector.clock())
-        await collector.stop()
-        return reading
+        async with collecting(config) as collector:
+            await eventually(lambda: len(collector.client.backoffs) >= 2, what="two attempts")
+            reading = collector.collect(collector.clock())
+            return reading
 
     reading = run(main())
     assert reading.asterisk is None and reading.quality is None
@@ -164,22 +183,8 @@ def test_unreachable_ami_makes_asterisk_and_quality_unknown_with_the_reason():
 
 
 def test_shutdown_event_is_reported_at_once_and_stays_until_asterisk_is_back():
-    async def main():
-        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_core_stop_now",
-                            stream_after="CoreShowChannels")
-        server = FakeAmi(scenario)
-        await server.__aenter__()
-        changes = []
-        collector = AsteriskCollector(config_for(server), on_change=changes.append)
-        await collector.start()
-        await server.streamed.wait()
-        await server.close()  # Asterisk is gone: reconnections are refused
-        await eventually(lambda: not collector.client.connected, what="EOF")
-        reading = collector.collect(collector.clock())
-        await collector.stop()
-        return reading, changes
-
-    reading, changes = run(main())
+    reading, changes = run(after_asterisk_went_away(
+        "shutdown_core_stop_now", lambda collector: not collector.client.connected, "EOF"))
     assert "Asterisk stopping: stopped" in changes
     assert reading.link is AsteriskLink.SHUTTING_DOWN
     assert reading.asterisk is None
@@ -190,12 +195,10 @@ def test_graceful_shutdown_answers_mean_asterisk_is_stopping_not_stopped():
     # new work (core stop gracefully), so the node drains; it is not down.
     async def main():
         async with FakeAmi(Scenario(shutting_down=True)) as server:
-            collector = AsteriskCollector(config_for(server))
-            await collector.start()
-            await eventually(lambda: collector.client.shutting_down, what="the error answer")
-            reading = collector.collect(collector.clock())
-            await collector.stop()
-            return reading
+            async with collecting(config_for(server)) as collector:
+                await eventually(lambda: collector.client.shutting_down, what="the error answer")
+                reading = collector.collect(collector.clock())
+                return reading
 
     reading = run(main())
     assert reading.link is AsteriskLink.STOPPING
@@ -211,15 +214,13 @@ def test_a_graceful_stop_on_an_open_session_is_stopping_and_its_end_is_stopped()
                             close_after=1.0)
         server = FakeAmi(scenario)
         await server.__aenter__()
-        collector = AsteriskCollector(config_for(server, ping_interval=0.1))
-        await collector.start()
-        await eventually(lambda: collector.client.stopping.value == "refusing", what="refusals")
-        stopping = collector.collect(collector.clock())
-        await server.close()  # Asterisk exited: reconnections are refused
-        await eventually(lambda: collector.client.stopping.value == "stopped", what="the end of the session")
-        stopped = collector.collect(collector.clock())
-        await collector.stop()
-        return stopping, stopped
+        async with collecting(config_for(server, ping_interval=0.1)) as collector:
+            await eventually(lambda: collector.client.stopping.value == "refusing", what="refusals")
+            stopping = collector.collect(collector.clock())
+            await server.close()  # Asterisk exited: reconnections are refused
+            await eventually(lambda: collector.client.stopping.value == "stopped", what="the end of the session")
+            stopped = collector.collect(collector.clock())
+            return stopping, stopped
 
     stopping, stopped = run(main())
     assert stopping.link is AsteriskLink.STOPPING and stopping.asterisk.channels == 0
@@ -253,13 +254,11 @@ def test_rtcp_events_fill_quality_over_the_session():
     async def main():
         scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="rtcp_events", stream_after="CoreShowChannels")
         async with FakeAmi(scenario) as server:
-            collector = AsteriskCollector(config_for(server, quality_window=600.0))
-            await collector.start()
-            await server.streamed.wait()
-            await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
-            reading = collector.collect(collector.clock())
-            await collector.stop()
-            return reading
+            async with collecting(config_for(server, quality_window=600.0)) as collector:
+                await server.streamed.wait()
+                await eventually(lambda: collector.client.events_received == server.events_sent, what="every event read")
+                reading = collector.collect(collector.clock())
+                return reading
 
     quality = run(main()).quality
     # rtcp_events.txt is an "Events: reporting" session: no Hangups, so all
@@ -374,22 +373,8 @@ def test_channels_running_an_application_without_newexten_events_are_named():
 
 def test_a_killed_asterisk_is_unreachable_not_shutting_down():
     # shutdown_sigkill.txt: no Shutdown event, the stream just stops.
-    async def main():
-        scenario = Scenario(answers={"CoreShowChannels": "coreshowchannels_idle"}, stream="shutdown_sigkill",
-                            stream_after="CoreShowChannels")
-        server = FakeAmi(scenario)
-        await server.__aenter__()
-        changes = []
-        collector = AsteriskCollector(config_for(server), on_change=changes.append)
-        await collector.start()
-        await server.streamed.wait()
-        await server.close()
-        await eventually(lambda: collector.client.last_error, what="the session to end")
-        reading = collector.collect(collector.clock())
-        await collector.stop()
-        return reading, changes
-
-    reading, changes = run(main())
+    reading, changes = run(after_asterisk_went_away(
+        "shutdown_sigkill", lambda collector: collector.client.last_error, "the session to end"))
     assert reading.link is AsteriskLink.UNREACHABLE and reading.asterisk is None
     assert "channel SIP/127.0.0.1-00000000 appeared" in changes
     assert any(c.startswith("AMI session lost") for c in changes)

@@ -22,7 +22,7 @@ from bench.dispatchsim import (
     simulate,
     weighted_choice,
 )
-from sipstatus.policy import HeadroomPolicy, LeastUtilisedSelector
+from sipstatus.proxy.policy import HeadroomPolicy, LeastUtilisedSelector
 from sipstatus.status import State
 
 SMALL = Scenario(

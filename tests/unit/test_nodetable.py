@@ -1,6 +1,6 @@
 """The proxy's node table: ordering, staleness and membership (spec section 7)."""
 
-from sipstatus.nodetable import NodeTable, Outcome
+from sipstatus.proxy.nodetable import NodeTable, Outcome
 from sipstatus.status import LoadStatus, State
 
 

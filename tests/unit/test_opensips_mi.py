@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from sipstatus.nodetable import NodeTable, NodeView
-from sipstatus.opensips import (
+from sipstatus.proxy.nodetable import NodeTable, NodeView
+from sipstatus.proxy.opensips import (
     MiClient,
     MiError,
     MiUnreachable,
@@ -302,7 +302,7 @@ def test_the_sidecar_reads_the_load_before_every_push():
     # slots: calls placed since were counted twice, once in OpenSIPS's load
     # and once in the smaller free slots (issue 13). Here OpenSIPS places 10
     # calls between two reports; the second push must see them.
-    from sipstatus.sidecar import RefreshingOpenSips
+    from sipstatus.proxy.sidecar import RefreshingOpenSips
 
     state = FakeOpenSips(lb=[LbDst(1, 1, "sip:10.0.0.1:5060", {"channels": [100, 0]}, attrs="node=ast1")])
     with FakeMiServer(state) as server:
@@ -351,7 +351,7 @@ def test_a_node_missing_from_the_policys_weights_gets_no_calls(osips, sink):
 def test_a_node_with_a_positive_weight_is_sized_to_its_free_slots_whatever_the_weight(osips, sink):
     # load_balancer sends each call to the most free slots; a size other than
     # the node's free slots would either put calls beyond its room or refuse
-    # calls while the pool has room (sipstatus.opensips, module docstring).
+    # calls while the pool has room (sipstatus.proxy.opensips, module docstring).
     sink.push([view("ast2", 0.25, limit=40), view("ast3", 0.5, limit=40)], {"ast2": 100, "ast3": 1})
     assert lb_state(osips, 2)["Resources"][0]["max"] == 10
     assert lb_state(osips, 3)["Resources"][0]["max"] == 20
@@ -365,7 +365,7 @@ def test_the_policys_weights_switch_a_node_back_on(osips, sink):
 
 
 def test_the_sidecar_passes_the_weights_to_the_sink():
-    from sipstatus.sidecar import RefreshingOpenSips
+    from sipstatus.proxy.sidecar import RefreshingOpenSips
 
     state = FakeOpenSips(lb=[LbDst(1, 1, "sip:10.0.0.1:5060", {"channels": [100, 0]}, attrs="node=ast1")])
     with FakeMiServer(state) as server:

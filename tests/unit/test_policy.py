@@ -2,8 +2,8 @@
 
 import pytest
 
-from sipstatus.nodetable import NodeView
-from sipstatus.policy import (
+from sipstatus.proxy.nodetable import NodeView
+from sipstatus.proxy.policy import (
     POLICIES,
     FreeSlotsPolicy,
     HeadroomPolicy,

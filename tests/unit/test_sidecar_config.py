@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
+from sipstatus.proxy.agents import Agent
 from sipstatus.sidecar_config import ConfigError, SidecarConfig, from_mapping, load, with_flags
-from sipstatus.watcher import Agent
 from tests.support import ROOT
 
 EXAMPLE = ROOT / "packaging" / "examples" / "sidecar.toml"

@@ -5,7 +5,7 @@ agents (configured, or the destinations of a dispatcher group), optionally
 accepts their PUBLISH, and keeps the proxy in step with what the agents
 report: Kamailio's htable and dispatcher states (and, in list-file mode,
 the rewritten dispatcher.list) over JSON-RPC; OpenSIPS's load_balancer
-capacities and destination states over MI (sipstatus.opensips). See
+capacities and destination states over MI (sipstatus.proxy.opensips). See
 packaging/examples/sidecar.toml for every setting.
 """
 
@@ -18,14 +18,22 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-from .kamailio import JsonRpcClient, KamailioRoomSink, KamailioSink, RpcError
+from ..sidecar_config import PolicySection, SidecarConfig
+from .agents import Agent
+from .kamailio import (
+    JsonRpcClient,
+    KamailioRoomSink,
+    KamailioSink,
+    RpcError,
+    agents_from_destinations,
+)
 from .nodetable import NodeView
 from .opensips import MiClient, MiError, OpenSipsRoomSink, OpenSipsSink, PushResult
 from .policy import WeightPolicy, make_policy
-from .sidecar_config import PolicySection, SidecarConfig
-from .watcher import Agent, Sink, ViewSink, Watcher, agents_from_destinations
+from .sinks import Sink, ViewSink
+from .watcher import Watcher
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipstatus.sidecar")  # the name operators know
 
 #: Discovery is tried again this often while Kamailio does not answer.
 DISCOVERY_RETRY = 2.0
@@ -52,7 +60,7 @@ class RefreshingOpenSips:
     """OpenSipsSink as a view sink, given the watcher's (damped) weights of
     the configured policy. Before every push it reads lb_list: the
     capacities pushed add back OpenSIPS's load as it is now (a load read
-    earlier counts the calls placed since twice: sipstatus.opensips), and a
+    earlier counts the calls placed since twice: sipstatus.proxy.opensips), and a
     resize lost to lb_reload or an OpenSIPS restart is found and pushed
     again. ds_list is read every `interval` seconds."""
 
@@ -74,13 +82,14 @@ class RefreshingOpenSips:
         return result
 
 
-def opensips_sink(config: SidecarConfig) -> ViewSink | None:
+def opensips_sink(config: SidecarConfig, policy: WeightPolicy) -> ViewSink | None:
+    """The OpenSIPS sink, sized by the watcher's `policy` (its free slots)."""
     o = config.opensips
     if not o.mi_url:
         return None
     sink = OpenSipsSink(MiClient(o.mi_url, timeout=o.timeout), lb_group=o.lb_group or None,
                         resource=o.resource, ds_set=o.ds_set or None, ds_partition=o.ds_partition,
-                        default_limit=config.policy.default_limit)
+                        default_limit=config.policy.default_limit, policy=policy)
     return RefreshingOpenSips(sink, o.refresh_interval, time.monotonic)
 
 
@@ -131,7 +140,8 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     if not agents and not config.compositor.enabled and not config.compositor.auto_join:
         raise ValueError("nothing to follow: give agents (--agent [NODE=]URI, [agents], "
                          "--discover-from-dispatcher) or accept PUBLISH (--compositor, [compositor])")
-    views = [sink for sink in (opensips_sink(config),) if sink is not None]
+    policy = build_policy(config.policy)
+    views = [sink for sink in (opensips_sink(config, policy),) if sink is not None]
     rooms: list[Sink] = []
     if config.affinity.enabled and config.kamailio.rpc and config.kamailio.affinity_htable:
         room_rpc = kamailio_rpc(config)
@@ -140,7 +150,7 @@ async def run(config: SidecarConfig, *, stop: asyncio.Event | None = None,
     if config.affinity.enabled and config.opensips.mi_url and config.opensips.affinity_prefix:
         rooms.append(OpenSipsRoomSink(MiClient(config.opensips.mi_url, timeout=config.opensips.timeout),
                                       config.opensips.affinity_prefix))
-    watcher = Watcher(agents, config=config.watcher_config(), policy=build_policy(config.policy),
+    watcher = Watcher(agents, config=config.watcher_config(), policy=policy,
                       sinks=sinks, view_sinks=views, affinity_sinks=rooms, nodes=config.compositor.nodes)
     await watcher.start()
     where = ", ".join(f"{t.lower()}:{h}:{p}" for t, h, p in watcher.addresses)

@@ -1,6 +1,9 @@
-"""The proxy side's process: follow many agents, keep the pool, push weights.
+"""The proxy side's process: follow many agents, feed the pool, run its sinks.
 
-A `Watcher` runs one SIP element on the running asyncio loop:
+A `Watcher` is the asyncio driver of a `ProxyPool` (proxy/pool.py, where
+every decision over time is made: start-up grace, departures, staleness and
+re-subscription, coalescing, damping, sink retries and resyncs). It runs
+one SIP element on the running asyncio loop:
 
 - a `SubscriberPool` holding one `load-status` subscription per agent
   (spec/load-status.md section 4: refreshes on one timer heap, the
@@ -8,50 +11,38 @@ A `Watcher` runs one SIP element on the running asyncio loop:
 - optionally a `Compositor` for agents that PUBLISH instead (sections 5.5
   and 5.6: one publication per node, keyed by the body's `node`; 403 for a
   node outside the pool unless auto-join is on);
-- one `NodeTable` fed by both (section 7: ordering by instance and seq,
-  staleness on our own clock, checked on a timer at `next_expiry`);
-- a weight policy (`WaterFillPolicy` unless told otherwise) whose output
-  goes through a `WeightDamper` to the sinks (`KamailioSink`, the OpenSIPS
-  adapter, or anything with the `Sink` shape).
+- the pool's `NodeTable`, fed by both (section 7), its timer armed at the
+  pool's `next_timer()`;
+- the sinks (`KamailioSink`, the OpenSIPS adapter, or anything with the
+  `Sink` shape), each called from a worker thread when its `SinkSchedule`
+  says.
 
-UIs read `rows()` (one `NodeRow` per node) or iterate `updates()`.
-
-Unknown is not zero: a node never heard from has state "unknown" and no
-weight or metrics in its row; the sinks get weight 0 for it (no new calls,
-spec section 5.6) only once the start-up grace is over, so that starting the
-sidecar does not switch a working pool off before the agents had a chance
-to answer.
+UIs read `rows()` (one `NodeRow` per node) or pass `on_change`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import logging
-import math
-import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-from . import affinity
-from .affinity_table import DEFAULT_HOLD, AffinityTable, Applied
-from .codec import MEDIA_TYPE, StatusError, decode
-from .kamailio import Destination as DispatcherDestination
-from .net import Resolver, SipService
-from .nodetable import NodeTable, NodeView, Outcome
-from .policy import WaterFillPolicy, WeightDamper, WeightPolicy
-from .sip.compositor import (
+from .. import affinity
+from ..affinity_table import DEFAULT_HOLD, AffinityTable, Applied
+from ..codec import MEDIA_TYPE, StatusError, decode
+from ..configkit import parse_listen
+from ..net import Resolver, SipService
+from ..sip.compositor import (
     Compositor,
     PublicationReceived,
     PublicationRefreshed,
     PublicationRemoved,
 )
-from .sip.endpoint import Endpoint
-from .sip.errors import SipError
-from .sip.message import Request
-from .sip.subscriber import (
+from ..sip.endpoint import Endpoint
+from ..sip.errors import SipError
+from ..sip.message import Request
+from ..sip.subscriber import (
     ACTIVE,
     STOPPED,
     SUBSCRIBING,
@@ -65,232 +56,25 @@ from .sip.subscriber import (
     body_reason,
     direct_destination,
 )
-from .sip.transaction import Destination
-from .sip.transaction_user import ClientId
-from .sip.uri import SipUri, parse_uri
-from .status import LoadStatus
+from ..sip.transaction import Destination
+from ..sip.transaction_user import ClientId
+from ..sip.uri import SipUri, parse_uri
+from ..status import LoadStatus
+from .agents import Agent, misnamed, parse_agent_uri
+from .nodetable import NodeTable, NodeView, Outcome
+from .policy import WaterFillPolicy, WeightPolicy
+from .pool import STARTUP_GRACE, ProxyPool, SinkJob, SinkSchedule
+from .rows import NodeRow, node_row
+from .sinks import Sink, ViewSink
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sipstatus.watcher")  # the name operators know from the sidecar's log
 
 PACKAGE = "load-status"
 #: Publication keys of the load-affinity compositor: "rooms:<node>".
 ROOMS_KEY = "rooms:"
-#: A node name (spec section 6.4).
-NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,62}[A-Za-z0-9])?")
-#: The port an agent listens on when the URI does not say (packaging/agent.toml).
-DEFAULT_AGENT_PORT = 5070
-#: Seconds after start during which nothing is pushed to the sinks until
-#: every configured node has been heard from (see the module docstring).
-STARTUP_GRACE = 5.0
-#: Weights are recomputed at most this often; reports arriving closer
-#: together are taken in one computation (hundreds of agents at up to 5/s each).
-RECOMPUTE_INTERVAL = 0.02
 #: A stopping watcher waits this long for its unsubscriptions (spec 4.7.4
 #: gives a stopping agent 2 s for its final NOTIFYs; the same bound here).
 CLOSE_WAIT = 2.0
-#: A sink that failed is tried again after 0.5 s, doubling up to this.
-SINK_RETRY_MAX = 30.0
-
-
-# -- what is followed ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    """An agent to subscribe to: the node it reports and its SIP URI.
-
-    `node` None: the agent is named by its first valid report (`--agent
-    sip:HOST:PORT`). A node given (`--agent ast1=sip:HOST:PORT`) is a
-    check as well as a name: a report for another node on that subscription
-    is not used (spec section 4.8 step 6), so that an agent configured with
-    the wrong name cannot pass its load off as another node's.
-    """
-
-    node: str | None
-    uri: str
-
-    def __post_init__(self) -> None:
-        uri = parse_agent_uri(self.uri)
-        if self.node is not None and not NODE_NAME.fullmatch(self.node):
-            raise ValueError(f"agent node {self.node!r}: must be 1 to 64 of A-Z a-z 0-9 . _ : - "
-                             "(spec section 6.4), starting and ending with a letter or digit")
-        object.__setattr__(self, "uri", str(uri))
-
-    @property
-    def key(self) -> str:
-        """How the watcher knows it: the node, or the URI until it is named."""
-        return self.node if self.node is not None else self.uri
-
-
-def parse_agent_uri(text: str) -> SipUri:
-    """A SIP URI of an agent, or ValueError naming what is wrong with it."""
-    try:
-        uri = parse_uri(text.strip())
-    except SipError as err:
-        raise ValueError(f"agent URI {text!r}: {err.reason}") from None
-    if not isinstance(uri, SipUri):
-        raise ValueError(f"agent URI {text!r}: must be a sip: or sips: URI")
-    return uri
-
-
-def parse_agent(text: str) -> Agent:
-    """`SIP-URI` or `NODE=SIP-URI` (the `--agent` flag) as an Agent."""
-    if re.match(r"(?i)\s*sips?:", text):
-        return Agent(None, text.strip())  # named by its first report
-    node, sep, uri = text.partition("=")
-    if not sep or not node or not uri:
-        raise ValueError(f"agent {text!r}: expected SIP-URI or NODE=SIP-URI, e.g. sip:192.0.2.21:5070 "
-                         "or ast1=sip:192.0.2.21:5070")
-    return Agent(node.strip(), uri.strip())
-
-
-def misnamed(expected: str, reported: str, uri: str) -> str:
-    """What an operator reads when the agent at `uri`, followed as node
-    `expected`, reports node `reported`: both ways to fix it."""
-    return (f"the agent calls itself {reported!r}, not {expected!r}: name it {reported} here "
-            f"(--agent {reported}={uri}, or the URI alone), or set agent.node = \"{expected}\" "
-            "in its agent.toml and reload it")
-
-
-def agents_from_destinations(destinations: Iterable[DispatcherDestination],
-                             port: int = DEFAULT_AGENT_PORT) -> list[Agent]:
-    """The agents of a Kamailio dispatcher group: node = the destination's
-    `duid` (else its host), agent = sip:<destination host>:<port>."""
-    agents: dict[str, Agent] = {}
-    for destination in destinations:
-        uri = parse_agent_uri(destination.uri)
-        host = uri.host if ":" not in uri.host or uri.host.startswith("[") else f"[{uri.host}]"
-        agent = Agent(destination.node, f"sip:{host}:{port}")
-        if agents.setdefault(agent.node, agent) != agent:
-            raise ValueError(f"dispatcher destinations {agents[agent.node].uri} and {destination.uri} "
-                             f"both name node {agent.node!r}: give each a distinct duid")
-    return list(agents.values())
-
-
-# -- where weights go ----------------------------------------------------------------------
-
-
-class Sink(Protocol):
-    """Something that applies a pool's weights to a proxy (`KamailioSink`,
-    the OpenSIPS MI adapter). Calls may block: the watcher makes them from a
-    worker thread, one at a time per sink, newest weights first."""
-
-    def push(self, weights: Mapping[str, int], now: float) -> None:
-        """Apply `weights` (every node of the pool, 0 = no new calls)."""
-        ...
-
-    def next_flush(self) -> float | None:
-        """When `flush` has held-back work to do (a rate-limited reload), or None."""
-        ...
-
-    def flush(self, now: float) -> object:
-        """Do the held-back work if it is due."""
-        ...
-
-
-class ViewSink(Protocol):
-    """A sink that wants the nodes themselves as well as the weights (the
-    OpenSIPS adapter sizes load_balancer destinations from capacity and
-    limit, and switches off the nodes the policy gives weight 0). Called
-    from a worker thread with every node at each change, and the damped
-    weights the weight sinks got (departed nodes at 0)."""
-
-    def push(self, views: Iterable[NodeView], weights: Mapping[str, int]) -> object:
-        ...
-
-
-# -- what a UI shows -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """One node as an operator sees it.
-
-    `state` is the node's state when its status is fresh, "stale" when its
-    last status has outlived its validity (`reported` keeps what it said),
-    and "unknown" when nothing is known (never heard from, or its
-    publication ended). Metrics are None when unknown; `weight` is what the
-    policy gives the node (None when unknown), `pushed` what the sinks were
-    last given (the damped weight, None before the first push).
-    """
-
-    node: str
-    state: str
-    reported: str | None
-    reason: str | None
-    capacity: float | None
-    weight: int | None
-    pushed: int | None
-    cpu: float | None
-    channels: int | None
-    calls: int | None
-    limit: int | None  # Asterisk's maxcalls: a limit on calls
-    mos: float | None
-    p95: float | None
-    age: float | None
-    validity: int | None
-    source: str | None  # "notify", "publish", or None
-    link: str  # the subscription or publication, for operators
-
-    @property
-    def takes_calls(self) -> bool:
-        return self.state == "active" and bool(self.weight)
-
-    def to_json(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-
-
-def node_row(view: NodeView, weight: int | None, pushed: int | None, now: float,
-             source: str | None = None, link: str = "") -> NodeRow:
-    status = view.status
-    if status is None:
-        return NodeRow(view.node, "unknown", None, None, None, None, pushed, None, None, None,
-                       None, None, None, None, None, source, link)
-    asterisk, cpu, quality, probe = status.asterisk, status.cpu, status.quality, status.probe
-    age = view.age(now)
-    return NodeRow(
-        node=view.node,
-        state=status.state.value if view.fresh else "stale",
-        reported=status.state.value,
-        reason=status.reason,
-        capacity=status.capacity,
-        weight=weight,
-        pushed=pushed,
-        cpu=cpu.usage if cpu else None,
-        channels=asterisk.channels if asterisk else None,
-        calls=asterisk.calls if asterisk else None,
-        limit=asterisk.limit if asterisk else None,
-        mos=quality.mos if quality else None,
-        p95=probe.p95 if probe else None,
-        age=None if age is None else max(0.0, age),
-        validity=status.validity,
-        source=source,
-        link=link,
-    )
-
-
-# -- errors as the spec words them ---------------------------------------------------------------
-
-
-def invalid_body(member: str, rule: str) -> str:
-    """The reason phrase of spec section 6.6."""
-    return f"Invalid load-status body: {member} ({rule})"
-
-
-def parse_listen(text: str) -> tuple[str, str, int]:
-    """`udp:127.0.0.1:5080`, `tcp:[::1]:5080`: (transport, host, port)."""
-    match = re.fullmatch(r"(?i)(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d{1,5})", text.strip())
-    if not match:
-        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT "
-                         "(IPv6 in brackets), e.g. udp:127.0.0.1:5080")
-    transport, host, port = match.group(1).upper(), match.group(2).strip("[]"), int(match.group(3))
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
-    if port > 65535:
-        raise ValueError(f"listen address {text!r}: port {port} is above 65535")
-    return transport, host, port
 
 
 # -- the watcher ---------------------------------------------------------------------------------
@@ -336,7 +120,7 @@ class Watcher:
     Call `await start()` on a running loop, `await close()` at the end.
     `on_change(rows)` is called after every change of what is known (a
     report accepted, a node gone stale, joined or left, a subscription's
-    state); `updates()` yields the same snapshots to an async reader.
+    state).
     """
 
     def __init__(
@@ -360,11 +144,18 @@ class Watcher:
                 what = f"node {agent.node!r}" if agent.node else f"agent {agent.uri}"
                 raise ValueError(f"{what} is given twice ({self.agents[agent.key].uri} and {agent.uri})")
             self.agents[agent.key] = agent
-        self.policy: WeightPolicy = policy or WaterFillPolicy()
-        self.damper = WeightDamper(min_step=self.config.damper_step)
         named = [a.node for a in self.agents.values() if a.node is not None]
         configured = [*named, *(n for n in nodes if n not in named)]
-        self.table = NodeTable(configured, auto_join=self.config.auto_join)
+        #: Every decision over time (sans-I/O): this class feeds it and runs what it decides.
+        self.core = ProxyPool(
+            NodeTable(configured, auto_join=self.config.auto_join), policy or WaterFillPolicy(),
+            damper_step=self.config.damper_step, startup_grace=self.config.startup_grace,
+            affinity=AffinityTable(self.config.affinity_hold), expected=lambda: self.agents,
+            sink_resync=self.config.sink_resync)
+        self.policy: WeightPolicy = self.core.policy
+        self.table = self.core.table
+        #: The rooms of the pool (load-affinity): announced sets and placements.
+        self.affinity = self.core.affinity
         self.on_change = on_change
         self.resolver = resolver
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.config.trusted]
@@ -391,29 +182,19 @@ class Watcher:
         self.service: SipService | None = None
         self.addresses: list[tuple[str, str, int]] = []
         self.counters = {outcome.value: 0 for outcome in Outcome} | {"rejected": 0, "misnamed": 0}
-        resync = self.config.sink_resync
-        self._sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
-                       for sink in sinks]
-        self._view_sinks = [_SinkRunner(sink, views=True, resync=resync, done=self._sink_done)
-                            for sink in view_sinks]
-        #: The rooms of the pool (load-affinity): announced sets and placements.
-        self.affinity = AffinityTable(self.config.affinity_hold)
         self.affinity_subscribers: dict[str, Subscriber] = {}
-        #: Sinks given room key -> node (`push(assignments, now)`), e.g. Kamailio's htable.
-        self._affinity_sinks = [_SinkRunner(sink, views=False, resync=resync, done=self._sink_done)
-                                for sink in affinity_sinks]
-        self._affinity_pushed: dict[str, str] | None = None
+        # Weight sinks, view sinks, and sinks given room key -> node
+        # (`push(assignments, now)`, e.g. Kamailio's htable).
+        self._runners = [
+            _SinkRunner(sink, self.core.add_sink(kind, can_forget=hasattr(sink, "forget")),
+                        views=kind == "views", done=self._sink_done)
+            for kind, given in (("weights", sinks), ("views", view_sinks), ("rooms", affinity_sinks))
+            for sink in given]
         self._source: dict[str, str] = {}
         self._link: dict[str, str] = {}
         self._last_refusal = ""
         self._misnamed: dict[str, str] = {}  # key -> the node its agent reports instead
         self._answered: set[str] = set()  # agents that sent a body or whose subscription failed
-        self._revived: set[str] = set()  # stale nodes subscribed to afresh (once per staleness)
-        self._weights: dict[str, int] = {}
-        self._pushed: dict[str, int] | None = None
-        self._started_at = 0.0
-        self._last_compute = -math.inf
-        self._compute_handle: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._version = 0
@@ -436,7 +217,7 @@ class Watcher:
         endpoint = Endpoint(users, allow_events=packages)  # type: ignore[arg-type]
         self.service = SipService(endpoint, resolver=self.resolver, on_event=self._on_event)
         for text in self.config.listen:
-            transport, host, port = parse_listen(text)
+            transport, host, port = parse_listen(text, ("udp", "tcp"), port_zero=True)
             try:
                 bound = await self.service.listen(transport, host, port, advertise=self.config.advertise)
             except OSError as err:
@@ -448,15 +229,14 @@ class Watcher:
             raise ValueError(f"listening on {self.config.listen[0]} needs the address agents reach "
                              "this host at for our Contact (advertise / sip.advertise)")
         now = self.now()
-        self._started_at = now
+        self.core.start(now)
         base = self._subscriber_config()
-        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
+        for runner in self._runners:
             runner.start()
         for agent in self.agents.values():
             self._follow(agent, base, now)
             if self.config.affinity:
                 self._follow_rooms(agent, now)
-        self._schedule_compute()
         self._arm()
 
     async def close(self) -> None:
@@ -476,10 +256,9 @@ class Watcher:
         await self.wait_for(lambda w: all(
             s.state == STOPPED for s in [*w.subscribers.values(), *w.affinity_subscribers.values()]
             if s in w.pool.subscribers), CLOSE_WAIT)
-        for handle in (self._timer, self._compute_handle):
-            if handle is not None:
-                handle.cancel()
-        for runner in (*self._sinks, *self._view_sinks, *self._affinity_sinks):
+        if self._timer is not None:
+            self._timer.cancel()
+        for runner in self._runners:
             await runner.stop()
         await self.service.close()
 
@@ -550,7 +329,7 @@ class Watcher:
     def lookup(self, key: str, now: float | None = None) -> str | None:
         """The node for a new call of the room with affinity key `key`
         (spec/load-affinity.md 7.2), or None: choose by weight, then `place`."""
-        return self.affinity.lookup(key, self._weights, self.now() if now is None else now)
+        return self.affinity.lookup(key, self.core.weights, self.now() if now is None else now)
 
     def place(self, key: str, node: str, now: float | None = None) -> None:
         """A new call of room `key` was sent to `node` (it holds for the hold time)."""
@@ -631,8 +410,8 @@ class Watcher:
         """Every node of the pool, by name."""
         now = self.now() if now is None else now
         views = list(self.table.views(now))
-        weights = self.policy.weights(views)
-        pushed = self._pushed or {}
+        weights = self.core.weights_at(now)
+        pushed = self.core.pushed or {}
         rows = []
         for view in views:
             known = view.status is not None
@@ -647,28 +426,17 @@ class Watcher:
 
     def weights(self) -> dict[str, int]:
         """The policy's weights at the last computation (every node; 0 = no new calls)."""
-        return dict(self._weights)
+        return dict(self.core.weights)
 
     @property
     def pushed(self) -> dict[str, int] | None:
         """The damped weights last handed to the sinks (None before the first push)."""
-        return None if self._pushed is None else dict(self._pushed)
+        return self.core.pushed
 
     def settled(self) -> bool:
         """Whether every agent has answered one way or another: a status
         accepted, or its subscription failed, refused or ended."""
         return all(key in self._answered for key in self.agents)
-
-    async def updates(self) -> AsyncIterator[list[NodeRow]]:
-        """Snapshots of `rows()`, one after each change (changes made while the
-        reader was busy coalesce into the next snapshot)."""
-        seen = -1
-        while True:
-            while self._version == seen:
-                assert self._changed is not None, "the watcher is not started"
-                await self._changed.wait()
-            seen = self._version
-            yield self.rows()
 
     async def wait_for(self, predicate: Callable[[Watcher], bool], timeout: float) -> bool:
         """Wait until `predicate(self)` holds, looking again after each change
@@ -748,11 +516,10 @@ class Watcher:
         self._mark_changed()
 
     def _report(self, status: LoadStatus, now: float, source: str) -> None:
-        outcome = self.table.update(status, now)
+        outcome = self.core.report(status, now)
         self.counters[outcome.value] += 1
         if outcome is Outcome.ACCEPTED:
             self._source[status.node] = source
-            self._revived.discard(status.node)
         elif outcome is Outcome.OUT_OF_ORDER:
             log.debug("%s: ignored %s seq %d of instance %s (out of date)", status.node, source,
                       status.seq, status.instance)
@@ -848,32 +615,12 @@ class Watcher:
     # -- weights and timers ---------------------------------------------------------------------------
 
     def _mark_changed(self) -> None:
-        self._schedule_compute()
-
-    def _schedule_compute(self) -> None:
-        if self._compute_handle is not None or self._loop is None:
-            return
-        delay = max(0.0, self._last_compute + RECOMPUTE_INTERVAL - self._loop.time())
-        self._compute_handle = self._loop.call_later(delay, self._compute)
-
-    def _compute(self, now: float | None = None) -> None:
-        self._compute_handle = None
-        now = self.now() if now is None else now
-        self._last_compute = now
-        views = list(self.table.views(now))
-        self._weights = self.policy.weights(views)
-        self._push(now, views)
-        self._push_rooms(now)
-        self._arm()
-        self._bump()
-        if self.on_change is not None:
-            try:
-                self.on_change(self.rows(now))
-            except Exception:  # noqa: BLE001 - a UI's error must not stop the watcher
-                log.exception("on_change callback failed")
+        if self._loop is not None:
+            self.core.changed(self._loop.time())
+            self._arm()
 
     def _sink_done(self) -> None:
-        """A sink took a push: waiters (`wait_for`, `updates`) look again."""
+        """A sink took a push: waiters (`wait_for`) look again."""
         self._bump()
 
     def _bump(self) -> None:
@@ -882,70 +629,15 @@ class Watcher:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
 
-    def _push(self, now: float, views: list[NodeView]) -> None:
-        if not self._sinks and not self._view_sinks:
-            return
-        if self._pushed is None and now < self._started_at + self.config.startup_grace \
-                and not all(n in self.table and self.table.view(n, now).status is not None
-                            for n in self.agents):
-            return  # start-up grace: see the module docstring
-        departed_views = [NodeView(n, None, None, False) for n in (self._pushed or {})
-                          if n not in self.table]
-        weights = dict(self._weights)
-        departed = [n for n in (self._pushed or {}) if n not in weights]
-        for node in departed:
-            weights[node] = 0  # left the pool (spec 5.6): no new calls, said once
-        damped = self.damper.apply(weights)
-        for node in departed:
-            self.damper.current.pop(node, None)
-        # View sinks get every change of the nodes (a size follows the
-        # capacity), with the damped weights: the policy says which nodes
-        # take calls there too.
-        given = {**self.damper.current, **{node: 0 for node in departed}}
-        for runner in self._view_sinks:
-            runner.want((views + departed_views, given))
-        if damped is None and self._pushed is not None:
-            for node in departed:
-                del self._pushed[node]
-            return
-        pushed = dict(self.damper.current) if damped is None else damped
-        before = self._pushed or {}
-        changed = " ".join(f"{n}={w}" for n, w in sorted(pushed.items()) if before.get(n) != w)
-        if changed:
-            log.info("weights: %s", changed)
-        for runner in self._sinks:
-            runner.want(pushed)
-        self._pushed = {n: w for n, w in pushed.items() if n not in departed}
-
-    def _push_rooms(self, now: float) -> None:
-        """Room key -> node, for every room whose node takes calls, to the
-        affinity sinks (only when it changed; after the start-up grace)."""
-        if not self._affinity_sinks or (self._pushed is None and (self._sinks or self._view_sinks)):
-            return
-        assignments = self.affinity.assignments(self._weights, now)
-        if assignments != self._affinity_pushed:
-            self._affinity_pushed = assignments
-            for runner in self._affinity_sinks:
-                runner.want(assignments)
-
-    def _next_timer(self, now: float) -> float | None:
-        times = []
-        expiry = self.table.next_expiry(now)
-        if expiry is not None:
-            times.append(expiry)
-        rooms = self.affinity.next_expiry()
-        if rooms is not None:
-            times.append(rooms)
-        if self._pushed is None and (self._sinks or self._view_sinks):
-            grace = self._started_at + self.config.startup_grace
-            if grace > now:
-                times.append(grace)
-        return min(times) if times else None
-
     def _arm(self) -> None:
-        if self._loop is None or self._closing:
+        if self._loop is None:
             return
-        when = self._next_timer(self._loop.time())
+        when = self.core.next_timer()
+        if self._closing:
+            # Closing: computations go on (waiters look again after each), no new other timers.
+            when = self.core.compute_at
+            if when is None or (self._timer_at is not None and self._timer_at <= when):
+                return
         if when == self._timer_at:
             return
         if self._timer is not None:
@@ -957,52 +649,34 @@ class Watcher:
         self._timer = self._timer_at = None
         # asyncio may run a timer a clock tick early; what was due at `when` is due.
         now = max(self.now(), when)
-        if self._compute_handle is not None:
-            self._compute_handle.cancel()
-        self.affinity.expire(now)
-        self._revive_stale(now)
-        self._compute(now)
-
-    def _revive_stale(self, now: float) -> None:
-        """A node we subscribe to went stale: its heartbeats stopped although
-        our subscription looked alive (an agent killed and restarted has no
-        dialog with us, and says nothing). Subscribe afresh at once rather than
-        at the next refresh (up to expires x 4/5 later); once per staleness:
-        after that the new Subscriber's own backoff applies."""
-        for node, sub in list(self.subscribers.items()):
-            if node in self._revived or node not in self.table:
-                continue
+        subscribed = [node for node, sub in self.subscribers.items() if sub.state in (ACTIVE, SUBSCRIBING)]
+        tick = self.core.handle_timer(now, subscribed)
+        for node in tick.resubscribe:
+            sub = self.subscribers[node]
             view = self.table.view(node, now)
-            if view.status is None or view.fresh or sub.state not in (ACTIVE, SUBSCRIBING):
-                continue
-            self._revived.add(node)
             log.warning("node %s: no report for %.0f s; subscribing to %s afresh", node,
                         view.age(now) or 0.0, sub.target)
             self.pool.discard(sub)
             self._follow(Agent(node, sub.target), sub.config, now)
+        for runner in self._runners:
+            runner.wake()
+        self._arm()
+        if tick.computed:
+            self._bump()
+            if self.on_change is not None:
+                try:
+                    self.on_change(self.rows(now))
+                except Exception:  # noqa: BLE001 - a UI's error must not stop the watcher
+                    log.exception("on_change callback failed")
 
 
 class _SinkRunner:
-    """Feeds one sink from a task: the newest weights (or views), one call at
-    a time in a worker thread (a sink may block on its proxy), held-back
-    flushes on time, failures retried with backoff without stopping the
-    watcher, and, every `resync` seconds, the last push made again in full
-    (`forget` then `push`) for a sink that can forget: a proxy that
-    restarted has lost what it was told and only changes would reach it."""
+    """Runs one sink's `SinkSchedule` from a task: each job in a worker
+    thread (a sink may block on its proxy), one at a time."""
 
-    def __init__(self, sink: Sink | ViewSink, *, views: bool, resync: float | None = None,
+    def __init__(self, sink: Sink | ViewSink, schedule: SinkSchedule, *, views: bool,
                  done: Callable[[], None] | None = None) -> None:
-        self.sink = sink
-        self.done = done
-        self.views = views
-        self.resync = resync if resync and hasattr(sink, "forget") else None
-        self.latest: Any = None
-        self.last: Any = None  # the last payload the sink took
-        self.failures = 0
-        self.last_error: str | None = None
-        self.pushes = 0
-        self.resyncs = 0
-        self._resync_at: float | None = None
+        self.sink, self.schedule, self.views, self.done = sink, schedule, views, done
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -1017,68 +691,47 @@ class _SinkRunner:
             except asyncio.CancelledError:
                 pass
 
-    def want(self, payload: Mapping[str, int] | tuple[list[NodeView], Mapping[str, int]]) -> None:
-        """The newest weights (a weight sink) or (views, weights) (a view sink)."""
-        if self.views:
-            views, weights = payload  # type: ignore[misc]
-            self.latest = (list(views), dict(weights))
-        else:
-            self.latest = dict(payload)  # type: ignore[arg-type]
-        self._wake.set()
+    def wake(self) -> None:
+        """The pool may have given the schedule a payload."""
+        if self.schedule.latest is not None:
+            self._wake.set()
 
     def _next_flush(self) -> float | None:
         next_flush = getattr(self.sink, "next_flush", None)
         return None if next_flush is None else next_flush()
 
-    def _push(self, payload: Any, now: float) -> None:
+    def _do(self, job: SinkJob, now: float) -> None:
+        if job.action == "flush":
+            self.sink.flush(now)  # type: ignore[union-attr]
+            return
+        if job.action == "resync":
+            nodes = [v.node for v in job.payload[0]] if self.views else list(job.payload)
+            self.sink.forget(nodes)  # type: ignore[union-attr]
         if self.views:
-            self.sink.push(*payload)  # type: ignore[call-arg]
+            self.sink.push(*job.payload)  # type: ignore[call-arg]
         else:
-            self.sink.push(payload, now)  # type: ignore[call-arg]
-
-    def _push_again(self, payload: Any, now: float) -> None:
-        nodes = [v.node for v in payload[0]] if self.views else list(payload)
-        self.sink.forget(nodes)  # type: ignore[union-attr]
-        self._push(payload, now)
+            self.sink.push(job.payload, now)  # type: ignore[call-arg]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            due = self._next_flush()
-            times = [t for t in (due, self._resync_at) if t is not None]
-            timeout = None if not times else max(0.0, min(times) - loop.time())
-            if self.latest is None:
+            now = loop.time()
+            job = self.schedule.take(now, self._next_flush())
+            if job is None:
+                when = self.schedule.next_timer(self._next_flush())
+                timeout = None if when is None else max(0.0, when - loop.time())
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     pass
-            self._wake.clear()
-            payload, self.latest = self.latest, None
-            now = loop.time()
-            resync_due = self._resync_at is not None and now >= self._resync_at
+                self._wake.clear()
+                continue
             try:
-                if resync_due:
-                    payload = self.last if payload is None else payload
-                    await asyncio.to_thread(self._push_again, payload, now)
-                    self.resyncs += 1
-                    self.last = payload
-                elif payload is not None:
-                    await asyncio.to_thread(self._push, payload, now)
-                    self.pushes += 1
-                    self.last = payload
-                elif due is not None and now >= due:
-                    await asyncio.to_thread(self.sink.flush, now)  # type: ignore[union-attr]
-                if self.resync is not None and self.last is not None and (
-                        self._resync_at is None or resync_due):
-                    self._resync_at = now + self.resync
-                self.failures = 0
-                if self.done is not None:
-                    self.done()
+                await asyncio.to_thread(self._do, job, now)
             except Exception as err:  # noqa: BLE001 - the proxy may be restarting
-                self.failures += 1
-                self.last_error = str(err)
-                wait = min(SINK_RETRY_MAX, 0.5 * 2 ** (self.failures - 1))
+                wait = self.schedule.failed(job, now, str(err))
                 log.warning("%s: %s; trying again in %.1f s", type(self.sink).__name__, err, wait)
-                if payload is not None and self.latest is None:
-                    self.latest = payload
-                await asyncio.sleep(wait)
+                continue
+            self.schedule.done(job, now)
+            if self.done is not None:
+                self.done()

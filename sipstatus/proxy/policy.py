@@ -8,7 +8,7 @@ at the same free fraction do not have the same room. Two shapes of policy:
   that choose by weight (Kamailio dispatcher algorithm 11 `rweight`, the
   script-side weighted choice over an htable); OpenSIPS's load_balancer
   takes from them which nodes take calls, its sizes being the free slots
-  (sipstatus/opensips.py says why). `WaterFillPolicy` is the default
+  (sipstatus/proxy/opensips.py says why). `WaterFillPolicy` is the default
   (`DEFAULT_POLICY`): it aims every node at the pool's utilisation level;
 - a `Selector` chooses the node for each call, and can correct what it knows
   for the calls it has itself sent since the last report (the proxy knows
@@ -61,6 +61,9 @@ class HeadroomPolicy:
     slots gets as many calls as a big one at the same fraction free.
     """
 
+    #: Not used for the weights; the call limit of a node that reports none
+    #: where its free slots are counted (`free_slots`: OpenSIPS's sizes).
+    default_limit: int = 100
     name: str = "headroom"
 
     def weights(self, views: Iterable[NodeView]) -> dict[str, int]:
@@ -88,9 +91,7 @@ class FreeSlotsPolicy:
         return {node: _scale(f, top) for node, f in free.items()}
 
     def _free_slots(self, view: NodeView) -> float:
-        if not view.accepts_calls:
-            return 0.0
-        return view.status.capacity * _limit(view, self.default_limit)
+        return free_slots(view, self)
 
 
 @dataclass
@@ -247,20 +248,27 @@ POLICIES: dict[str, type] = {
     "headroom": HeadroomPolicy,
     "free-slots": FreeSlotsPolicy,
 }
-SELECTORS: dict[str, type] = {
-    "least-utilised": LeastUtilisedSelector,
-}
 
 
 def make_policy(name: str = DEFAULT_POLICY, default_limit: int = 100) -> WeightPolicy:
     """The policy called `name` (a key of POLICIES), with `default_limit` as
-    the call limit of a node that reports none where the policy uses one."""
+    the call limit of a node that reports none (for its weights where the
+    policy uses one, and for its free slots)."""
     cls = POLICIES.get(name)
     if cls is None:
         raise ValueError(f"no weight policy named {name!r}; known: {', '.join(POLICIES)}")
-    if cls in (FreeSlotsPolicy, WaterFillPolicy):
-        return cls(default_limit=default_limit)
-    return cls()
+    return cls(default_limit=default_limit)
+
+
+def free_slots(view: NodeView, policy: WeightPolicy | None = None, *, default_limit: int = 100) -> float:
+    """The calls a node has room for as `policy` counts them: capacity x its
+    call limit (the policy's `default_limit` when the node reports none;
+    `default_limit` for a policy without one); 0 for a node that takes no
+    calls. FreeSlotsPolicy weighs by it; OpenSIPS's load_balancer is sized by
+    it (proxy/opensips.py, `lb_capacity`)."""
+    if not view.accepts_calls:
+        return 0.0
+    return view.status.capacity * _limit(view, getattr(policy, "default_limit", default_limit))
 
 
 def _limit(view: NodeView, default: int) -> int:

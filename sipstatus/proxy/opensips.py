@@ -44,7 +44,7 @@ repository and on opensips.org):
   error 404 "destination not found".
 
 What is pushed (`OpenSipsSink`), given the pool's nodes and the weights of
-the configured weight policy (`sipstatus.policy`, water-filling unless
+the configured weight policy (`sipstatus.proxy.policy`, water-filling unless
 configured otherwise; the sidecar gives the damped weights its Kamailio
 sinks get):
 - load_balancer: a node that takes calls gets `lb_resize` of its resource to
@@ -74,8 +74,8 @@ Capacity mapping. load_balancer sends a call to the destination with the
 largest free slot, `max - load`, where `load` is the calls OpenSIPS itself
 has on it (README "Overview"). The agent reports the node's own free
 fraction `capacity` and its channel `limit`, so the slots it has free are
-`capacity x limit` (FreeSlotsPolicy's measure; `default_limit` stands in for
-an unknown limit). Those free slots already exclude the calls the node had
+`capacity x limit` (`policy.free_slots`, counted as the configured weight
+policy counts them: its `default_limit` stands in for an unknown limit). Those free slots already exclude the calls the node had
 when it measured, OpenSIPS's among them, but not the calls OpenSIPS placed
 since (they are in its load, not yet in the report). So the load added back
 is the part of OpenSIPS's load the report has counted, which is at most the
@@ -111,7 +111,6 @@ import itertools
 import json
 import logging
 import math
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -119,16 +118,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .nodetable import NodeView
+from .policy import WeightPolicy, free_slots
+from .sinks import RoomSink, SinkError, parse_attrs, uri_host
 
-log = logging.getLogger("sipstatus.opensips")
+log = logging.getLogger("sipstatus.opensips")  # the name operators know
 
-#: mi_http's default root path (modules/mi_http README, parameter `root`).
-DEFAULT_ROOT = "mi"
 #: The attribute that names a destination's sipstatus node (our convention).
 NODE_ATTR = "node"
 
 
-class MiError(Exception):
+class MiError(SinkError):
     """OpenSIPS answered an MI command with a JSON-RPC error object.
 
     Carries the method and params that caused it, for the operator's log."""
@@ -195,21 +194,6 @@ class MiClient:
 
 
 # -- destinations ------------------------------------------------------------
-
-
-def parse_attrs(text: str | None) -> dict[str, str]:
-    """`name1=value1;name2=value2` as a dict (our convention for the opaque attrs)."""
-    attrs = {}
-    for item in (text or "").split(";"):
-        name, sep, value = item.partition("=")
-        if sep and name.strip():
-            attrs[name.strip()] = value.strip()
-    return attrs
-
-
-def uri_host(uri: str) -> str:
-    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
-    return match.group(1).strip("[]") if match else uri
 
 
 @dataclass(frozen=True)
@@ -279,20 +263,21 @@ def parse_ds_list(result: Mapping[str, Any]) -> list[DsDestination]:
     return out
 
 
-def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100) -> int:
+def lb_capacity(view: NodeView, load: int, *, default_limit: int = 100,
+                policy: WeightPolicy | None = None) -> int:
     """The load_balancer `max` for a node: the part of OpenSIPS's current
     `load` that the report already counts (at most the node's own call count,
     `asterisk.calls`; all of it when the report has none) plus the slots the
-    node reports free (capacity x limit, as FreeSlotsPolicy counts them).
-    0 free slots for a node that takes no calls."""
+    node reports free, as the weight policy counts them (`policy.free_slots`:
+    capacity x limit, the policy's `default_limit` for an unknown limit, else
+    `default_limit`). 0 free slots for a node that takes no calls."""
     if not view.accepts_calls:
         return load
     asterisk = view.status.asterisk
-    limit = asterisk.limit if asterisk is not None and asterisk.limit is not None else default_limit
     counted = load
     if asterisk is not None and asterisk.calls is not None:
         counted = min(load, asterisk.calls)
-    return counted + math.floor(view.status.capacity * limit)
+    return counted + math.floor(free_slots(view, policy, default_limit=default_limit))
 
 
 # -- pushing --------------------------------------------------------------------
@@ -326,11 +311,14 @@ class OpenSipsSink:
     """
 
     def __init__(self, mi: MiClient, *, lb_group: int | None = 1, resource: str = "channels",
-                 ds_set: int | None = None, ds_partition: str = "default", default_limit: int = 100) -> None:
+                 ds_set: int | None = None, ds_partition: str = "default", default_limit: int = 100,
+                 policy: WeightPolicy | None = None) -> None:
         if lb_group is None and ds_set is None:
             raise ValueError("OpenSipsSink: give an lb_group, a ds_set, or both")
         self.mi, self.lb_group, self.resource = mi, lb_group, resource
         self.ds_set, self.ds_partition, self.default_limit = ds_set, ds_partition, default_limit
+        #: The watcher's weight policy: it counts the free slots the sizes are made of.
+        self.policy = policy
         self._lb: dict[str, LbDestination] = {}
         self._ds: dict[str, DsDestination] = {}
         self._ambiguous: set[str] = set()
@@ -433,7 +421,7 @@ class OpenSipsSink:
                                          f"destination {dst.uri} has no resource {self.resource!r} in lb_list; not sent"))
             log.error("%s", result.errors[-1])
             return
-        capacity = lb_capacity(view, res.load, default_limit=self.default_limit)
+        capacity = lb_capacity(view, res.load, default_limit=self.default_limit, policy=self.policy)
         if applied.capacity != capacity:
             # lb_resize: destination_id, res_name, new_capacity (README "lb_resize")
             params = {"destination_id": dst.id, "res_name": self.resource, "new_capacity": capacity}
@@ -475,7 +463,7 @@ class OpenSipsSink:
             self._ds_applied.pop(node, None)
 
 
-class OpenSipsRoomSink:
+class OpenSipsRoomSink(RoomSink):
     """Pushes room key -> node (spec/load-affinity.md 7.2) into OpenSIPS's
     cachedb_local over MI: `cache_store` of PREFIX<key> = node for a new or
     moved room, `cache_remove` for one that ended (or whose node no longer
@@ -484,29 +472,15 @@ class OpenSipsRoomSink:
     MI commands and parameter names as OpenSIPS 3.6.8 answered them."""
 
     def __init__(self, mi: MiClient, prefix: str = "affinity_", system: str = "local") -> None:
+        super().__init__()
         self.mi, self.prefix, self.system = mi, prefix, system
-        self._pushed: dict[str, str] = {}
 
-    def push(self, assignments: Mapping[str, str], now: float) -> None:
-        for key in [k for k in self._pushed if k not in assignments]:
-            try:
-                self.mi.call("cache_remove", {"system": self.system, "attr": self.prefix + key})
-            except MiError as err:
-                if "not found" not in str(err).lower():
-                    raise
-            del self._pushed[key]
-        for key, node in assignments.items():
-            if self._pushed.get(key) != node:
-                self.mi.call("cache_store", {"system": self.system, "attr": self.prefix + key, "value": node})
-                self._pushed[key] = node
+    def store(self, key: str, node: str) -> None:
+        self.mi.call("cache_store", {"system": self.system, "attr": self.prefix + key, "value": node})
 
-    def next_flush(self) -> float | None:
-        return None
-
-    def flush(self, now: float) -> bool:
-        return False
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._pushed.pop(key, None)
-
+    def remove(self, key: str) -> None:
+        try:
+            self.mi.call("cache_remove", {"system": self.system, "attr": self.prefix + key})
+        except MiError as err:
+            if "not found" not in str(err).lower():
+                raise

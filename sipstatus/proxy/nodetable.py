@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .status import LoadStatus
+from ..status import LoadStatus
 
 
 class Outcome(Enum):

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import secrets
 import select
 import shutil
@@ -37,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .agents import DEFAULT_AGENT_PORT, Agent, parse_agent_uri
+from .sinks import RoomSink, SinkError, parse_attrs, uri_host
+
 #: Kamailio 5.6's shared `reload_delta` for dispatcher.reload (README.dispatcher 3.40).
 DISPATCHER_RELOAD_DELTA = 5.0
 #: Dispatcher list-file flag bit for an inactive destination (README.dispatcher 6.1).
@@ -44,7 +46,7 @@ FLAG_INACTIVE = 1
 MAX_DATAGRAM = 65535
 
 
-class RpcError(Exception):
+class RpcError(SinkError):
     """Kamailio answered an RPC with an error, or could not be reached.
 
     Carries the method and params that caused it, for the operator's log."""
@@ -159,7 +161,7 @@ class Destination:
     @property
     def node(self) -> str:
         """The sipstatus node this destination is: its `duid`, else its host."""
-        return self.attrs.get("duid") or _uri_host(self.uri)
+        return self.attrs.get("duid") or uri_host(self.uri)
 
     @property
     def active(self) -> bool:
@@ -180,19 +182,19 @@ def parse_dispatcher_list(result: Mapping[str, Any]) -> list[Destination]:
     return destinations
 
 
-def parse_attrs(body: str) -> dict[str, str]:
-    """`name1=value1;name2=value2` (README.dispatcher 6.1) as a dict."""
-    attrs = {}
-    for item in body.split(";"):
-        name, sep, value = item.partition("=")
-        if sep and name.strip():
-            attrs[name.strip()] = value.strip()
-    return attrs
-
-
-def _uri_host(uri: str) -> str:
-    match = re.match(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)", uri)
-    return match.group(1).strip("[]") if match else uri
+def agents_from_destinations(destinations: Iterable[Destination],
+                             port: int = DEFAULT_AGENT_PORT) -> list[Agent]:
+    """The agents of a Kamailio dispatcher group: node = the destination's
+    `duid` (else its host), agent = sip:<destination host>:<port>."""
+    agents: dict[str, Agent] = {}
+    for destination in destinations:
+        uri = parse_agent_uri(destination.uri)
+        host = uri.host if ":" not in uri.host or uri.host.startswith("[") else f"[{uri.host}]"
+        agent = Agent(destination.node, f"sip:{host}:{port}")
+        if agents.setdefault(agent.node, agent) != agent:
+            raise ValueError(f"dispatcher destinations {agents[agent.node].uri} and {destination.uri} "
+                             f"both name node {agent.node!r}: give each a distinct duid")
+    return list(agents.values())
 
 
 # -- the dispatcher list file ---------------------------------------------------
@@ -209,7 +211,7 @@ class _ListLine:
 
     @property
     def node(self) -> str:
-        return self.attrs.get("duid") or _uri_host(self.uri)
+        return self.attrs.get("duid") or uri_host(self.uri)
 
     def render(self) -> str:
         if self.group is None:
@@ -320,7 +322,7 @@ class KamailioSink:
             self._pushed.pop(node, None)
 
 
-class KamailioRoomSink:
+class KamailioRoomSink(RoomSink):
     """Pushes room key -> node (spec/load-affinity.md 7.2) into a Kamailio
     htable: `htable.sets TABLE KEY NODE` for a new or moved room,
     `htable.delete TABLE KEY` for one that ended (or whose node no longer
@@ -328,27 +330,14 @@ class KamailioRoomSink:
     `$(var(room){s.sha256}{s.substr,0,16})`."""
 
     def __init__(self, rpc: JsonRpcClient, htable: str = "affinity") -> None:
+        super().__init__()
         self.rpc, self.htable = rpc, htable
-        self._pushed: dict[str, str] = {}
 
-    def push(self, assignments: Mapping[str, str], now: float) -> None:
-        for key in [k for k in self._pushed if k not in assignments]:
-            self.rpc.call("htable.delete", self.htable, key)
-            del self._pushed[key]
-        for key, node in assignments.items():
-            if self._pushed.get(key) != node:
-                self.rpc.call("htable.sets", self.htable, key, node)
-                self._pushed[key] = node
+    def store(self, key: str, node: str) -> None:
+        self.rpc.call("htable.sets", self.htable, key, node)
 
-    def next_flush(self) -> float | None:
-        return None
-
-    def flush(self, now: float) -> bool:
-        return False
-
-    def forget(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._pushed.pop(key, None)
+    def remove(self, key: str) -> None:
+        self.rpc.call("htable.delete", self.htable, key)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .watcher import NodeRow
+from .rows import NodeRow
 
 #: Clear the screen and go home (ANSI): each refresh replaces the last.
 CLEAR = "\x1b[H\x1b[2J"
