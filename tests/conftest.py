@@ -4,7 +4,9 @@ The Kamailio modules (tests/interop/test_kamailio_*.py) share a pool of SIPp
 nodes and Kamailios started from one example configuration:
 - a module names its pool in `RWEIGHTS` (node name -> rweight, the
   cold-start split in the dispatcher list) and gets `nodes`, one SIPp UAS per
-  node, for the whole module, in `workdir`;
+  node, for the whole module, in `workdir`; a node named in the module's
+  `SCENARIOS` (node name -> SIPp scenario) runs that scenario instead, with
+  SIPp logging what it does;
 - a module defines `start_kamailio(workdir, nodes, **defines)` (the example
   it runs, with its defines) and gets `kam` (a fresh Kamailio per test, with
   the module's `KAM_DEFINES` if it has them), `shared` (one Kamailio for the
@@ -44,11 +46,13 @@ def workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def nodes(request: pytest.FixtureRequest, workdir: Path) -> Iterator[dict[str, SippNode]]:
     """One SIPp UAS for each node of the module's RWEIGHTS, answering every
-    INVITE with 200 and its name in X-Node."""
+    INVITE with 200 and its name in X-Node (or running its SCENARIOS one)."""
+    scenarios: dict[str, Path] = getattr(request.module, "SCENARIOS", {})
     started: dict[str, SippNode] = {}
     try:
         for name, rweight in request.module.RWEIGHTS.items():
-            started[name] = SippNode(name, workdir, rweight)
+            scenario = scenarios.get(name)
+            started[name] = SippNode(name, workdir, rweight, scenario=scenario, log=scenario is not None)
             started[name].start()
         yield started
     finally:

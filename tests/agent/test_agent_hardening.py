@@ -12,7 +12,7 @@ import pytest
 
 from sipstatus.sip import Request
 from sipstatus.sip.digest import DigestClient, challenges_of
-from tests.agent.test_agent_service_faults import QUICK, agent_with_watchers, new_branch, run
+from tests.support.agent_faults import QUICK, agent_with_watchers, new_branch, run
 from tests.support.agents import SipPeer, Watcher, agent_config, fake_asterisk
 
 pytestmark = pytest.mark.slow

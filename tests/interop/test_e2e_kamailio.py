@@ -81,9 +81,9 @@ from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink
 from sipstatus.proxy.nodetable import NodeTable
 from sipstatus.proxy.policy import FreeSlotsPolicy, make_policy
 from sipstatus.status import State
-from tests.support import HOST, ROOT, SIPP_SCENARIOS
+from tests.support import HOST, ROOT
 from tests.support.agents import Agent, Sidecar
-from tests.support.fake_ami import FakeAmis, Scenario
+from tests.support.e2e_pool import SPECS, VALIDITY, E2eNode
 from tests.support.kamailio import (
     EXAMPLES,
     Destinationless,
@@ -99,35 +99,13 @@ from tests.support.sipp import Caller, SippNode, split_within
 
 pytestmark = needs_kamailio("jansson", "app_python3")
 
-UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
-VALIDITY = 3
 CALLS = 600
 #: Calls per second of the background callers of the drain and kill tests.
 RATE = 100
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeSpec:
-    transcript: str  # the CoreShowChannels answer the fake AMI replays
-    core_max_calls: int  # CoreSettings CoreMaxCalls (0: Asterisk has no limit)
-    max_calls: int  # the agent's [collectors.asterisk] max_calls
-    rweight: int  # cold-start weight in the dispatcher list
-
-
-SPECS = {
-    "ast1": NodeSpec("coreshowchannels", 0, 25, 10),
-    "ast2": NodeSpec("coreshowchannels_b2b", 5, 0, 60),
-    "ast3": NodeSpec("coreshowchannels_idle", 0, 10, 30),
-}
 DRAINED = "ast1"
 KILLED = "ast3"
-
-
-@dataclasses.dataclass
-class E2eNode:
-    name: str
-    uas: SippNode
-    ami_port: int
 
 
 # -- the ways Kamailio learns the weights --------------------------------------
@@ -236,26 +214,6 @@ WAYS = {
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pool(workdir: Path) -> Iterator[dict[str, E2eNode]]:
-    """The SIPp nodes and their fake AMIs, shared by every test."""
-    amis = FakeAmis()
-    started: list[SippNode] = []
-    nodes: dict[str, E2eNode] = {}
-    try:
-        for name, spec in SPECS.items():
-            uas = SippNode(name, workdir, spec.rweight, scenario=UAS, log=True)
-            uas.start()
-            started.append(uas)
-            port = amis.serve(Scenario(answers={"CoreShowChannels": spec.transcript}, max_calls=spec.core_max_calls))
-            nodes[name] = E2eNode(name, uas, port)
-        yield nodes
-    finally:
-        for uas in started:
-            uas.stop()
-        amis.close()
 
 
 @dataclasses.dataclass

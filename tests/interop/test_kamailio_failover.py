@@ -21,14 +21,14 @@ part.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sipstatus.proxy.kamailio import JsonRpcClient, KamailioSink
-from tests.support import HOST, ROOT, SIPP_SCENARIOS
+from tests.support import HOST, ROOT, failover_pool
 from tests.support.kamailio import (
     EXAMPLES,
     PING_INTERVAL,
@@ -38,34 +38,16 @@ from tests.support.kamailio import (
     stock_config,
 )
 from tests.support.sip import Publisher, SipClient
-from tests.support.sipp import CALL_SCENARIOS, Caller, SippNode
+from tests.support.sipp import Caller, SippNode
 
 pytestmark = needs_kamailio("jansson", "app_python3")
 
-E2E_UAS = SIPP_SCENARIOS / "e2e" / "uas.xml"
-NODES = {
-    "ok": E2E_UAS,
-    "full": CALL_SCENARIOS / "refuse.xml",
-    "full2": CALL_SCENARIOS / "refuse.xml",
-    "dead": CALL_SCENARIOS / "silent.xml",
-}
+#: The misbehaving pool (tests/conftest.py's `nodes`).
+RWEIGHTS, SCENARIOS = failover_pool.RWEIGHTS, failover_pool.SCENARIOS
 #: Milliseconds Kamailio waits for any answer from a node in these tests
 #: (SIPp sends no 100 Trying: an answering node slowed down by a busy test
 #: machine must not be taken for a silent one).
 FAILOVER_TIMEOUT = 3000
-
-
-@pytest.fixture(scope="module")
-def nodes(workdir: Path) -> Iterator[dict[str, SippNode]]:
-    started: dict[str, SippNode] = {}
-    try:
-        for name, scenario in NODES.items():
-            started[name] = SippNode(name, workdir, 1, scenario=scenario, log=True)
-            started[name].start()
-        yield started
-    finally:
-        for node in started.values():
-            node.stop()
 
 
 # -- the three ways ------------------------------------------------------------

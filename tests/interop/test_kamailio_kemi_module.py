@@ -27,10 +27,9 @@ import pytest
 
 from tests.interop import test_e2e_kamailio as e2e
 from tests.interop import test_kamailio_failover as failover
-from tests.interop.test_e2e_kamailio import pool  # noqa: F401  (the e2e scenarios' SIPp nodes and fake AMIs)
-from tests.interop.test_kamailio_failover import nodes  # noqa: F401  (the failover scenarios' SIPp nodes)
-from tests.support import HOST, ROOT, TESTS
+from tests.support import HOST, ROOT, TESTS, failover_pool
 from tests.support.agents import Agent
+from tests.support.e2e_pool import SPECS, VALIDITY, E2eNode
 from tests.support.kamailio import Destinationless, Kamailio, needs_kamailio, start_example
 from tests.support.ports import free_port
 from tests.support.sip import Publisher, SipClient
@@ -43,6 +42,8 @@ CONFIG = OPERATOR / "kamailio.cfg"
 DEFINES = {"KEMI_SCRIPT": f'"{OPERATOR / "routes.py"}"'}
 #: The library as the Debian package puts it: on the embedded Python's path.
 ENV = {"PYTHONPATH": str(ROOT)}
+#: The failover scenarios' SIPp nodes (tests/conftest.py's `nodes`).
+RWEIGHTS, SCENARIOS = failover_pool.RWEIGHTS, failover_pool.SCENARIOS
 
 
 def start_operator(workdir: Path, members: list, **defines: str | int) -> Kamailio:
@@ -53,7 +54,7 @@ def start_operator(workdir: Path, members: list, **defines: str | int) -> Kamail
 
 
 @pytest.fixture
-def setup(workdir: Path, pool: dict[str, e2e.E2eNode]) -> Iterator[e2e.Setup]:  # noqa: F811
+def setup(workdir: Path, pool: dict[str, E2eNode]) -> Iterator[e2e.Setup]:
     """As test_e2e_kamailio's `setup`, for the operator's configuration:
     three real agents PUBLISHing to it."""
     way = e2e.Way("kemi-module", start_operator, e2e.default_policy_weights, e2e.kemi_held)
@@ -62,7 +63,7 @@ def setup(workdir: Path, pool: dict[str, e2e.E2eNode]) -> Iterator[e2e.Setup]:  
     try:
         for name, node in pool.items():
             agents[name] = Agent(name, workdir, ami_port=node.ami_port, probe=node.uas.uri,
-                                 max_calls=e2e.SPECS[name].max_calls, validity=e2e.VALIDITY,
+                                 max_calls=SPECS[name].max_calls, validity=VALIDITY,
                                  publish=[f"sip:load-status@{HOST}:{kam.port}"])
             agents[name].start()
         yield e2e.Setup(way, kam, agents, pool, workdir)
@@ -86,26 +87,26 @@ def way() -> failover.Way:
 
 
 def test_calls_a_node_refuses_are_taken_by_the_next_node(way: failover.Way, workdir: Path,
-                                                         nodes: dict[str, SippNode]) -> None:  # noqa: F811
+                                                         nodes: dict[str, SippNode]) -> None:
     failover.test_calls_a_node_refuses_are_taken_by_the_next_node(way, workdir, nodes)
 
 
 def test_a_node_that_never_answers_loses_its_calls_to_the_next_node_and_is_marked_out(
-        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:  # noqa: F811
+        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:
     failover.test_a_node_that_never_answers_loses_its_calls_to_the_next_node_and_is_marked_out(way, workdir, nodes)
 
 
 def test_when_every_node_refuses_the_caller_gets_the_refusal_after_one_try_each(
-        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:  # noqa: F811
+        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:
     failover.test_when_every_node_refuses_the_caller_gets_the_refusal_after_one_try_each(way, workdir, nodes)
 
 
-def test_attempts_per_call_are_capped(way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:  # noqa: F811
+def test_attempts_per_call_are_capped(way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:
     failover.test_attempts_per_call_are_capped(way, workdir, nodes)
 
 
 def test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_gets_no_calls(
-        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:  # noqa: F811
+        way: failover.Way, workdir: Path, nodes: dict[str, SippNode]) -> None:
     failover.test_a_node_reported_fresh_that_does_not_answer_options_is_marked_out_and_gets_no_calls(
         way, workdir, nodes)
 

@@ -10,7 +10,7 @@ from sipstatus.affinity import MEDIA_TYPE, PACKAGE, Kind, affinity_key, decode, 
 from sipstatus.affinity_feed import AffinityFeed
 from sipstatus.sip.identifiers import IdGenerator
 from sipstatus.sip.notifier import Notifier
-from tests.unit.test_subscription_notifier import PROXY, drive, notifies, ok, responses, subscribe
+from tests.support.notifier_driver import PROXY, drive, notifies, ok, responses, subscribe
 
 
 def affinity_notifier(feed: AffinityFeed) -> Notifier:

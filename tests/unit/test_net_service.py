@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +24,8 @@ from sipstatus.sip.subscriber import (
     SubscriptionEnded,
 )
 from sipstatus.sip.transaction import Destination
-from tests.unit.test_net_resolver import dns_server
+from tests.support.dns_zone import dns_server
+from tests.support.pki import client_ctx, server_ctx
 
 TYPE = "application/load-status+json"
 WAIT = 10.0
@@ -318,46 +316,6 @@ def test_unresolvable_target_makes_the_subscriber_back_off():
 # -- TLS ------------------------------------------------------------------------------------------
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
-             "-keyout", "ca.key", "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign", cwd=d)
-    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:watcher.test")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
-                 "-extfile", f"{name}.ext", cwd=d)
-    # An unrelated CA for the negative test.
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other",
-             "-keyout", "other.key", "-out", "other.pem", cwd=d)
-    return d
-
-
-def _server_ctx(pki: Path, require_client: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki / "server.pem", pki / "server.key")
-    if require_client:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(pki / "ca.pem")
-    return ctx
-
-
-def _client_ctx(pki: Path, ca="ca.pem", with_cert=True) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki / ca))  # verification on
-    if with_cert:
-        ctx.load_cert_chain(pki / "client.pem", pki / "client.key")
-    return ctx
-
-
 def test_tls_subscription_with_client_certificate_checked_by_the_authorizer(pki):
     async def go():
         seen_certs = []
@@ -368,10 +326,10 @@ def test_tls_subscription_with_client_certificate_checked_by_the_authorizer(pki)
             names = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "DNS"]
             return None if "watcher.test" in names else SipError(403, "no client certificate")
 
-        a, notifier, address = await agent("TLS", ssl_context=_server_ctx(pki, True),
+        a, notifier, address = await agent("TLS", ssl_context=server_ctx(pki, True),
                                            authorize=authorize)
-        w, pool, sub = await watcher(address, "TLS", client_ssl=_client_ctx(pki),
-                                     server_ssl=_server_ctx(pki, False))
+        w, pool, sub = await watcher(address, "TLS", client_ssl=client_ctx(pki),
+                                     server_ssl=server_ctx(pki, False))
         try:
             notifier.state_changed(b'{"seq":1}', a.service.now())
             w.service.submit(pool, pool.add(sub, w.service.now()))
@@ -387,9 +345,9 @@ def test_tls_subscription_with_client_certificate_checked_by_the_authorizer(pki)
 
 def test_tls_client_refuses_a_server_it_cannot_verify(pki):
     async def go():
-        a, _, address = await agent("TLS", ssl_context=_server_ctx(pki, False))
-        w, pool, sub = await watcher(address, "TLS", client_ssl=_client_ctx(pki, "other.pem"),
-                                     server_ssl=_server_ctx(pki, False))
+        a, _, address = await agent("TLS", ssl_context=server_ctx(pki, False))
+        w, pool, sub = await watcher(address, "TLS", client_ssl=client_ctx(pki, "other.pem"),
+                                     server_ssl=server_ctx(pki, False))
         try:
             w.service.submit(pool, pool.add(sub, w.service.now()))
             ended = await w.next(SubscriptionEnded)
@@ -404,9 +362,9 @@ def test_tls_client_refuses_a_server_it_cannot_verify(pki):
 
 def test_tls_server_requiring_a_client_certificate_refuses_one_without(pki):
     async def go():
-        a, _, address = await agent("TLS", ssl_context=_server_ctx(pki, True))
-        w, pool, sub = await watcher(address, "TLS", client_ssl=_client_ctx(pki, with_cert=False),
-                                     server_ssl=_server_ctx(pki, False))
+        a, _, address = await agent("TLS", ssl_context=server_ctx(pki, True))
+        w, pool, sub = await watcher(address, "TLS", client_ssl=client_ctx(pki, with_cert=False),
+                                     server_ssl=server_ctx(pki, False))
         try:
             w.service.submit(pool, pool.add(sub, w.service.now()))
             # TLS 1.3: the client learns of the refusal when the server drops

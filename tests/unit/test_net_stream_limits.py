@@ -15,7 +15,7 @@ import pytest
 from sipstatus.net import SipService
 from sipstatus.net.service import StreamLimits, fit_to_descriptors
 from sipstatus.sip.endpoint import Endpoint
-from tests.unit.test_net_service import _client_ctx, _server_ctx, pki  # noqa: F401 - pki is a fixture
+from tests.support.pki import client_ctx, server_ctx
 
 WAIT = 20.0
 OPTIONS = (b"OPTIONS sip:agent@127.0.0.1 SIP/2.0\r\n"
@@ -251,9 +251,9 @@ def test_a_message_trickled_slower_than_the_message_timeout_is_cut_off():
     asyncio.run(run())
 
 
-def test_a_tls_client_that_never_completes_its_handshake_is_closed(pki):  # noqa: F811
+def test_a_tls_client_that_never_completes_its_handshake_is_closed(pki):
     async def run():
-        svc, port = await service("TLS", _server_ctx(pki, require_client=False),
+        svc, port = await service("TLS", server_ctx(pki, require_client=False),
                                   handshake_timeout=0.5)
         try:
             reader, _ = await connect(port)  # plain TCP: no ClientHello ever
@@ -266,13 +266,13 @@ def test_a_tls_client_that_never_completes_its_handshake_is_closed(pki):  # noqa
     asyncio.run(run())
 
 
-def test_tls_still_answers_under_the_caps(pki):  # noqa: F811
+def test_tls_still_answers_under_the_caps(pki):
     async def run():
-        svc, port = await service("TLS", _server_ctx(pki, require_client=False),
+        svc, port = await service("TLS", server_ctx(pki, require_client=False),
                                   max_per_source=1)
         try:
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=_client_ctx(pki, with_cert=False),
+                "127.0.0.1", port, ssl=client_ctx(pki, with_cert=False),
                 server_hostname="localhost")
             assert await still_open(reader, writer, "TLS")
             second, _ = await connect(port)

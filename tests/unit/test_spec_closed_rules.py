@@ -16,13 +16,13 @@ from sipstatus.sip.headers import parse_event
 from sipstatus.sip.notifier import MAX_MIN_RATE, accepts
 from sipstatus.sip.publisher import PublicationFailed, Published
 from sipstatus.sip.subscriber import ACTIVE, STOPPED, WAITING, SubscriptionEnded
-from tests.unit.test_publication import counter, ok, publisher, requests_of
-from tests.unit.test_publication import run as run_publisher
-from tests.unit.test_publication import sent as sent_publish
-from tests.unit.test_subscription_notifier import PROXY, established, notifier, responses, state_of
-from tests.unit.test_subscription_notifier import subscribe as subscribe_request
-from tests.unit.test_subscription_subscriber import active, events, reply, sent, subscriber
-from tests.unit.test_subscription_subscriber import run as run_subscriber
+from tests.support.notifier_driver import PROXY, established, notifier, responses, state_of
+from tests.support.notifier_driver import subscribe as subscribe_request
+from tests.support.publisher_driver import counter, ok, publisher, requests_of
+from tests.support.publisher_driver import run as run_publisher
+from tests.support.publisher_driver import sent as sent_publish
+from tests.support.subscriber_driver import active, events, reply, sent, subscriber
+from tests.support.subscriber_driver import run as run_subscriber
 
 TYPE = "application/load-status+json"
 

@@ -25,7 +25,7 @@ from sipstatus.sip.subscriber import STOPPED, SUBSCRIBING
 from sipstatus.sip.transaction import Destination
 from sipstatus.status import State
 from tests.support.fake_agents import FakeAgent, status_for
-from tests.unit.test_subscription_subscriber import AGENT, active, notify, sent
+from tests.support.subscriber_driver import AGENT, active, notify, sent
 
 WAIT = 10.0
 
