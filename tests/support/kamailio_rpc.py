@@ -1,7 +1,7 @@
 """A real Kamailio 5.6 with jsonrpcs, htable and dispatcher, started per test.
 
 Shared by the RPC adapter's tests (tests/interop/test_kamailio_rpc.py) and the
-sidecar's (tests/test_sidecar*.py); the `kamailio` fixture in
+sidecar's (tests/interop/test_sidecar_kamailio.py); the `kamailio` fixture in
 tests/conftest.py starts one with DISPATCHER_LIST.
 """
 
