@@ -13,7 +13,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from agent import cli
-from tests.packaging.test_packaging import third_party_imports
+from tests.support.debian import third_party_imports
 
 ROOT = cli.__file__.rsplit("/agent/", 1)[0]
 

@@ -104,3 +104,17 @@ def test_an_unreachable_pypi_is_one_line_naming_it(tmp_path):
     result = run_dev(where, "test", stubs=stubs, env=pip)
     assert_one_line(result, "pip could not install the pinned test requirements into .venv",
                     "network to PyPI", ".venv/pip.log")
+
+
+def test_peers_builds_each_peer_script_and_not_their_shared_library(tmp_path):
+    # tests/peers/ holds lib.sh beside the peer scripts; a loop over *.sh
+    # once ran the library as a peer (CI: "lib.sh: Permission denied").
+    where = checkout(tmp_path)
+    record = tmp_path / "built"
+    for peer in ("asterisk", "opensips"):
+        script = where / "tests" / "peers" / f"{peer}.sh"
+        script.write_text(f"#!/bin/sh\necho \"{peer} $*\" >> {record}\n")
+        script.chmod(0o755)
+    result = run_dev(where, "peers")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert record.read_text().splitlines() == ["asterisk build", "opensips build"]

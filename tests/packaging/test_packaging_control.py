@@ -14,7 +14,7 @@ import shlex
 
 import pytest
 
-from tests.packaging.test_packaging import Container, built, container, system  # noqa: F401 - fixtures
+from tests.support.debian import UNIT, Container, unit_values
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.slow
 def test_the_units_descriptor_limit_leaves_room_beyond_the_connection_cap():
     from agent.config import NotifierConfig
     from sipstatus.net.service import FD_RESERVE
-    from tests.packaging.test_packaging import UNIT, unit_values
 
     (limit,) = unit_values(UNIT.read_text(), "LimitNOFILE")
     assert int(limit) >= NotifierConfig().max_connections + FD_RESERVE
@@ -42,7 +41,7 @@ def state(box: Container, user: str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent(container):  # noqa: F811
+def agent(container):
     box = container
     made = box.sh("id alice >/dev/null 2>&1 || adduser --disabled-password --gecos '' --quiet alice; "
                   "adduser --quiet alice sipstatus; "
